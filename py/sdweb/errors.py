@@ -1,0 +1,25 @@
+"""Error types. Every message is one line that names the bad thing and says what would be right."""
+
+
+class SdwebError(Exception):
+    """Base of every error sdweb raises on purpose; the CLI prints `error: <message>` and exits 2."""
+
+
+class SafetensorsError(SdwebError):
+    """A .safetensors file is malformed (message names the file and, where known, the tensor)."""
+
+
+class WeightError(SdwebError):
+    """A checkpoint disagrees with its config: a missing, unused or wrongly shaped tensor."""
+
+
+class ModelError(SdwebError):
+    """A model folder is missing, incomplete, or not a diffusers Stable Diffusion layout."""
+
+
+class ConfigError(SdwebError):
+    """A user-supplied setting is out of range (size, steps, guidance, scheduler ...)."""
+
+
+class Cancelled(SdwebError):
+    """A generation was cancelled through the progress callback."""

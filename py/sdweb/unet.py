@@ -1,0 +1,435 @@
+"""UNet2DConditionModel for the Stable Diffusion 1.x / 2.x family (diffusers' unet_2d_condition.py,
+unet_2d_blocks.py, transformer_2d.py, attention.py, resnet.py) over the backend.
+
+    eps = unet(x (N, in_channels, h, w), t (float or (N,)), context (N, L, cross_attention_dim))
+        -> (N, out_channels, h, w)
+
+Every number comes from unet/config.json with diffusers' defaults for absent keys, including the
+historical `attention_head_dim`, which in SD 1.x/2.x configs means the number of heads: heads of a
+block = num_attention_heads or attention_head_dim, head dim = channels // heads. Covers SD 1.x
+(int heads, conv proj_in/out), SD 2.x / SD-Turbo (per-block heads, linear projections) and BK-SDM
+(no mid block, fewer blocks or layers). Attribute paths are the checkpoint's key paths.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import ModelError
+from .nn import Conv2d, GroupNorm, LayerNorm, Linear
+
+# diffusers' UNet2DConditionModel.__init__ defaults for keys a config.json may leave out.
+DEFAULTS = {
+    "sample_size": None,
+    "in_channels": 4,
+    "out_channels": 4,
+    "center_input_sample": False,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                         "DownBlock2D"],
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "only_cross_attention": False,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
+    "downsample_padding": 1,
+    "mid_block_scale_factor": 1.0,
+    "act_fn": "silu",
+    "norm_num_groups": 32,
+    "norm_eps": 1e-5,
+    "cross_attention_dim": 1280,
+    "transformer_layers_per_block": 1,
+    "attention_head_dim": 8,
+    "num_attention_heads": None,
+    "dual_cross_attention": False,
+    "use_linear_projection": False,
+    "class_embed_type": None,
+    "addition_embed_type": None,
+    "num_class_embeds": None,
+    "resnet_time_scale_shift": "default",
+    "time_embedding_type": "positional",
+    "time_embedding_dim": None,
+    "time_embedding_act_fn": None,
+    "timestep_post_act": None,
+    "time_cond_proj_dim": None,
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "encoder_hid_dim": None,
+    "resnet_out_scale_factor": 1.0,
+    "attention_type": "default",
+    "upcast_attention": False,
+}
+
+# Config values this implementation does not cover: (key, the value(s) we support).
+_SUPPORTED = {
+    "act_fn": ("silu",),
+    "only_cross_attention": (False,),
+    "dual_cross_attention": (False,),
+    "class_embed_type": (None,),
+    "addition_embed_type": (None,),
+    "num_class_embeds": (None,),
+    "resnet_time_scale_shift": ("default",),
+    "time_embedding_type": ("positional",),
+    "time_embedding_act_fn": (None,),
+    "timestep_post_act": (None,),
+    "encoder_hid_dim": (None,),
+    "attention_type": ("default",),
+    "center_input_sample": (False,),
+    # diffusers itself refuses num_attention_heads in this model (diffusers issue 2011).
+    "num_attention_heads": (None,),
+    "resnet_out_scale_factor": (1.0, 1),
+}
+
+
+def unet_config(raw: dict) -> dict:
+    """config.json -> a complete config (defaults filled, per-block lists expanded, checked)."""
+    cfg = {**DEFAULTS, **{k: v for k, v in raw.items() if not k.startswith("_")}}
+    for key, allowed in _SUPPORTED.items():
+        if cfg[key] not in allowed:
+            raise ModelError(f"unet/config.json: {key}={cfg[key]!r} is not supported "
+                             f"(supported: {', '.join(map(repr, allowed))}); this is not an SD 1.x/2.x UNet")
+    n = len(cfg["down_block_types"])
+    if len(cfg["up_block_types"]) != n or len(cfg["block_out_channels"]) != n:
+        raise ModelError("unet/config.json: down_block_types, up_block_types and block_out_channels "
+                         f"must have the same length, got {n}, {len(cfg['up_block_types'])}, "
+                         f"{len(cfg['block_out_channels'])}")
+    known = {"CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"}
+    for t in cfg["down_block_types"] + cfg["up_block_types"]:
+        if t not in known:
+            raise ModelError(f"unet/config.json: block type {t!r} is not supported (supported: "
+                             f"{', '.join(sorted(known))})")
+    if cfg["mid_block_type"] not in ("UNetMidBlock2DCrossAttn", None):
+        raise ModelError(f"unet/config.json: mid_block_type={cfg['mid_block_type']!r} is not supported "
+                         "(supported: 'UNetMidBlock2DCrossAttn' or null)")
+    # diffusers' historical naming: attention_head_dim holds the number of heads of each block
+    # (`num_attention_heads = num_attention_heads or attention_head_dim`); head dim = channels // heads.
+    cfg["heads"] = _per_block(cfg["attention_head_dim"], n, "attention_head_dim")
+    cfg["layers"] = _per_block(cfg["layers_per_block"], n, "layers_per_block")
+    cfg["transformer_layers"] = _per_block(cfg["transformer_layers_per_block"], n,
+                                           "transformer_layers_per_block")
+    cfg["cross_dims"] = _per_block(cfg["cross_attention_dim"], n, "cross_attention_dim")
+    if cfg["time_cond_proj_dim"] is not None:
+        raise ModelError("unet/config.json: time_cond_proj_dim (guidance-embedded LCM UNets) is not "
+                         "supported")
+    return cfg
+
+
+def _per_block(v, n: int, key: str) -> list:
+    if isinstance(v, (list, tuple)):
+        if len(v) != n:
+            raise ModelError(f"unet/config.json: {key} has {len(v)} entries but there are {n} blocks")
+        return list(v)
+    return [v] * n
+
+
+def timestep_embedding(t: np.ndarray, dim: int, flip_sin_to_cos: bool, shift: float) -> np.ndarray:
+    """diffusers' get_timestep_embedding: t (N,) -> (N, dim) sinusoidal features, in f32."""
+    half = dim // 2
+    exponent = -math.log(10000) * np.arange(half, dtype=np.float32) / np.float32(half - shift)
+    freqs = np.exp(exponent.astype(np.float32))
+    args = t.astype(np.float32)[:, None] * freqs[None, :]
+    emb = np.concatenate([np.sin(args), np.cos(args)], axis=-1)
+    if flip_sin_to_cos:
+        emb = np.concatenate([emb[:, half:], emb[:, :half]], axis=-1)
+    if dim % 2:
+        emb = np.pad(emb, ((0, 0), (0, 1)))
+    return emb.astype(np.float32)
+
+
+# --- blocks ---------------------------------------------------------------------------------------
+
+
+class TimestepEmbedding:
+    """linear_1 -> SiLU -> linear_2: (N, C0) -> (N, temb); `act` fuses an activation after linear_2."""
+
+    def __init__(self, cin, temb, w, b):
+        self.linear_1 = Linear(cin, temb, w.prefix("linear_1"), b)
+        self.linear_2 = Linear(temb, temb, w.prefix("linear_2"), b)
+
+    def __call__(self, x, act=None):
+        return self.linear_2(self.linear_1(x, act="silu"), act=act)
+
+
+class ResnetBlock2D:
+    """(N, cin, H, W), temb (N, T) -> (N, cout, H, W):
+    norm1+SiLU -> conv1 -> + time_emb_proj(SiLU(temb)) -> norm2+SiLU -> conv2, + (conv_shortcut) x."""
+
+    def __init__(self, cin, cout, temb_channels, groups, eps, w, b, out_scale=1.0):
+        self.b, self.out_scale = b, out_scale
+        self.norm1 = GroupNorm(groups, cin, w.prefix("norm1"), b, eps)
+        self.conv1 = Conv2d(cin, cout, 3, w.prefix("conv1"), b, padding=1)
+        self.time_emb_proj = Linear(temb_channels, cout, w.prefix("time_emb_proj"), b)
+        self.norm2 = GroupNorm(groups, cout, w.prefix("norm2"), b, eps)
+        self.conv2 = Conv2d(cout, cout, 3, w.prefix("conv2"), b, padding=1)
+        self.conv_shortcut = Conv2d(cin, cout, 1, w.prefix("conv_shortcut"), b) if cin != cout else None
+
+    def __call__(self, x, temb_silu):
+        b = self.b
+        h = self.conv1(self.norm1(x, silu=True))
+        h = b.add_channel(h, self.time_emb_proj(temb_silu))  # temb arrives already through SiLU
+        h = self.conv2(self.norm2(h, silu=True))
+        y = b.add(self.conv_shortcut(x) if self.conv_shortcut else x, h)
+        return b.mul(y, 1.0 / self.out_scale) if self.out_scale != 1 else y
+
+
+class CrossAttention:
+    """diffusers Attention with heads of size dim_head: x (N, L, C), context (N, Lc, Cc) -> (N, L, C).
+    to_q/to_k/to_v have no bias; to_out.0 does."""
+
+    def __init__(self, dim, context_dim, heads, w, b):
+        self.b, self.heads = b, heads
+        self.to_q = Linear(dim, dim, w.prefix("to_q"), b, bias=False)
+        self.to_k = Linear(context_dim, dim, w.prefix("to_k"), b, bias=False)
+        self.to_v = Linear(context_dim, dim, w.prefix("to_v"), b, bias=False)
+        self.to_out = [Linear(dim, dim, w.prefix("to_out.0"), b)]
+
+    def __call__(self, x, context=None):
+        c = x if context is None else context
+        h = self.b.attention(self.to_q(x), self.to_k(c), self.to_v(c), self.heads)  # (N, L, C)
+        return self.to_out[0](h)
+
+
+class FeedForward:
+    """GEGLU feed-forward: net.0.proj (C -> 2*4C), a * gelu(gate), net.2 (4C -> C)."""
+
+    def __init__(self, dim, w, b):
+        inner = 4 * dim
+        self.b = b
+        self.proj = Linear(dim, 2 * inner, w.prefix("net.0.proj"), b)
+        self.out = Linear(inner, dim, w.prefix("net.2"), b)
+
+    def __call__(self, x):
+        return self.out(self.proj(x, act="geglu"))
+
+
+class BasicTransformerBlock:
+    """Pre-norm self-attention, cross-attention and GEGLU feed-forward, each with a residual:
+    x (N, L, C), context (N, Lc, Cc) -> (N, L, C)."""
+
+    def __init__(self, dim, context_dim, heads, w, b):
+        self.b = b
+        self.norm1 = LayerNorm(dim, w.prefix("norm1"), b)
+        self.attn1 = CrossAttention(dim, dim, heads, w.prefix("attn1"), b)
+        self.norm2 = LayerNorm(dim, w.prefix("norm2"), b)
+        self.attn2 = CrossAttention(dim, context_dim, heads, w.prefix("attn2"), b)
+        self.norm3 = LayerNorm(dim, w.prefix("norm3"), b)
+        self.ff = FeedForward(dim, w.prefix("ff"), b)
+
+    def __call__(self, x, context):
+        b = self.b
+        x = b.add(self.attn1(self.norm1(x)), x)
+        x = b.add(self.attn2(self.norm2(x), context), x)
+        return b.add(self.ff(self.norm3(x)), x)
+
+
+class Transformer2DModel:
+    """Spatial transformer: (N, C, H, W), context -> (N, C, H, W).
+    group norm (eps 1e-6) -> proj_in (1x1 conv, or linear when use_linear_projection) -> tokens
+    -> transformer_blocks -> proj_out -> + input."""
+
+    def __init__(self, channels, context_dim, heads, depth, groups, linear_proj, w, b):
+        self.b, self.linear_proj = b, linear_proj
+        self.norm = GroupNorm(groups, channels, w.prefix("norm"), b, 1e-6)
+        if linear_proj:
+            self.proj_in = Linear(channels, channels, w.prefix("proj_in"), b)
+            self.proj_out = Linear(channels, channels, w.prefix("proj_out"), b)
+        else:
+            self.proj_in = Conv2d(channels, channels, 1, w.prefix("proj_in"), b)
+            self.proj_out = Conv2d(channels, channels, 1, w.prefix("proj_out"), b)
+        self.transformer_blocks = [
+            BasicTransformerBlock(channels, context_dim, heads, w.prefix(f"transformer_blocks.{i}"), b)
+            for i in range(depth)]
+
+    def __call__(self, x, context):
+        b = self.b
+        _, _, H, W = b.shape(x)
+        h = self.norm(x)
+        if self.linear_proj:
+            h = self.proj_in(b.nchw_to_nlc(h))  # (N, H*W, C)
+        else:
+            h = b.nchw_to_nlc(self.proj_in(h))
+        for block in self.transformer_blocks:
+            h = block(h, context)
+        if self.linear_proj:
+            h = b.nlc_to_nchw(self.proj_out(h), H, W)
+        else:
+            h = self.proj_out(b.nlc_to_nchw(h, H, W))
+        return b.add(h, x)
+
+
+class Downsample2D:
+    """3x3 conv with stride 2 and padding `downsample_padding`: (N, C, H, W) -> (N, C, H/2, W/2)."""
+
+    def __init__(self, channels, padding, w, b):
+        self.conv = Conv2d(channels, channels, 3, w.prefix("conv"), b, stride=2, padding=padding)
+
+    def __call__(self, x):
+        return self.conv(x)
+
+
+class Upsample2D:
+    """Nearest 2x then a 3x3 conv: (N, C, H, W) -> (N, C, 2H, 2W)."""
+
+    def __init__(self, channels, w, b):
+        self.b = b
+        self.conv = Conv2d(channels, channels, 3, w.prefix("conv"), b, padding=1)
+
+    def __call__(self, x):
+        return self.conv(self.b.upsample_nearest2x(x))
+
+
+class DownBlock:
+    """CrossAttnDownBlock2D / DownBlock2D: `layers` x (resnet [-> transformer]), then downsample.
+    Returns the output and the skip tensors the up path will concatenate."""
+
+    def __init__(self, cin, cout, temb, layers, attn, heads, depth, context_dim, add_down, cfg, w, b):
+        g, eps = cfg["norm_num_groups"], cfg["norm_eps"]
+        self.resnets = [ResnetBlock2D(cin if i == 0 else cout, cout, temb, g, eps,
+                                      w.prefix(f"resnets.{i}"), b) for i in range(layers)]
+        self.attentions = [Transformer2DModel(cout, context_dim, heads, depth, g,
+                                              cfg["use_linear_projection"], w.prefix(f"attentions.{i}"), b)
+                           for i in range(layers)] if attn else []
+        self.downsamplers = [Downsample2D(cout, cfg["downsample_padding"],
+                                          w.prefix("downsamplers.0"), b)] if add_down else []
+
+    def __call__(self, x, temb, context):
+        skips = []
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(x, temb)
+            if self.attentions:
+                x = self.attentions[i](x, context)
+            skips.append(x)
+        for down in self.downsamplers:
+            x = down(x)
+            skips.append(x)
+        return x, skips
+
+
+class UpBlock:
+    """CrossAttnUpBlock2D / UpBlock2D: `layers` x (concat skip -> resnet [-> transformer]), then
+    upsample. Resnet j takes prev (j == 0) or cout channels plus the skip's channels."""
+
+    def __init__(self, cin, cout, prev, temb, layers, attn, heads, depth, context_dim, add_up, cfg, w, b):
+        g, eps = cfg["norm_num_groups"], cfg["norm_eps"]
+        self.b = b
+        self.resnets = []
+        for j in range(layers):
+            skip = cin if j == layers - 1 else cout
+            rin = prev if j == 0 else cout
+            self.resnets.append(ResnetBlock2D(rin + skip, cout, temb, g, eps, w.prefix(f"resnets.{j}"), b))
+        self.attentions = [Transformer2DModel(cout, context_dim, heads, depth, g,
+                                              cfg["use_linear_projection"], w.prefix(f"attentions.{j}"), b)
+                           for j in range(layers)] if attn else []
+        self.upsamplers = [Upsample2D(cout, w.prefix("upsamplers.0"), b)] if add_up else []
+
+    def __call__(self, x, skips, temb, context):
+        for j, resnet in enumerate(self.resnets):
+            x = resnet(self.b.concat([x, skips.pop()], axis=1), temb)
+            if self.attentions:
+                x = self.attentions[j](x, context)
+        for up in self.upsamplers:
+            x = up(x)
+        return x
+
+
+class MidBlock:
+    """UNetMidBlock2DCrossAttn: resnets.0 -> attentions.0 -> resnets.1 at the deepest width."""
+
+    def __init__(self, channels, temb, heads, depth, context_dim, cfg, w, b):
+        g, eps = cfg["norm_num_groups"], cfg["norm_eps"]
+        scale = cfg["mid_block_scale_factor"]
+        self.resnets = [ResnetBlock2D(channels, channels, temb, g, eps, w.prefix(f"resnets.{i}"), b, scale)
+                        for i in range(2)]
+        self.attentions = [Transformer2DModel(channels, context_dim, heads, depth, g,
+                                              cfg["use_linear_projection"], w.prefix("attentions.0"), b)]
+
+    def __call__(self, x, temb, context):
+        x = self.resnets[0](x, temb)
+        x = self.attentions[0](x, context)
+        return self.resnets[1](x, temb)
+
+
+# --- the model ------------------------------------------------------------------------------------
+
+
+class UNet2DConditionModel:
+    def __init__(self, config: dict, w, b):
+        cfg = self.config = unet_config(config)
+        self.b = b
+        ch = cfg["block_out_channels"]
+        n = len(ch)
+        temb = ch[0] * 4 if cfg["time_embedding_dim"] is None else cfg["time_embedding_dim"]
+        g, eps = cfg["norm_num_groups"], cfg["norm_eps"]
+        kin, kout = cfg["conv_in_kernel"], cfg["conv_out_kernel"]
+
+        self.conv_in = Conv2d(cfg["in_channels"], ch[0], kin, w.prefix("conv_in"), b, padding=(kin - 1) // 2)
+        self.time_embedding = TimestepEmbedding(ch[0], temb, w.prefix("time_embedding"), b)
+
+        self.down_blocks = []
+        cout = ch[0]
+        for i, kind in enumerate(cfg["down_block_types"]):
+            cin, cout = cout, ch[i]
+            self.down_blocks.append(DownBlock(
+                cin, cout, temb, cfg["layers"][i], kind == "CrossAttnDownBlock2D", cfg["heads"][i],
+                cfg["transformer_layers"][i], cfg["cross_dims"][i], i < n - 1, cfg,
+                w.prefix(f"down_blocks.{i}"), b))
+
+        self.mid_block = None
+        if cfg["mid_block_type"] == "UNetMidBlock2DCrossAttn":
+            self.mid_block = MidBlock(ch[-1], temb, cfg["heads"][-1], cfg["transformer_layers"][-1],
+                                      cfg["cross_dims"][-1], cfg, w.prefix("mid_block"), b)
+
+        rch = ch[::-1]
+        rheads, rlayers = cfg["heads"][::-1], cfg["layers"][::-1]
+        rdepth, rcross = cfg["transformer_layers"][::-1], cfg["cross_dims"][::-1]
+        self.up_blocks = []
+        prev = rch[0]
+        for i, kind in enumerate(cfg["up_block_types"]):
+            cout, cin = rch[i], rch[min(i + 1, n - 1)]
+            self.up_blocks.append(UpBlock(
+                cin, cout, prev, temb, rlayers[i] + 1, kind == "CrossAttnUpBlock2D", rheads[i],
+                rdepth[i], rcross[i], i < n - 1, cfg, w.prefix(f"up_blocks.{i}"), b))
+            prev = cout
+
+        self.conv_norm_out = GroupNorm(g, ch[0], w.prefix("conv_norm_out"), b, eps)
+        self.conv_out = Conv2d(ch[0], cfg["out_channels"], kout, w.prefix("conv_out"), b,
+                               padding=(kout - 1) // 2)
+
+    @property
+    def in_channels(self) -> int:
+        return self.config["in_channels"]
+
+    def time_embed(self, t, batch: int):
+        """t: scalar or (N,) -> SiLU(time_embedding(t)) (N, temb); every resnet applies SiLU to temb
+        first, so it is applied once here."""
+        cfg = self.config
+        t = np.broadcast_to(np.asarray(t, dtype=np.float32).reshape(-1), (batch,))
+        emb = timestep_embedding(t, cfg["block_out_channels"][0], cfg["flip_sin_to_cos"], cfg["freq_shift"])
+        return self.time_embedding(self.b.tensor(emb), act="silu")
+
+    def __call__(self, x, t, context):
+        """x: (N, in_channels, h, w), t: scalar or (N,), context: (N, L, cross_attention_dim)."""
+        b = self.b
+        N = b.shape(x)[0]
+        # 1. time
+        temb = self.time_embed(t, N)
+        # 2. pre-process
+        x = self.conv_in(x)
+        # 3. down
+        skips = [x]
+        for block in self.down_blocks:
+            x, s = block(x, temb, context)
+            skips.extend(s)
+        # 4. mid
+        if self.mid_block is not None:
+            x = self.mid_block(x, temb, context)
+        # 5. up
+        for block in self.up_blocks:
+            n = len(block.resnets)
+            x = block(x, skips[-n:], temb, context)
+            del skips[-n:]
+        # 6. post-process
+        return self.conv_out(self.conv_norm_out(x, silu=True))

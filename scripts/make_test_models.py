@@ -1,0 +1,652 @@
+#!/usr/bin/env python3
+"""Tiny random-weight Stable Diffusion models in the Hugging Face Hub layout, for tests and benchmarks.
+
+    python scripts/make_test_models.py OUT_DIR [--only NAME ...]      -> OUT_DIR/<name>/ for each tiny model
+    python scripts/make_test_models.py --full-size sd15 OUT [--fp16]  -> OUT/: SD 1.5 shapes, random weights
+
+Every folder is what `StableDiffusionPipeline.from_pretrained(folder)` loads: `model_index.json`,
+`text_encoder/`, `tokenizer/`, `unet/`, `vae/`, `scheduler/`. The three tiny models differ on purpose
+in the ways real checkpoints differ (see ../shared/data/model-configs/ and TENSOR_NAMES.md):
+
+  sd1-tiny    SD 1.x: quick_gelu CLIP whose file names tensors `text_model.*` and carries
+              `text_model.embeddings.position_ids` (I64 [1, 77]), as the Hub's SD 1.5 does; UNet with an
+              integer `attention_head_dim` (= heads, diffusers' historical meaning) and conv proj_in/out;
+              VAE file with the legacy attention names `query/key/value/proj_attn`, no `scaling_factor`
+              in its config (0.18215 applies); PNDM config of SD 1.5 verbatim; `.fp16` variants too,
+              whose VAE uses the new names `to_q/to_k/to_v/to_out.0` (as SD 1.5's fp16 VAE does).
+  sd2-tiny    SD 2.x: gelu CLIP saved by today's transformers (no `text_model.` prefix, no position_ids);
+              per-block `attention_head_dim` list, linear proj_in/out, a per-block
+              `transformer_layers_per_block` list; v_prediction; tokenizer that pads with `!`;
+              legacy VAE names; a non-default `scaling_factor`.
+  nomid-tiny  BK-SDM-tiny style: UNet with `mid_block_type: null` and cross-attention in every block;
+              quick_gelu CLIP saved with the `text_model.` prefix but without position_ids (what
+              transformers 4.31-4.x wrote); VAE with the new names and the full config today's
+              diffusers writes.
+
+Random weights give degenerate images, so after init each model is calibrated: the UNet's `conv_out`
+is scaled to unit output std and the VAE decoder's `conv_out` to an image std of about 0.35 around 0,
+which keeps the decoded image off the clip limits. Each tiny model is then loaded back from disk
+with diffusers and its image checked (most pixels strictly inside (0, 255), std > 10 grey levels,
+changes with seed and prompt).
+
+Idempotent: a model whose folder holds a stamp file naming this script's version (the sha256 of
+this file) and every file it lists, with the listed sizes, is skipped. A model is written into a
+temporary folder that is renamed into place, under a lock on OUT_DIR/.lock, so an interrupted or
+concurrent run never leaves a half-written model behind.
+
+Only the stdlib is imported at module level, so `is_complete()` is cheap; torch, diffusers and
+transformers are imported when a model is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = (ROOT / ".." / "shared" / "data").resolve()
+if not SHARED.is_dir():
+    SHARED = Path("/work/shared/data")
+CONFIGS = SHARED / "model-configs"
+CLIP_TOKENIZER = SHARED / "clip-tokenizer"
+
+STAMP = ".sdweb-test-model.json"
+# Rebuild whenever this file changes: its hash is the version the stamp records.
+VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+TINY = ("sd1-tiny", "sd2-tiny", "nomid-tiny")
+# Prompts and seeds of the image check; the tests use the same ones.
+CHECK_PROMPTS = ("a photo of a cat", "a red car on a beach")
+CHECK_STEPS = 4
+CHECK_GUIDANCE = 7.5
+VAE_IMAGE_STD = 0.35  # decoder output std before clipping to [-1, 1]: ~45 grey levels, few clipped
+
+
+def _real(path: str) -> dict:
+    return json.loads((CONFIGS / path).read_text())
+
+
+# --------------------------------------------------------------------------------------------
+# Model specifications. Config dicts are written to disk as they are (same key sets as the real
+# files they imitate), and the models are instantiated from the same dicts.
+# --------------------------------------------------------------------------------------------
+
+
+def _model_index(diffusers_version: str) -> dict:
+    return {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers_version,
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "PNDMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+
+
+def _tiny_specs() -> dict[str, dict]:
+    sd15_te = _real("stable-diffusion-v1-5/text_encoder/config.json")
+    sd15_unet = _real("stable-diffusion-v1-5/unet/config.json")
+    sd15_vae = _real("stable-diffusion-v1-5/vae/config.json")
+    sd15_sched = _real("stable-diffusion-v1-5/scheduler/scheduler_config.json")
+    sd21_te = _real("stable-diffusion-2-1-base/text_encoder/config.json")
+    sd21_unet = _real("stable-diffusion-2-1-base/unet/config.json")
+    sd21_vae = _real("stable-diffusion-2-1-base/vae/config.json")
+    sd21_sched = _real("stable-diffusion-2-1-base/scheduler/scheduler_config.json")
+    bk_tiny_unet = _real("bk-sdm-tiny/unet/config.json")
+
+    specs = {}
+
+    specs["sd1-tiny"] = dict(
+        seed=1001,
+        model_index=_model_index("0.6.0"),
+        text_encoder=dict(sd15_te, _name_or_path="sdweb/sd1-tiny", hidden_size=32, intermediate_size=64,
+                          num_attention_heads=4, num_hidden_layers=2, projection_dim=32),
+        text_encoder_style="prefixed+position_ids",
+        tokenizer="stable-diffusion-v1-5",
+        # _diffusers_version >= 0.9: for older UNet configs StableDiffusionPipeline raises a
+        # sample_size below 64 to 64 (a fix for early SD 1.x uploads), which would make 512² images.
+        unet=dict(sd15_unet, _diffusers_version="0.10.0", attention_head_dim=8, block_out_channels=[32, 64],
+                  cross_attention_dim=32,
+                  down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+                  up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+                  layers_per_block=2, norm_num_groups=8, sample_size=8),
+        vae=dict(sd15_vae, block_out_channels=[8, 16, 16, 16], layers_per_block=1, norm_num_groups=4,
+                 sample_size=64),
+        vae_names="legacy",
+        vae_config="as-written",
+        scheduler=sd15_sched,
+        fp16_variant=True,
+    )
+
+    sd2_sched = dict(sd21_sched, prediction_type="v_prediction")
+    specs["sd2-tiny"] = dict(
+        seed=2002,
+        model_index=_model_index("0.10.0.dev0"),
+        text_encoder=dict(sd21_te, _name_or_path="sdweb/sd2-tiny", hidden_size=32, intermediate_size=64,
+                          num_attention_heads=8, num_hidden_layers=3, projection_dim=16),
+        text_encoder_style="transformers-save_pretrained",
+        tokenizer="stable-diffusion-2-1-base",
+        unet=dict(sd21_unet, attention_head_dim=[2, 4, 4], block_out_channels=[16, 32, 32],
+                  cross_attention_dim=32,
+                  down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                  up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+                  layers_per_block=2, transformer_layers_per_block=[1, 2, 1], norm_num_groups=8,
+                  sample_size=8),
+        vae=dict(sd21_vae, block_out_channels=[8, 16, 32, 32], layers_per_block=2, norm_num_groups=4,
+                 sample_size=64, scaling_factor=0.5),
+        vae_names="legacy",
+        vae_config="as-written",
+        scheduler=sd2_sched,
+        fp16_variant=False,
+    )
+
+    specs["nomid-tiny"] = dict(
+        seed=3003,
+        model_index=_model_index("0.15.0"),
+        text_encoder=dict(sd15_te, _name_or_path="sdweb/nomid-tiny", hidden_size=16, intermediate_size=64,
+                          num_attention_heads=2, num_hidden_layers=2, projection_dim=16),
+        text_encoder_style="prefixed",
+        tokenizer="stable-diffusion-v1-5",
+        unet=dict(bk_tiny_unet, attention_head_dim=8, block_out_channels=[32, 48, 48], cross_attention_dim=16,
+                  norm_num_groups=8, sample_size=8),
+        vae=dict(block_out_channels=[8, 16, 16, 16], down_block_types=["DownEncoderBlock2D"] * 4,
+                 up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=1,
+                 norm_num_groups=4, sample_size=64),
+        vae_names="new",
+        vae_config="diffusers-save_config",
+        scheduler=sd15_sched,
+        fp16_variant=False,
+    )
+    return specs
+
+
+def _full_spec(arch: str) -> dict:
+    if arch != "sd15":
+        raise SystemExit(f"--full-size: unknown architecture {arch!r}; expected 'sd15'")
+    real = "stable-diffusion-v1-5"
+    return dict(
+        seed=1500,
+        model_index=_model_index("0.6.0"),
+        text_encoder=_real(f"{real}/text_encoder/config.json"),
+        text_encoder_style="prefixed+position_ids",
+        tokenizer=real,
+        unet=_real(f"{real}/unet/config.json"),
+        vae=_real(f"{real}/vae/config.json"),
+        vae_names="legacy",
+        vae_config="as-written",
+        scheduler=_real(f"{real}/scheduler/scheduler_config.json"),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Stamps, locking and atomic placement
+# --------------------------------------------------------------------------------------------
+
+
+def _stamp_id(spec: dict) -> dict:
+    return {"version": VERSION, "fp16_variant": bool(spec.get("fp16_variant"))}
+
+
+def is_complete(folder: str | os.PathLike, expect: dict | None = None) -> bool:
+    """True if `folder` holds a model written by this version of the script, every file intact."""
+    folder = Path(folder)
+    try:
+        stamp = json.loads((folder / STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+    if stamp.get("version") != VERSION:
+        return False
+    if expect is not None and any(stamp.get(k) != v for k, v in expect.items()):
+        return False
+    files = stamp.get("files")
+    if not isinstance(files, dict) or not files:
+        return False
+    for rel, size in files.items():
+        p = folder / rel
+        if not p.is_file() or p.stat().st_size != size:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _locked(out_dir: Path):
+    """Exclusive lock on out_dir/.lock: concurrent test sessions build each model once."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock, the temp-dir-and-rename still keeps folders whole
+        yield
+        return
+    with open(out_dir / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _place(tmp: Path, final: Path) -> None:
+    """Rename tmp onto final; an older final folder is moved aside first, then deleted."""
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, final)
+
+
+def _write_stamp(folder: Path, spec: dict, summary: dict) -> None:
+    files = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != STAMP:
+            files[p.relative_to(folder).as_posix()] = p.stat().st_size
+    stamp = dict(_stamp_id(spec), files=files, summary=summary)
+    (folder / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------------
+
+_LEGACY_VAE = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+_VAE_ATTN = re.compile(r"^((?:encoder|decoder)\.mid_block\.attentions\.\d+)\.(to_q|to_k|to_v|to_out\.0)\.(weight|bias)$")
+
+
+def legacy_vae_name(name: str) -> str:
+    """`decoder.mid_block.attentions.0.to_q.weight` -> `decoder.mid_block.attentions.0.query.weight`."""
+    m = _VAE_ATTN.match(name)
+    return f"{m[1]}.{_LEGACY_VAE[m[2]]}.{m[3]}" if m else name
+
+
+def _save(tensors: dict, path: Path, dtype=None) -> None:
+    from safetensors.torch import save_file
+
+    out = {}
+    for k, v in tensors.items():
+        v = v.detach()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        out[k] = v.contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(path), metadata={"format": "pt"})
+
+
+def _write_text_encoder(folder: Path, model, spec: dict, fp16: bool) -> None:
+    """text_encoder/: config.json + model.safetensors (+ model.fp16.safetensors)."""
+    import torch
+
+    d = folder / "text_encoder"
+    style = spec["text_encoder_style"]
+    if style == "transformers-save_pretrained":
+        assert not fp16, "no .fp16 variant for a text encoder saved by save_pretrained"
+        model.save_pretrained(d)
+        return
+    _write_json(d / "config.json", spec["text_encoder"])
+    # transformers >= 5 keeps the state dict without the `text_model.` prefix; the Hub's files have it.
+    tensors = {f"text_model.{k}": v for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+    if style == "prefixed+position_ids":
+        n = spec["text_encoder"]["max_position_embeddings"]
+        tensors["text_model.embeddings.position_ids"] = torch.arange(n, dtype=torch.int64)[None]
+    else:
+        assert style == "prefixed", style
+    _save(tensors, d / "model.safetensors")
+    if fp16:
+        _save(tensors, d / "model.fp16.safetensors", torch.float16)
+
+
+def _write_unet(folder: Path, model, spec: dict, fp16: bool) -> None:
+    import torch
+
+    d = folder / "unet"
+    _write_json(d / "config.json", spec["unet"])
+    tensors = model.state_dict()
+    _save(tensors, d / "diffusion_pytorch_model.safetensors")
+    if fp16:
+        _save(tensors, d / "diffusion_pytorch_model.fp16.safetensors", torch.float16)
+
+
+def _write_vae(folder: Path, model, spec: dict, fp16: bool) -> None:
+    import torch
+
+    d = folder / "vae"
+    if spec["vae_config"] == "diffusers-save_config":
+        model.save_config(d)
+    else:
+        _write_json(d / "config.json", spec["vae"])
+    tensors = model.state_dict()
+    named = {legacy_vae_name(k): v for k, v in tensors.items()} if spec["vae_names"] == "legacy" else tensors
+    _save(named, d / "diffusion_pytorch_model.safetensors")
+    if fp16:
+        # SD 1.5's fp16 VAE (added later than its fp32 file) uses the new names.
+        _save(tensors, d / "diffusion_pytorch_model.fp16.safetensors", torch.float16)
+
+
+def _write_small_parts(folder: Path, spec: dict) -> None:
+    _write_json(folder / "model_index.json", spec["model_index"])
+    _write_json(folder / "scheduler" / "scheduler_config.json", spec["scheduler"])
+    tok = folder / "tokenizer"
+    tok.mkdir(parents=True, exist_ok=True)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copyfile(CLIP_TOKENIZER / name, tok / name)
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        shutil.copyfile(CONFIGS / spec["tokenizer"] / "tokenizer" / name, tok / name)
+
+
+def _clip_config(cfg: dict):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig.from_dict(copy.deepcopy(cfg))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """diffusers/transformers chatter (progress bars, torchvision notes) would drown the summary."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    levels = (dlog.get_verbosity(), tlog.get_verbosity())
+    bars = (dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled())
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(levels[0])
+        tlog.set_verbosity(levels[1])
+        if bars[0]:
+            dlog.enable_progress_bar()
+        if bars[1]:
+            tlog.enable_progress_bar()
+
+
+def make_tiny_modules(name: str) -> dict:
+    """The calibrated torch modules of tiny model `name`, in memory: {text_encoder, unet, vae}.
+
+    Deterministic (seeded), so the tests can compare what diffusers loads from disk with these.
+    """
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    spec = _tiny_specs()[name]
+    torch.manual_seed(spec["seed"])
+    text_encoder = CLIPTextModel(_clip_config(spec["text_encoder"])).eval()
+    unet = UNet2DConditionModel.from_config(copy.deepcopy(spec["unet"])).eval()
+    vae = AutoencoderKL.from_config(copy.deepcopy(spec["vae"])).eval()
+
+    with torch.no_grad():
+        # Probe prompts: <|startoftext|>, 7 random tokens, then <|endoftext|> to the end.
+        ids = torch.full((3, 77), 49407)
+        ids[:, 0] = 49406
+        ids[:, 1:8] = torch.randint(0, 49406, (3, 7))
+        text = text_encoder(ids).last_hidden_state
+
+        # UNet: unit-std output (eps or v) for unit-std latents, so sampling neither dies nor explodes.
+        s = unet.config.sample_size
+        x = torch.randn(len(ids), unet.config.in_channels, s, s)
+        std = unet(x, torch.tensor(500), encoder_hidden_states=text).sample.std()
+        unet.conv_out.weight.div_(std)
+        unet.conv_out.bias.div_(std)
+
+        # VAE decoder: image std VAE_IMAGE_STD around 0 per channel, so few pixels hit the clip limits.
+        z = torch.randn(2, vae.config.latent_channels, s, s) / vae.config.scaling_factor
+        vae.decoder.conv_out.weight.mul_(VAE_IMAGE_STD / vae.decode(z).sample.std())
+        vae.decoder.conv_out.bias.sub_(vae.decode(z).sample.mean(dim=(0, 2, 3)))
+
+        # VAE encoder: moments (mean, logvar) of unit std, so encode -> sample stays sane too.
+        f = 2 ** (len(vae.config.block_out_channels) - 1)
+        std = vae.encoder(torch.randn(1, vae.config.in_channels, s * f, s * f)).std()
+        vae.encoder.conv_out.weight.div_(std)
+        vae.encoder.conv_out.bias.div_(std)
+    return {"text_encoder": text_encoder, "unet": unet, "vae": vae}
+
+
+def _build_tiny(name: str, spec: dict, folder: Path) -> dict:
+    """Instantiate, calibrate and write one tiny model into `folder`; returns summary numbers."""
+    modules = make_tiny_modules(name)
+    fp16 = spec["fp16_variant"]
+    _write_small_parts(folder, spec)
+    _write_text_encoder(folder, modules["text_encoder"], spec, fp16)
+    _write_unet(folder, modules["unet"], spec, fp16)
+    _write_vae(folder, modules["vae"], spec, fp16)
+    return {"params": {c: sum(p.numel() for p in m.parameters()) for c, m in modules.items()}}
+
+
+def image_stats(pipe, prompt: str = CHECK_PROMPTS[0], seed: int = 0):
+    """Generate with diffusers (PNDM steps, guidance 7.5); returns the uint8 image (H, W, 3)."""
+    import numpy as np
+    import torch
+
+    with torch.no_grad():
+        x = pipe(prompt, num_inference_steps=CHECK_STEPS, guidance_scale=CHECK_GUIDANCE,
+                 generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+    # diffusers' "np" output is clip(x / 2 + 0.5, 0, 1); the product's image contract rounds it.
+    return np.round(x * 255).astype(np.uint8)
+
+
+def check_image(folder: Path) -> dict:
+    """Load `folder` with diffusers and check the image is informative; raises if it is not."""
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    a = image_stats(pipe, CHECK_PROMPTS[0], 0)
+    b = image_stats(pipe, CHECK_PROMPTS[1], 0)
+    c = image_stats(pipe, CHECK_PROMPTS[0], 1)
+    stats = {
+        "size": list(a.shape),
+        "inside": float(((a > 0) & (a < 255)).mean()),
+        "std": float(a.std()),
+        "mean": float(a.mean()),
+        "prompt_diff": float(np.abs(a.astype(np.int16) - b).mean()),
+        "seed_diff": float(np.abs(a.astype(np.int16) - c).mean()),
+    }
+    bad = []
+    if stats["inside"] < 0.9:
+        bad.append(f"only {stats['inside']:.1%} of pixels inside (0, 255), want >= 90%")
+    if stats["std"] <= 10:
+        bad.append(f"pixel std {stats['std']:.1f}, want > 10")
+    if stats["prompt_diff"] <= 1 or stats["seed_diff"] <= 1:
+        bad.append(f"image barely changes (prompt {stats['prompt_diff']:.2f}, seed {stats['seed_diff']:.2f})")
+    if bad:
+        raise RuntimeError(f"{folder.name}: degenerate image: " + "; ".join(bad))
+    return stats
+
+
+def _sizes(folder: Path) -> dict:
+    return {c: sum(p.stat().st_size for p in (folder / c).glob("*.safetensors"))
+            for c in ("text_encoder", "unet", "vae")}
+
+
+def _fmt_summary(name: str, summary: dict) -> str:
+    p = summary["params"]
+    sz = summary["bytes"]
+    line = (f"{name}: params te {p['text_encoder']:,} unet {p['unet']:,} vae {p['vae']:,}; "
+            f"files te {sz['text_encoder'] / 1e6:.1f} MB unet {sz['unet'] / 1e6:.1f} MB vae {sz['vae'] / 1e6:.1f} MB")
+    im = summary.get("image")
+    if im:
+        line += (f"; image {im['size'][0]}x{im['size'][1]} inside {im['inside']:.1%} std {im['std']:.1f} "
+                 f"mean {im['mean']:.1f} d(prompt) {im['prompt_diff']:.1f} d(seed) {im['seed_diff']:.1f}")
+    return line + f"; {summary['seconds']:.1f} s"
+
+
+def build(out_dir: str | os.PathLike, names=None, *, quiet: bool = False) -> dict[str, Path]:
+    """Make the tiny models `names` (default: all) under out_dir, skipping complete ones.
+
+    Returns {name: folder}. Safe to call from several processes at once.
+    """
+    out_dir = Path(out_dir)
+    names = list(TINY if names is None else names)
+    for n in names:
+        if n not in TINY:
+            raise ValueError(f"unknown test model {n!r}; expected one of {', '.join(TINY)}")
+    result = {n: out_dir / n for n in names}
+    if all(is_complete(result[n]) for n in names):
+        return result
+    import torch
+
+    specs = _tiny_specs()
+    threads = torch.get_num_threads()
+    # Ops this small gain nothing from threads, and lose a lot when other processes share the cores.
+    torch.set_num_threads(1)
+    with _locked(out_dir), contextlib.ExitStack() as restore:
+        restore.callback(torch.set_num_threads, threads)
+        for stale in out_dir.glob(".*.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in out_dir.glob(".*.old-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        for n in names:
+            spec = specs[n]
+            if is_complete(result[n], _stamp_id(spec)):
+                if not quiet:
+                    print(f"{n}: up to date")
+                continue
+            t0 = time.time()
+            tmp = out_dir / f".{n}.tmp-{os.getpid()}"
+            tmp.mkdir()
+            try:
+                with _quiet():
+                    summary = _build_tiny(n, spec, tmp)
+                    summary["image"] = check_image(tmp)
+                summary["bytes"] = _sizes(tmp)
+                summary["seconds"] = time.time() - t0
+                _write_stamp(tmp, spec, summary)
+                _place(tmp, result[n])
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            if not quiet:
+                print(_fmt_summary(n, summary), flush=True)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Full-size random models (benchmarks)
+# --------------------------------------------------------------------------------------------
+
+
+def _fast_random_init(module, generator) -> None:
+    """Fill every parameter in place: 1-D weights 1, biases 0, the rest N(0, 1/fan_in).
+
+    Variance-preserving, so activations stay O(1) (no inf, no denormals that would skew timings),
+    and far cheaper than torch's default init for a billion parameters.
+    """
+    import torch
+
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim == 1:
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            else:
+                fan_in = p[0].numel()
+                p.normal_(0.0, fan_in ** -0.5, generator=generator)
+
+
+def _empty(factory):
+    """Build a module on the meta device (no init cost), then give it uninitialised CPU storage."""
+    import torch
+
+    with torch.device("meta"):
+        m = factory()
+    return m.to_empty(device="cpu").eval()
+
+
+def build_full(arch: str, out: str | os.PathLike, *, fp16: bool = False, quiet: bool = False) -> Path:
+    """Write the full-size `arch` (only 'sd15') with random weights to `out`; component by component."""
+    import gc
+
+    import torch
+
+    out = Path(out)
+    spec = _full_spec(arch)
+    spec["fp16_variant"] = fp16
+    if is_complete(out, _stamp_id(spec)):
+        if not quiet:
+            print(f"{out}: up to date")
+        return out
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(out.parent):
+        t0 = time.time()
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            g = torch.Generator().manual_seed(spec["seed"])
+            params = {}
+            _write_small_parts(tmp, spec)
+            with _quiet():
+                for comp, factory, writer in (
+                    ("text_encoder", lambda: CLIPTextModel(_clip_config(spec["text_encoder"])), _write_text_encoder),
+                    ("unet", lambda: UNet2DConditionModel.from_config(copy.deepcopy(spec["unet"])), _write_unet),
+                    ("vae", lambda: AutoencoderKL.from_config(copy.deepcopy(spec["vae"])), _write_vae),
+                ):
+                    m = _empty(factory)
+                    _fast_random_init(m, g)
+                    params[comp] = sum(p.numel() for p in m.parameters())
+                    writer(tmp, m, spec, fp16)
+                    del m
+                    gc.collect()
+                    if not quiet:
+                        print(f"  {comp}: {params[comp]:,} params written ({time.time() - t0:.0f} s)", flush=True)
+            summary = {"params": params, "bytes": _sizes(tmp), "seconds": time.time() - t0}
+            _write_stamp(tmp, spec, summary)
+            _place(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    if not quiet:
+        print(_fmt_summary(f"{arch} -> {out}", summary), flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out_dir", nargs="?", help="folder for the tiny models (one subfolder each)")
+    ap.add_argument("--only", action="append", choices=TINY, metavar="NAME",
+                    help=f"build only this tiny model (repeatable): {', '.join(TINY)}")
+    ap.add_argument("--full-size", nargs=2, metavar=("ARCH", "OUT"),
+                    help="write the full-size architecture ARCH (sd15) with random weights to OUT")
+    ap.add_argument("--fp16", action="store_true", help="with --full-size: also write the .fp16 variant files")
+    args = ap.parse_args(argv)
+    if args.out_dir is None and args.full_size is None:
+        ap.error("give OUT_DIR and/or --full-size sd15 OUT")
+    if args.only and args.out_dir is None:
+        ap.error("--only needs OUT_DIR")
+    if args.fp16 and args.full_size is None:
+        ap.error("--fp16 applies to --full-size only (sd1-tiny always has .fp16 variants)")
+    if args.out_dir is not None:
+        build(args.out_dir, args.only)
+    if args.full_size is not None:
+        build_full(args.full_size[0], args.full_size[1], fp16=args.fp16)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
