@@ -123,8 +123,9 @@ def _tiny_specs() -> dict[str, dict]:
                   down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
                   up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
                   layers_per_block=2, norm_num_groups=8, sample_size=8),
-        vae=dict(sd15_vae, block_out_channels=[8, 16, 16, 16], layers_per_block=1, norm_num_groups=4,
-                 sample_size=64),
+        # 4 blocks of 2 resnets, widths changing where SD 1.5's do (128, 256, 512, 512): the tensor
+        # names, conv_shortcuts included, are exactly those of the real files.
+        vae=dict(sd15_vae, block_out_channels=[8, 16, 32, 32], norm_num_groups=4, sample_size=64),
         vae_names="legacy",
         vae_config="as-written",
         scheduler=sd15_sched,
@@ -145,7 +146,7 @@ def _tiny_specs() -> dict[str, dict]:
                   up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
                   layers_per_block=2, transformer_layers_per_block=[1, 2, 1], norm_num_groups=8,
                   sample_size=8),
-        vae=dict(sd21_vae, block_out_channels=[8, 16, 32, 32], layers_per_block=2, norm_num_groups=4,
+        vae=dict(sd21_vae, block_out_channels=[8, 16, 24, 24], layers_per_block=2, norm_num_groups=4,
                  sample_size=64, scaling_factor=0.5),
         vae_names="legacy",
         vae_config="as-written",
@@ -505,6 +506,8 @@ def build(out_dir: str | os.PathLike, names=None, *, quiet: bool = False) -> dic
             raise ValueError(f"unknown test model {n!r}; expected one of {', '.join(TINY)}")
     result = {n: out_dir / n for n in names}
     if all(is_complete(result[n]) for n in names):
+        if not quiet:
+            print(f"{', '.join(names)}: up to date in {out_dir}")
         return result
     import torch
 

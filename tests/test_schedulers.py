@@ -70,7 +70,10 @@ SD21_BASE = {
 }
 CONFIGS = {
     "sd15": SD15,
-    **{f"sd21v-{s}": dict(SD21_BASE, prediction_type="v_prediction", timestep_spacing=s) for s in ("leading", "trailing", "linspace")},
+    **{
+        f"sd21v-{s}": dict(SD21_BASE, prediction_type="v_prediction", timestep_spacing=s)
+        for s in ("leading", "trailing", "linspace")
+    },
 }
 STEPS = (1, 2, 4, 20, 50)
 SHAPE = (1, 4, 8, 6)
@@ -292,9 +295,10 @@ def test_ddpm_learned_variance(variance_type, monkeypatch):
         return np.concatenate([fake_unet(x, t), extra], axis=1)
 
     rng = np.random.default_rng(3)
-    monkeypatch.setattr(
-        scheduling_ddpm, "randn_tensor", lambda shape, **_: torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32))
-    )
+    def randn_tensor(shape, **_):
+        return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32))
+
+    monkeypatch.setattr(scheduling_ddpm, "randn_tensor", randn_tensor)
     ref = diffusers.DDPMScheduler.from_config(config)
     ref.set_timesteps(10)
     x_ref = torch.from_numpy(FIXED.copy())

@@ -6,8 +6,6 @@ for a linear-in-lambda x0, using the previous step's x0 for the slope (first ord
 step, and on the last when it lands on sigma = 0).
 """
 
-import math
-
 import numpy as np
 
 from ..errors import ConfigError

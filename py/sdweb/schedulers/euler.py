@@ -96,7 +96,9 @@ class EulerDiscreteScheduler(SigmaScheduler):
         self._option("timestep_type", ("discrete", "continuous"))
         self._option("final_sigmas_type", ("zero", "sigma_min"))
         if c["use_beta_sigmas"]:
-            raise ConfigError("EulerDiscreteScheduler use_beta_sigmas=true is not supported (it needs scipy); set it false")
+            raise ConfigError(
+                "EulerDiscreteScheduler use_beta_sigmas=true is not supported (it needs scipy); set it false"
+            )
         if sum(bool(c[k]) for k in ("use_karras_sigmas", "use_exponential_sigmas")) > 1:
             raise ConfigError("use_karras_sigmas and use_exponential_sigmas are both set; set at most one")
         self._sigmas_train = self._train_sigmas()

@@ -3,7 +3,7 @@ down to sigma_down, then adds fresh noise of size sigma_up (one draw per step, t
 
 import numpy as np
 
-from .base import Scheduler, as_f32, draw, f32
+from .base import as_f32, draw, f32
 from .euler import SigmaScheduler
 
 
@@ -22,7 +22,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
     )
 
     def __init__(self, config=None, **forced):
-        Scheduler.__init__(self, config, **forced)
+        super().__init__(config, **forced)
         # diffusers raises NotImplementedError for "sample" prediction here.
         self._option("prediction_type", ("epsilon", "v_prediction"))
         self._option("timestep_spacing", ("leading", "trailing", "linspace"))

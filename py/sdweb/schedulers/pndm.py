@@ -41,7 +41,9 @@ class PNDMScheduler(Scheduler):
         c = self.config
         T = c["num_train_timesteps"]
         if not c["skip_prk_steps"] and n < self.pndm_order:
-            raise ConfigError(f"steps={n} is too few for PNDM with skip_prk_steps=false; use at least {self.pndm_order}")
+            raise ConfigError(
+                f"steps={n} is too few for PNDM with skip_prk_steps=false; use at least {self.pndm_order}"
+            )
         self.num_inference_steps = n
         ts = spaced_timesteps(c["timestep_spacing"], T, n, c["steps_offset"])[::-1]  # ascending, as diffusers
         if c["skip_prk_steps"]:

@@ -1,0 +1,85 @@
+"""Shared fixtures: the tiny test models and a cached diffusers reference pipeline.
+
+Nothing heavy is imported at module level: torch, diffusers and transformers are imported inside
+the fixtures, so tests that use none of them start fast.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = ROOT / "tests" / ".models"  # gitignored; rebuilt when make_test_models.py changes
+
+
+def load_make_test_models():
+    """scripts/make_test_models.py as a module (scripts/ is not a package)."""
+    name = "make_test_models"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "make_test_models.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def make_test_models():
+    """The make_test_models module (specs, `build`, `make_tiny_modules`, `is_complete`)."""
+    return load_make_test_models()
+
+
+@pytest.fixture(scope="session")
+def test_models_dir(make_test_models) -> Path:
+    """tests/.models/ holding sd1-tiny, sd2-tiny and nomid-tiny, built on first use (~10 s)."""
+    make_test_models.build(MODELS_DIR, quiet=True)
+    return MODELS_DIR
+
+
+@pytest.fixture(scope="session")
+def sd1_tiny(test_models_dir) -> Path:
+    """SD 1.x layout: prefixed CLIP file with position_ids, legacy VAE names, .fp16 variants."""
+    return test_models_dir / "sd1-tiny"
+
+
+@pytest.fixture(scope="session")
+def sd2_tiny(test_models_dir) -> Path:
+    """SD 2.x layout: unprefixed CLIP (transformers 5), per-block heads, v_prediction, pads with '!'."""
+    return test_models_dir / "sd2-tiny"
+
+
+@pytest.fixture(scope="session")
+def nomid_tiny(test_models_dir) -> Path:
+    """BK-SDM layout: UNet without a mid block, new VAE attention names."""
+    return test_models_dir / "nomid-tiny"
+
+
+@pytest.fixture(scope="session")
+def diffusers_pipe():
+    """Factory: `diffusers_pipe(path, variant=None)` -> StableDiffusionPipeline in float32, cached.
+
+    Safety checker off, progress bars off. Sets torch to one thread for the session: the tiny
+    models' ops are far too small to gain from threads, and on a shared 2-core box threads that
+    compete with other processes make them many times slower.
+    """
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    torch.set_num_threads(1)
+    cache = {}
+
+    def load(path, variant=None):
+        key = (str(Path(path).resolve()), variant)
+        if key not in cache:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                path, dtype=torch.float32, variant=variant, safety_checker=None, requires_safety_checker=False
+            )
+            pipe.set_progress_bar_config(disable=True)
+            cache[key] = pipe
+        return cache[key]
+
+    return load
