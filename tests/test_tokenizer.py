@@ -352,7 +352,7 @@ def _new_unicode_tables(normalizer, pre_tokenizer) -> str:
                 out[-1][1] = cp
             else:
                 out.append([cp, cp])
-        return ", ".join(f"({a:#X}, {b:#X})" for a, b in out)
+        return ", ".join(f"(0x{a:04X}, 0x{b:04X})" for a, b in out)
 
     return f"_NEW_LETTERS: {ranges(letters)}\n_NEW_NUMBERS: {ranges(numbers)}\nlowercase: {lower}"
 

@@ -39,6 +39,7 @@ __all__ = ["CLIPTokenizer", "normalize", "pre_tokenize", "bytes_to_unicode"]
 # Oniguruma's Unicode \s: U+0009..U+000D, U+0085 and the categories Zs, Zl, Zp.
 _WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _WHITESPACE_RUN = re.compile(f"[{_WHITESPACE}]+")
+_IS_WHITESPACE = re.compile(f"[{_WHITESPACE}]").fullmatch  # Rust's char::is_whitespace, the same set
 
 # Code points that Python's unicodedata leaves unassigned (Unicode 14.0 in CPython 3.11, 15.0 in
 # Pyodide's 3.12) but tokenizers 0.23 knows: Oniguruma's \p{L} / \p{N} are Unicode 16.0, Rust's
@@ -156,7 +157,9 @@ class _AddedToken:
 
 
 def _is_word_char(c: str) -> bool:
-    return c.isalnum() or c == "_"
+    """Rust regex's Unicode \\w (alphabetic, marks, decimal digits, connector punctuation, joiners)."""
+    cat = unicodedata.category(c)
+    return cat[0] in "LM" or cat in ("Nd", "Nl", "Pc") or c in "\u200c\u200d"
 
 
 def _split_added(text: str, tokens: list[_AddedToken]):
@@ -181,13 +184,13 @@ def _split_added(text: str, tokens: list[_AddedToken]):
         if best.single_word and (
             (start > 0 and _is_word_char(text[start - 1])) or (stop < len(text) and _is_word_char(text[stop]))
         ):
-            search = best_at + 1
+            search = stop  # tokenizers' matcher resumes after the discarded match
             continue
         if best.lstrip:
-            while start > pos and text[start - 1].isspace():
+            while start > pos and _IS_WHITESPACE(text[start - 1]):
                 start -= 1
         if best.rstrip:
-            while stop < len(text) and text[stop].isspace():
+            while stop < len(text) and _IS_WHITESPACE(text[stop]):
                 stop += 1
         if start > pos:
             out.append((text[pos:start], None))
@@ -432,7 +435,7 @@ class CLIPTokenizer:
         dropped = max(0, len(ids) - room)
         self.last_truncated = dropped
         if dropped:
-            lost = self.decode(ids[room:])
+            lost = self.decode(ids[room:], skip_special_tokens=False)
             if len(lost) > 60:
                 lost = lost[:57] + "..."
             warnings.warn(
