@@ -37,7 +37,8 @@ SUBJECTS = [
     "a futuristic sports car", "an ancient temple in the jungle", "a medieval knight", "a bouquet of roses",
     "a dragon flying over mountains", "a girl reading a book under a tree", "a robot playing chess",
     "a busy market in Marrakech", "a cup of coffee on a wooden table", "a whale breaching the ocean",
-    "the Eiffel Tower made of chocolate", "a wizard casting a spell", "a frog on a lily pad", "a snowy mountain village",
+    "the Eiffel Tower made of chocolate", "a wizard casting a spell", "a frog on a lily pad",
+    "a snowy mountain village",
     "a neon-lit ramen shop", "a portrait of a woman with freckles", "an owl on a branch", "a viking ship",
     "a desert oasis", "a treehouse city", "a koi pond", "an abandoned amusement park", "a hamburger, studio shot",
     "a polar bear on an iceberg", "a jellyfish in deep sea", "a vintage typewriter", "a cathedral interior",
@@ -48,7 +49,8 @@ SUBJECTS = [
     "a man in a trench coat", "a child flying a kite", "a sailboat on a calm lake", "a mechanical heart",
 ]
 STYLES = [
-    "oil painting", "watercolor", "digital art", "concept art", "studio ghibli style", "unreal engine 5", "octane render",
+    "oil painting", "watercolor", "digital art", "concept art", "studio ghibli style", "unreal engine 5",
+    "octane render",
     "8k", "4K UHD", "highly detailed", "intricate details", "trending on artstation", "by greg rutkowski",
     "by alphonse mucha", "by Hayao Miyazaki", "cinematic lighting", "volumetric lighting", "bokeh", "35mm film",
     "f/1.8", "HDR", "sharp focus", "ultra realistic", "photorealistic", "low poly", "pixel art", "vaporwave",

@@ -177,23 +177,20 @@ def test_half_precision_weights(tmp_path, precision, bound):
 
 @pytest.mark.parametrize("fixture, variant", [("sd1_tiny", None), ("sd1_tiny", "fp16"), ("sd2_tiny", None),
                                               ("nomid_tiny", None)])
-def test_tiny_model_folders(request, fixture, variant):
+def test_tiny_model_folders(request, diffusers_pipe, fixture, variant):
     """The test models in the Hub layout (each text encoder file spelled as a different real one
-    is) against the text encoder diffusers' pipeline loads from the same folder."""
-    from transformers import CLIPTokenizer
-
+    is) against the text encoder and tokenizer of diffusers' pipeline loaded from the same folder."""
     from sdweb.model import ModelFolder
 
-    folder = tiny_folder(request, fixture)
+    folder = request.getfixturevalue(fixture)
+    pipe = diffusers_pipe(folder, variant)
     model = ModelFolder(folder)
     store = model.weights("text_encoder", "fp32", variant)
     if variant:
         assert store.files[0].name.endswith(f".{variant}.safetensors")
     ours = CLIPTextModel(model.config("text_encoder"), store.prefix(CLIPTextModel.weights_root(store)), B)
     store.finish()
-    ref = RefCLIPTextModel.from_pretrained(folder, subfolder="text_encoder", variant=variant,
-                                           torch_dtype=torch.float32).eval()
-    tok = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    ref, tok = pipe.text_encoder, pipe.tokenizer
     ids = tok(["a photograph of an astronaut riding a horse", ""], padding="max_length",
               max_length=tok.model_max_length, truncation=True, return_tensors="np").input_ids
     with torch.no_grad():
@@ -202,11 +199,3 @@ def test_tiny_model_folders(request, fixture, variant):
     assert_close(ours(ids), out.last_hidden_state)
     assert_close(ours(ids, clip_skip=1), skip1)
     assert_close(ours.pooled(ids), out.pooler_output)
-
-
-def tiny_folder(request, fixture: str):
-    """The folder a tests/conftest.py fixture gives; a skip (reported with -ra) while none is defined."""
-    try:
-        return request.getfixturevalue(fixture)
-    except pytest.FixtureLookupError:
-        pytest.skip(f"tests/conftest.py defines no fixture {fixture}")

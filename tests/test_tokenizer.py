@@ -1,6 +1,6 @@
 """sdweb.tokenizer against the independent reference: transformers' CLIPTokenizerFast (HF `tokenizers`).
 
-Both read the same folder: the real CLIP BPE tables (../shared/data/clip-tokenizer) beside the real
+Both read the same folder: the real CLIP BPE tables (tests/data/clip-tokenizer) beside the real
 special_tokens_map.json / tokenizer_config.json of SD 1.5 (pad `<|endoftext|>`) or SD 2.1-base
 (pad `!`). The corpus is tests/data/prompts.txt (scripts/make_prompt_corpus.py writes it).
 """
@@ -18,18 +18,15 @@ from pathlib import Path
 import pytest
 
 from sdweb import tokenizer as tk
-from sdweb.errors import ModelError
+from sdweb.errors import ConfigError, ModelError
 from sdweb.tokenizer import CLIPTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
-TABLES = SHARED / "clip-tokenizer"
-CONFIGS = SHARED / "model-configs"
+TABLES = ROOT / "tests" / "data" / "clip-tokenizer"
+CONFIGS = ROOT / "tests" / "data" / "real-configs"
 CORPUS = ROOT / "tests" / "data" / "prompts.txt"
 
 transformers = pytest.importorskip("transformers")
-if not TABLES.is_dir():
-    pytest.skip(f"{TABLES} not found: the real CLIP BPE tables are needed", allow_module_level=True)
 
 
 def read_corpus(path: Path = CORPUS) -> list[str]:
@@ -159,14 +156,16 @@ def test_published_clip_ids(pairs):
 
 TRICKY = [
     "", " ", "a", "!", "!!!", "wow!!! nice!", "a<|endoftext|>b", "<|ENDOFTEXT|> x", "<|StartOfText|>y", "<|endoftext",
-    "a <|startoftext|> b", "<cat-toy> on a beach", "<Cat-Toy>", "a  <MASK>  b", "<MASK>", "ΟΔΟΣ İ", "e\u0301 café",
+    "a <|startoftext|> b", "<cat-toy> on a beach", "<Cat-Toy>", "a  <MASK>  b", "<MASK>", "a <sks> dog",
+    "a<sks>dog", "<sks>_<sks> é<sks> <sks>\u0301 <SKS>!", "ΟΔΟΣ İ", "e\u0301 café",
     "don't IT'S", "1,024x768 ½ Ⅻ ٣", "👨‍👩‍👧 🏳️‍🌈", "\tx\u3000y\u2028z\x1c", "masterpiece " * 90,
 ]
 
 
 def variant_folders(base: Path) -> dict[str, Path]:
     """Ways a tokenizer folder turns up: one config file, none, a saved added_tokens_decoder (with a
-    textual-inversion token and an lstrip/rstrip one), special tokens spelled as strings or dicts."""
+    textual-inversion token, an lstrip/rstrip one and a single_word one), special tokens spelled as
+    strings or dicts."""
     sd21 = CONFIGS / "stable-diffusion-2-1-base" / "tokenizer"
     config21 = json.loads((sd21 / "tokenizer_config.json").read_text())
     map21 = json.loads((sd21 / "special_tokens_map.json").read_text())
@@ -177,10 +176,12 @@ def variant_folders(base: Path) -> dict[str, Path]:
         "49407": {"content": "<|endoftext|>", "normalized": False, "special": True, **flags},
         "49408": {"content": "<Cat-Toy>", "normalized": True, "special": False, **flags},
         "49409": {"content": "<MASK>", "normalized": False, "special": True, **flags, "lstrip": True, "rstrip": True},
+        "49410": {"content": "<sks>", "normalized": True, "special": False, **flags, "single_word": True},
     }
     eos = dict(map21["eos_token"])
     return {
-        "config-only": make_folder(base / "config-only", "stable-diffusion-2-1-base", drop=("special_tokens_map.json",)),
+        "config-only": make_folder(base / "config-only", "stable-diffusion-2-1-base",
+                                   drop=("special_tokens_map.json",)),
         "map-only": make_folder(base / "map-only", "stable-diffusion-2-1-base", drop=("tokenizer_config.json",)),
         "tables-only": make_folder(base / "tables-only", None),
         "added-tokens-decoder": make_folder(base / "decoder", "stable-diffusion-2-1-base", extra={
@@ -265,7 +266,7 @@ def test_shorter_max_length_and_no_padding(pairs):
         warnings.simplefilter("ignore")
         assert ours.encode("a photo of a cat " * 20, max_length=10, pad=False)[-1] == 49407
         assert len(ours.encode("a photo of a cat " * 20, max_length=10, pad=False)) == 10
-    with pytest.raises(ValueError, match="max_length"):
+    with pytest.raises(ConfigError, match="max_length"):
         ours.encode("x", max_length=1)
 
 

@@ -85,7 +85,8 @@ def inputs(model, N=2, size=16, seed=1):
     return z, x
 
 
-@pytest.mark.parametrize("name, legacy", [("two", False), ("two", True), ("three_noattn", False), ("one", False)])
+@pytest.mark.parametrize("name, legacy",
+                         [("two", False), ("two", True), ("three_noattn", False), ("one", False)])
 def test_decode_and_encode_match_diffusers(tmp_path, name, legacy):
     ref = make_ref(name)
     vae, _ = load(config_of(ref), save(ref, tmp_path / "vae.safetensors", legacy))
@@ -118,7 +119,8 @@ def test_scale_factors_and_config_defaults(tmp_path):
     assert vae.scale_factor == 2 and vae.scaling_factor == 0.18215
     vae, _ = load(dict(cfg, scaling_factor=0.13025), path)
     assert vae.scaling_factor == 0.13025
-    assert load(config_of(make_ref("three_noattn")), save(make_ref("three_noattn"), tmp_path / "b.safetensors"))[0].scale_factor == 4
+    three = make_ref("three_noattn")
+    assert load(config_of(three), save(three, tmp_path / "b.safetensors"))[0].scale_factor == 4
 
 
 def test_decode_only_skips_encoder(tmp_path):
@@ -138,7 +140,9 @@ def test_wrong_shape_is_named(tmp_path):
     sd = {k: v.contiguous() for k, v in ref.state_dict().items()}
     sd["decoder.up_blocks.0.resnets.1.conv2.weight"] = torch.zeros(32, 32, 1, 1)
     save_file(sd, str(tmp_path / "vae.safetensors"))
-    with pytest.raises(WeightError, match=r"decoder\.up_blocks\.0\.resnets\.1\.conv2\.weight has shape \[32, 32, 1, 1\]"):
+    name = r"decoder\.up_blocks\.0\.resnets\.1\.conv2\.weight"
+    shapes = r" has shape \[32, 32, 1, 1\] but the config needs \[32, 32, 3, 3\]"
+    with pytest.raises(WeightError, match=name + shapes):
         load(config_of(ref), tmp_path / "vae.safetensors")
 
 
@@ -185,18 +189,17 @@ def test_half_precision_weights(tmp_path, precision, min_db):
 
 @pytest.mark.parametrize("fixture, variant", [("sd1_tiny", None), ("sd1_tiny", "fp16"), ("sd2_tiny", None),
                                               ("nomid_tiny", None)])
-def test_tiny_model_folders(request, fixture, variant):
+def test_tiny_model_folders(request, diffusers_pipe, fixture, variant):
     """The test models in the Hub layout (legacy and new attention names, with and without
-    scaling_factor) against the VAE diffusers' pipeline loads from the same folder."""
+    scaling_factor) against the VAE of diffusers' pipeline loaded from the same folder."""
     from sdweb.model import ModelFolder
 
-    folder = tiny_folder(request, fixture)
+    folder = request.getfixturevalue(fixture)
+    ref = diffusers_pipe(folder, variant).vae
     model = ModelFolder(folder)
     store = model.weights("vae", "fp32", variant)
-    config = model.config("vae")
-    vae = AutoencoderKL(config, store.prefix(""), B)
+    vae = AutoencoderKL(model.config("vae"), store.prefix(""), B)
     store.finish()
-    ref = RefAutoencoderKL.from_pretrained(folder, subfolder="vae", variant=variant, torch_dtype=torch.float32).eval()
     assert vae.scaling_factor == ref.config.scaling_factor
     assert vae.scale_factor == 2 ** (len(ref.config.block_out_channels) - 1)
     z, x = inputs(ref, N=1, size=4 * vae.scale_factor)
@@ -205,11 +208,3 @@ def test_tiny_model_folders(request, fixture, variant):
         want_moments = ref.encode(torch.from_numpy(x)).latent_dist.parameters
     assert_close(vae.decode(B.tensor(z)), want_img)
     assert_close(vae.encode(B.tensor(x)), want_moments)
-
-
-def tiny_folder(request, fixture: str):
-    """The folder a tests/conftest.py fixture gives; a skip (reported with -ra) while none is defined."""
-    try:
-        return request.getfixturevalue(fixture)
-    except pytest.FixtureLookupError:
-        pytest.skip(f"tests/conftest.py defines no fixture {fixture}")

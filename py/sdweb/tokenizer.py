@@ -30,7 +30,7 @@ import re
 import unicodedata
 import warnings
 
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 
 __all__ = ["CLIPTokenizer", "normalize", "pre_tokenize", "bytes_to_unicode"]
 
@@ -312,8 +312,10 @@ class CLIPTokenizer:
         else:
             entries = []
         for e in sorted(entries, key=lambda e: e["id"]):
+            special = e.get("special", False)
             saved[e["content"]] = _AddedToken(
-                e["content"], e["id"], e.get("special", False), e.get("normalized", not e.get("special", False)),
+                # tokenizers gives a token that is already in the vocabulary its vocabulary id
+                e["content"], vocab.get(e["content"], e["id"]), special, e.get("normalized", not special),
                 e.get("lstrip", False), e.get("rstrip", False), e.get("single_word", False))
 
         added: dict[str, _AddedToken] = dict(saved)
@@ -424,12 +426,12 @@ class CLIPTokenizer:
                return_truncated: bool = False):
         """Prompt -> [bos, ids..., eos] cut to max_length (eos kept last) and padded to it with pad id.
 
-        Dropped tokens raise a warning naming how many; the count is also kept in
+        Dropping tokens emits a warning naming how many; the count is also kept in
         `self.last_truncated` and, with return_truncated=True, returned: (ids, n_dropped).
         """
         max_length = self.model_max_length if max_length is None else max_length
         if max_length < 2:
-            raise ValueError(f"max_length={max_length}: must be at least 2 (room for bos and eos)")
+            raise ConfigError(f"max_length={max_length}: must be at least 2 (room for bos and eos)")
         ids = self._run(text)[1]
         room = max_length - 2
         dropped = max(0, len(ids) - room)
@@ -455,7 +457,9 @@ class CLIPTokenizer:
         for i in ids:
             if i in skip:
                 continue
-            token = self.decoder[i]
+            token = self.decoder.get(i)
+            if token is None:
+                raise ValueError(f"token id {i} is neither in the vocabulary nor an added token")
             try:
                 raw += bytes([_BYTE_DECODER[c] for c in token])
             except KeyError:  # tokenizers' ByteLevel decoder keeps such a token's own UTF-8 bytes
