@@ -6,7 +6,8 @@
 
 Every folder is what `StableDiffusionPipeline.from_pretrained(folder)` loads: `model_index.json`,
 `text_encoder/`, `tokenizer/`, `unet/`, `vae/`, `scheduler/`. The three tiny models differ on purpose
-in the ways real checkpoints differ (see ../shared/data/model-configs/ and TENSOR_NAMES.md):
+in the ways real checkpoints differ (real configs: tests/data/real-configs/; what the real weight
+files hold: ../shared/data/model-configs/TENSOR_NAMES.md):
 
   sd1-tiny    SD 1.x: quick_gelu CLIP whose file names tensors `text_model.*` and carries
               `text_model.embeddings.position_ids` (I64 [1, 77]), as the Hub's SD 1.5 does; UNet with an
@@ -53,18 +54,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = (ROOT / ".." / "shared" / "data").resolve()
-if not SHARED.is_dir():
-    SHARED = Path("/work/shared/data")
-CONFIGS = SHARED / "model-configs"
-CLIP_TOKENIZER = SHARED / "clip-tokenizer"
+# The repo's copies of the shared data (tests/data), else the shared folder beside the checkout.
+_DATA, _SHARED = ROOT / "tests" / "data", ROOT.parent / "shared" / "data"
+CONFIGS = _DATA / "real-configs" if (_DATA / "real-configs").is_dir() else _SHARED / "model-configs"
+CLIP_TOKENIZER = _DATA / "clip-tokenizer" if (_DATA / "clip-tokenizer").is_dir() else _SHARED / "clip-tokenizer"
 
 STAMP = ".sdweb-test-model.json"
 # Rebuild whenever this file changes: its hash is the version the stamp records.
 VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 TINY = ("sd1-tiny", "sd2-tiny", "nomid-tiny")
-# Prompts and seeds of the image check; the tests use the same ones.
+# The image check: two prompts (and seeds 0, 1), a few PNDM steps at the usual guidance.
 CHECK_PROMPTS = ("a photo of a cat", "a red car on a beach")
 CHECK_STEPS = 4
 CHECK_GUIDANCE = 7.5
@@ -176,7 +176,7 @@ def _tiny_specs() -> dict[str, dict]:
 
 def _full_spec(arch: str) -> dict:
     if arch != "sd15":
-        raise SystemExit(f"--full-size: unknown architecture {arch!r}; expected 'sd15'")
+        raise ValueError(f"unknown full-size architecture {arch!r}; expected 'sd15'")
     real = "stable-diffusion-v1-5"
     return dict(
         seed=1500,
@@ -434,7 +434,7 @@ def _build_tiny(name: str, spec: dict, folder: Path) -> dict:
     return {"params": {c: sum(p.numel() for p in m.parameters()) for c, m in modules.items()}}
 
 
-def image_stats(pipe, prompt: str = CHECK_PROMPTS[0], seed: int = 0):
+def generate_image(pipe, prompt: str = CHECK_PROMPTS[0], seed: int = 0):
     """Generate with diffusers (PNDM steps, guidance 7.5); returns the uint8 image (H, W, 3)."""
     import numpy as np
     import torch
@@ -446,7 +446,7 @@ def image_stats(pipe, prompt: str = CHECK_PROMPTS[0], seed: int = 0):
     return np.round(x * 255).astype(np.uint8)
 
 
-def check_image(folder: Path) -> dict:
+def check_image(folder: Path, name: str | None = None) -> dict:
     """Load `folder` with diffusers and check the image is informative; raises if it is not."""
     import numpy as np
     import torch
@@ -454,9 +454,9 @@ def check_image(folder: Path) -> dict:
 
     pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    a = image_stats(pipe, CHECK_PROMPTS[0], 0)
-    b = image_stats(pipe, CHECK_PROMPTS[1], 0)
-    c = image_stats(pipe, CHECK_PROMPTS[0], 1)
+    a = generate_image(pipe, CHECK_PROMPTS[0], 0)
+    b = generate_image(pipe, CHECK_PROMPTS[1], 0)
+    c = generate_image(pipe, CHECK_PROMPTS[0], 1)
     stats = {
         "size": list(a.shape),
         "inside": float(((a > 0) & (a < 255)).mean()),
@@ -473,7 +473,7 @@ def check_image(folder: Path) -> dict:
     if stats["prompt_diff"] <= 1 or stats["seed_diff"] <= 1:
         bad.append(f"image barely changes (prompt {stats['prompt_diff']:.2f}, seed {stats['seed_diff']:.2f})")
     if bad:
-        raise RuntimeError(f"{folder.name}: degenerate image: " + "; ".join(bad))
+        raise RuntimeError(f"{name or folder.name}: degenerate image: " + "; ".join(bad))
     return stats
 
 
@@ -533,7 +533,7 @@ def build(out_dir: str | os.PathLike, names=None, *, quiet: bool = False) -> dic
             try:
                 with _quiet():
                     summary = _build_tiny(n, spec, tmp)
-                    summary["image"] = check_image(tmp)
+                    summary["image"] = check_image(tmp, n)
                 summary["bytes"] = _sizes(tmp)
                 summary["seconds"] = time.time() - t0
                 _write_stamp(tmp, spec, summary)
@@ -596,8 +596,9 @@ def build_full(arch: str, out: str | os.PathLike, *, fp16: bool = False, quiet: 
     out.parent.mkdir(parents=True, exist_ok=True)
     with _locked(out.parent):
         t0 = time.time()
+        for stale in out.parent.glob(f".{out.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
             g = torch.Generator().manual_seed(spec["seed"])
@@ -644,6 +645,8 @@ def main(argv=None) -> int:
         ap.error("--only needs OUT_DIR")
     if args.fp16 and args.full_size is None:
         ap.error("--fp16 applies to --full-size only (sd1-tiny always has .fp16 variants)")
+    if args.full_size is not None and args.full_size[0] != "sd15":
+        ap.error(f"--full-size: unknown architecture {args.full_size[0]!r}; expected sd15")
     if args.out_dir is not None:
         build(args.out_dir, args.only)
     if args.full_size is not None:

@@ -35,7 +35,7 @@ def make_test_models():
 
 @pytest.fixture(scope="session")
 def test_models_dir(make_test_models) -> Path:
-    """tests/.models/ holding sd1-tiny, sd2-tiny and nomid-tiny, built on first use (~10 s)."""
+    """tests/.models/ holding sd1-tiny, sd2-tiny and nomid-tiny, built on first use (a few seconds)."""
     make_test_models.build(MODELS_DIR, quiet=True)
     return MODELS_DIR
 
@@ -60,11 +60,14 @@ def nomid_tiny(test_models_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def diffusers_pipe():
-    """Factory: `diffusers_pipe(path, variant=None)` -> StableDiffusionPipeline in float32, cached.
+    """Factory: `diffusers_pipe(path, variant=None)` -> StableDiffusionPipeline in float32.
 
-    Safety checker off, progress bars off. Sets torch to one thread for the session: the tiny
-    models' ops are far too small to gain from threads, and on a shared 2-core box threads that
-    compete with other processes make them many times slower.
+    Components are loaded once per (path, variant) and shared; each call returns a new pipeline
+    object with its own fresh scheduler, so a test may swap `pipe.scheduler` without changing
+    what the next test gets (do not modify the shared modules' weights). Safety checker off,
+    progress bars off. Sets torch to one thread for the session: the tiny models' ops are far
+    too small to gain from threads, and threads competing with other processes on a shared
+    2-core box make them many times slower.
     """
     import torch
     from diffusers import StableDiffusionPipeline
@@ -75,11 +78,13 @@ def diffusers_pipe():
     def load(path, variant=None):
         key = (str(Path(path).resolve()), variant)
         if key not in cache:
-            pipe = StableDiffusionPipeline.from_pretrained(
+            cache[key] = StableDiffusionPipeline.from_pretrained(
                 path, dtype=torch.float32, variant=variant, safety_checker=None, requires_safety_checker=False
             )
-            pipe.set_progress_bar_config(disable=True)
-            cache[key] = pipe
-        return cache[key]
+        base = cache[key]
+        components = dict(base.components, scheduler=type(base.scheduler).from_config(base.scheduler.config))
+        pipe = StableDiffusionPipeline(**dict(components, requires_safety_checker=False))
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     return load

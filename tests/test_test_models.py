@@ -1,7 +1,7 @@
 """The tiny test models (scripts/make_test_models.py): layout, tensor names, loading, image quality.
 
 References: diffusers / transformers loading the files from disk, the `safetensors` package reading
-the headers, the real Hub configs and reconstructed SD 1.5 tensor lists in shared/data/model-configs.
+the headers, the real Hub configs and reconstructed SD 1.5 tensor lists in tests/data/real-configs.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "model-configs"
-if not CONFIGS.is_dir():
-    CONFIGS = Path("/work/shared/data/model-configs")
+CONFIGS = Path(__file__).resolve().parent / "data" / "real-configs"  # copies of the real Hub files
 SD15 = CONFIGS / "stable-diffusion-v1-5"
 NAMES = ("sd1-tiny", "sd2-tiny", "nomid-tiny")
 PROMPT, OTHER_PROMPT = "a photo of a cat", "a red car on a beach"
@@ -307,7 +305,7 @@ def test_is_complete_detects_damage(make_test_models, models, tmp_path):
 
 
 def test_failed_build_leaves_nothing(make_test_models, tmp_path, monkeypatch):
-    def fail(folder):
+    def fail(folder, name):
         assert (folder / "unet/diffusion_pytorch_model.safetensors").is_file()  # got this far
         raise RuntimeError("interrupted")
 
@@ -340,7 +338,7 @@ def test_full_size_writer(make_test_models, diffusers_pipe, tmp_path, monkeypatc
 
 
 def test_cli_rejects_bad_arguments(make_test_models, capsys):
-    for argv in ([], ["--fp16"], ["--only", "sd1-tiny"], ["out", "--only", "sd3-tiny"]):
+    for argv in ([], ["--fp16"], ["--only", "sd1-tiny"], ["out", "--only", "sd3-tiny"], ["--full-size", "sdxl", "out"]):
         with pytest.raises(SystemExit) as e:
             make_test_models.main(argv)
         assert e.value.code == 2, argv
