@@ -90,9 +90,7 @@ def compose(panels, title: str, out: Path):
     for i, (img, line1, line2) in enumerate(panels):
         x = GAP + i * (PANEL + GAP)
         # previews are blocky (one block per latent pixel): keep the blocks; smooth only the image
-        resample = Image.NEAREST if img.width % PANEL == 0 or PANEL % img.width == 0 else Image.LANCZOS
-        if line1 == "decoded":
-            resample = Image.LANCZOS
+        resample = Image.LANCZOS if line1 == "decoded" else Image.NEAREST
         strip.paste(img.convert("RGB").resize((PANEL, PANEL), resample), (x, TITLE_H))
         cx = x + PANEL // 2
         draw.text((cx, TITLE_H + PANEL + 4), line1, fill=(0, 0, 0), font=big, anchor="mt")
@@ -102,7 +100,10 @@ def compose(panels, title: str, out: Path):
     if out.stat().st_size > MAX_BYTES:
         # the decoded panel is the only one that compresses badly; a palette keeps it readable
         strip.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, format="PNG", optimize=True)
-    return out.stat().st_size
+    size = out.stat().st_size
+    if size > MAX_BYTES:
+        sys.exit(f"make_docs_figure: {out} is {size:,} bytes, over {MAX_BYTES:,}; use a smaller --size")
+    return size
 
 
 def main(argv=None) -> int:
@@ -137,12 +138,13 @@ def main(argv=None) -> int:
                 panels.append((im.copy(), f"step {k}", level(k)))
         with Image.open(work / "final.png") as im:
             panels.append((im.copy(), "decoded", "VAE"))
-    title = (f"{model.name} (random weights): \"{args.prompt}\", seed {args.seed}, {scheduler} "
-             f"--steps {args.steps} ({len(timesteps)} UNet calls), {args.size}x{args.size}; "
-             "latents through the fixed latent->RGB preview map")
+    title = (f"{model.name} (random weights): \"{args.prompt}\", seed {args.seed}, {scheduler}, "
+             f"{args.steps} steps = {len(timesteps)} UNet calls, {args.size}x{args.size} px; "
+             "latents shown through the fixed latent-to-RGB preview map")
     size = compose(panels, title, out)
     print(f"wrote {out} ({size:,} bytes, {len(panels)} panels)", file=sys.stderr)
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
