@@ -129,6 +129,8 @@ class Pipeline:
             return self._loaded[component]
         store = self.folder.weights(component, self.precision, self.variant)
         try:
+            if hasattr(self.backend, "check_weights"):  # a GPU names a tensor too big to bind, before uploading
+                self.backend.check_weights(store)
             config = self.folder.config(component)
             if component == "text_encoder":
                 model = CLIPTextModel(config, store.prefix(CLIPTextModel.weights_root(store)), self.backend)

@@ -1,0 +1,31 @@
+"""Helpers shared by the op modules."""
+
+from __future__ import annotations
+
+from ...errors import SdwebError
+
+WG = 256  # invocations per workgroup of the flat (one element per invocation) kernels
+
+
+def check_tensor(x, op: str, what: str = "x", ndim: int | None = None):
+    """x must be a GPUTensor (with ndim axes, when given)."""
+    from ..webgpu import GPUTensor
+
+    if not isinstance(x, GPUTensor):
+        raise SdwebError(f"webgpu {op}: {what} must be a GPU tensor (webgpu.tensor(array)), "
+                         f"got {type(x).__name__}")
+    if ndim is not None and len(x.shape) != ndim:
+        raise SdwebError(f"webgpu {op}: {what} must have {ndim} axes, got shape {x.shape}")
+
+
+def w_dtype(op: str, *ws) -> str:
+    """The common dtype of the weights ws (a GPUTensor counts as f32)."""
+    dts = {getattr(w, "dtype", "f32") for w in ws}
+    if len(dts) != 1:
+        raise SdwebError(f"webgpu {op}: weights of mixed dtypes {sorted(dts)}; upload them in one precision")
+    return dts.pop()
+
+
+def flat_groups(ctx, n: int):
+    """The folded 1-D grid covering n elements at WG per workgroup."""
+    return ctx.grid(-(-n // WG))

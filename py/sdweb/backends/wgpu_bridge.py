@@ -1,0 +1,197 @@
+"""The CPython device bridge: the device-bridge interface (docs/architecture.md) over the `wgpu`
+package (wgpu-py -> wgpu-native -> Vulkan / Metal / D3D12; lavapipe on a CPU-only Linux box).
+
+The browser's JS bridge (web/bridge/) implements the same methods over navigator.gpu, so
+`backends/webgpu.py` never touches `wgpu` itself. The interface is deliberately narrow:
+
+    limits() -> dict                      adapter limits by their WebGPU (camelCase) names, plus
+                                          "features": [..] and "adapter": "<description>"
+    create_buffer(nbytes) -> id           STORAGE | COPY_SRC | COPY_DST
+    write_buffer(id, offset, data)        takes effect after every dispatch recorded so far
+    read_buffer(id, offset, nbytes)       -> bytes; submits pending work first, then waits
+    destroy_buffer(id)
+    pipeline(key, wgsl, entry) -> id      compiled once per key (the caller's cache key, a str)
+    dispatch(pipeline, buffers, uniform, groups)
+                                          recorded, not run: buffers = [(id, offset, nbytes), ..]
+                                          bound at 1..n, `uniform` bytes at binding 0
+    submit()                              sends every recorded dispatch to the GPU
+
+Recording: dispatches go into one open compute pass (WebGPU puts a barrier between dispatches of a
+pass where one writes what a later one reads). Bind groups are cached by (pipeline, buffers,
+uniform bytes): the pool hands out the same buffers in the same order on every denoising step, so
+from the second step on a dispatch is three calls on an existing bind group. Each cached group's
+uniform lives in its own slot of an append-only arena, written once (batched per submit).
+"""
+
+from __future__ import annotations
+
+import wgpu
+
+# Uniform arena block: 256 KB holds 1,024 dispatches' uniforms at 256-byte alignment.
+_ARENA_BYTES = 1 << 18
+# Cached bind groups (and uniform slots) at most; past it the cache starts over.
+_MAX_GROUPS = 1 << 15
+
+# Limits the backend reads; requested at the adapter's maximum when the device is created.
+_LIMITS = ("maxStorageBufferBindingSize", "maxBufferSize", "maxComputeWorkgroupsPerDimension",
+           "maxComputeInvocationsPerWorkgroup", "maxComputeWorkgroupSizeX", "maxComputeWorkgroupSizeY",
+           "maxComputeWorkgroupSizeZ", "maxComputeWorkgroupStorageSize", "maxStorageBuffersPerShaderStage",
+           "minStorageBufferOffsetAlignment", "minUniformBufferOffsetAlignment")
+
+
+def _kebab(name: str) -> str:
+    return "".join("-" + c.lower() if c.isupper() else c for c in name)
+
+
+_adapters: dict = {}
+
+
+def adapter(power_preference: str = "high-performance"):
+    """The wgpu adapter (asked for once), or None when there is none (no Vulkan/Metal/D3D12 driver)."""
+    if power_preference not in _adapters:
+        try:
+            _adapters[power_preference] = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
+        except Exception:  # wgpu raises RuntimeError or its own error types when no adapter exists
+            _adapters[power_preference] = None
+    return _adapters[power_preference]
+
+
+class WgpuBridge:
+    """A device on the best adapter, with the adapter's maximum limits and shader-f16 if offered."""
+
+    def __init__(self, adapter_=None):
+        self.adapter = adapter_ or adapter()
+        if self.adapter is None:
+            raise RuntimeError("no WebGPU adapter found")
+        lim = self.adapter.limits
+        required = {_kebab(k): lim[_kebab(k)] for k in _LIMITS if _kebab(k) in lim}
+        features = [f for f in ("shader-f16",) if f in self.adapter.features]
+        self.device = self.adapter.request_device_sync(required_features=features, required_limits=required)
+        self.queue = self.device.queue
+        self._limits = {k: int(self.device.limits[_kebab(k)]) for k in _LIMITS if _kebab(k) in self.device.limits}
+        self._limits["features"] = sorted(self.device.features)
+        info = self.adapter.info
+        self._limits["adapter"] = f"{info.get('device', '?')} ({info.get('backend_type', '?')})"
+        self._ualign = max(16, self._limits.get("minUniformBufferOffsetAlignment", 256))
+        self._buffers: dict[int, object] = {}
+        self._next_id = 1
+        self._pipelines: dict[str, tuple] = {}  # key -> (id, pipeline, bind group layout)
+        self._pipeline_ids: list[tuple] = []  # id -> the same tuple
+        self._groups: dict[tuple, object] = {}  # (pipeline id, buffers, uniform) -> bind group
+        self._groups_of: dict[int, list] = {}  # buffer id -> keys of the groups that bind it
+        self._blocks: list = []  # uniform arena: [buffer, host copy, bytes written to the GPU]
+        self._block = 0  # the block being filled
+        self._encoder = None
+        self._pass = None
+        self._current = None  # the pipeline set on the open pass
+        self.dispatches = 0  # recorded since the device was made (for tests and benchmarks)
+        self.submits = 0
+
+    # -- interface --
+
+    def limits(self) -> dict:
+        return dict(self._limits)
+
+    def create_buffer(self, nbytes: int) -> int:
+        u = wgpu.BufferUsage
+        buf = self.device.create_buffer(size=max(16, nbytes), usage=u.STORAGE | u.COPY_SRC | u.COPY_DST)
+        bid = self._next_id
+        self._next_id += 1
+        self._buffers[bid] = buf
+        return bid
+
+    def write_buffer(self, bid: int, offset: int, data) -> None:
+        if self._encoder is not None:
+            self.submit()  # a queue write runs before unsubmitted work: send that work first
+        self.queue.write_buffer(self._buffers[bid], offset, data)
+
+    def read_buffer(self, bid: int, offset: int, nbytes: int) -> bytes:
+        self.submit()
+        return bytes(self.queue.read_buffer(self._buffers[bid], offset, nbytes))
+
+    def destroy_buffer(self, bid: int) -> None:
+        buf = self._buffers.pop(bid, None)
+        if buf is not None:
+            for key in self._groups_of.pop(bid, ()):
+                self._groups.pop(key, None)
+            buf.destroy()
+
+    def pipeline(self, key: str, wgsl: str, entry: str) -> int:
+        hit = self._pipelines.get(key)
+        if hit is None:
+            module = self.device.create_shader_module(code=wgsl, label=key)
+            pipe = self.device.create_compute_pipeline(layout="auto", label=key,
+                                                       compute={"module": module, "entry_point": entry})
+            hit = self._pipelines[key] = (len(self._pipeline_ids), pipe, pipe.get_bind_group_layout(0))
+            self._pipeline_ids.append(hit)
+        return hit[0]
+
+    def dispatch(self, pipeline_id: int, buffers, uniform: bytes, groups) -> None:
+        key = (pipeline_id, tuple(buffers), uniform)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._bind_group(key)
+        if self._pass is None:
+            self._encoder = self.device.create_command_encoder()
+            self._pass = self._encoder.begin_compute_pass()
+            self._current = None
+        if pipeline_id != self._current:
+            self._pass.set_pipeline(self._pipeline_ids[pipeline_id][1])
+            self._current = pipeline_id
+        self._pass.set_bind_group(0, group)
+        self._pass.dispatch_workgroups(*groups)
+        self.dispatches += 1
+
+    def submit(self) -> None:
+        for block in self._blocks:  # uniforms of the groups made since the last submit
+            arena, data, written = block
+            if written < len(data):
+                self.queue.write_buffer(arena, written, data, written, len(data) - written)
+                block[2] = len(data)
+        if self._encoder is None:
+            return
+        self._pass.end()
+        self.queue.submit([self._encoder.finish()])
+        self._encoder = self._pass = None
+        self.submits += 1
+
+    # -- bind groups and their uniforms --
+
+    def _bind_group(self, key):
+        pipeline_id, buffers, uniform = key
+        if len(self._groups) >= _MAX_GROUPS:
+            self._reset_groups()
+        arena, offset = self._uniform_slot(uniform)
+        entries = [{"binding": 0, "resource": {"buffer": arena, "offset": offset, "size": len(uniform)}}]
+        for i, (bid, off, nbytes) in enumerate(buffers):
+            entries.append({"binding": i + 1,
+                            "resource": {"buffer": self._buffers[bid], "offset": off, "size": nbytes}})
+        group = self.device.create_bind_group(layout=self._pipeline_ids[pipeline_id][2], entries=entries)
+        self._groups[key] = group
+        for bid in {b[0] for b in buffers}:
+            self._groups_of.setdefault(bid, []).append(key)
+        return group
+
+    def _reset_groups(self):
+        self.submit()  # recorded work reads the slots about to be reused; queue order protects it after this
+        self._groups.clear()
+        self._groups_of.clear()
+        for block in self._blocks:
+            block[1].clear()
+            block[2] = 0
+        self._block = 0
+
+    def _uniform_slot(self, uniform: bytes):
+        """(arena buffer, offset) of a fresh slot holding `uniform`, written at the next submit."""
+        while True:
+            if self._block == len(self._blocks):
+                u = wgpu.BufferUsage
+                self._blocks.append([self.device.create_buffer(size=_ARENA_BYTES, usage=u.UNIFORM | u.COPY_DST),
+                                     bytearray(), 0])
+            arena, data, _ = self._blocks[self._block]
+            offset = -len(data) % self._ualign + len(data)
+            if offset + len(uniform) <= _ARENA_BYTES:
+                data.extend(bytes(offset - len(data)))
+                data.extend(uniform)
+                return arena, offset
+            self._block += 1

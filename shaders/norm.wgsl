@@ -1,0 +1,200 @@
+// norm.wgsl: group norm (optional fused SiLU), layer norm, softmax. Host:
+// py/sdweb/backends/gpu_ops/norm.py. Reference: py/sdweb/backends/numpy.py group_norm / layer_norm.
+// Statistics are two-pass (mean, then the sum of squared deviations) in f32 with tree reductions.
+//
+// Group norm, x (N, C, S) with G groups: a "row" is one group of one image, N*G rows of
+// len = (C/G)*S contiguous elements, cut into chunks of `chunk` elements.
+//   gn_partial   uniform: len, chunk, chunks                    x, part (rows*chunks*2)
+//                @workgroup_size(256); groups (chunks, rows, 1)
+//                part[(row*chunks + k)*2 + {0, 1}] = (mean, sum of squared deviations) of chunk k
+//   gn_stats     uniform: rows, len, chunk, chunks, eps: f32     part, stats (rows*2)
+//                @workgroup_size(64), one invocation per row; groups (ceil(rows / 64), 1, 1)
+//                merges the chunks (Chan et al.) -> stats[row*2 + {0, 1}] = (mean, 1/sqrt(var + eps))
+//   gn_apply     uniform: n, s, c, cg                           x, stats, gamma W_TYPE (C), beta W_TYPE (C), y
+//                @workgroup_size(256), flat: G = ceil(n / 256) folded into (x, y) as in elementwise.wgsl
+//                y = (x - mean) * rstd * gamma[ch] + beta[ch], then SILU (constant: 0 or 1)
+// Layer norm, x (rows, d):
+//   layer_norm   uniform: rows, d, eps: f32                     x, gamma W_TYPE (d), beta W_TYPE (d), y
+//                @workgroup_size(128), one workgroup per row, rows folded into (x, y) as above
+// Softmax over the last axis, x (rows, d):
+//   softmax      uniform: rows, d                               x, y
+//                @workgroup_size(128), one workgroup per row, rows folded into (x, y)
+//
+// Weight dtype (gamma, beta): W_TYPE / W_LOAD per docs/architecture.md.
+// @defaults SILU=0
+
+var<workgroup> red: array<f32, 256>;
+
+// Sum of v over the first `size` invocations (a power of two); every invocation gets the sum.
+// Called from uniform control flow only.
+fn reduce_sum(v: f32, lid: u32, size: u32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = size / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            red[lid] = red[lid] + red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();  // red is reused by the next reduction
+    return total;
+}
+
+fn reduce_max(v: f32, lid: u32, size: u32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = size / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            red[lid] = max(red[lid], red[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();
+    return total;
+}
+
+// --- group norm: partial statistics per chunk ---
+
+struct PartialParams { len: u32, chunk: u32, chunks: u32 }
+@group(0) @binding(0) var<uniform> pp: PartialParams;
+@group(0) @binding(1) var<storage, read> px: array<f32>;
+@group(0) @binding(2) var<storage, read_write> ppart: array<f32>;
+
+@compute @workgroup_size(256)
+fn gn_partial(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
+    let k = wid.x;
+    let row = wid.y;
+    let start = k * pp.chunk;
+    let end = min(start + pp.chunk, pp.len);
+    let base = row * pp.len;
+    var s = 0.0;
+    for (var i = start + lid.x; i < end; i += 256u) {
+        s += px[base + i];
+    }
+    let mean = reduce_sum(s, lid.x, 256u) / f32(end - start);
+    var q = 0.0;
+    for (var i = start + lid.x; i < end; i += 256u) {
+        let d = px[base + i] - mean;
+        q += d * d;
+    }
+    let m2 = reduce_sum(q, lid.x, 256u);
+    if (lid.x == 0u) {
+        let o = (row * pp.chunks + k) * 2u;
+        ppart[o] = mean;
+        ppart[o + 1u] = m2;
+    }
+}
+
+// --- group norm: merge the chunks of each row ---
+
+struct StatsParams { rows: u32, len: u32, chunk: u32, chunks: u32, eps: f32 }
+@group(0) @binding(0) var<uniform> ps: StatsParams;
+@group(0) @binding(1) var<storage, read> spart: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sstats: array<f32>;
+
+@compute @workgroup_size(64)
+fn gn_stats(@builtin(global_invocation_id) gid: vec3u) {
+    let row = gid.x;
+    if (row >= ps.rows) { return; }
+    var n = 0.0;
+    var mean = 0.0;
+    var m2 = 0.0;
+    for (var k = 0u; k < ps.chunks; k++) {
+        let o = (row * ps.chunks + k) * 2u;
+        let nb = f32(min(ps.chunk, ps.len - k * ps.chunk));
+        let delta = spart[o] - mean;
+        let tot = n + nb;
+        mean += delta * nb / tot;
+        m2 += spart[o + 1u] + delta * delta * n * nb / tot;
+        n = tot;
+    }
+    sstats[row * 2u] = mean;
+    sstats[row * 2u + 1u] = inverseSqrt(m2 / n + ps.eps);
+}
+
+// --- group norm: normalise, affine, optional SiLU ---
+
+struct ApplyParams { n: u32, s: u32, c: u32, cg: u32 }
+@group(0) @binding(0) var<uniform> pa: ApplyParams;
+@group(0) @binding(1) var<storage, read> ax: array<f32>;
+@group(0) @binding(2) var<storage, read> astats: array<f32>;
+@group(0) @binding(3) var<storage, read> agamma: array<W_TYPE>;
+@group(0) @binding(4) var<storage, read> abeta: array<W_TYPE>;
+@group(0) @binding(5) var<storage, read_write> ay: array<f32>;
+
+@compute @workgroup_size(256)
+fn gn_apply(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+            @builtin(local_invocation_id) lid: vec3u) {
+    let i = (wid.x + wid.y * nwg.x) * 256u + lid.x;
+    if (i >= pa.n) { return; }
+    let nc = i / pa.s;  // image * C + channel
+    let ch = nc % pa.c;
+    let row = nc / pa.cg;  // (image * C + channel) / (C/G) = image * G + group
+    let scale = astats[row * 2u + 1u] * W_LOAD(agamma, ch);
+    var v = (ax[i] - astats[row * 2u]) * scale + W_LOAD(abeta, ch);
+    if (SILU == 1) {
+        v = v / (1.0 + exp(-v));
+    }
+    ay[i] = v;
+}
+
+// --- layer norm over the last axis ---
+
+struct LayerParams { rows: u32, d: u32, eps: f32 }
+@group(0) @binding(0) var<uniform> pl: LayerParams;
+@group(0) @binding(1) var<storage, read> lx: array<f32>;
+@group(0) @binding(2) var<storage, read> lgamma: array<W_TYPE>;
+@group(0) @binding(3) var<storage, read> lbeta: array<W_TYPE>;
+@group(0) @binding(4) var<storage, read_write> ly: array<f32>;
+
+@compute @workgroup_size(128)
+fn layer_norm(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+              @builtin(local_invocation_id) lid: vec3u) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= pl.rows) { return; }  // uniform: the whole workgroup has one row
+    let base = row * pl.d;
+    var s = 0.0;
+    for (var j = lid.x; j < pl.d; j += 128u) {
+        s += lx[base + j];
+    }
+    let mean = reduce_sum(s, lid.x, 128u) / f32(pl.d);
+    var q = 0.0;
+    for (var j = lid.x; j < pl.d; j += 128u) {
+        let dv = lx[base + j] - mean;
+        q += dv * dv;
+    }
+    let rstd = inverseSqrt(reduce_sum(q, lid.x, 128u) / f32(pl.d) + pl.eps);
+    for (var j = lid.x; j < pl.d; j += 128u) {
+        ly[base + j] = (lx[base + j] - mean) * rstd * W_LOAD(lgamma, j) + W_LOAD(lbeta, j);
+    }
+}
+
+// --- softmax over the last axis ---
+
+struct SoftmaxParams { rows: u32, d: u32 }
+@group(0) @binding(0) var<uniform> pm: SoftmaxParams;
+@group(0) @binding(1) var<storage, read> mx: array<f32>;
+@group(0) @binding(2) var<storage, read_write> my: array<f32>;
+
+@compute @workgroup_size(128)
+fn softmax(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+           @builtin(local_invocation_id) lid: vec3u) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= pm.rows) { return; }
+    let base = row * pm.d;
+    var m = -3.4028235e38;
+    for (var j = lid.x; j < pm.d; j += 128u) {
+        m = max(m, mx[base + j]);
+    }
+    m = reduce_max(m, lid.x, 128u);
+    var s = 0.0;
+    for (var j = lid.x; j < pm.d; j += 128u) {
+        s += exp(mx[base + j] - m);
+    }
+    let inv = 1.0 / reduce_sum(s, lid.x, 128u);
+    for (var j = lid.x; j < pm.d; j += 128u) {
+        my[base + j] = exp(mx[base + j] - m) * inv;
+    }
+}

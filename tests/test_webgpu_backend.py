@@ -1,0 +1,354 @@
+"""The WebGPU backend's infrastructure and small ops (norm.wgsl, elementwise.wgsl) against
+backends/numpy.py, on lavapipe or whatever adapter wgpu finds.
+
+Shapes are random-ish and deliberately not multiples of the workgroup sizes (256 flat, 16x16
+transpose tiles, 4096-element group-norm chunks). Bounds: max |gpu - ref| <= 1e-4 * max |ref|
+whenever both sides use the same weights. f16 and bf16 weights are unpacked exactly in the shader
+(as numpy.py upcasts them), so the same bound holds against the reference given the same held
+weights; against the original f32 weights the bound is the weight rounding: 2^-11 relative for f16
+(tested at 2e-3 x max|ref|) and 2^-8 for bf16 (tested at 1.6e-2 x max|ref|).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+
+import numpy as np
+import pytest
+
+from sdweb.backends import numpy as nb
+from sdweb.errors import SdwebError
+from sdweb.weights import f32_to_bf16
+
+webgpu = pytest.importorskip("sdweb.backends.webgpu", reason="the WebGPU backend needs the wgpu package")
+if not webgpu.available():
+    pytest.skip("no WebGPU adapter (install mesa-vulkan-drivers for lavapipe)", allow_module_level=True)
+
+TOL = 1e-4
+ROUNDING = {"f32": TOL, "f16": 2e-3, "bf16": 1.6e-2}
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    return webgpu.context()
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def held(a: np.ndarray, dtype: str) -> np.ndarray:
+    """An f32 array as the weight store holds it in `dtype` (bf16 as uint16 bits)."""
+    return {"f32": lambda: a, "f16": lambda: a.astype(np.float16), "bf16": lambda: f32_to_bf16(a)}[dtype]()
+
+
+def check(got, ref, tol=TOL):
+    got = webgpu.numpy(got) if not isinstance(got, np.ndarray) else got
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    err = float(np.abs(got - ref).max()) if ref.size else 0.0
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    assert err <= tol * max(scale, 1e-30), f"max error {err:.3g} > {tol:g} x max|ref| {scale:.3g}"
+
+
+# --- elementwise ----------------------------------------------------------------------------------
+
+SHAPES = [(1,), (3, 257), (2, 5, 7, 11), (1, 4, 97, 131)]
+
+
+def exact(op: str, x: np.ndarray) -> np.ndarray:
+    """The activation in float64 from its definition (math.erf for GELU)."""
+    x = x.astype(np.float64)
+    if op == "gelu":
+        return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    return x / (1 + np.exp(-(1.702 if op == "quick_gelu" else 1.0) * x))
+
+
+@pytest.mark.parametrize("op", ["silu", "gelu", "quick_gelu"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_activations(op, shape):
+    """Against numpy.py, and elementwise against the float64 definition: |error| <= 1e-6 (1 + |x|)
+    (measured 1e-7 on lavapipe; numpy.py's own error is the same)."""
+    x = (rng(len(shape)).standard_normal(shape) * 4).astype(np.float32)
+    x.reshape(-1)[:4] = [-30.0, 30.0, -9.5, 0.0][: x.size]  # exp's tails and GELU's saturation
+    got = webgpu.numpy(getattr(webgpu, op)(webgpu.tensor(x)))
+    check(got, getattr(nb, op)(x))
+    assert np.all(np.abs(got - exact(op, x)) <= 1e-6 * (1 + np.abs(x)))
+
+
+@pytest.mark.parametrize("shape", [(1, 2), (3, 77, 40), (2, 300, 2 * 321)])
+def test_geglu(shape):
+    x = (rng(1).standard_normal(shape) * 3).astype(np.float32)
+    got = webgpu.numpy(webgpu.geglu(webgpu.tensor(x)))
+    check(got, nb.geglu(x))
+    F = shape[-1] // 2
+    a, g = x[..., :F].astype(np.float64), x[..., F:]
+    assert np.all(np.abs(got - a * exact("gelu", g)) <= 1e-6 * (1 + np.abs(a * g)))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_add_mul(shape):
+    a, b = (rng(2).standard_normal((2,) + shape).astype(np.float32))
+    ta, tb = webgpu.tensor(a), webgpu.tensor(b)
+    check(webgpu.add(ta, tb), nb.add(a, b))
+    check(webgpu.mul(ta, 0.18215), nb.mul(a, 0.18215))
+    with pytest.raises(SdwebError, match="shapes"):
+        webgpu.add(ta, webgpu.tensor(np.zeros((7,) + shape, np.float32)))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 5, 3, 7), (2, 33, 19, 17)])
+def test_add_channel_upsample_pad(shape):
+    x = rng(3).standard_normal(shape).astype(np.float32)
+    v = rng(4).standard_normal(shape[:2]).astype(np.float32)
+    t = webgpu.tensor(x)
+    check(webgpu.add_channel(t, webgpu.tensor(v)), nb.add_channel(x, v))
+    check(webgpu.upsample_nearest2x(t), nb.upsample_nearest2x(x))
+    check(webgpu.pad2d(t, 0, 1, 0, 1), nb.pad2d(x, 0, 1, 0, 1))
+    check(webgpu.pad2d(t, 2, 0, 3, 1), nb.pad2d(x, 2, 0, 3, 1))
+
+
+@pytest.mark.parametrize("axis", [0, 1, 3, -1])
+def test_concat(axis):
+    r = rng(5)
+    shapes = [[2, 3, 5, 7], [2, 3, 5, 7], [2, 3, 5, 7]]
+    for k, s in enumerate(shapes):
+        s[axis] += k * 2  # different sizes along the axis
+    xs = [r.standard_normal(s).astype(np.float32) for s in shapes]
+    check(webgpu.concat([webgpu.tensor(x) for x in xs], axis=axis), nb.concat(xs, axis=axis))
+
+
+@pytest.mark.parametrize("shape", [(4, 64), (2, 3, 5), (6, 7, 9)])
+def test_split_batch(ctx, shape):
+    """Views where offsets are aligned (4 x 64 f32 = 256 bytes), copies where not."""
+    x = rng(6).standard_normal(shape).astype(np.float32)
+    parts = 2
+    for got, ref in zip(webgpu.split_batch(webgpu.tensor(x), parts), nb.split_batch(x, parts)):
+        check(got, ref)
+
+
+@pytest.mark.parametrize("N,C,H,W", [(1, 1, 1, 1), (2, 5, 3, 7), (1, 33, 17, 19), (2, 320, 8, 8)])
+def test_transposes(N, C, H, W):
+    x = rng(7).standard_normal((N, C, H, W)).astype(np.float32)
+    t = webgpu.nchw_to_nlc(webgpu.tensor(x))
+    check(t, nb.nchw_to_nlc(x))
+    check(webgpu.nlc_to_nchw(t, H, W), x)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+def test_embedding_and_slice_tokens(dtype):
+    r = rng(8)
+    V, D = 37, 13  # V*D odd: the 16-bit table is padded to whole u32s
+    table = r.standard_normal((V, D)).astype(np.float32)
+    ids = r.integers(0, V, (2, 9))
+    ids[0, 0], ids[1, -1] = 0, V - 1
+    w = held(table, dtype)
+    got = webgpu.embedding(ids, webgpu.weight(w))
+    check(got, nb.embedding(ids, w))
+    check(got, table[ids], ROUNDING[dtype])
+    index = np.array([8, 3])
+    check(webgpu.slice_tokens(got, index), nb.slice_tokens(nb.embedding(ids, w), index))
+    with pytest.raises(SdwebError, match=r"ids must be in \[0, 37\)"):
+        webgpu.embedding(np.array([[V]]), webgpu.weight(w))
+
+
+# --- normalisation --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("shape,groups,silu", [
+    ((1, 4, 3, 5), 2, False),
+    ((2, 12, 9, 13), 3, True),
+    ((1, 8, 70, 70), 4, True),  # rows of 9,800: three statistics chunks, the last partial
+    ((2, 6, 77), 3, False),  # (N, C, L)
+])
+def test_group_norm(dtype, shape, groups, silu):
+    r = rng(9)
+    x = (r.standard_normal(shape) * 2 + 3).astype(np.float32)
+    C = shape[1]
+    gamma = (1 + 0.5 * r.standard_normal(C)).astype(np.float32)
+    beta = r.standard_normal(C).astype(np.float32)
+    g, b = held(gamma, dtype), held(beta, dtype)
+    got = webgpu.group_norm(webgpu.tensor(x), groups, webgpu.weight(g), webgpu.weight(b), 1e-6, silu)
+    check(got, nb.group_norm(x, groups, g, b, 1e-6, silu))
+    check(got, nb.group_norm(x, groups, gamma, beta, 1e-6, silu), ROUNDING[dtype])
+
+
+def test_group_norm_large_mean():
+    """Two-pass statistics: a mean of 500 with a spread of 0.01 would lose the variance to
+    cancellation in a one-pass sum of squares."""
+    x = (500 + 0.01 * rng(10).standard_normal((1, 4, 50, 90))).astype(np.float32)
+    gamma, beta = np.ones(4, np.float32), np.zeros(4, np.float32)
+    got = webgpu.group_norm(webgpu.tensor(x), 2, webgpu.weight(gamma), webgpu.weight(beta), 1e-6)
+    ref = nb.group_norm(x, 2, gamma, beta, 1e-6)
+    check(got, ref, 1e-3)  # f32 rounding of x - 500 itself is ~3e-5 of 0.01
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("shape", [(1, 1), (2, 77, 32), (3, 5, 1280), (300, 129)])
+def test_layer_norm(dtype, shape):
+    r = rng(11)
+    x = (r.standard_normal(shape) + 1).astype(np.float32)
+    D = shape[-1]
+    gamma = (1 + 0.5 * r.standard_normal(D)).astype(np.float32)
+    beta = r.standard_normal(D).astype(np.float32)
+    g, b = held(gamma, dtype), held(beta, dtype)
+    got = webgpu.layer_norm(webgpu.tensor(x), webgpu.weight(g), webgpu.weight(b), 1e-5)
+    check(got, nb.layer_norm(x, g, b, 1e-5))
+    check(got, nb.layer_norm(x, gamma, beta, 1e-5), ROUNDING[dtype])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (4, 77), (3, 7, 300)])
+def test_softmax(shape):
+    x = (rng(12).standard_normal(shape) * 20).astype(np.float32)  # exp would overflow without the max
+    e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
+    check(webgpu.softmax(webgpu.tensor(x)), (e / e.sum(-1, keepdims=True)).astype(np.float32))
+
+
+def test_mixed_weight_dtypes_are_refused():
+    x = webgpu.tensor(np.ones((2, 4), np.float32))
+    with pytest.raises(SdwebError, match="mixed dtypes"):
+        webgpu.layer_norm(x, webgpu.weight(np.ones(4, np.float32)), webgpu.weight(np.ones(4, np.float16)), 1e-5)
+
+
+# --- infrastructure -------------------------------------------------------------------------------
+
+
+def test_w_load_substitution():
+    src = "let a = W_LOAD(w, (i + f(j, k)) * 2u); let t: array<W_TYPE>;"
+    assert webgpu._expand_w_load(src, "f32") == "let a = (w[(i + f(j, k)) * 2u]); let t: array<W_TYPE>;"
+    bf16 = webgpu.shader_source("elementwise", w_dtype="bf16")
+    assert "array<u32>" in bf16 and "W_LOAD(" not in bf16 and "<< 16u" in bf16
+    f16 = webgpu.shader_source("elementwise", {"ACT": "gelu"}, "f16")
+    assert "unpack2x16float(gtable[(gids[r] * pgt.d + j) >> 1u])" in f16 and "uy[i] = gelu(ux[i])" in f16
+
+
+def test_pool_reuses_buffers_and_counts_bytes(ctx):
+    gc.collect()
+    webgpu.numpy(webgpu.tensor(np.zeros(1, np.float32)))  # settle pending work
+    before = ctx.bytes_in_use
+    t = ctx.empty((3, 1000))
+    bid, size = t.buffer, t._buf.size
+    assert size >= 12000 and ctx.bytes_in_use == before + size
+    del t
+    assert ctx.bytes_in_use == before
+    u = ctx.empty((3, 999))  # same size class: the same buffer comes back
+    assert u.buffer == bid
+    views = webgpu.split_batch(webgpu.reshape(u, (3 * 999,)), 3)  # views keep the buffer alive
+    del u
+    assert ctx.bytes_in_use == before + size
+    del views
+    assert ctx.bytes_in_use == before
+    assert ctx.peak_bytes >= ctx.bytes_reserved >= before + size
+
+
+def test_weights_count_and_free(ctx):
+    gc.collect()
+    before = ctx.bytes_in_use
+    w = webgpu.weight(np.ones((3, 5), np.float16))  # 15 halves -> 8 u32s
+    assert (w.dtype, w.shape, w.nbytes) == ("f16", (3, 5), 32)
+    assert ctx.bytes_in_use == before + 32
+    del w
+    gc.collect()
+    assert ctx.bytes_in_use == before
+
+
+def test_pool_is_trimmed_after_a_model_is_dropped(ctx):
+    gc.collect()
+    w = webgpu.weight(np.ones(8, np.float32))
+    t = ctx.empty((5, 4099))
+    del t
+    assert ctx.bytes_pooled > 0
+    del w  # as the pipeline drops a component after its stage
+    gc.collect()
+    big = ctx.empty((3, 1_000_003))  # larger than any pooled buffer: a miss, the idle buffers go first
+    assert ctx.bytes_pooled == 0 and big.nbytes == 12_000_036
+
+
+def test_dispatches_are_batched_and_pipelines_cached(ctx):
+    x = webgpu.tensor(np.ones((4, 300), np.float32))
+    webgpu.numpy(x)
+    n_pipelines, submits, dispatches = len(ctx._pipelines), ctx.bridge.submits, ctx.dispatches
+    y = x
+    for _ in range(300):
+        y = webgpu.add(y, x)
+    check(y, np.full((4, 300), 301, np.float32))
+    assert ctx.dispatches - dispatches == 300
+    assert ctx.bridge.submits - submits <= 300 // webgpu.SUBMIT_EVERY + 1
+    assert len(ctx._pipelines) == n_pipelines  # add was compiled before
+
+
+class _Limited:
+    """The real bridge with some limits lowered."""
+
+    def __init__(self, bridge, **limits):
+        self._bridge, self._limits = bridge, limits
+
+    def limits(self):
+        return {**self._bridge.limits(), **self._limits}
+
+    def __getattr__(self, name):
+        return getattr(self._bridge, name)
+
+
+def test_big_grids_fold_into_y(ctx):
+    small = webgpu.Context(_Limited(ctx.bridge, maxComputeWorkgroupsPerDimension=20))
+    x = rng(13).standard_normal((20, 333)).astype(np.float32)  # 27 workgroups of 256 -> (20, 2, 1)
+    assert small.grid(27) == (20, 2, 1)
+    from sdweb.backends.gpu_ops import elementwise, norm
+    check(elementwise.unary(small, small.upload(x), "silu"), nb.silu(x))
+    g = np.ones(20, np.float32)
+    y = norm.layer_norm(small, small.upload(x.T.copy()), webgpu.weight(g), webgpu.weight(g * 0), 1e-5)
+    check(y, nb.layer_norm(x.T.copy(), g, g * 0, 1e-5))  # 333 rows -> (20, 17, 1)
+    with pytest.raises(SdwebError, match="maxComputeWorkgroupsPerDimension 20"):
+        small.run("elementwise", "add", [], [], (21, 1, 1))
+
+
+def test_limit_errors_name_the_buffer(ctx):
+    small = webgpu.Context(_Limited(ctx.bridge, maxStorageBufferBindingSize=128 << 20))
+    with pytest.raises(webgpu.GPULimitError) as e:
+        small.check_size(49408 * 768 * 4, "text_encoder token_embedding.weight")
+    assert str(e.value) == ("text_encoder token_embedding.weight needs 145 MB but this adapter's "
+                            "maxStorageBufferBindingSize is 128 MB")
+    with pytest.raises(webgpu.GPULimitError, match=r"activation \(2, 128, 512, 512\) needs 256 MB"):
+        small.empty((2, 128, 512, 512))
+
+    class Store:  # what check_weights reads of a WeightStore
+        component, precision = "text_encoder", "fp32"
+
+        def keys(self):
+            return ["text_model.embeddings.position_ids", "text_model.embeddings.token_embedding.weight"]
+
+        def dtype(self, name):
+            return "I64" if name.endswith("ids") else "F32"
+
+        def shape(self, name):
+            return (1, 77) if name.endswith("ids") else (49408, 768)
+
+    webgpu._ctx, saved = webgpu.Context(_Limited(ctx.bridge, maxBufferSize=1000)), webgpu._ctx
+    try:
+        with pytest.raises(webgpu.GPULimitError, match=r"^a \(30, 30\) f16 weight needs 1.8 KB but this "
+                                                       r"adapter's maxBufferSize is 1000 bytes$"):
+            webgpu.weight(np.ones((30, 30), np.float16))
+        with pytest.raises(webgpu.GPULimitError, match=r"^conv_in.weight needs"):
+            webgpu.weight(np.ones((20, 20), np.float32), "conv_in.weight")
+        webgpu._ctx = small
+        with pytest.raises(webgpu.GPULimitError, match="text_encoder text_model.embeddings.token_embedding"
+                                                       ".weight needs 145 MB but"):
+            webgpu.check_weights(Store())
+        Store.precision = "fp16"  # 72 MB fits
+        webgpu.check_weights(Store())
+    finally:
+        webgpu._ctx = saved
+
+
+def test_readback_and_errors():
+    x = rng(14).standard_normal((2, 3)).astype(np.float32)
+    t = webgpu.tensor(x)
+    assert webgpu.tensor(t) is t and webgpu.shape(t) == (2, 3)
+    np.testing.assert_array_equal(webgpu.numpy(t), x)
+    np.testing.assert_array_equal(webgpu.numpy(webgpu.reshape(t, (3, -1))), x.reshape(3, 2))
+    with pytest.raises(SdwebError, match="must be a GPU tensor"):
+        webgpu.silu(x)
+    with pytest.raises(SdwebError, match="do not split into 4 groups"):
+        g = webgpu.weight(np.ones(3, np.float32))
+        webgpu.group_norm(webgpu.tensor(np.ones((1, 3, 2, 2), np.float32)), 4, g, g, 1e-6)
