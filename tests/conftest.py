@@ -88,3 +88,22 @@ def diffusers_pipe():
         return pipe
 
     return load
+
+
+@pytest.fixture
+def hub(tmp_path_factory, sd1_tiny, sd2_tiny):
+    """A local Hub-compatible HTTP server (tests/hub_server.py) on 127.0.0.1, one per test, serving
+    copies of the tiny models as test/sd1-tiny (.fp16 variants too), test/sd2-tiny (plain files only)
+    and test/sd1-tiny-gated (401 without `Authorization: Bearer <hub.token>`, 403 with another).
+    `hub.url` is the endpoint (HF_ENDPOINT, the page's ?endpoint=); faults and the request log are
+    described in hub_server.py; `hub.add_repo` adds more."""
+    if "hub_server" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("hub_server", ROOT / "tests" / "hub_server.py")
+        sys.modules["hub_server"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["hub_server"])
+    server = sys.modules["hub_server"].HubServer(tmp_path_factory.mktemp("hub"))
+    server.add_repo("test/sd1-tiny", sd1_tiny, license="creativeml-openrail-m")
+    server.add_repo("test/sd2-tiny", sd2_tiny, license="openrail++")
+    server.add_repo("test/sd1-tiny-gated", sd1_tiny, gated=True, license="creativeml-openrail-m")
+    with server:
+        yield server

@@ -1,4 +1,4 @@
-"""`sdweb` command line: generate, info, tokenize.
+"""`sdweb` command line: generate, info, tokenize, download.
 
 Every failure is one line on stderr (`sdweb: error: ...`) naming the bad thing, a non-zero exit, and
 nothing written: outputs go to a temporary file in the destination folder and are renamed into place
@@ -74,13 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tokenize", help="show how a prompt is tokenized")
     t.add_argument("--model", required=True)
     t.add_argument("text")
+
+    from .download import add_arguments as add_download_arguments
+
+    add_download_arguments(sub.add_parser("download", help="fetch a model from the Hugging Face Hub into ./weights/"))
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"generate": cmd_generate, "info": cmd_info, "tokenize": cmd_tokenize}[args.command](args)
+        return {"generate": cmd_generate, "info": cmd_info, "tokenize": cmd_tokenize,
+                "download": cmd_download}[args.command](args)
     except Cancelled as e:
         print(f"sdweb: {e}", file=sys.stderr)
         return EXIT_CANCELLED
@@ -280,6 +285,15 @@ def cmd_info(args) -> int:
           f"max length {pipe.tokenizer.model_max_length}")
     print(f"  default size {pipe.default_size}x{pipe.default_size}, sizes in multiples of {pipe.size_multiple}")
     return 0
+
+
+# --- download -------------------------------------------------------------------------------------
+
+
+def cmd_download(args) -> int:
+    from .download import cmd_download as run
+
+    return run(args)
 
 
 # --- tokenize -------------------------------------------------------------------------------------
