@@ -242,6 +242,7 @@ class Pipeline:
             report("unet", i + 1, len(timesteps), timestep=float(t), latents=x)
         timings["unet"] = time.perf_counter() - s
         self.release("unet")
+        del unet, context  # the last references: on a GPU the UNet's weights must go before the VAE's activations come
 
         # 4. VAE decode
         vae = timed_load("vae")

@@ -38,9 +38,11 @@ ctx.dummy(w_dtype) -> GPUWeight  a 16-byte placeholder to bind where an optional
 ctx.limits                       the adapter's limits (WebGPU camelCase names) and "features" list
 ctx.features                     set of feature names, e.g. {"shader-f16", ...}
 ctx.bytes_in_use                 bytes of GPU buffers held by live tensors and weights
+ctx.bytes_weights                the part of bytes_in_use held by weights (GPUWeight)
 ctx.bytes_pooled                 bytes of idle buffers kept in the pool
 ctx.bytes_reserved               bytes_in_use + bytes_pooled
 ctx.peak_bytes                   the largest bytes_reserved seen (what the GPU actually held)
+ctx.peak_weights                 bytes_weights at that peak (the rest of it is activations and pool)
 ctx.reset_peak(), ctx.trim()     restart the peak count; free the pool's idle buffers
 ctx.submit()                     send recorded work now
 ctx.check_size(nbytes, what)     raise GPULimitError("<what> needs N MB but this adapter's
@@ -222,8 +224,11 @@ class GPUWeight:
         self.shape, self.dtype, self.offset = tuple(int(s) for s in shape), dtype, 0
         self.nbytes = len(data)
         ctx.check_size(self.nbytes, what or f"a {self.shape} {dtype} weight")
+        if ctx._stage_ended:  # a model was dropped: destroy its weights and the idle pool before loading this one
+            ctx.trim()
         self.buffer = ctx.bridge.create_buffer(self.nbytes)
         ctx.bridge.write_buffer(self.buffer, 0, data)
+        ctx.bytes_weights += self.nbytes
         ctx._account(self.nbytes, +1)
         self._finalizer = weakref.finalize(self, ctx._drop_weight, self.buffer, self.nbytes)
 
@@ -254,7 +259,9 @@ class Context:
         self._dummies: dict[str, GPUWeight] = {}
         self.bytes_in_use = 0
         self.bytes_pooled = 0
+        self.bytes_weights = 0
         self.peak_bytes = 0
+        self.peak_weights = 0
         self.dispatches = 0
 
     # -- memory --
@@ -265,10 +272,11 @@ class Context:
 
     def _account(self, nbytes: int, sign: int):
         self.bytes_in_use += sign * nbytes
-        self.peak_bytes = max(self.peak_bytes, self.bytes_reserved)
+        if self.bytes_reserved > self.peak_bytes:
+            self.peak_bytes, self.peak_weights = self.bytes_reserved, self.bytes_weights
 
     def reset_peak(self):
-        self.peak_bytes = self.bytes_reserved
+        self.peak_bytes, self.peak_weights = self.bytes_reserved, self.bytes_weights
 
     def check_size(self, nbytes: int, what: str):
         for limit, lname in ((self.max_binding, "maxStorageBufferBindingSize"), (self.max_buffer, "maxBufferSize")):
@@ -298,13 +306,14 @@ class Context:
 
     def _drop_weight(self, bid: int, nbytes: int):
         self.bytes_in_use -= nbytes
+        self.bytes_weights -= nbytes
         self._graveyard.append(bid)  # a recorded dispatch may still read it
         self._stage_ended = True  # a model was dropped: trim the pool at the next allocation miss
 
     def trim(self):
-        """Destroy the pool's idle buffers. Done by itself at the first allocation miss after a model
-        is dropped (the pipeline drops each component after its stage), so one stage's leftovers do
-        not add to the next stage's peak."""
+        """Destroy the pool's idle buffers. Done by itself at the first allocation miss or weight upload
+        after a model is dropped (the pipeline drops each component after its stage), so one stage's
+        leftovers, and the dropped weights themselves, do not add to the next stage's peak."""
         self._stage_ended = False
         for size, ids in self._free.items():
             self._graveyard.extend(ids)
