@@ -4,6 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# lavapipe, a CPU Vulkan driver, so the WebGPU backend's tests have an adapter (CI runs as root)
+# and Debian's chromium for the page's end-to-end tests (headless, SwiftShader WebGPU)
+for pkg in mesa-vulkan-drivers chromium; do
+    if ! dpkg -s "$pkg" >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq "$pkg" >/dev/null
+    fi
+done
 "$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
+# the page's tests: Playwright drives that chromium; serve.py is a starlette app under uvicorn
+"$PY" -m pip install -q --disable-pip-version-check 'playwright>=1.40' 'uvicorn>=0.20' 'starlette>=0.39'
 "$PY" scripts/make_test_models.py tests/.models
+"$PY" scripts/vendor_pyodide.py  # Pyodide 0.27.7 + numpy/pillow wheels (sha256-checked) + the sdweb wheel
 exec "$PY" -m pytest -q "$@"

@@ -184,7 +184,7 @@ fn softmax(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3
     let row = wid.x + wid.y * nwg.x;
     if (row >= pm.rows) { return; }
     let base = row * pm.d;
-    var m = -3.4028235e38;
+    var m = -3.4028234e38;
     for (var j = lid.x; j < pm.d; j += 128u) {
         m = max(m, mx[base + j]);
     }

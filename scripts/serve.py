@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""The development server: the page, vendored Pyodide, the shaders, and ./weights/ in the Hub layout.
+
+    python scripts/serve.py [--host 127.0.0.1] [--port 8000] [--weights ./weights]
+
+Routes (a starlette app, served by uvicorn):
+
+    /                                           web/index.html
+    /<file>                                     web/<file> (static, with HTTP Range)
+    /shaders/<file>.wgsl                        shaders/, for reading (the worker uses the copies in the wheel)
+    /hub/{owner}/{name}/resolve/{rev}/{path}    weights/{owner}/{name}/{path}: a model prefetched with
+                                                `sdweb download` in the Hub's URL layout, so the page
+                                                reads it with `?endpoint=<this server>/hub` and downloads
+                                                nothing twice (revision is ignored: a folder has one)
+    /hub/api/local-models                       JSON list of the repo ids under weights/ (the picker's
+                                                "prefetched" entries)
+
+Every response carries Cross-Origin-Opener-Policy: same-origin and Cross-Origin-Embedder-Policy:
+require-corp, which make the page cross-origin isolated: SharedArrayBuffer works, so Cancel reaches
+the busy Pyodide worker between steps. The Hub itself answers fetch() with CORS, which COEP allows.
+
+Binds to 127.0.0.1 unless --host says otherwise: the page has no authentication.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+ROOT = Path(__file__).resolve().parents[1]
+WEB = ROOT / "web"
+SHADERS = ROOT / "shaders"
+
+ISOLATION_HEADERS = [
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-embedder-policy", b"require-corp"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
+
+
+class IsolationHeaders:
+    """Adds the cross-origin isolation headers (and no-cache for the app's own code) to every response."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        # Vendored Pyodide never changes under a name; the app's own files and the sdweb wheel do.
+        cacheable = path.startswith("/vendor/pyodide/")
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", [])
+                           if k.lower() not in (b"cache-control",) or cacheable]
+                headers += ISOLATION_HEADERS
+                if not cacheable:
+                    headers.append((b"cache-control", b"no-cache"))
+                message = dict(message, headers=headers)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class WasmStaticFiles(StaticFiles):
+    """StaticFiles with the MIME types browsers insist on (streaming wasm compile, module workers)."""
+
+    def file_response(self, full_path, stat_result, scope, status_code=200):
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        name = str(full_path)
+        if name.endswith(".wasm"):
+            response.headers["content-type"] = "application/wasm"
+        elif name.endswith((".mjs", ".js")):
+            response.headers["content-type"] = "text/javascript; charset=utf-8"
+        elif name.endswith(".wgsl"):
+            response.headers["content-type"] = "text/plain; charset=utf-8"
+        return response
+
+
+# --- ./weights/ as a Hub ---------------------------------------------------------------------------
+
+_sha_cache: dict[tuple[str, int, int], str] = {}
+_sha_lock = threading.Lock()
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of a weights file, computed once per (path, size, mtime): the Hub's LFS ETag."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    with _sha_lock:
+        if key in _sha_cache:
+            return _sha_cache[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    with _sha_lock:
+        _sha_cache[key] = digest
+    return digest
+
+
+def _hub_error(status: int, code: str, message: str) -> Response:
+    return JSONResponse({"error": message}, status_code=status,
+                        headers={"x-error-code": code, "x-error-message": message,
+                                 "access-control-expose-headers": "x-error-code, x-error-message"})
+
+
+def make_app(weights_dir: Path | str | None = None, web_dir: Path | str = WEB) -> Starlette:
+    """The ASGI app. `weights_dir` defaults to ./weights (relative to the working directory)."""
+    weights = Path(weights_dir if weights_dir is not None else "weights").resolve()
+
+    async def hub_resolve(request: Request):
+        p = request.path_params
+        repo_dir = (weights / p["owner"] / p["name"]).resolve()
+        if weights not in repo_dir.parents or not repo_dir.is_dir():
+            return _hub_error(404, "RepoNotFound", f"{p['owner']}/{p['name']} is not under {weights}")
+        f = (repo_dir / p["path"]).resolve()
+        if repo_dir not in f.parents or not f.is_file():
+            return _hub_error(404, "EntryNotFound", f"{p['path']} not found in {p['owner']}/{p['name']}")
+        headers = {"access-control-expose-headers":
+                   "content-range, content-length, etag, x-linked-etag, x-linked-size, accept-ranges"}
+        if f.suffix == ".safetensors":
+            digest = await run_in_threadpool(_file_sha256, f)
+            headers["x-linked-etag"] = f'"{digest}"'
+            headers["x-linked-size"] = str(f.stat().st_size)
+        response = FileResponse(f, headers=headers)
+        if f.suffix == ".safetensors":
+            response.headers["etag"] = f'"{digest}"'
+        return response
+
+    async def local_models(request: Request):
+        found = []
+        if weights.is_dir():
+            for index in sorted(weights.glob("*/*/model_index.json")):
+                found.append(f"{index.parent.parent.name}/{index.parent.name}")
+        return JSONResponse({"models": found})
+
+    routes = [
+        Route("/hub/api/local-models", local_models),
+        Route("/hub/{owner}/{name}/resolve/{revision}/{path:path}", hub_resolve, methods=["GET", "HEAD"]),
+        Mount("/shaders", app=WasmStaticFiles(directory=SHADERS, check_dir=False), name="shaders"),
+        Mount("/", app=WasmStaticFiles(directory=web_dir, html=True), name="web"),
+    ]
+    return Starlette(routes=routes, middleware=[Middleware(IsolationHeaders)])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Serve the sdweb page (and ./weights/ in the Hub layout).")
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    ap.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
+    ap.add_argument("--weights", default=os.environ.get("SDWEB_WEIGHTS", "weights"),
+                    help="folder of prefetched models served at /hub (default ./weights)")
+    args = ap.parse_args(argv)
+    import uvicorn
+
+    missing = [p for p in ("vendor/pyodide/pyodide.mjs", "vendor/wheels/manifest.json") if not (WEB / p).is_file()]
+    if missing:
+        print(f"serve: web/{missing[0]} is missing: run `python scripts/vendor_pyodide.py` (or scripts/start.sh)",
+              file=sys.stderr)
+        return 2
+    print(f"sdweb: open http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}/ in Chrome "
+          f"(prefetched models from {Path(args.weights).resolve()} at /hub)", file=sys.stderr, flush=True)
+    uvicorn.run(make_app(args.weights), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

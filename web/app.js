@@ -1,0 +1,526 @@
+// The page's thread: the form, progress, results, history and the stored-models panel. All the
+// work (Python, downloads, storage writes) happens in worker.js, so this thread never blocks.
+
+import { WeightStore, fmtBytes } from "./store.js";
+import { REPO_ID } from "./hub.js";
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const DEFAULT_ENDPOINT = "https://huggingface.co";
+
+// Models offered in the picker; any other Hub repo id in the diffusers layout works too.
+const PRESETS = [
+  { repo: "stable-diffusion-v1-5/stable-diffusion-v1-5", label: "Stable Diffusion 1.5 (default)", steps: 25, guidance: 7.5, size: 512 },
+  { repo: "stabilityai/stable-diffusion-2-1-base", label: "Stable Diffusion 2.1 base", steps: 25, guidance: 7.5, size: 512 },
+  { repo: "stabilityai/sd-turbo", label: "SD-Turbo (1 step)", steps: 1, guidance: 0, size: 512 },
+  { repo: "nota-ai/bk-sdm-small", label: "BK-SDM small (distilled, 36% smaller UNet)", steps: 25, guidance: 7.5, size: 512 },
+  { repo: "nota-ai/bk-sdm-tiny", label: "BK-SDM tiny (distilled)", steps: 25, guidance: 7.5, size: 512 },
+];
+
+const state = {
+  worker: null, ready: false, busy: false, runId: 0, cancelTimer: null, cancelFlag: null,
+  env: {}, webgpu: null, localModels: [], history: [], started: 0, stageStart: {}, lastTimings: null,
+  pending: null,
+};
+
+// --- environment -----------------------------------------------------------------------------------
+
+async function detectWebGPU() {
+  if (!navigator.gpu) return { ok: false, why: "this browser has no WebGPU (navigator.gpu is missing)" };
+  try {
+    const adapter = await navigator.gpu.requestAdapter();
+    if (!adapter) return { ok: false, why: "no WebGPU adapter is available (GPU blocklisted or disabled)" };
+    const info = adapter.info || {};
+    return { ok: true, adapter: [info.vendor, info.architecture, info.description].filter(Boolean).join(" ") || "WebGPU adapter",
+      limits: { maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize, maxBufferSize: adapter.limits.maxBufferSize },
+      f16: adapter.features.has("shader-f16") };
+  } catch (e) {
+    return { ok: false, why: `WebGPU failed to start (${e.message || e})` };
+  }
+}
+
+// auto: WebGPU when an adapter answers and Python can wait for it (JSPI), else NumPy in wasm.
+function chosenBackend() {
+  const b = $("backend").value;
+  if (b === "numpy" || b === "webgpu") return b;
+  const jspi = typeof WebAssembly.Suspending === "function";
+  return state.webgpu && state.webgpu.ok && jspi ? "webgpu" : "numpy";
+}
+
+function showNotice() {
+  const n = $("notice");
+  const want = $("backend").value;
+  const gpu = state.webgpu;
+  let html = "";
+  if (chosenBackend() === "numpy") {
+    const why = want === "numpy" ? "you chose the NumPy backend"
+      : gpu && !gpu.ok ? `WebGPU is not available here: ${escapeHtml(gpu.why)}`
+      : typeof WebAssembly.Suspending !== "function" ? "this browser lacks JavaScript Promise Integration, which the WebGPU path needs (Chrome 137+)"
+      : "WebGPU is still being detected";
+    html = `<b>Running on NumPy inside WebAssembly</b> (${why}). That works everywhere but is slow, about 1 GFLOP/s: ` +
+      `tiny and distilled models take seconds to minutes, while Stable Diffusion 1.5 at 512×512 takes minutes per ` +
+      `step and needs the fp16 weights (the wasm heap is capped at 4 GiB).` +
+      (gpu && gpu.ok ? ` A WebGPU adapter is present (${escapeHtml(gpu.adapter)}).` : "");
+  }
+  else if (gpu && gpu.ok && /swiftshader|llvmpipe|lavapipe|software/i.test(gpu.adapter)) {
+    html = `<b>Running on WebGPU, on a software adapter</b> (${escapeHtml(gpu.adapter)}): the GPU work is emulated ` +
+      "on the CPU, so only tiny models finish in reasonable time. A browser with hardware WebGPU is many times faster.";
+  }
+  n.innerHTML = html;
+  n.hidden = !html;
+}
+
+function setEnv(text, cls) {
+  $("env-text").textContent = text;
+  $("env").className = `env ${cls || ""}`;
+}
+
+// --- worker ----------------------------------------------------------------------------------------
+
+function startWorker() {
+  if (state.worker) state.worker.terminate();
+  state.ready = false;
+  setEnv("Loading Python…", "busy");
+  const w = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+  state.cancelFlag = new Int32Array(self.crossOriginIsolated ? new SharedArrayBuffer(4) : new ArrayBuffer(4));
+  w.onmessage = (ev) => onWorkerMessage(ev.data);
+  w.onerror = (ev) => {
+    console.error(ev);
+    fail({ kind: "internal", message: `The worker crashed (${ev.message || "unknown error"}); it was restarted.` });
+    startWorker();
+  };
+  w.postMessage({ type: "init", cancel: self.crossOriginIsolated ? state.cancelFlag : null,
+    chunk: Number(params.get("chunk")) || null, gpuMaxBinding: Number(params.get("gpu-max-binding")) || null });
+  state.worker = w;
+}
+
+function onWorkerMessage(m) {
+  if (m.id !== undefined && m.id !== state.runId) return;  // a message from a cancelled run
+  switch (m.type) {
+    case "status":
+      $("status").textContent = m.text;
+      if (!state.ready && !m.id) setEnv(m.text.replace(/…$/, "") + "…", "busy");
+      break;
+    case "ready":
+      state.ready = true;
+      state.env = m;
+      setEnv(`Ready · Python ${m.pyodide} · NumPy ${m.numpy} · ${m.seconds.toFixed(1)} s to start`, "ready");
+      if (!state.busy) $("status").textContent = "";
+      if (state.pending) { const p = state.pending; state.pending = null; send(p); }
+      break;
+    case "fatal":
+      state.fatal = true;  // the next Generate starts a new worker
+      setEnv("Python failed to start", "bad");
+      fail({ kind: "fatal", message: m.message });
+      break;
+    case "plan":
+      stage("download", 0, "checking…");
+      break;
+    case "download": onDownload(m); break;
+    case "progress": onProgress(m); break;
+    case "result": onResult(m); break;
+    case "cancelled":
+      finish();
+      $("status").textContent = "Cancelled. Nothing was lost: downloaded files are kept.";
+      break;
+    case "error": fail(m); break;
+  }
+}
+
+// --- progress --------------------------------------------------------------------------------------
+
+const STAGES = ["download", "load", "text_encoder", "unet", "vae"];
+
+function resetProgress() {
+  for (const el of document.querySelectorAll("#progress .stage")) {
+    el.classList.remove("active", "done");
+    el.querySelector("progress").value = 0;
+    el.querySelector(".detail").textContent = "";
+  }
+}
+
+function stage(name, fraction, detail) {
+  const idx = STAGES.indexOf(name);
+  for (const el of document.querySelectorAll("#progress .stage")) {
+    const i = STAGES.indexOf(el.dataset.stage);
+    if (i < idx && !el.classList.contains("done") && el.dataset.stage !== "load") {
+      el.classList.add("done"); el.querySelector("progress").value = 1;
+    }
+    el.classList.toggle("active", i === idx);
+  }
+  const el = document.querySelector(`#progress .stage[data-stage="${name}"]`);
+  if (fraction != null) el.querySelector("progress").value = Math.max(0, Math.min(1, fraction));
+  if (detail != null) el.querySelector(".detail").textContent = detail;
+  if (fraction >= 1) el.classList.add("done");
+}
+
+const fmtTime = (s) => {
+  if (s == null || !isFinite(s)) return "";
+  if (s < 1) return `${Math.round(s * 1000)} ms`;
+  if (s < 90) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
+  if (s < 5400) return `${Math.round(s / 60)} min`;
+  return `${(s / 3600).toFixed(1)} h`;
+};
+
+function onDownload(m) {
+  if (m.phase === "estimate") {
+    $("status").textContent = `Downloading ${fmtBytes(m.need)} (${fmtBytes(m.free)} of browser storage free)…`;
+  } else if (m.phase === "download") {
+    const f = m.total ? m.loaded / m.total : 0;
+    stage("download", f, `${fmtBytes(m.loaded)} / ${fmtBytes(m.total)} · ${fmtBytes(m.rate)}/s` +
+      (m.eta != null ? ` · ${fmtTime(m.eta)} left` : ""));
+    $("status").textContent = `Downloading ${m.file}…`;
+  } else if (m.phase === "done") {
+    stage("download", 1, m.downloaded ? `${fmtBytes(m.total)} stored` : `${fmtBytes(m.total)} from storage`);
+  }
+}
+
+function onProgress(m) {
+  const now = performance.now();
+  if (m.stage === "load") {
+    stage("load", 0.5, `${m.component.replace("_", " ")}…`);
+    state.stageStart.load = now;
+    $("status").textContent = `Loading the ${m.component.replace("_", " ")} weights…`;
+    return;
+  }
+  if (m.stage === "text_encoder") {
+    stage("text_encoder", m.step / m.total, m.step ? "done" : "encoding the prompt");
+    if (m.step === m.total) markLoaded();
+    $("status").textContent = "Encoding the prompt…";
+  } else if (m.stage === "unet") {
+    markLoaded();
+    if (m.step === 0) state.stageStart.unet = now;
+    const per = m.step ? (now - state.stageStart.unet) / 1000 / m.step : null;
+    const eta = per != null ? per * (m.total - m.step) : null;
+    stage("unet", m.step / m.total, `step ${m.step}/${m.total}` + (per ? ` · ${fmtTime(per)}/step` : "") +
+      (eta ? ` · ${fmtTime(eta)} left` : ""));
+    $("status").textContent = m.step < m.total ? `Denoising, step ${m.step + 1} of ${m.total}…` : "Denoising done.";
+    if (m.preview) showPreview(m.preview);
+  } else if (m.stage === "vae") {
+    markLoaded();
+    stage("vae", m.step / m.total, m.step ? "done" : "decoding the image");
+    $("status").textContent = "Decoding the image…";
+  }
+}
+
+function markLoaded() {
+  const el = document.querySelector('#progress .stage[data-stage="load"]');
+  el.querySelector("progress").value = 1;
+  el.classList.add("done");
+  const d = el.querySelector(".detail");
+  d.textContent = d.textContent.replace("…", "");
+}
+
+function showPreview(png) {
+  const url = URL.createObjectURL(new Blob([png], { type: "image/png" }));
+  const img = $("preview");
+  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  img.src = url;
+  img.hidden = false;
+  $("result").hidden = true;
+  $("placeholder").hidden = true;
+}
+
+// --- generate / cancel -----------------------------------------------------------------------------
+
+function readForm() {
+  const num = (id) => { const v = $(id).value.trim(); return v === "" ? null : Number(v); };
+  const repo = $("model").value.trim().replace(/^https?:\/\/huggingface\.co\//, "").replace(/\/+$/, "");
+  let endpoint = $("endpoint").value.trim().replace(/\/+$/, "");
+  let local = false;
+  if (!endpoint) {
+    if (state.localModels.includes(repo)) { endpoint = `${location.origin}/hub`; local = true; }
+    else endpoint = DEFAULT_ENDPOINT;
+  }
+  return {
+    repo, endpoint, local, token: $("token").value.trim(), variant: $("variant").value, backend: chosenBackend(),
+    settings: {
+      prompt: $("prompt").value, negative_prompt: $("negative-prompt").value, steps: num("steps"),
+      guidance: num("guidance"), seed: num("seed"), scheduler: $("scheduler").value || null,
+      width: num("width"), height: num("height"),
+    },
+  };
+}
+
+function validate(job) {
+  const s = job.settings;
+  if (!REPO_ID.test(job.repo)) return ["model", `"${job.repo}" is not a Hub repo id: use owner/name, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5.`];
+  if (s.steps == null || !Number.isInteger(s.steps) || s.steps < 1 || s.steps > 1000) return ["steps", "Steps must be a whole number from 1 to 1000."];
+  if (s.guidance == null || !(s.guidance >= 0)) return ["guidance", "Guidance must be a number of 0 or more (7.5 is usual; 0 or 1 turns it off)."];
+  if (s.seed != null && (!Number.isInteger(s.seed) || s.seed < 0 || s.seed > 4294967295)) return ["seed", "Seed must be a whole number from 0 to 4294967295."];
+  for (const k of ["width", "height"]) {
+    if (s[k] != null && (!Number.isInteger(s[k]) || s[k] < 8 || s[k] > 2048)) return [k, `${k[0].toUpperCase() + k.slice(1)} must be a multiple of 64 up to 2048 (or empty for the model's size).`];
+  }
+  try { if (job.endpoint) new URL(job.endpoint); } catch (_) { return ["endpoint", `"${job.endpoint}" is not a URL.`]; }
+  return null;
+}
+
+function generate() {
+  if (state.busy) return;
+  clearError();
+  if ($("seed").value.trim() === "") $("seed").value = randomSeed();
+  const job = readForm();
+  const bad = validate(job);
+  if (bad) { fail({ kind: "input", message: bad[1], field: bad[0] }); return; }
+  state.busy = true;
+  state.runId += 1;
+  state.started = performance.now();
+  state.stageStart = {};
+  state.job = job;
+  resetProgress();
+  $("generate").disabled = true;
+  $("cancel").disabled = false;
+  setEnv(state.ready ? "Working…" : "Loading Python…", "busy");
+  $("status").textContent = job.local ? `Using the copy of ${job.repo} in ./weights/…` : `Starting ${job.repo}…`;
+  Atomics.store(state.cancelFlag, 0, 0);
+  const msg = { type: "generate", id: state.runId, ...job };
+  if (state.fatal) { state.fatal = false; startWorker(); }
+  if (state.ready) send(msg);
+  else state.pending = msg;
+}
+
+function send(msg) { state.worker.postMessage(msg); }
+
+function cancel() {
+  if (!state.busy) return;
+  $("cancel").disabled = true;
+  $("status").textContent = "Cancelling…";
+  Atomics.store(state.cancelFlag, 0, 1);
+  if (state.pending) { state.pending = null; finish(); $("status").textContent = "Cancelled."; return; }
+  state.worker.postMessage({ type: "cancel" });
+  // The flag is seen between steps. A step can take minutes on NumPy, and without cross-origin
+  // isolation the flag is not shared at all: after a short wait, stop the worker outright (the
+  // weights are in IndexedDB, so only Python's start-up is lost).
+  const id = state.runId;
+  state.cancelTimer = setTimeout(() => {
+    if (state.busy && state.runId === id) {
+      state.runId += 1;  // ignore anything the old worker still says
+      startWorker();
+      finish();
+      $("status").textContent = "Cancelled (Python was restarted to stop at once; downloaded files are kept).";
+    }
+  }, 5000);
+}
+
+function finish() {
+  state.busy = false;
+  clearTimeout(state.cancelTimer);
+  $("generate").disabled = false;
+  $("cancel").disabled = true;
+  for (const el of document.querySelectorAll("#progress .stage.active")) el.classList.remove("active");
+  if (state.ready) setEnv(`Ready · Python ${state.env.pyodide} · NumPy ${state.env.numpy}`, "ready");
+  refreshCache();
+}
+
+async function onResult(m) {
+  stage("vae", 1, "done");
+  const load = Object.entries(m.timings).filter(([k]) => k.startsWith("load_")).reduce((a, [, v]) => a + v, 0);
+  document.querySelector('#progress [data-stage="load"] .detail').textContent = fmtTime(load);
+  finish();
+  const url = await dataUrl(m.png);
+  const img = $("result");
+  img.src = url;
+  img.hidden = false;
+  $("preview").hidden = true;
+  $("placeholder").hidden = true;
+  const t = m.timings;
+  const total = (performance.now() - state.started) / 1000;
+  const s = m.settings;
+  const entry = { url, seed: m.seed, settings: s, timings: t, total, when: new Date(), gpu: m.gpu };
+  state.history.unshift(entry);
+  img.dataset.settings = JSON.stringify(s);
+  img.classList.toggle("small", Math.max(s.width, s.height) < 256);
+  showInfo(entry);
+  renderHistory(0);
+  $("status").textContent = m.truncated_tokens
+    ? `Done. Note: the prompt was cut to 75 tokens (${m.truncated_tokens} dropped).` : "Done.";
+  state.lastTimings = t;
+}
+
+function showInfo(e) {
+  const t = e.timings, s = e.settings;
+  const steps = s.steps;
+  const load = Object.entries(t).filter(([k]) => k.startsWith("load_")).reduce((a, [, v]) => a + v, 0);
+  $("result-info").innerHTML =
+    `<b>seed ${e.seed}</b> · ${escapeHtml(s.model)} · ${s.width}×${s.height} · ${steps} steps · ${escapeHtml(s.scheduler)} · ` +
+    `guidance ${s.guidance} · ${escapeHtml(s.backend)} ${escapeHtml(s.precision)}` +
+    (e.gpu ? ` · ${escapeHtml(e.gpu.adapter)}` : "") + "<br>" +
+    `total ${fmtTime(e.total)} · load ${fmtTime(load)} · text encoder ${fmtTime(t.text_encoder)} · ` +
+    `denoise ${fmtTime(t.unet)} (${fmtTime(t.unet / Math.max(1, steps))}/step) · decode ${fmtTime(t.vae)}`;
+  const a = $("download-png");
+  a.href = e.url;
+  a.download = `sdweb-${e.seed}.png`;
+  a.hidden = false;
+}
+
+function renderHistory(current) {
+  const h = $("history");
+  h.innerHTML = "";
+  state.history.forEach((e, i) => {
+    const fig = document.createElement("figure");
+    if (i === current) fig.className = "current";
+    const img = document.createElement("img");
+    img.src = e.url;
+    img.alt = e.settings.prompt;
+    const cap = document.createElement("figcaption");
+    cap.textContent = `${e.seed} · ${e.settings.prompt || "(no prompt)"}`;
+    fig.title = `${e.settings.prompt}\nseed ${e.seed}, ${e.settings.steps} steps, ${e.settings.scheduler}`;
+    fig.append(img, cap);
+    fig.onclick = () => {
+      $("result").src = e.url; $("result").hidden = false;
+      $("result").classList.toggle("small", Math.max(e.settings.width, e.settings.height) < 256); $("preview").hidden = true; $("placeholder").hidden = true;
+      showInfo(e); renderHistory(i);
+    };
+    h.append(fig);
+  });
+}
+
+// --- errors ----------------------------------------------------------------------------------------
+
+const TITLES = {
+  auth: "This model needs a Hugging Face token", notfound: "Model not found", model: "Not a model sdweb can run",
+  quota: "Out of storage space", network: "Download failed", corrupt: "A download was corrupted", http: "Download failed",
+  memory: "Out of memory", python: "The model could not run", limits: "This GPU's limits are too small for this model",
+  lost: "The GPU device was lost", nowebgpu: "WebGPU is not available", input: "Check the settings", storage: "Browser storage failed",
+  internal: "Something went wrong", fatal: "Python could not start", busy: "Busy",
+};
+
+function fail(m) {
+  if (m.kind !== "input") finish();
+  const box = $("error");
+  let msg = m.message;
+  if (m.kind === "python" && m.pyError === "ConfigError") m.kind = "input";
+  box.innerHTML = `<strong>${TITLES[m.kind] || "Error"}</strong>${escapeHtml(msg)}`;
+  box.hidden = false;
+  box.dataset.kind = m.kind;
+  $("status").textContent = "";
+  const field = m.kind === "auth" ? "token" : m.field || (m.kind === "notfound" || m.kind === "model" ? "model" : null);
+  if (field) {
+    const el = $(field);
+    el.classList.remove("attention"); void el.offsetWidth; el.classList.add("attention");
+    el.focus();
+  }
+}
+
+function clearError() {
+  $("error").hidden = true;
+  $("error").textContent = "";
+  for (const el of document.querySelectorAll(".attention")) el.classList.remove("attention");
+}
+
+// --- stored models ---------------------------------------------------------------------------------
+
+let storePromise = null;
+async function refreshCache() {
+  try {
+    storePromise = storePromise || WeightStore.open();
+    const store = await storePromise;
+    const models = (await store.models()).sort((a, b) => b.used - a.used);
+    const tb = $("cache").querySelector("tbody");
+    tb.innerHTML = "";
+    for (const m of models) {
+      const tr = document.createElement("tr");
+      const host = (() => { try { return new URL(m.endpoint).host; } catch (_) { return m.endpoint; } })();
+      tr.innerHTML = `<td>${escapeHtml(m.repo)}</td><td class="hint">${escapeHtml(host)} · ${escapeHtml(m.variant)}` +
+        `${m.complete ? "" : " · incomplete"}</td><td class="num">${fmtBytes(m.bytes)}</td><td class="num"></td>`;
+      const del = document.createElement("button");
+      del.className = "small";
+      del.textContent = "delete";
+      del.disabled = state.busy;
+      del.onclick = async () => { del.disabled = true; await store.deleteModel(m.key); refreshCache(); };
+      tr.lastChild.append(del);
+      tb.append(tr);
+    }
+    if (!models.length) tb.innerHTML = `<tr><td class="hint">No models stored yet: the first Generate downloads one.</td></tr>`;
+    if (navigator.storage && navigator.storage.estimate) {
+      const est = await navigator.storage.estimate();
+      $("storage").textContent = `This site uses ${fmtBytes(est.usage)} of ${fmtBytes(est.quota)} the browser allows it.`;
+    }
+  } catch (e) {
+    $("storage").textContent = `Browser storage is unavailable: ${e.message || e}`;
+  }
+}
+
+// --- helpers and start-up --------------------------------------------------------------------------
+
+function escapeHtml(s) {
+  return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+}
+
+function randomSeed() { return crypto.getRandomValues(new Uint32Array(1))[0] >>> 1; }
+
+function dataUrl(bytes) {
+  return new Promise((resolve, reject) => {
+    const r = new FileReader();
+    r.onload = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+    r.readAsDataURL(new Blob([bytes], { type: "image/png" }));
+  });
+}
+
+function applyPreset(repo) {
+  const p = PRESETS.find((x) => x.repo === repo);
+  if (!p) return;
+  $("steps").value = p.steps;
+  $("guidance").value = p.guidance;
+  $("width").value = p.size;
+  $("height").value = p.size;
+}
+
+function updateModelNote() {
+  const repo = $("model").value.trim();
+  const note = $("model-note");
+  if (state.localModels.includes(repo) && !$("endpoint").value.trim()) note.textContent = "Prefetched: read from ./weights/ on this server.";
+  else if (PRESETS.some((p) => p.repo === repo)) note.textContent = PRESETS.find((p) => p.repo === repo).label;
+  else note.textContent = "Any Hub repo id in the diffusers layout (owner/name).";
+}
+
+async function loadLocalModels() {
+  try {
+    const r = await fetch("hub/api/local-models");
+    if (!r.ok) return;
+    state.localModels = (await r.json()).models || [];
+    const dl = $("model-list");
+    for (const repo of state.localModels) {
+      if (PRESETS.some((p) => p.repo === repo)) continue;
+      const o = document.createElement("option");
+      o.value = repo; o.label = "prefetched in ./weights/";
+      dl.append(o);
+    }
+    updateModelNote();
+  } catch (_) { /* served without the dev server's /hub: nothing prefetched */ }
+}
+
+function init() {
+  const dl = $("model-list");
+  for (const p of PRESETS) {
+    const o = document.createElement("option");
+    o.value = p.repo; o.label = p.label;
+    dl.append(o);
+  }
+  // URL parameters preset the form: ?model= ?endpoint= ?backend= (and any other field by its id)
+  for (const id of ["prompt", "negative-prompt", "steps", "guidance", "seed", "scheduler", "width", "height", "variant"]) {
+    if (params.has(id)) $(id).value = params.get(id);
+  }
+  if (params.has("model")) { $("model").value = params.get("model"); if (!params.has("steps")) applyPreset(params.get("model")); }
+  if (params.has("endpoint")) $("endpoint").value = params.get("endpoint");
+  if (params.has("backend")) $("backend").value = ["webgpu", "numpy"].includes(params.get("backend")) ? params.get("backend") : "auto";
+  if (!params.has("seed")) $("seed").value = randomSeed();
+  if (params.has("endpoint") || params.has("backend")) $("form").querySelector("details").open = true;
+
+  $("seed-random").onclick = () => { $("seed").value = randomSeed(); };
+  $("generate").onclick = generate;
+  $("cancel").onclick = cancel;
+  $("model").addEventListener("change", () => { applyPreset($("model").value.trim()); updateModelNote(); });
+  $("endpoint").addEventListener("input", updateModelNote);
+  $("backend").addEventListener("change", showNotice);
+  $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate(); });
+  updateModelNote();
+  startWorker();
+  detectWebGPU().then((g) => { state.webgpu = g; showNotice(); });
+  loadLocalModels();
+  refreshCache();
+  showNotice();
+}
+
+init();

@@ -1,0 +1,208 @@
+// The Web Worker: Pyodide + sdweb, the weight store, the Hub downloads. The page's thread only draws.
+//
+// Messages in:   {type: "init", cancel: Int32Array (on a SharedArrayBuffer when the page is
+//                 cross-origin isolated), chunk (store chunk bytes; ?chunk= on the page, for tests),
+//                 gpuMaxBinding (cap the device's buffer limits: ?gpu-max-binding=, simulates a small GPU)}
+//                {type: "generate", id, repo, endpoint, revision, token, variant, backend, settings}
+//                {type: "cancel"}   (the shared flag is what a busy Python loop sees; this message
+//                                    covers the download phase where the page is not isolated)
+// Messages out:  status {text}, ready {...environment}, plan {...}, download {...}, progress {stage,
+//                step, total, elapsed, component?, timestep?, preview?}, result {...}, error {kind,
+//                message}, cancelled {}, fatal {message}
+// The token is only ever put in an Authorization header: never in a URL, a message back, or the log.
+
+import { loadPyodide } from "./vendor/pyodide/pyodide.mjs";
+import { WeightStore, StoreError } from "./store.js";
+import { planModel, fetchModel, modelKey } from "./hub.js";
+import { DeviceBridge } from "./bridge/device.js";
+
+const base = new URL("./", import.meta.url);
+let py = null, browser = null, store = null, manifest = null;
+let gpu = null, gpuGeneration = 0, gpuCap = {};
+// For the console and tests (Playwright's worker.evaluate): the live objects.
+self.sdweb = { get gpu() { return gpu; }, get store() { return store; }, get py() { return py; } };
+let cancelFlag = null, localCancel = false, busy = false;
+const jspi = typeof WebAssembly.Suspending === "function";
+
+const post = (type, data = {}, transfer = []) => self.postMessage({ type, ...data }, transfer);
+const cancelled = () => localCancel || (cancelFlag !== null && Atomics.load(cancelFlag, 0) === 1);
+
+async function boot(msg) {
+  cancelFlag = msg.cancel || null;
+  if (msg.gpuMaxBinding) gpuCap = { maxStorageBufferBindingSize: msg.gpuMaxBinding, maxBufferSize: msg.gpuMaxBinding };
+  const t0 = performance.now();
+  post("status", { text: "Loading Python (Pyodide 0.27.7)…" });
+  py = await loadPyodide({ indexURL: new URL("vendor/pyodide/", base).href, stdout: (s) => console.log(s),
+    stderr: (s) => console.warn(s) });
+  post("status", { text: "Loading NumPy and Pillow…" });
+  await py.loadPackage(["numpy", "pillow", "micropip"], { messageCallback: () => {} });
+  manifest = await (await fetch(new URL("vendor/wheels/manifest.json", base), { cache: "no-store" })).json();
+  post("status", { text: "Installing sdweb…" });
+  const micropip = py.pyimport("micropip");
+  await micropip.install(new URL(`vendor/wheels/${manifest.sdweb}`, base).href, { deps: false });
+  micropip.destroy();
+  browser = py.pyimport("sdweb.browser");
+  store = await WeightStore.open(msg.chunk || undefined);
+  post("ready", { seconds: (performance.now() - t0) / 1000, jspi, isolated: self.crossOriginIsolated,
+    pyodide: py.version, numpy: py.runPython("import numpy; numpy.__version__"),
+    webgpu: !!(self.navigator && navigator.gpu) });
+}
+
+function checkIndex(repo) {
+  return (text) => {
+    try {
+      browser.check_model_index(text, repo);
+    } catch (e) {
+      throw new StoreError("model", pyMessage(e));
+    }
+  };
+}
+
+function candidates(comp, variant) {
+  const list = browser.weight_candidates(comp, variant === "plain" ? null : variant);
+  const out = list.toJs();
+  list.destroy();
+  return out;
+}
+
+// The last line of a Python traceback, without the exception's class: what a person should read.
+function pyMessage(e) {
+  const lines = String(e && e.message || e).trim().split("\n");
+  return lines[lines.length - 1].replace(/^[\w.]+(Error|Exception): /, "");
+}
+
+// The WebGPU device: made once, again after a loss. The WGSL files travel inside the sdweb wheel
+// (sdweb/shaders/, the same files as the repository's shaders/).
+async function ensureGpu() {
+  if (gpu && !gpu.lost) return gpu;
+  if (gpu) { try { gpu.destroy(); } catch (_) { /* already gone */ } }
+  gpu = null;
+  if (!jspi) {
+    throw new StoreError("nowebgpu", "The WebGPU backend needs a browser with JavaScript Promise Integration " +
+      "(Chrome 137 or newer) so Python can wait for the GPU; choose the NumPy backend here.");
+  }
+  try {
+    gpu = await DeviceBridge.create(gpuCap);
+  } catch (e) {
+    throw new StoreError("nowebgpu", `${e.message || e} Choose the NumPy backend (slower) instead.`);
+  }
+  gpuGeneration += 1;
+  return gpu;
+}
+
+async function generate(msg) {
+  const { id, repo, endpoint, revision = "main", token, settings } = msg;
+  const variant = msg.variant || "fp16";
+  localCancel = false;
+  busy = true;
+  try {
+    const plan = await planModel({ store, endpoint, repo, revision, variant, token, candidates, checkIndex: checkIndex(repo),
+      cancelled, onStatus: (text) => post("status", { id, text }) });
+    post("plan", { id, files: plan.files.map((f) => ({ path: f.path, size: f.size })), bytes: plan.bytes });
+    await fetchModel({ store, plan, token, cancelled, onProgress: (p) => post("download", { id, ...p }) });
+    if (cancelled()) return post("cancelled", { id });
+
+    // The Python side: small files as text, weights as byte sources over the store.
+    const texts = {};
+    const sources = new Map();
+    let weightBytes = 0;
+    for (const f of plan.files) {
+      if (f.kind === "text") texts[f.path] = await store.readText(f.url);
+    }
+    for (const f of plan.files) {
+      if (f.kind !== "weights") continue;
+      const rec = await store.file(f.url);
+      weightBytes += rec.size;
+      let read = (o, n) => store.read(f.url, o, n);
+      if (!jspi) {
+        // No JSPI: Python cannot wait for IndexedDB, so the file is read into memory first.
+        const all = await store.read(f.url, 0, rec.size);
+        read = (o, n) => all.subarray(o, o + n);
+      }
+      sources.set(f.path, { size: rec.size, name: `${repo}/${f.path}`, read });
+    }
+    const backend = msg.backend === "webgpu" ? "webgpu" : "numpy";
+    let bridge = null;
+    if (backend === "webgpu") {
+      post("status", { id, text: "Starting the GPU…" });
+      bridge = await ensureGpu();
+    }
+    // fp16 files stay fp16 in memory (unpacked per layer on NumPy, in-shader on the GPU); on NumPy
+    // tiny models are upcast once, which is faster.
+    const precision = variant === "fp16" && (backend === "webgpu" || weightBytes > (256 << 20)) ? "fp16" : "fp32";
+    const job = {
+      key: modelKey(endpoint, repo, revision, variant), repo, variant: variant === "plain" ? null : variant,
+      precision, backend, settings, device: backend === "webgpu" ? gpuGeneration : 0,
+      preview_every: Math.max(1, Math.round((settings.steps || 20) / 10)),
+    };
+    post("status", { id, text: backend === "numpy" ? `Running ${repo} on NumPy (wasm)…`
+      : `Running ${repo} on WebGPU (${gpu.description})…` });
+    const onProgress = (ev) => {
+      const e = ev.toJs ? ev.toJs({ dict_converter: Object.fromEntries }) : ev;
+      const transfer = e.preview ? [e.preview.buffer] : [];
+      post("progress", { id, ...e }, transfer);
+    };
+    const fn = browser.worker_generate;
+    const pyTexts = py.toPy(texts);
+    const args = [JSON.stringify(job), pyTexts, sources, onProgress, () => cancelled(), bridge];
+    let r;
+    try {
+      r = jspi ? await fn.callPromising(...args) : fn(...args);
+    } finally {
+      fn.destroy();
+      pyTexts.destroy();
+    }
+    const out = r.toJs ? r.toJs({ dict_converter: Object.fromEntries }) : r;
+    if (r.destroy) r.destroy();
+    if (out.cancelled) return post("cancelled", { id });
+    if (bridge && out.error && !bridge.lost) {
+      // a lost device often shows first as a failed call; its `lost` promise settles just after
+      await Promise.race([bridge.lostPromise, new Promise((r) => setTimeout(r, 500))]);
+    }
+    if (bridge && bridge.lost) {
+      return post("error", { id, kind: "lost", message: `The GPU device was lost during the run (${bridge.lost}). ` +
+        "A new one is made on the next Generate; if it happens again, try a smaller size or model, close other " +
+        "GPU-heavy tabs, or use the NumPy backend." });
+    }
+    if (out.error) {
+      if (out.traceback) console.error(out.traceback);
+      const kind = out.error === "MemoryError" ? "memory" : out.error === "GPULimitError" ? "limits" : "python";
+      return post("error", { id, kind, pyError: out.error, message: out.message });
+    }
+    out.settings.precision = precision;
+    out.settings.endpoint = endpoint;
+    if (bridge) {
+      out.gpu = { adapter: bridge.description, dispatches: bridge.dispatches, submits: bridge.submits,
+        reads: bridge.reads, readWait: bridge.readWait / 1000 };
+      console.debug(`sdweb gpu: ${JSON.stringify(out.gpu)}`);
+    }
+    post("result", { id, ...out, storeStats: { ...store.stats } }, [out.png.buffer]);
+  } catch (e) {
+    if (e instanceof StoreError) {
+      if (e.kind === "cancelled") return post("cancelled", { id });
+      return post("error", { id, kind: e.kind, message: e.message, status: e.status });
+    }
+    console.error(e);
+    post("error", { id, kind: "internal", message: String(e && e.message || e) });
+  } finally {
+    busy = false;
+  }
+}
+
+self.onmessage = async (ev) => {
+  const msg = ev.data;
+  if (msg.type === "init") {
+    try {
+      await boot(msg);
+    } catch (e) {
+      console.error(e);
+      post("fatal", { message: `Python failed to start: ${pyMessage(e)}. Reload the page to try again; ` +
+        "if it keeps failing, run scripts/start.sh again (it re-vendors Pyodide and rebuilds the sdweb wheel)." });
+    }
+  } else if (msg.type === "generate") {
+    if (busy) return post("error", { id: msg.id, kind: "busy", message: "A generation is already running." });
+    await generate(msg);
+  } else if (msg.type === "cancel") {
+    localCancel = true;
+  }
+};
