@@ -363,6 +363,9 @@ def test_page_image_equals_cli(shared_context, page_server, page_hub, tmp_path):
     assert p.page.get_attribute("#download-png", "href").startswith("data:image/png")
     assert p.page.locator("#history figure").count() == 3
     assert "test/sd2-tiny" in p.page.inner_text("#cache")
+    # on NumPy the weights are read into Python: the worker's count of bytes handed over sees them
+    io = p.page.workers[0].evaluate("self.sdweb.last.io")
+    assert io["pythonBytes"] >= 0.9 * io["weightFileBytes"], io
     ARTIFACTS.mkdir(exist_ok=True)
     p.page.screenshot(path=str(ARTIFACTS / "page.png"), full_page=True)
     assert not [c for c in p.console if c.startswith("pageerror")], p.console
@@ -533,6 +536,16 @@ def test_webgpu_image_equals_cli_and_survives_device_loss(gpu_context, page_serv
     ref = cli_image(page_hub.repo_dir("test/sd1-tiny"), s, tmp_path)  # NumPy in CPython, same held precision
     assert psnr(r["png"], ref) >= 40, f"PSNR {psnr(r['png'], ref):.1f} dB"
     assert "swiftshader" in p.page.inner_text("#result-info").lower()
+    # weight bytes went IndexedDB -> GPU in JS (upload_span), not through the wasm heap: Python was
+    # handed each file's 8-byte length and JSON header, and nothing else
+    last = p.page.workers[0].evaluate("self.sdweb.last")
+    io, files = last["io"], [f for f in page_hub.repo_dir("test/sd1-tiny").rglob("*.fp16.safetensors")]
+    headers = sum(8 + int.from_bytes(f.read_bytes()[:8], "little") for f in files)
+    assert io["weightFileBytes"] == sum(f.stat().st_size for f in files)
+    assert io["pythonBytes"] <= headers < 0.05 * io["weightFileBytes"], io
+    assert io["directBytes"] >= 0.9 * (io["weightFileBytes"] - headers), io
+    assert last["timings"]["unet_step_gpu_wait"] + last["timings"]["unet_step_python"] == pytest.approx(
+        last["timings"]["unet_step"])
 
     # the device is lost mid-run: the page says so, and the next Generate makes a new device
     p.fill(steps=6, seed=22)

@@ -15,7 +15,7 @@ import { Sha256 } from "./sha256.js";
 
 export const CHUNK = 4 << 20;  // bytes per stored chunk
 const DB_NAME = "sdweb-weights";
-const CACHE_BYTES = 64 << 20;  // recently read chunks kept in memory (tensors are read in file order)
+const CACHE_CHUNKS = 16;  // recently read chunks kept in memory (64 MB of 4 MB chunks; tensors are read in file order)
 
 export class StoreError extends Error {
   // kind: quota | auth | notfound | network | http | corrupt | cancelled | storage
@@ -83,6 +83,7 @@ export class WeightStore {
     this.chunk = chunkBytes;
     this.cache = new Map();  // "url#i" -> Uint8Array, in use order
     this.cacheBytes = 0;
+    this.cacheMax = CACHE_CHUNKS * chunkBytes;
     this.recs = new Map();  // url -> done file record
     this.stats = { reads: 0, chunkLoads: 0, bytesRead: 0 };
   }
@@ -324,20 +325,30 @@ export class WeightStore {
     const out = new Uint8Array(length);
     if (!length) return out;
     const first = Math.floor(offset / rec.chunk), last = Math.floor((offset + length - 1) / rec.chunk);
+    // This read's chunks are held here, not only in the cache: a read longer than the cache (an f32
+    // SD 1.5 conv weight is 59 MB, CLIP's token embedding 152 MB) evicts its own first chunks.
+    const have = new Map();
     const missing = [];
-    for (let i = first; i <= last; i++) if (!this.cache.has(`${url}#${i}`)) missing.push(i);
+    for (let i = first; i <= last; i++) {
+      const c = this.cache.get(`${url}#${i}`);
+      if (c) have.set(i, c); else missing.push(i);
+    }
     if (missing.length) {
       const lo = missing[0], hi = missing[missing.length - 1];
       const rows = await req(this.db.transaction("chunks").objectStore("chunks").getAll(IDBKeyRange.bound([url, lo], [url, hi])));
       this.stats.chunkLoads += rows.length;
-      for (const row of rows) this._remember(`${url}#${row.i}`, new Uint8Array(row.data));
+      for (const row of rows) {
+        const data = new Uint8Array(row.data);
+        have.set(row.i, data);
+        this._remember(`${url}#${row.i}`, data);
+      }
     }
     let pos = 0;
     for (let i = first; i <= last; i++) {
       const key = `${url}#${i}`;
-      const c = this.cache.get(key);
+      const c = have.get(i);
       if (!c) throw new StoreError("storage", `chunk ${i} of ${baseName(url)} is missing from the browser's storage; delete the model and download it again`);
-      this.cache.delete(key); this.cache.set(key, c);  // most recently used last
+      if (this.cache.delete(key)) this.cache.set(key, c);  // most recently used last
       const from = i === first ? offset - i * rec.chunk : 0;
       const to = Math.min(c.length, offset + length - i * rec.chunk);
       out.set(c.subarray(from, to), pos);
@@ -353,7 +364,7 @@ export class WeightStore {
     this.cache.set(key, data);
     this.cacheBytes += data.length;
     for (const [k, v] of this.cache) {
-      if (this.cacheBytes <= CACHE_BYTES) break;
+      if (this.cacheBytes <= this.cacheMax) break;
       this.cache.delete(k);
       this.cacheBytes -= v.length;
     }

@@ -9,6 +9,12 @@
 // Messages out:  status {text}, ready {...environment}, plan {...}, download {...}, progress {stage,
 //                step, total, elapsed, component?, timestep?, preview?}, result {...}, error {kind,
 //                message}, cancelled {}, fatal {message}
+// A result carries timings (seconds: Python's load_*, text_encoder, unet, vae, total, png, plus
+// download and per-UNet-step unet_step_first, unet_step, unet_step_gpu_wait, unet_step_python),
+// profile {steps: [{ms, gpuWaitMs}]}, io {pythonBytes, pythonReads (weight-file bytes handed to
+// Python), directBytes, directUploads (copied store -> GPU by the bridge), weightFileBytes,
+// wasmHeap, wasmHeapBefore} and, on WebGPU, gpu {adapter, dispatches, submits, reads, readWait,
+// storeReadWait}.
 // The token is only ever put in an Authorization header: never in a URL, a message back, or the log.
 
 import { loadPyodide } from "./vendor/pyodide/pyodide.mjs";
@@ -20,7 +26,8 @@ const base = new URL("./", import.meta.url);
 let py = null, browser = null, store = null, manifest = null;
 let gpu = null, gpuGeneration = 0, gpuCap = {};
 // For the console and tests (Playwright's worker.evaluate): the live objects.
-self.sdweb = { get gpu() { return gpu; }, get store() { return store; }, get py() { return py; } };
+// `last`: the last finished run's {timings, profile, io, gpu} (scripts/bench_browser.py reads it).
+self.sdweb = { get gpu() { return gpu; }, get store() { return store; }, get py() { return py; }, last: null };
 let cancelFlag = null, localCancel = false, busy = false;
 const jspi = typeof WebAssembly.Suspending === "function";
 
@@ -96,15 +103,21 @@ async function generate(msg) {
   localCancel = false;
   busy = true;
   try {
+    const tDownload = performance.now();
     const plan = await planModel({ store, endpoint, repo, revision, variant, token, candidates, checkIndex: checkIndex(repo),
       cancelled, onStatus: (text) => post("status", { id, text }) });
     post("plan", { id, files: plan.files.map((f) => ({ path: f.path, size: f.size })), bytes: plan.bytes });
     await fetchModel({ store, plan, token, cancelled, onProgress: (p) => post("download", { id, ...p }) });
     if (cancelled()) return post("cancelled", { id });
+    const downloadSeconds = (performance.now() - tDownload) / 1000;
 
-    // The Python side: small files as text, weights as byte sources over the store.
+    // The Python side: small files as text, weights as byte sources over the store. Every byte a
+    // source hands Python is counted (io.pythonBytes); on WebGPU Python reads only the headers and
+    // the bridge copies the tensors from `direct` (the same store, by the source's key) to the GPU.
     const texts = {};
     const sources = new Map();
+    const direct = new Map();
+    const io = { pythonReads: 0, pythonBytes: 0 };
     let weightBytes = 0;
     for (const f of plan.files) {
       if (f.kind === "text") texts[f.path] = await store.readText(f.url);
@@ -113,20 +126,25 @@ async function generate(msg) {
       if (f.kind !== "weights") continue;
       const rec = await store.file(f.url);
       weightBytes += rec.size;
-      let read = (o, n) => store.read(f.url, o, n);
+      let fromStore = (o, n) => store.read(f.url, o, n);
       if (!jspi) {
         // No JSPI: Python cannot wait for IndexedDB, so the file is read into memory first.
         const all = await store.read(f.url, 0, rec.size);
-        read = (o, n) => all.subarray(o, o + n);
+        fromStore = (o, n) => all.subarray(o, o + n);
       }
-      sources.set(f.path, { size: rec.size, name: `${repo}/${f.path}`, read });
+      const read = (o, n) => { io.pythonReads++; io.pythonBytes += n; return fromStore(o, n); };
+      sources.set(f.path, { size: rec.size, name: `${repo}/${f.path}`, key: f.path, read });
+      direct.set(f.path, fromStore);
     }
     const backend = msg.backend === "webgpu" ? "webgpu" : "numpy";
     let bridge = null;
     if (backend === "webgpu") {
       post("status", { id, text: "Starting the GPU…" });
       bridge = await ensureGpu();
+      bridge.setSources(direct);
     }
+    const span0 = bridge ? { n: bridge.spanUploads, bytes: bridge.spanBytes, wait: bridge.spanWait, read: bridge.readWait } : null;
+    const heap0 = py._module.HEAP8.length;
     // fp16 files stay fp16 in memory (unpacked per layer on NumPy, in-shader on the GPU); on NumPy
     // tiny models are upcast once, which is faster.
     const precision = variant === "fp16" && (backend === "webgpu" || weightBytes > (256 << 20)) ? "fp16" : "fp32";
@@ -137,8 +155,18 @@ async function generate(msg) {
     };
     post("status", { id, text: backend === "numpy" ? `Running ${repo} on NumPy (wasm)…`
       : `Running ${repo} on WebGPU (${gpu.description})…` });
+    // Per UNet step: wall time between progress reports and the part of it spent awaiting the GPU
+    // (the readback's mapAsync); the rest is the worker's own time: Python, the bridge calls, the
+    // scheduler, previews.
+    const steps = [];
+    let mark = null;
     const onProgress = (ev) => {
       const e = ev.toJs ? ev.toJs({ dict_converter: Object.fromEntries }) : ev;
+      if (e.stage === "unet") {
+        const now = { t: performance.now(), wait: bridge ? bridge.readWait : 0 };
+        if (e.step > 0 && mark) steps.push({ ms: now.t - mark.t, gpuWaitMs: now.wait - mark.wait });
+        mark = now;
+      }
       const transfer = e.preview ? [e.preview.buffer] : [];
       post("progress", { id, ...e }, transfer);
     };
@@ -171,11 +199,20 @@ async function generate(msg) {
     }
     out.settings.precision = precision;
     out.settings.endpoint = endpoint;
+    io.wasmHeapBefore = heap0;
+    io.wasmHeap = py._module.HEAP8.length;
+    io.weightFileBytes = weightBytes;
     if (bridge) {
+      io.directUploads = bridge.spanUploads - span0.n;
+      io.directBytes = bridge.spanBytes - span0.bytes;
       out.gpu = { adapter: bridge.description, dispatches: bridge.dispatches, submits: bridge.submits,
-        reads: bridge.reads, readWait: bridge.readWait / 1000 };
+        reads: bridge.reads, readWait: (bridge.readWait - span0.read) / 1000, storeReadWait: (bridge.spanWait - span0.wait) / 1000 };
       console.debug(`sdweb gpu: ${JSON.stringify(out.gpu)}`);
     }
+    out.io = io;
+    out.profile = { steps };
+    Object.assign(out.timings, { download: downloadSeconds }, stepSummary(steps));
+    self.sdweb.last = { timings: out.timings, profile: out.profile, io, gpu: out.gpu || null, settings: out.settings };
     post("result", { id, ...out, storeStats: { ...store.stats } }, [out.png.buffer]);
   } catch (e) {
     if (e instanceof StoreError) {
@@ -187,6 +224,16 @@ async function generate(msg) {
   } finally {
     busy = false;
   }
+}
+
+// Seconds per UNet step (the first, which also compiles the pipelines, apart) and how much of a
+// step after the first was spent awaiting the GPU vs in the worker itself.
+function stepSummary(steps) {
+  if (!steps.length) return {};
+  const rest = steps.length > 1 ? steps.slice(1) : steps;
+  const mean = (f) => rest.reduce((a, s) => a + f(s), 0) / rest.length / 1000;
+  return { unet_step_first: steps[0].ms / 1000, unet_step: mean((s) => s.ms),
+    unet_step_gpu_wait: mean((s) => s.gpuWaitMs), unet_step_python: mean((s) => s.ms - s.gpuWaitMs) };
 }
 
 self.onmessage = async (ev) => {

@@ -12,7 +12,10 @@ The page's Web Worker (web/worker.js) downloads a model's files into IndexedDB, 
 and `BrowserModel` makes them look like `model.ModelFolder`: the small files are written to a real
 folder (Pyodide's in-memory file system, a temp dir in CPython) so the tokenizer and configs load as
 from disk, and the weights are read a tensor at a time through the byte sources, so a component
-never has to sit in memory twice. Nothing here imports `js` at module level: the module runs (and is
+never has to sit in memory twice. On the WebGPU backend the stores are lazy (`WeightStore(...,
+lazy=True)`): Python reads only each file's header, and the device bridge copies every tensor's
+bytes from the source it names by `key` straight into its GPU buffer, so no weight byte enters the
+wasm heap. Nothing here imports `js` at module level: the module runs (and is
 tested) in CPython as well.
 """
 
@@ -77,13 +80,15 @@ def check_model_index(text: str, repo: str) -> dict:
 class BrowserModel(ModelFolder):
     """A ModelFolder whose small files live in `folder` and whose weights come from byte sources.
 
-    BrowserModel(repo, texts, sources, folder=None): `repo` names the model in messages; `folder`
-    (default: a new temp dir) receives `texts`; `sources` maps repo paths such as
-    `unet/diffusion_pytorch_model.fp16.safetensors` to byte sources.
+    BrowserModel(repo, texts, sources, folder=None, lazy=False): `repo` names the model in messages;
+    `folder` (default: a new temp dir) receives `texts`; `sources` maps repo paths such as
+    `unet/diffusion_pytorch_model.fp16.safetensors` to byte sources; `lazy` makes `weights()` return
+    lazy stores (WeightRef instead of arrays: for the WebGPU backend only).
     """
 
-    def __init__(self, repo: str, texts: dict, sources: dict, folder=None):
+    def __init__(self, repo: str, texts: dict, sources: dict, folder=None, lazy: bool = False):
         self.repo = repo
+        self.lazy = lazy
         if "model_index.json" not in texts:
             raise ModelError(f"{repo} has no model_index.json: not a diffusers model")
         check_model_index(texts["model_index.json"], repo)
@@ -139,7 +144,7 @@ class BrowserModel(ModelFolder):
         try:
             for p in self.weight_files(component, variant):
                 files.append(SafetensorsFile(ByteSource(self.sources[p]), name=f"{self.repo}/{p}"))
-            return WeightStore(files, component, precision)
+            return WeightStore(files, component, precision, lazy=self.lazy)
         except BaseException:
             for f in files:
                 f.close()
@@ -148,12 +153,15 @@ class BrowserModel(ModelFolder):
 
 class ByteSource:
     """Adapts a JS byte source (or any object with `size` and `read`) to what SafetensorsFile wants:
-    `read(offset, length) -> bytes`, awaiting a returned Promise with `run_sync`."""
+    `read(offset, length) -> bytes`, awaiting a returned Promise with `run_sync`. `key` (None when
+    the source has none) is the name the JS device bridge reads the same bytes by (upload_span)."""
 
     def __init__(self, source):
         self._src = source
         self.size = int(source.size)
         self.name = str(getattr(source, "name", "<browser store>"))
+        key = getattr(source, "key", None)
+        self.key = None if key is None else str(key)
         self.reads = 0
         self.bytes_read = 0
 
@@ -199,7 +207,7 @@ class Session:
 
         if self.key != key or self.pipe is None:
             self.pipe = None
-            model = BrowserModel(repo, texts, sources)
+            model = BrowserModel(repo, texts, sources, lazy=getattr(backend, "name", "") == "webgpu")
             self.pipe = Pipeline(model, backend, precision=precision, variant=variant, keep_loaded=keep_loaded)
             self.key = key
         return self.pipe
@@ -349,6 +357,20 @@ class JsDeviceBridge:
 
     def write_buffer(self, bid: int, offset: int, data) -> None:
         self._js.write_buffer(bid, int(offset), data if isinstance(data, bytes) else bytes(data))
+
+    def upload_span(self, bid: int, source, offset: int, nbytes: int) -> None:
+        """The JS bridge copies the bytes from the store itself when it knows the source's `key`;
+        a source without one (a test's, in CPython) is read here and written as write_buffer."""
+        key = getattr(source, "key", None)
+        if key is None:
+            data = source.read(offset, nbytes)
+            self.write_buffer(bid, 0, data.to_bytes() if hasattr(data, "to_bytes") else bytes(data))
+            return
+        r = self._js.upload_span(bid, key, int(offset), int(nbytes))
+        if _is_promise(r):
+            from pyodide.ffi import run_sync
+
+            run_sync(r)
 
     def read_buffer(self, bid: int, offset: int, nbytes: int) -> bytes:
         r = self._js.read_buffer(bid, int(offset), int(nbytes))

@@ -14,6 +14,12 @@ Held precision (what `get` returns; the backend upcasts to f32 per op):
     fp16 -> float16
     bf16 -> uint16 bit patterns of bfloat16 (float32 rounded to nearest even, as torch does)
 Integer tensors (e.g. text_model.embeddings.position_ids, I64) are returned as stored.
+
+Lazy stores (`WeightStore(..., lazy=True)`, the browser's WebGPU path) return a `WeightRef` from
+`get` instead of an array: where the tensor's bytes are (byte source, offset, size, file dtype), so
+the backend can have them copied from the source straight into a GPU buffer without them ever
+passing through Python (in Pyodide: the wasm heap). Names, shapes and the use-exactly-once rules are
+checked exactly as for arrays; `ref.read()` gives what the eager `get` would have returned.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ def _convert(a, dtype, precision):
 
 
 def _held_dtype(precision: str) -> np.dtype:
+    """The numpy dtype `get` returns for a float tensor held at `precision`."""
     return np.dtype({"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}[precision])
 
 
@@ -100,12 +107,13 @@ class WeightStore:
     `component` names the store in messages; `precision` is fp32 | fp16 | bf16 (see module doc).
     """
 
-    def __init__(self, files, component: str, precision: str = "fp32"):
+    def __init__(self, files, component: str, precision: str = "fp32", lazy: bool = False):
         if precision not in PRECISIONS:
             raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         self.files = list(files)
         self.component = component
         self.precision = precision
+        self.lazy = lazy  # get() returns WeightRef instead of arrays
         self._where = {}  # full tensor name -> the SafetensorsFile holding it
         for f in self.files:
             for name in f.keys():
@@ -148,8 +156,9 @@ class WeightStore:
             raise WeightError(f"{self.component}: {name} was asked for twice (model bug: each tensor is used once)")
         self._used.add(name)
 
-    def get(self, name: str, shape) -> np.ndarray:
-        """The tensor `name` (full name) with shape `shape`, in the held precision.
+    def get(self, name: str, shape):
+        """The tensor `name` (full name) with shape `shape`, in the held precision (a WeightRef to
+        it in a lazy store).
 
         A missing or wrongly shaped tensor is recorded for finish() and a zero placeholder of the
         expected shape comes back, so a model builds to the end and every problem is reported at once.
@@ -159,16 +168,24 @@ class WeightStore:
         f = self._where.get(name)
         if f is None:
             self.missing.append(name)
-            return self._placeholder(shape)
+            return self._placeholder(name, shape)
         dtype, stored, _ = f.info(name)
         if stored != shape:
             self.mismatched.append((name, stored, shape))
-            return self._placeholder(shape)
+            return self._placeholder(name, shape)
+        if self.lazy:
+            ref = WeightRef(name, shape, dtype, self.precision, f)
+            self.nbytes_held += ref.nbytes_held
+            return ref
         a = _to_held(f.read(name), dtype, self.precision)
         self.nbytes_held += a.nbytes
         return a
 
-    def _placeholder(self, shape):
+    def _placeholder(self, name, shape):
+        if self.lazy:
+            ref = WeightRef(name, shape, None, self.precision, None)
+            self.nbytes_held += ref.nbytes_held
+            return ref
         a = np.zeros(shape, _held_dtype(self.precision))
         self.nbytes_held += a.nbytes
         return a
@@ -250,7 +267,7 @@ class WeightView:
     def shape(self, name: str) -> tuple | None:
         return self.store.shape(self.full(name))
 
-    def get(self, name: str, shape) -> np.ndarray:
+    def get(self, name: str, shape):
         return self.store.get(self.full(name), shape)
 
     def skip(self, name: str):
@@ -258,3 +275,72 @@ class WeightView:
 
     def __repr__(self):
         return f"WeightView({self.store.component}:{self.prefix_name or '<root>'})"
+
+
+class _MmapSource:
+    """A byte source over a file's mmap (what WeightRef.source is for a file opened by path)."""
+
+    def __init__(self, mm, name: str):
+        self._mm, self.name, self.size = mm, name, len(mm)
+
+    def read(self, offset: int, length: int):
+        return memoryview(self._mm)[offset:offset + length]
+
+
+class WeightRef:
+    """A tensor's place in its file, not its bytes: what a lazy store's `get` returns.
+
+    .name       full checkpoint name
+    .shape      the shape the config asked for (checked against the file's)
+    .dtype      the file's safetensors dtype ("F32", "F16", "BF16", "I64", ...); None for a
+                placeholder (missing or wrongly shaped tensor: read() gives zeros)
+    .precision  the held precision (fp32 | fp16 | bf16) the store was asked for
+    .source     the file's byte source: `size`, `read(offset, length)`, and in the browser `key`
+                (the name the JS device bridge knows it by); None for a placeholder
+    .offset     absolute byte offset of the tensor in the source (any alignment)
+    .nbytes     the tensor's bytes in the file
+    .nbytes_held  bytes once held (what the eager store counts)
+    .read()     the held array: exactly what the eager `get` returns
+    """
+
+    __slots__ = ("name", "shape", "dtype", "precision", "source", "offset", "nbytes", "_file")
+
+    def __init__(self, name: str, shape: tuple, dtype: str | None, precision: str, file):
+        self.name, self.shape, self.dtype, self.precision, self._file = name, shape, dtype, precision, file
+        self.source, self.offset, self.nbytes = _span(file, name) if file is not None else (None, 0, 0)
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes_held(self) -> int:
+        if self.dtype is not None and self.dtype not in _FLOAT_DTYPES:
+            return self.nbytes  # integer tensors are held as stored
+        return self.size * _held_dtype(self.precision).itemsize
+
+    def read(self) -> np.ndarray:
+        if self._file is None:
+            return np.zeros(self.shape, _held_dtype(self.precision))
+        return _to_held(self._file.read(self.name), self.dtype, self.precision)
+
+    def __repr__(self):
+        return f"WeightRef({self.name}, {_fmt_shape(self.shape)}, {self.dtype} -> {self.precision})"
+
+
+def _span(f, name: str):
+    """(byte source, absolute offset, nbytes) of tensor `name` in SafetensorsFile `f`.
+
+    Reaches into the reader's parsed header (data offsets) and its open source, which it does not
+    expose publicly: both are fixed once the file is open."""
+    _, _, begin, end = f._entry(name)
+    if f._src is not None:
+        src = f._src
+    elif f._mm is not None:
+        src = _MmapSource(f._mm, f.name)
+    else:
+        raise WeightError(f"{f.name}: file is closed (reading tensor {name!r})")
+    return src, f.data_start + begin, end - begin

@@ -9,6 +9,14 @@
 //   create_buffer(nbytes) -> id            STORAGE | COPY_SRC | COPY_DST
 //   write_buffer(id, offset, data)         data: a PyProxy of bytes (read in place) or a typed array;
 //                                          takes effect after every dispatch recorded so far
+//   upload_span(id, key, offset, nbytes)   -> Promise: write_buffer(id, 0, <nbytes bytes at offset of
+//                                          the weight source `key`>), zero-padded to a multiple of 4.
+//                                          The bytes come from the reader setSources() gave for `key`
+//                                          (the worker's IndexedDB store): weights go store -> GPU in
+//                                          JS, never through the wasm heap. Any offset and size: the
+//                                          span is read into its own array, so file alignment does
+//                                          not matter.
+//   setSources(map)                        Map key -> async (offset, nbytes) => Uint8Array
 //   read_buffer(id, offset, nbytes)        -> Promise<Uint8Array>; submits pending work first
 //   destroy_buffer(id)
 //   pipeline(key, wgsl, entry) -> id       compiled once per key
@@ -18,6 +26,11 @@
 //   submit()
 //   lost / error                           why the device died, or its first uncaptured error
 //   lostPromise                            settles when the device is lost
+//
+// Counters (for the page's timings and scripts/bench_browser.py): dispatches, submits, reads,
+// readWait (ms awaiting mapAsync: the GPU finishing its queued work, then the copy back; the only
+// place the worker waits for the GPU), spanUploads, spanBytes (weight bytes uploaded by
+// upload_span), spanWait (ms reading them from the store).
 
 export const LIMITS = ["maxStorageBufferBindingSize", "maxBufferSize", "maxComputeWorkgroupsPerDimension",
   "maxComputeInvocationsPerWorkgroup", "maxComputeWorkgroupSizeX", "maxComputeWorkgroupSizeY",
@@ -63,6 +76,10 @@ export class DeviceBridge {
     this.submits = 0;
     this.reads = 0;
     this.readWait = 0;  // ms spent waiting for readbacks (GPU work finishing + the copy)
+    this.sources = new Map();
+    this.spanUploads = 0;
+    this.spanBytes = 0;
+    this.spanWait = 0;
     this.lost = null;
     this.error = null;
     this.lostPromise = device.lost.then((info) => { this.lost = `${info.reason || "unknown"}: ${info.message || "no message"}`; });
@@ -107,6 +124,25 @@ export class DeviceBridge {
     } else {
       writePadded(this.queue, buf, offset, data instanceof Uint8Array ? data : new Uint8Array(data.buffer || data));
     }
+  }
+
+  setSources(map) {
+    this.sources = map;
+  }
+
+  async upload_span(id, key, offset, nbytes) {
+    this._alive();
+    const read = this.sources.get(key);
+    if (!read) throw new GpuError("gpu", `upload_span: no weight source named ${key}`);
+    const t0 = performance.now();
+    const bytes = await read(offset, nbytes);
+    this.spanWait += performance.now() - t0;
+    this._alive();
+    if (bytes.length !== nbytes) throw new GpuError("gpu", `upload_span: ${key} gave ${bytes.length} bytes at ${offset}, not ${nbytes}`);
+    if (this.encoder) this.submit();  // as write_buffer: after every dispatch recorded so far
+    writePadded(this.queue, this.buffers.get(id), 0, bytes);
+    this.spanUploads++;
+    this.spanBytes += nbytes;
   }
 
   async read_buffer(id, offset, nbytes) {

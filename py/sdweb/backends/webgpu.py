@@ -59,7 +59,10 @@ GPUTensor: .shape, .nbytes, .buffer (bridge buffer id), .offset (bytes), .dtype 
            index tensors); freed back to the pool when garbage-collected (or by .release()).
 GPUWeight: .shape, .dtype ("f32"|"f16"|"bf16"), .buffer, .nbytes, .offset (0); made once per tensor
            by weight(array) from the store's held arrays (float32 / float16 / uint16 bf16 bits),
-           16-bit ones packed two per u32, little-endian, an odd count padded with a zero half.
+           16-bit ones packed two per u32, little-endian, an odd count padded with a zero half; or
+           by weight(WeightRef) from a lazy store, the same bytes put there by the bridge's optional
+           upload_span straight from the weight file (converted by shaders/convert.wgsl when the
+           file's dtype is not the held one), so they never pass through Python.
 
 Buffers come from a pool of size classes (8 per power of two, so at most 1/8 is wasted); a freed
 tensor's buffer is reused by the next tensor of its class. Reuse is safe without waiting for the GPU:
@@ -82,6 +85,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SdwebError
+from ..weights import WeightRef
 
 name = "webgpu"
 
@@ -220,14 +224,16 @@ class GPUWeight:
 
     __slots__ = ("shape", "dtype", "buffer", "nbytes", "offset", "_finalizer", "__weakref__")
 
-    def __init__(self, ctx, shape, dtype: str, data: bytes, what: str | None = None):
+    def __init__(self, ctx, shape, dtype: str, data: bytes | None, what: str | None = None, nbytes: int = 0):
+        """`data`: the buffer's bytes; None leaves the new buffer of `nbytes` for the caller to fill."""
         self.shape, self.dtype, self.offset = tuple(int(s) for s in shape), dtype, 0
-        self.nbytes = len(data)
+        self.nbytes = len(data) if data is not None else nbytes
         ctx.check_size(self.nbytes, what or f"a {self.shape} {dtype} weight")
         if ctx._stage_ended:  # a model was dropped: destroy its weights and the idle pool before loading this one
             ctx.trim()
         self.buffer = ctx.bridge.create_buffer(self.nbytes)
-        ctx.bridge.write_buffer(self.buffer, 0, data)
+        if data is not None:
+            ctx.bridge.write_buffer(self.buffer, 0, data)
         ctx.bytes_weights += self.nbytes
         ctx._account(self.nbytes, +1)
         self._finalizer = weakref.finalize(self, ctx._drop_weight, self.buffer, self.nbytes)
@@ -447,9 +453,16 @@ def numpy(x) -> np.ndarray:
     return context().read(x)
 
 
-def weight(w: np.ndarray, name: str | None = None) -> GPUWeight:
+def weight(w, name: str | None = None) -> GPUWeight:
     """A weight as held by the store (f32, f16, or bf16 as uint16) -> a GPUWeight, uploaded now.
-    `name` (the checkpoint name) is only used in the error when it does not fit the adapter."""
+    `name` (the checkpoint name) is only used in the error when it does not fit the adapter.
+
+    `w` may also be a WeightRef (a lazy store's `get`): then, where the bridge has `upload_span`,
+    its bytes go from its byte source straight into the GPU buffer (in the browser: IndexedDB ->
+    GPU, never through the wasm heap) and, when the file's dtype is not the held one, are converted
+    there by shaders/convert.wgsl, bit for bit what the store's host conversion gives."""
+    if isinstance(w, WeightRef):
+        return _weight_from_ref(context(), w, name or w.name)
     w = np.asarray(w)
     dtype = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16", np.dtype(np.uint16): "bf16"}.get(w.dtype)
     if dtype is None:
@@ -459,6 +472,67 @@ def weight(w: np.ndarray, name: str | None = None) -> GPUWeight:
         flat = np.concatenate([flat, np.zeros(1, flat.dtype)])  # whole u32s
     data = flat.tobytes() or bytes(4)
     return GPUWeight(context(), w.shape, dtype, data, name)
+
+
+_HELD = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}  # store precision -> GPUWeight dtype
+_FROM_FILE = {"F32": "f32", "F16": "f16", "BF16": "bf16"}  # safetensors dtypes the GPU can take as they are
+_CONVERT_KIND = {"f32": "0", "f16": "1", "bf16": "2"}  # convert.wgsl's SRC / DST
+CONVERT_PIECE = 1 << 24  # file bytes converted per dispatch: bounds the temporary buffer (16 MB)
+
+
+class _Span:
+    """A bridge buffer range to bind (what ctx.run needs of a tensor): .buffer, .offset, .nbytes."""
+
+    __slots__ = ("buffer", "offset", "nbytes")
+
+    def __init__(self, buffer: int, offset: int, nbytes: int):
+        self.buffer, self.offset, self.nbytes = buffer, offset, nbytes
+
+
+def _weight_from_ref(ctx, ref, what: str) -> GPUWeight:
+    """A WeightRef -> GPUWeight in the held dtype, its bytes uploaded from the source by the bridge."""
+    src = _FROM_FILE.get(ref.dtype)
+    if ref.source is None or src is None or ref.size == 0 or not hasattr(ctx.bridge, "upload_span"):
+        # The host path: placeholders (zeros), integer and F64 tensors (none is a model weight: F64
+        # would need a converter of its own for no checkpoint we know), empty tensors, and bridges
+        # that cannot read a byte source themselves.
+        return weight(ref.read(), what)
+    dt = _HELD[ref.precision]
+    n = ref.size
+    nbytes = 4 * n if dt == "f32" else 4 * -(-n // 2)  # 16-bit: two per u32, an odd count padded
+    w = GPUWeight(ctx, ref.shape, dt, None, what, nbytes)
+    if src == dt:
+        ctx.bridge.upload_span(w.buffer, ref.source, ref.offset, ref.nbytes)
+    else:
+        _upload_converted(ctx, w, ref, src)
+    return w
+
+
+def _upload_converted(ctx, w: GPUWeight, ref, src: str):
+    """Fill `w` (held dtype w.dtype) from ref's bytes of file dtype `src`: a piece of at most
+    CONVERT_PIECE bytes at a time goes into a temporary buffer and convert.wgsl writes it into `w`.
+    Pieces hold an even number of elements, so each starts on a whole u32 of a 16-bit `w`."""
+    isz = 4 if src == "f32" else 2
+    per = max(2, (CONVERT_PIECE // isz) & ~1)
+    n = ref.size
+    tmp_bytes = -(-min(per, n) * isz // 4) * 4
+    ctx.check_size(tmp_bytes, f"the conversion buffer of {ref.name}")
+    tmp = ctx.bridge.create_buffer(tmp_bytes)
+    ctx._account(tmp_bytes, +1)
+    consts = {"SRC": _CONVERT_KIND[src], "DST": _CONVERT_KIND[w.dtype]}
+    out = _Span(w.buffer, 0, w.nbytes)
+    try:
+        for e0 in range(0, n, per):
+            cnt = min(per, n - e0)
+            # upload_span, like write_buffer, lands after the previous piece's recorded dispatch
+            ctx.bridge.upload_span(tmp, ref.source, ref.offset + e0 * isz, cnt * isz)
+            words = cnt if w.dtype == "f32" else -(-cnt // 2)
+            first = e0 if w.dtype == "f32" else e0 // 2
+            ctx.run("convert", "convert", [_Span(tmp, 0, -(-cnt * isz // 4) * 4), out],
+                    [("u32", cnt), ("u32", first)], ctx.grid(-(-words // 256)), consts)
+    finally:
+        ctx._account(tmp_bytes, -1)
+        ctx._graveyard.append(tmp)  # destroyed after the next submit, once the dispatches are sent
 
 
 def check_weights(store) -> None:

@@ -8,6 +8,11 @@ The browser's JS bridge (web/bridge/) implements the same methods over navigator
                                           "features": [..] and "adapter": "<description>"
     create_buffer(nbytes) -> id           STORAGE | COPY_SRC | COPY_DST
     write_buffer(id, offset, data)        takes effect after every dispatch recorded so far
+    upload_span(id, source, offset, nbytes)
+                                          optional: write_buffer(id, 0, <the nbytes bytes of byte
+                                          source `source` at `offset`>), zero-padded to a multiple
+                                          of 4; the bridge reads the source itself (the JS bridge
+                                          from IndexedDB, so weights skip the wasm heap)
     read_buffer(id, offset, nbytes)       -> bytes; submits pending work first, then waits
     destroy_buffer(id)
     pipeline(key, wgsl, entry) -> id      compiled once per key (the caller's cache key, a str)
@@ -26,6 +31,8 @@ uniform lives in its own slot of an append-only arena, written once (batched per
 from __future__ import annotations
 
 import wgpu
+
+from ..errors import SafetensorsError
 
 # Uniform arena block: 256 KB holds 1,024 dispatches' uniforms at 256-byte alignment.
 _ARENA_BYTES = 1 << 18
@@ -104,6 +111,18 @@ class WgpuBridge:
         if self._encoder is not None:
             self.submit()  # a queue write runs before unsubmitted work: send that work first
         self.queue.write_buffer(self._buffers[bid], offset, data)
+
+    def upload_span(self, bid: int, source, offset: int, nbytes: int) -> None:
+        # CPython has no separate heap to keep the bytes out of: read them here (a memoryview of
+        # the mmap for a file opened by path) and write them as write_buffer does.
+        data = source.read(offset, nbytes)
+        got = memoryview(data).nbytes
+        if got != nbytes:
+            raise SafetensorsError(f"{getattr(source, 'name', 'byte source')}: short read of {nbytes} bytes at "
+                                   f"offset {offset}, got {got} (file changed or truncated?)")
+        if nbytes % 4:
+            data = bytes(data) + bytes(-nbytes % 4)  # queue writes come in whole u32s
+        self.write_buffer(bid, 0, data)
 
     def read_buffer(self, bid: int, offset: int, nbytes: int) -> bytes:
         self.submit()
