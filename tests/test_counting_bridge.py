@@ -109,7 +109,9 @@ def test_weight_bytes_are_the_checkpoints(sd1_tiny):
     for precision, held in (("fp32", [4 * n for n in sizes]), ("fp16", [2 * (n + n % 2) for n in sizes])):
         with counting() as ctx:
             unet = Pipeline(ModelFolder(sd1_tiny), webgpu, precision=precision).load("unet")
-            assert ctx.bytes_weights == ctx.bridge.bytes_written == sum(held)
+            assert ctx.bytes_weights == sum(held)
+            # the file's f32 bytes go to the device as they are (fp16 is made there by convert.wgsl)
+            assert ctx.bridge.bytes_written == 4 * sum(sizes)
             assert ctx.bridge.bytes_live == sum(max(16, n) for n in held)  # buffers of >= 16 bytes, as WgpuBridge's
             del unet
 

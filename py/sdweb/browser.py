@@ -139,12 +139,13 @@ class BrowserModel(ModelFolder):
             out.append(p)
         return out
 
-    def weights(self, component: str, precision: str = "fp32", variant: str | None = None) -> WeightStore:
+    def weights(self, component: str, precision: str = "fp32", variant: str | None = None,
+                lazy: bool = False) -> WeightStore:
         files = []
         try:
             for p in self.weight_files(component, variant):
                 files.append(SafetensorsFile(ByteSource(self.sources[p]), name=f"{self.repo}/{p}"))
-            return WeightStore(files, component, precision, lazy=self.lazy)
+            return WeightStore(files, component, precision, lazy=self.lazy or lazy)
         except BaseException:
             for f in files:
                 f.close()

@@ -157,13 +157,14 @@ class ModelFolder:
             out.append(p)
         return out
 
-    def weights(self, component: str, precision: str = "fp32", variant: str | None = None) -> WeightStore:
+    def weights(self, component: str, precision: str = "fp32", variant: str | None = None,
+                lazy: bool = False) -> WeightStore:
         """A WeightStore over `component`'s weight file(s) (see weight_files for the choice)."""
         files = []
         try:
             for p in self.weight_files(component, variant):
                 files.append(SafetensorsFile(p))
-            return WeightStore(files, component, precision)
+            return WeightStore(files, component, precision, lazy=lazy)
         except BaseException:
             for f in files:
                 f.close()

@@ -127,7 +127,9 @@ class Pipeline:
     def load(self, component: str):
         if component in self._loaded:
             return self._loaded[component]
-        store = self.folder.weights(component, self.precision, self.variant)
+        # A GPU backend takes WeightRefs and uploads each tensor's bytes straight from the file.
+        lazy = getattr(self.backend, "takes_weight_refs", False)
+        store = self.folder.weights(component, self.precision, self.variant, lazy=lazy)
         try:
             if hasattr(self.backend, "check_weights"):  # a GPU names a tensor too big to bind, before uploading
                 self.backend.check_weights(store)

@@ -91,6 +91,16 @@ class _FileSource:
         self._f.close()
 
 
+class _MmapSource:
+    """A byte source over a file's mmap (what span() hands out for a file opened by path)."""
+
+    def __init__(self, mm, name: str):
+        self._mm, self.name, self.size = mm, name, len(mm)
+
+    def read(self, offset: int, length: int):
+        return memoryview(self._mm)[offset:offset + length]
+
+
 class SafetensorsFile:
     """One .safetensors file, opened lazily.
 
@@ -101,6 +111,7 @@ class SafetensorsFile:
     .keys()              tensor names, in header order
     .info(name)          (dtype, shape, nbytes), e.g. ("F32", (320, 4, 3, 3), 46080)
     .read(name)          numpy array: F32 float32, F16 float16, BF16 uint16 bit patterns, I64 int64 ...
+    .span(name)          (byte source, absolute offset, nbytes) of a tensor's data, unread
     .size                the file's size in bytes
     """
 
@@ -246,6 +257,18 @@ class SafetensorsFile:
         """-> (dtype, shape, nbytes) without reading any tensor data."""
         dtype, shape, begin, end = self._entry(tname)
         return dtype, shape, end - begin
+
+    def span(self, tname: str):
+        """-> (byte source, absolute offset, nbytes) of a tensor's data, without reading it: what a
+        GPU upload straight from storage needs (the browser's device bridge copies that span)."""
+        _, _, begin, end = self._entry(tname)
+        if self._src is not None:
+            src = self._src
+        elif self._mm is not None:
+            src = _MmapSource(self._mm, self.name)
+        else:
+            raise SafetensorsError(f"{self.name}: file is closed (reading tensor {_short(tname, 200)})")
+        return src, self.data_start + begin, end - begin
 
     def read(self, tname: str) -> np.ndarray:
         """The tensor as a numpy array of its stored dtype (BF16 as uint16), read-only.

@@ -277,16 +277,6 @@ class WeightView:
         return f"WeightView({self.store.component}:{self.prefix_name or '<root>'})"
 
 
-class _MmapSource:
-    """A byte source over a file's mmap (what WeightRef.source is for a file opened by path)."""
-
-    def __init__(self, mm, name: str):
-        self._mm, self.name, self.size = mm, name, len(mm)
-
-    def read(self, offset: int, length: int):
-        return memoryview(self._mm)[offset:offset + length]
-
-
 class WeightRef:
     """A tensor's place in its file, not its bytes: what a lazy store's `get` returns.
 
@@ -307,7 +297,7 @@ class WeightRef:
 
     def __init__(self, name: str, shape: tuple, dtype: str | None, precision: str, file):
         self.name, self.shape, self.dtype, self.precision, self._file = name, shape, dtype, precision, file
-        self.source, self.offset, self.nbytes = _span(file, name) if file is not None else (None, 0, 0)
+        self.source, self.offset, self.nbytes = file.span(name) if file is not None else (None, 0, 0)
 
     @property
     def size(self) -> int:
@@ -331,16 +321,3 @@ class WeightRef:
         return f"WeightRef({self.name}, {_fmt_shape(self.shape)}, {self.dtype} -> {self.precision})"
 
 
-def _span(f, name: str):
-    """(byte source, absolute offset, nbytes) of tensor `name` in SafetensorsFile `f`.
-
-    Reaches into the reader's parsed header (data offsets) and its open source, which it does not
-    expose publicly: both are fixed once the file is open."""
-    _, _, begin, end = f._entry(name)
-    if f._src is not None:
-        src = f._src
-    elif f._mm is not None:
-        src = _MmapSource(f._mm, f.name)
-    else:
-        raise WeightError(f"{f.name}: file is closed (reading tensor {name!r})")
-    return src, f.data_start + begin, end - begin

@@ -148,7 +148,13 @@ class CountingBridge:
         return bid
 
     def write_buffer(self, bid: int, offset: int, data) -> None:
-        n = memoryview(data).nbytes
+        self._write(bid, offset, memoryview(data).nbytes)
+
+    def upload_span(self, bid: int, source, offset: int, nbytes: int) -> None:
+        """The file-to-buffer copy the real bridges make; nothing is read, the size is what counts."""
+        self._write(bid, 0, nbytes + -nbytes % 4)  # padded to whole u32s, as WgpuBridge does
+
+    def _write(self, bid: int, offset: int, n: int) -> None:
         self._check_range("write_buffer", bid, offset, n)
         if offset % 4 or n % 4:
             raise BridgeError(f"write_buffer to buffer {bid}: offset {offset} and size {n} must be multiples of 4")

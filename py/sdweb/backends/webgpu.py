@@ -88,6 +88,7 @@ from ..errors import SdwebError
 from ..weights import WeightRef
 
 name = "webgpu"
+takes_weight_refs = True  # weight() accepts a lazy store's WeightRef (see pipeline.Pipeline.load)
 
 SUBMIT_EVERY = 128  # dispatches per submit: large enough to amortise a submit, small enough to overlap
 
@@ -531,8 +532,11 @@ def _upload_converted(ctx, w: GPUWeight, ref, src: str):
             ctx.run("convert", "convert", [_Span(tmp, 0, -(-cnt * isz // 4) * 4), out],
                     [("u32", cnt), ("u32", first)], ctx.grid(-(-words // 256)), consts)
     finally:
+        # Send the conversions now and destroy the buffer at once, so the temporaries of many
+        # tensors never wait in the graveyard together (loading is not a hot path).
+        ctx._graveyard.append(tmp)
+        ctx.submit()
         ctx._account(tmp_bytes, -1)
-        ctx._graveyard.append(tmp)  # destroyed after the next submit, once the dispatches are sent
 
 
 def check_weights(store) -> None:
