@@ -43,7 +43,9 @@ def f32(w: np.ndarray) -> np.ndarray:
     if w.dtype == np.float32:
         return w
     if w.dtype == np.uint16:
-        return (w.astype(np.uint32) << 16).view(np.float32)
+        u = w.astype(np.uint32)
+        u <<= 16  # in place: one pass fewer than `w.astype(np.uint32) << 16`
+        return u.view(np.float32)
     return w.astype(np.float32)
 
 
@@ -55,40 +57,115 @@ def reshape(x, shape):
     return x.reshape(shape)
 
 
+# --- blocking -------------------------------------------------------------------------------------
+
+# Elementwise chains (an activation after a matmul, a norm's affine, softmax) run block by block over
+# ~_BLOCK floats (256 KB), so each op's temporaries stay in L2 and a 20-op chain such as GELU costs a
+# few passes over memory instead of twenty; NumPy ufuncs run on one core, so memory passes are what
+# they cost. Measured on 2 cores: GELU over (8192, 1280) 115 ms whole-array -> 22 ms blocked.
+_BLOCK = 1 << 16
+
+
+def _blocks(rows: int, cols: int):
+    """(row slice, column slice) pairs covering a (rows, cols) array in blocks of about _BLOCK
+    elements: whole rows when they are short, pieces of one row when a row is long."""
+    if cols >= _BLOCK:
+        for r in range(rows):
+            for c in range(0, cols, _BLOCK):
+                yield slice(r, r + 1), slice(c, c + _BLOCK)
+    else:
+        step = _BLOCK // cols
+        for r in range(0, rows, step):
+            yield slice(r, r + step), slice(None)
+
+
 # --- linear algebra  (shaders/matmul.wgsl) --------------------------------------------------------
 
 
 def linear(x, w, b=None, act: str | None = None):
-    """x: (..., Din), w: (Dout, Din), b: (Dout,) -> (..., Dout), then optional fused activation."""
-    y = x @ f32(w).T
-    if b is not None:
-        y += f32(b)
-    return _ACTS[act](y) if act else y
+    """x: (..., Din), w: (Dout, Din), b: (Dout,) -> (..., Dout), then optional fused activation
+    (silu, gelu, quick_gelu, or geglu, which halves the width: (..., 2F) -> (..., F))."""
+    w = f32(w)
+    Dout, Din = w.shape
+    y = np.matmul(x.reshape(-1, Din), w.T)  # one GEMM over every token of every image
+    if b is None and act is None:
+        return y.reshape(*x.shape[:-1], Dout)
+    bias = None if b is None else f32(b)
+    out = np.empty((y.shape[0], Dout // 2), np.float32) if act == "geglu" else y
+    for r, _ in _blocks(*y.shape):  # bias and activation while the GEMM's rows are in cache
+        yr = y[r]
+        if bias is not None:
+            yr += bias
+        if act == "geglu":
+            _geglu(yr, out[r])
+        elif act:
+            _KERNELS[act](yr, out=yr)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def conv2d(x, w, b=None, stride: int = 1, padding: int = 0):
     """x: (N, Cin, H, W), w: (Cout, Cin, kh, kw) -> (N, Cout, Ho, Wo). Implicit GEMM on the GPU
-    (shaders/conv2d.wgsl); here an im2col view and one matmul per image."""
+    (shaders/conv2d.wgsl). Here, by shape:
+      1x1: one (Cout, Cin) @ (Cin, H*W) matmul per image;
+      stride 1, wide rows (Wo >= 32): shift and accumulate. In the zero-padded image flattened to
+        (Cin, Hp*Wp), tap (ky, kx) of every output pixel is the input shifted by ky*Wp + kx, so the
+        conv is kh*kw matmuls W[:, :, ky, kx] @ x_flat[:, shift:] summed, with no im2col copy; each
+        output row carries kw-1 junk columns (the wrap into the next row) that are dropped;
+      otherwise (small images, stride 2): im2col in (Cin*kh*kw, pixels) order, so one matmul per
+        image writes NCHW directly, in row chunks that bound the column matrix (~64 MB).
+    Both keep the GEMMs large: measured on 2 cores they run at about torch's (oneDNN) speed."""
     w = f32(w)
     N, C, H, W = x.shape
     Co, Ci, kh, kw = w.shape
+    bias = None if b is None else f32(b)[:, None]
     if kh == 1 and kw == 1 and stride == 1 and padding == 0:
-        # (Co, Ci) @ (N, Ci, H*W) -> (N, Co, H*W)
-        y = np.matmul(w.reshape(Co, Ci), x.reshape(N, C, H * W)).reshape(N, Co, H, W)
-    else:
-        if padding:
-            x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-        Ho = (x.shape[2] - kh) // stride + 1
-        Wo = (x.shape[3] - kw) // stride + 1
-        # cols: (N, Ho, Wo, C, kh, kw) as a strided view, copied once into the GEMM operand
-        win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
-        win = win[:, :, ::stride, ::stride]  # (N, C, Ho, Wo, kh, kw)
-        cols = np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(N, Ho * Wo, C * kh * kw)
-        y = np.matmul(cols, w.reshape(Co, -1).T)  # (N, Ho*Wo, Co)
-        y = y.transpose(0, 2, 1).reshape(N, Co, Ho, Wo)
-    y = np.ascontiguousarray(y)
-    if b is not None:
-        y += f32(b)[None, :, None, None]
+        y = np.matmul(w.reshape(Co, Ci), x.reshape(N, C, H * W))  # (N, Co, H*W)
+        if bias is not None:
+            y += bias
+        return y.reshape(N, Co, H, W)
+    Hp, Wp = H + 2 * padding, W + 2 * padding
+    Ho, Wo = (Hp - kh) // stride + 1, (Wp - kw) // stride + 1
+    y = np.empty((N, Co, Ho, Wo), np.float32)
+    if stride == 1 and Wo >= 32:
+        xp = np.zeros((N, C, Hp * Wp + kw - 1), np.float32)  # + kw-1: the last row's junk columns
+        xp[:, :, :Hp * Wp].reshape(N, C, Hp, Wp)[:, :, padding:padding + H, padding:padding + W] = x
+        taps = np.ascontiguousarray(w.transpose(2, 3, 0, 1))  # (kh, kw, Co, Ci)
+        rows = max(1, min(Ho, (1 << 20) // (Co * Wp)))  # output rows per chunk: ~4 MB accumulator
+        acc = np.empty((Co, rows * Wp), np.float32)
+        tmp = np.empty_like(acc)
+        for n in range(N):
+            for r0 in range(0, Ho, rows):
+                r = min(rows, Ho - r0)
+                a, t = acc[:, :r * Wp], tmp[:, :r * Wp]
+                for ky in range(kh):
+                    for kx in range(kw):
+                        s = (r0 + ky) * Wp + kx
+                        first = ky == 0 and kx == 0
+                        np.matmul(taps[ky, kx], xp[n, :, s:s + r * Wp], out=a if first else t)
+                        if not first:
+                            a += t
+                if bias is not None:
+                    a += bias
+                y[n, :, r0:r0 + r] = a.reshape(Co, r, Wp)[:, :, :Wo]
+        return y
+    if padding:
+        x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    wm = w.reshape(Co, Ci * kh * kw)
+    y2 = y.reshape(N, Co, Ho * Wo)
+    rows = max(1, min(Ho, (1 << 24) // (Ci * kh * kw * Wo)))
+    for n in range(N):
+        for r0 in range(0, Ho, rows):
+            r = min(rows, Ho - r0)
+            cols = np.empty((Ci, kh, kw, r, Wo), np.float32)
+            for ky in range(kh):
+                for kx in range(kw):
+                    y0 = ky + r0 * stride
+                    cols[:, ky, kx] = x[n, :, y0:y0 + (r - 1) * stride + 1:stride,
+                                        kx:kx + (Wo - 1) * stride + 1:stride]
+            out = y2[n, :, r0 * Wo:(r0 + r) * Wo]
+            np.matmul(wm, cols.reshape(-1, r * Wo), out=out)
+            if bias is not None:
+                out += bias
     return y
 
 
@@ -102,80 +179,189 @@ def pad2d(x, left: int, right: int, top: int, bottom: int):
 
 
 def group_norm(x, groups: int, gamma, beta, eps: float, silu: bool = False):
-    """x: (N, C, *spatial) -> same shape; optional fused SiLU after the affine."""
+    """x: (N, C, *spatial) -> same shape; optional fused SiLU after the affine.
+    Two-pass statistics in f32 (mean, then the sum of squared deviations accumulated per block in
+    f64), then (x - mean) * (gamma * rstd) + beta [+ SiLU] per block: 3 passes over memory in all."""
     N, C = x.shape[:2]
-    g = x.reshape(N, groups, -1)
-    mean = g.mean(axis=2, keepdims=True)
-    var = np.square(g - mean).mean(axis=2, keepdims=True)
-    y = ((g - mean) / np.sqrt(var + eps)).reshape(x.shape)
-    bshape = (1, C) + (1,) * (x.ndim - 2)
-    y = y * f32(gamma).reshape(bshape) + f32(beta).reshape(bshape)
-    return silu_(y) if silu else y
+    cg = C // groups
+    xg = x.reshape(N * groups, -1)  # (N*G, C/G * spatial): one row per group of one image
+    R, n = xg.shape
+    mean = xg.mean(axis=1)  # pairwise summation: accurate in f32
+    ss = np.zeros(R, np.float64)
+    for r, c in _blocks(R, n):
+        d = xg[r, c] - mean[r, None]
+        ss[r] += np.square(d, out=d).sum(axis=1)
+    rstd = (1.0 / np.sqrt(ss / n + eps)).astype(np.float32)
+    # per (image, channel) rows: mean and rstd of the channel's group
+    scale = (rstd.reshape(N, groups, 1) * f32(gamma).reshape(1, groups, cg)).reshape(N * C, 1)
+    shift = np.broadcast_to(f32(beta), (N, C)).reshape(N * C, 1)
+    mean_c = np.repeat(mean, cg).reshape(N * C, 1)
+    xc = x.reshape(N * C, -1)
+    y = np.empty(x.shape, np.float32)
+    yc = y.reshape(N * C, -1)
+    for r, c in _blocks(*xc.shape):
+        yb = yc[r, c]
+        np.subtract(xc[r, c], mean_c[r], out=yb)
+        yb *= scale[r]
+        yb += shift[r]
+        if silu:
+            _silu(yb, out=yb)
+    return y
 
 
 def layer_norm(x, gamma, beta, eps: float):
-    """x: (..., D) normalised over D."""
-    mean = x.mean(axis=-1, keepdims=True)
-    var = np.square(x - mean).mean(axis=-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * f32(gamma) + f32(beta)
+    """x: (..., D) normalised over D; two-pass mean/variance per block of rows, in cache."""
+    D = x.shape[-1]
+    x2 = x.reshape(-1, D)
+    y = np.empty(x2.shape, np.float32)
+    g, bias = f32(gamma), f32(beta)
+    for r, _ in _blocks(*x2.shape):
+        yb = y[r]
+        np.subtract(x2[r], x2[r].mean(axis=1, keepdims=True), out=yb)
+        var = np.square(yb).mean(axis=1, keepdims=True)
+        var += np.float32(eps)
+        yb /= np.sqrt(var)
+        yb *= g
+        yb += bias
+    return y.reshape(x.shape)
 
 
 # --- attention  (shaders/attention.wgsl) ----------------------------------------------------------
 
-_ATTN_CHUNK = 1024  # query rows per block: bounds the score matrix at heads * 1024 * Lk floats
+_SCORES = 1 << 20  # score floats per block (4 MB): (heads per block) x (query rows) x Lk
 
 
 def attention(q, k, v, heads: int, causal: bool = False):
     """q: (N, Lq, h*d), k/v: (N, Lk, h*d) -> (N, Lq, h*d); softmax(q k^T / sqrt(d)) v per head.
 
-    The GPU kernel is flash-style (online softmax over key tiles); here queries are taken in blocks so
-    the (Lq, Lk) score matrix of a 64x64 latent never exists whole."""
+    The GPU kernel is flash-style (online softmax over key tiles); here queries (and heads, when Lk
+    is short) are taken in blocks of about _SCORES scores, so the (Lq, Lk) matrix of a 64x64 latent
+    never exists whole and each block's softmax runs in cache. The 1/sqrt(d) scale is folded into q;
+    v gets a column of ones, so the second matmul also yields each row's sum of exp(scores), and the
+    softmax's division is done on the (rows, d) output instead of the (rows, Lk) scores."""
     N, Lq, D = q.shape
     Lk = k.shape[1]
     d = D // heads
-    scale = 1.0 / math.sqrt(d)
-    qh = q.reshape(N, Lq, heads, d).transpose(0, 2, 1, 3)  # (N, h, Lq, d)
+    qh = (q * np.float32(1.0 / math.sqrt(d))).reshape(N, Lq, heads, d).transpose(0, 2, 1, 3)  # (N, h, Lq, d)
     kh = k.reshape(N, Lk, heads, d).transpose(0, 2, 3, 1)  # (N, h, d, Lk)
-    vh = v.reshape(N, Lk, heads, d).transpose(0, 2, 1, 3)  # (N, h, Lk, d)
-    out = np.empty((N, heads, Lq, d), dtype=np.float32)
-    for s in range(0, Lq, _ATTN_CHUNK):
-        e = min(s + _ATTN_CHUNK, Lq)
-        scores = np.matmul(qh[:, :, s:e], kh)
-        scores *= scale
-        if causal:
-            rows = np.arange(s, e)[:, None]
-            scores[..., np.arange(Lk)[None, :] > rows] = -np.inf
-        scores -= scores.max(axis=-1, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
-        out[:, :, s:e] = np.matmul(scores, vh)
-    return out.transpose(0, 2, 1, 3).reshape(N, Lq, D)
+    v1 = np.ones((N, heads, Lk, d + 1), dtype=np.float32)  # (N, h, Lk, d + 1): [v | 1]
+    v1[..., :d] = v.reshape(N, Lk, heads, d).transpose(0, 2, 1, 3)
+    out = np.empty((N, Lq, heads, d), dtype=np.float32)
+    bq = max(1, min(Lq, _SCORES // Lk))  # query rows per block
+    hb = max(1, min(heads, _SCORES // (bq * Lk)))  # heads per block
+    if causal:
+        mask = np.triu(np.full((Lq, Lk), -np.inf, np.float32), k=1)  # key j > query i is hidden
+    for n in range(N):
+        for h0 in range(0, heads, hb):
+            hs = slice(h0, h0 + hb)
+            for s in range(0, Lq, bq):
+                qs = slice(s, s + bq)
+                scores = np.matmul(qh[n, hs, qs], kh[n, hs])  # (hb, bq, Lk)
+                if causal:
+                    scores += mask[qs]
+                # softmax is shift-invariant: subtracting the row max is needed only when exp could
+                # overflow or underflow, so the common case saves a pass over the scores
+                m = scores.max(axis=-1, keepdims=True)
+                if m.min() < -60 or m.max() > 60:
+                    scores -= m
+                np.exp(scores, out=scores)
+                o = np.matmul(scores, v1[n, hs])  # (hb, bq, d + 1): [exp(scores) v | row sums]
+                np.divide(o[..., :d], o[..., d:], out=out[n, qs, hs].transpose(1, 0, 2))
+    return out.reshape(N, Lq, D)
 
 
 # --- elementwise  (shaders/elementwise.wgsl) ------------------------------------------------------
 
 
-def silu_(x):
-    return x / (1.0 + np.exp(-x))
+# Each activation has a kernel `_name(x, out)` (x and out may be the same array) that linear and the
+# norms apply block by block, and a public op that maps it over a whole tensor.
+
+
+def _silu(x, out):
+    t = np.negative(x)
+    np.exp(t, out=t)
+    t += 1
+    return np.divide(x, t, out=out)
+
+
+def _quick_gelu(x, out):
+    t = np.multiply(x, np.float32(-1.702))
+    np.exp(t, out=t)
+    t += 1
+    return np.divide(x, t, out=out)
+
+
+# GELU(x) = x * Phi(x) = max(x, 0) - |x| * Phi(-|x|), and Phi(-|x|) = erfc(|x| / sqrt 2) / 2 by
+# Abramowitz & Stegun 7.1.26: erfc(z) = (a1 t + ... + a5 t^5) exp(-z^2), t = 1 / (1 + p z), error
+# <= 1.5e-7 for z >= 0, so GELU's error is <= 1e-7 * |x| (measured max 5e-7 against f64 torch over
+# N(0, 3^2)). No SciPy (Pyodide), ~20 ufunc passes, exp saturating to 0 for large |x| (no clipping).
+_GELU_P = np.float32(0.3275911 / math.sqrt(2.0))
+_GELU_A = [np.float32(a / 2) for a in (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)]
+
+
+def _gelu(x, out):
+    ax = np.abs(x)
+    t = np.multiply(ax, _GELU_P)
+    t += 1
+    np.reciprocal(t, out=t)
+    h = np.multiply(t, _GELU_A[4])
+    for a in _GELU_A[3::-1]:  # Horner: h = (a1 + t (a2 + ... + t a5)) t / 2
+        h += a
+        h *= t
+    e = np.square(ax)
+    e *= np.float32(-0.5)
+    np.exp(e, out=e)
+    h *= e  # Phi(-|x|)
+    h *= ax
+    np.maximum(x, 0, out=out)
+    out -= h
+    return out
+
+
+def _geglu(x, out):
+    """x: (rows, 2F) -> out (rows, F) = x[:, :F] * gelu(x[:, F:])."""
+    F = out.shape[-1]
+    _gelu(x[:, F:], out=out)
+    out *= x[:, :F]
+    return out
+
+
+_KERNELS = {"silu": _silu, "gelu": _gelu, "quick_gelu": _quick_gelu}
+
+
+def _map(kernel, x):
+    """kernel applied to x block by block -> a new f32 tensor of x's shape."""
+    x2 = x.reshape(-1, x.shape[-1])
+    out = np.empty(x2.shape, np.float32)
+    for r, c in _blocks(*x2.shape):
+        kernel(x2[r, c], out=out[r, c])
+    return out.reshape(x.shape)
+
+
+def silu(x):
+    return _map(_silu, x)
 
 
 def gelu(x):
     """Exact (erf) GELU, as torch.nn.functional.gelu's default."""
-    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+    return _map(_gelu, x)
 
 
 def quick_gelu(x):
-    return x * (1.0 / (1.0 + np.exp(-1.702 * x)))
+    """x * sigmoid(1.702 x) (CLIP's activation)."""
+    return _map(_quick_gelu, x)
 
 
 def geglu(x):
     """x: (..., 2F) -> (..., F): first half * gelu(second half), diffusers' GEGLU."""
-    a, gate = np.split(x, 2, axis=-1)
-    return a * gelu(gate)
+    x2 = x.reshape(-1, x.shape[-1])
+    out = np.empty((x2.shape[0], x2.shape[1] // 2), np.float32)
+    for r, _ in _blocks(*x2.shape):
+        _geglu(x2[r], out[r])
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
-silu = silu_
-_ACTS = {"silu": silu_, "gelu": gelu, "quick_gelu": quick_gelu, "geglu": geglu}
+silu_ = silu  # the earlier name of silu
 
 
 def add(a, b):
@@ -194,8 +380,14 @@ def add_channel(x, v):
 
 
 def upsample_nearest2x(x):
-    """x: (N, C, H, W) -> (N, C, 2H, 2W)."""
-    return x.repeat(2, axis=2).repeat(2, axis=3)
+    """x: (N, C, H, W) -> (N, C, 2H, 2W). Columns doubled first, then each widened row written twice:
+    whole-row copies, ~30% faster than repeating along both axes."""
+    N, C, H, W = x.shape
+    rows = x.repeat(2, axis=3)  # (N, C, H, 2W)
+    y = np.empty((N, C, H, 2, 2 * W), dtype=np.float32)
+    y[:, :, :, 0] = rows
+    y[:, :, :, 1] = rows
+    return y.reshape(N, C, 2 * H, 2 * W)
 
 
 def concat(xs, axis: int = 1):
@@ -228,27 +420,3 @@ def slice_tokens(x, index: np.ndarray):
 def split_batch(x, parts: int):
     """(parts*N, ...) -> list of parts tensors (N, ...), e.g. CFG's uncond/cond halves."""
     return np.split(x, parts, axis=0)
-
-
-# --- erf ------------------------------------------------------------------------------------------
-
-
-def _erf(x):
-    """float32 erf without SciPy (not in Pyodide by default): Abramowitz-Stegun 7.1.26 is too coarse
-    for 1e-4 parity, so use the f32 rational approximation that XLA/Eigen use (max error ~1e-7)."""
-    x = np.clip(x, -4.0, 4.0).astype(np.float32)
-    x2 = x * x
-    a = np.float32(-2.72614225801306e-10)
-    a = a * x2 + np.float32(2.77068142495902e-08)
-    a = a * x2 + np.float32(-2.10102402082508e-06)
-    a = a * x2 + np.float32(-5.69250639462346e-05)
-    a = a * x2 + np.float32(-7.34990630326855e-04)
-    a = a * x2 + np.float32(-2.95459980854025e-03)
-    a = a * x2 + np.float32(-1.60960333262415e-02)
-    a = a * x
-    b = np.float32(-1.45660718464996e-05)
-    b = b * x2 + np.float32(-2.13374055278905e-04)
-    b = b * x2 + np.float32(-1.68282697438203e-03)
-    b = b * x2 + np.float32(-7.37332916720468e-03)
-    b = b * x2 + np.float32(-1.42647390514189e-02)
-    return a / b

@@ -1,0 +1,391 @@
+#!/usr/bin/env python3
+"""CPU benchmark: sdweb's NumPy backend against diffusers / transformers on torch, full-size SD 1.5.
+
+    python scripts/bench_cpu.py [--only unet|vae|text ...] [--repeats N] [--json FILE] [--model DIR]
+                                [--speed-only]
+
+The model is the real SD 1.5 architecture with random weights (speed does not depend on the values),
+made once by `scripts/make_test_models.py --full-size sd15` into weights/_bench/sd15-random
+(gitignored; ~4.3 GB). Stages, each on fixed seeded inputs:
+
+    unet   one denoising step with classifier-free guidance: batch 2, 64x64 latents, context (2, 77, 768)
+    vae    decode of (1, 4, 64, 64) latents to a 512x512 image
+    text   the text encoder on (2, 77) ids (a prompt and the empty negative prompt)
+
+1. Speed: both implementations in this process, fp32, on every core (torch.set_num_threads(nproc),
+   inference_mode; NumPy's BLAS threads by default). One warm-up each, then `--repeats` timed runs,
+   diffusers and sdweb alternating so that load from other processes hits both alike; the table
+   gives medians and the ratio sdweb / diffusers. Only ratios from one run mean anything: absolute
+   times move with the machine's load.
+2. Memory and precision (skipped by --speed-only): each stage once per sdweb precision (fp32, fp16,
+   bf16) and once for the reference (fp32), each in a fresh subprocess that loads the component
+   and runs it once. Peak RSS is the process's VmHWM (/proc/self/status; ru_maxrss would report the
+   parent, as it survives execve); it counts the fp32 weights that sdweb reads as mmap views of the
+   file (file-backed, reclaimable pages) as well as anonymous memory. fp16/bf16 outputs are compared
+   with sdweb's fp32 output: max rel err = max|out - ref| / max|ref|; PSNR = 10 log10(range^2 / MSE)
+   with range = max(ref) - min(ref).
+
+BLAS matters: NumPy's matmuls go to its bundled OpenBLAS, torch's to MKL / oneDNN. On some machines
+(this project's included) OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are set in the environment, because
+older OpenBLAS builds misbehave on those processors; they pin a current NumPy to older kernels (e.g.
+Haswell's AVX2 on an AVX-512 CPU, about half the GEMM speed). The header says which kernel NumPy's
+OpenBLAS runs. To measure what a user's machine would do, unset both for this command alone:
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python scripts/bench_cpu.py
+
+(never in tests or CI). A default run takes about 5 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import glob
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = ROOT / "weights" / "_bench" / "sd15-random"
+STAGES = ("unet", "vae", "text")
+COMPONENT = {"unet": "unet", "vae": "vae", "text": "text_encoder"}
+PRECISIONS = ("fp32", "fp16", "bf16")
+# the text stage encodes [uncond; cond], in the order CFG batches them
+PROMPTS = ("", "a photograph of an astronaut riding a horse")
+TIMESTEP = 500.0
+SEED = 0
+
+
+# --- model and inputs -----------------------------------------------------------------------------
+
+
+def ensure_model(path: Path) -> Path:
+    """Build the random-weight full-size SD 1.5 folder if it is missing (a no-op when up to date)."""
+    if path == DEFAULT_MODEL or not (path / "model_index.json").is_file():
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_test_models.py"), "--full-size", "sd15",
+                        str(path)], check=True)
+    return path
+
+
+def inputs(stage: str, model: Path) -> dict:
+    """The fixed inputs of a stage, as NumPy arrays (the same in every process)."""
+    rng = np.random.default_rng(SEED)
+    if stage == "unet":
+        x = rng.standard_normal((1, 4, 64, 64), dtype=np.float32)
+        return {"x": np.concatenate([x, x]),  # CFG: the same latents for uncond and cond
+                "context": rng.standard_normal((2, 77, 768), dtype=np.float32)}
+    if stage == "vae":
+        # what the pipeline hands the decoder: latents / scaling_factor
+        return {"z": rng.standard_normal((1, 4, 64, 64), dtype=np.float32) / np.float32(0.18215)}
+    from sdweb.tokenizer import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_folder(model / "tokenizer")
+    return {"ids": np.asarray([tok.encode(p) for p in PROMPTS], dtype=np.int64)}
+
+
+# --- sdweb ----------------------------------------------------------------------------------------
+
+
+def load_sdweb(stage: str, model: Path, precision: str):
+    from sdweb.model import ModelFolder
+    from sdweb.pipeline import Pipeline
+
+    pipe = Pipeline(ModelFolder(model), precision=precision, keep_loaded=True)
+    return pipe.load(COMPONENT[stage])
+
+
+def run_sdweb(stage: str, m, inp: dict) -> np.ndarray:
+    from sdweb.backends import numpy as B
+
+    if stage == "unet":
+        return B.numpy(m(B.tensor(inp["x"]), TIMESTEP, B.tensor(inp["context"])))
+    if stage == "vae":
+        return B.numpy(m.decode(B.tensor(inp["z"])))
+    return B.numpy(m(inp["ids"]))
+
+
+# --- diffusers / transformers ---------------------------------------------------------------------
+
+
+def torch_setup():
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    return torch
+
+
+def load_reference(stage: str, model: Path):
+    torch = torch_setup()
+    path = model / COMPONENT[stage]
+    if stage == "unet":
+        from diffusers import UNet2DConditionModel as cls
+    elif stage == "vae":
+        from diffusers import AutoencoderKL as cls
+    else:
+        from transformers import CLIPTextModel as cls
+    return cls.from_pretrained(str(path), torch_dtype=torch.float32).eval()
+
+
+def run_reference(stage: str, m, inp: dict) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        if stage == "unet":
+            ctx = torch.from_numpy(inp["context"])
+            out = m(torch.from_numpy(inp["x"]), TIMESTEP, encoder_hidden_states=ctx).sample
+        elif stage == "vae":
+            out = m.decode(torch.from_numpy(inp["z"])).sample
+        else:
+            out = m(torch.from_numpy(inp["ids"])).last_hidden_state
+    return out.numpy()
+
+
+# --- environment header ---------------------------------------------------------------------------
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def numpy_blas() -> str:
+    """Which BLAS NumPy calls and, for OpenBLAS, which kernel it runs here."""
+    try:
+        import threadpoolctl
+
+        infos = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"
+                 and "numpy" in i.get("filepath", "")]
+        if infos:
+            i = infos[0]
+            return (f"{i['internal_api']} {i.get('version')} kernel {i.get('architecture')}, "
+                    f"{i['num_threads']} threads")
+    except ImportError:
+        pass
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        desc = f"{blas.get('name')} {blas.get('version')}"
+    except Exception:  # show_config's layout is not a stable API
+        desc = "unknown BLAS"
+    import ctypes
+
+    for lib in glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*")):
+        try:
+            so = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas_", "openblas_"):
+            for suffix in ("64_", ""):
+                fn = getattr(so, f"{prefix}get_corename{suffix}", None)
+                if fn is not None:
+                    fn.restype = ctypes.c_char_p
+                    return f"{desc}, kernel {fn().decode()}"
+    return desc
+
+
+def header(model: Path) -> dict:
+    import torch
+
+    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
+                                      "OMP_NUM_THREADS") if k in os.environ}
+    torch_blas = ", ".join(filter(None, [
+        "MKL" if torch.backends.mkl.is_available() else "",
+        "oneDNN" if torch.backends.mkldnn.is_available() else "",
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}"]))
+    import diffusers
+    import transformers
+
+    return {
+        "cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "numpy": np.__version__, "numpy_blas": numpy_blas(),
+        "torch": torch.__version__, "torch_blas": torch_blas, "torch_threads": torch.get_num_threads(),
+        "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+        "env": env, "model": str(model), "loadavg_start": os.getloadavg()[0],
+    }
+
+
+# --- measurements ---------------------------------------------------------------------------------
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def speed(stage: str, model: Path, repeats: int) -> dict:
+    """Warm up both, then alternate timed runs; medians, ratio, and the fp32 outputs' agreement."""
+    inp = inputs(stage, model)
+    ref_model = load_reference(stage, model)
+    sd_model = load_sdweb(stage, model, "fp32")
+    want = run_reference(stage, ref_model, inp)
+    got = run_sdweb(stage, sd_model, inp)
+    ref_t, sd_t = [], []
+    for _ in range(repeats):
+        ref_t.append(timed(lambda: run_reference(stage, ref_model, inp)))
+        sd_t.append(timed(lambda: run_sdweb(stage, sd_model, inp)))
+    del ref_model, sd_model
+    gc.collect()
+    ref_s, sd_s = statistics.median(ref_t), statistics.median(sd_t)
+    return {"stage": stage, "diffusers_s": ref_s, "sdweb_s": sd_s, "ratio": sd_s / ref_s,
+            "diffusers_runs": ref_t, "sdweb_runs": sd_t, "fp32_max_rel_vs_diffusers": max_rel(got, want)}
+
+
+def child(stage: str, impl: str, model: Path, out: Path) -> None:
+    """One fresh-process run: load, run once, save the output, print time and peak RSS as JSON."""
+    inp = inputs(stage, model)
+    t = time.perf_counter()
+    if impl == "diffusers":
+        m = load_reference(stage, model)
+        load_s = time.perf_counter() - t
+        run_s = timed(lambda: np.save(out, run_reference(stage, m, inp)))
+    else:
+        m = load_sdweb(stage, model, impl)
+        load_s = time.perf_counter() - t
+        run_s = timed(lambda: np.save(out, run_sdweb(stage, m, inp)))
+    print(json.dumps({"load_s": load_s, "run_s": run_s, "peak_rss_mb": peak_rss_kib() / 1024}))
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident set in KiB (see the module docstring)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+
+
+def memory_and_precision(stage: str, model: Path, tmp: Path) -> list[dict]:
+    rows, outs = [], {}
+    for impl in ("diffusers",) + PRECISIONS:
+        out = tmp / f"{stage}-{impl}.npy"
+        cmd = [sys.executable, __file__, "--child", stage, impl, str(out), "--model", str(model)]
+        proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        outs[impl] = np.load(out)
+        row = {"stage": stage, "impl": "diffusers fp32" if impl == "diffusers" else f"sdweb {impl}", **res}
+        if impl in ("fp16", "bf16"):
+            row["psnr_db"] = psnr(outs[impl], outs["fp32"])
+            row["max_rel_err"] = max_rel(outs[impl], outs["fp32"])
+        rows.append(row)
+        print(f"  {stage} {row['impl']}: peak RSS {res['peak_rss_mb']:.0f} MB, run {res['run_s']:.2f} s",
+              flush=True)
+    return rows
+
+
+def max_rel(a: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - ref).max() / np.abs(ref).max())
+
+
+def psnr(a: np.ndarray, ref: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - ref) ** 2))
+    span = float(ref.max() - ref.min())
+    return math.inf if mse == 0 else 10 * math.log10(span * span / mse)
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def report(head: dict, speeds: list[dict], prec: list[dict], repeats: int) -> str:
+    lines = [f"# sdweb CPU benchmark: SD 1.5 shapes, random weights ({head['model']})", "",
+             f"- CPU: {head['cpu']}, {head['cores']} cores; Python {head['python']}",
+             f"- NumPy {head['numpy']}: {head['numpy_blas']}",
+             f"- torch {head['torch']} ({head['torch_blas']}, {head['torch_threads']} threads), "
+             f"diffusers {head['diffusers']}, transformers {head['transformers']}"]
+    if head["env"]:
+        lines.append("- environment: " + ", ".join(f"{k}={v}" for k, v in head["env"].items()))
+    if "OPENBLAS_CORETYPE" in head["env"]:
+        lines.append("  (OPENBLAS_CORETYPE pins NumPy's OpenBLAS kernel; see this script's docstring)")
+    load = f"- 1-minute load average: {head['loadavg_start']:.2f} at start"
+    if "loadavg_end" in head:
+        load += f", {head['loadavg_end']:.2f} at end"
+    lines.append(load + " (other processes on the machine slow both sides, unevenly)")
+    if speeds:
+        lines += ["", f"Speed, fp32, median of {repeats} (after 1 warm-up):", "",
+                  "| stage | diffusers s | sdweb s | ratio (sdweb/diffusers) |", "|---|---:|---:|---:|"]
+        names = {"unet": "UNet step, CFG (2x4x64x64)", "vae": "VAE decode to 512x512",
+                 "text": "text encoder (2x77)"}
+        for s in speeds:
+            lines.append(f"| {names[s['stage']]} | {s['diffusers_s']:.3f} | {s['sdweb_s']:.3f} | "
+                         f"{s['ratio']:.2f} |")
+        lines.append("")
+        lines.append("fp32 agreement with diffusers (max|sdweb - ref| / max|ref|): " + ", ".join(
+            f"{s['stage']} {s['fp32_max_rel_vs_diffusers']:.1e}" for s in speeds))
+    if prec:
+        lines += ["", "Peak RSS (fresh process: load + one run) and half-precision error vs sdweb fp32:", "",
+                  "| stage | run | peak RSS MB | load s | run s | PSNR dB | max rel err |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for r in prec:
+            err = (f"{r['psnr_db']:.1f} | {r['max_rel_err']:.1e}") if "psnr_db" in r else "| "
+            lines.append(f"| {r['stage']} | {r['impl']} | {r['peak_rss_mb']:.0f} | {r['load_s']:.1f} | "
+                         f"{r['run_s']:.2f} | {err} |")
+        lines += ["", "(run s: one cold run, no warm-up. sdweb fp32 holds its weights as mmap views of the "
+                  "file; fp16/bf16 made from an fp32 file also count the fp32 pages read while converting.)"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", action="append", choices=STAGES, help="benchmark only this stage (repeatable)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (default 3)")
+    ap.add_argument("--json", metavar="FILE", help="also write every number to FILE as JSON")
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                    help=f"model folder (default {DEFAULT_MODEL.relative_to(ROOT)}, built when missing)")
+    ap.add_argument("--speed-only", action="store_true", help="skip the peak-RSS / precision subprocesses")
+    ap.add_argument("--child", nargs=3, metavar=("STAGE", "IMPL", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        child(args.child[0], args.child[1], args.model, Path(args.child[2]))
+        return 0
+    if args.repeats < 1:
+        ap.error(f"--repeats {args.repeats}: give 1 or more")
+    stages = [s for s in STAGES if not args.only or s in args.only]
+    model = ensure_model(args.model)
+    torch_setup()
+    head = header(model)
+    print(report(head, [], [], args.repeats), flush=True)
+    t0 = time.perf_counter()
+    speeds, prec = [], []
+    for stage in stages:
+        print(f"\n{stage}: speed ...", flush=True)
+        speeds.append(speed(stage, model, args.repeats))
+        s = speeds[-1]
+        print(f"  diffusers {s['diffusers_runs']}\n  sdweb     {s['sdweb_runs']}", flush=True)
+    if not args.speed_only:
+        with tempfile.TemporaryDirectory(prefix="sdweb-bench-") as tmp:
+            for stage in stages:
+                print(f"\n{stage}: memory and precision ...", flush=True)
+                prec += memory_and_precision(stage, model, Path(tmp))
+    head["loadavg_end"] = os.getloadavg()[0]
+    print("\n" + report(head, speeds, prec, args.repeats))
+    print(f"\n(total {time.perf_counter() - t0:.0f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"header": head, "repeats": args.repeats, "speed": speeds,
+                                               "memory_precision": prec}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
