@@ -18,6 +18,7 @@ They skip, saying why, when chromium, Playwright or the vendored Pyodide is miss
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import json
@@ -439,7 +440,27 @@ def test_download_resumes_after_a_cut_and_rejects_corruption(fresh_context, page
     assert r["ok"], r
     fetched = {q.path.split("path=")[-1] for q in page_hub.requests(f"repo={repo}&") if q.method == "GET"}
     assert fetched == {vae}, fetched
+    # what IndexedDB holds is byte-identical to the source, for the resumed file and the refetched one
+    for path in (unet, vae):
+        want = hashlib.sha256((page_hub.repo_dir(repo) / path).read_bytes()).hexdigest()
+        assert p.page.evaluate(STORED_SHA256, f"/{repo}/resolve/main/{path}") == want, path
     p.close()
+
+
+# sha256 of a file's stored chunks, read straight from the store's IndexedDB (web/store.js layout)
+STORED_SHA256 = """async (suffix) => {
+  const db = await new Promise((ok, no) => { const r = indexedDB.open("sdweb-weights"); r.onsuccess = () => ok(r.result); r.onerror = () => no(r.error); });
+  const all = (store, q) => new Promise((ok, no) => { const r = db.transaction(store).objectStore(store).getAll(q); r.onsuccess = () => ok(r.result); r.onerror = () => no(r.error); });
+  const file = (await all("files")).find((f) => f.key.endsWith(suffix) && f.done);
+  if (!file) return null;
+  const chunks = (await all("chunks", IDBKeyRange.bound([file.key, 0], [file.key, Infinity]))).sort((a, b) => a.i - b.i);
+  const bytes = new Uint8Array(file.size);
+  let at = 0;
+  for (const c of chunks) { bytes.set(new Uint8Array(c.data), at); at += c.data.byteLength; }
+  if (at !== file.size) return `size ${at} != ${file.size}`;
+  const digest = await crypto.subtle.digest("SHA-256", bytes);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}"""
 
 
 def test_errors_are_explained_and_the_page_recovers(fresh_context, page_server, page_hub):

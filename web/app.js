@@ -169,7 +169,9 @@ function onDownload(m) {
     const f = m.total ? m.loaded / m.total : 0;
     stage("download", f, `${fmtBytes(m.loaded)} / ${fmtBytes(m.total)} · ${fmtBytes(m.rate)}/s` +
       (m.eta != null ? ` · ${fmtTime(m.eta)} left` : ""));
-    $("status").textContent = `Downloading ${m.file}…`;
+    const fileEta = m.rate > 0 ? (m.fileTotal - m.fileLoaded) / m.rate : null;
+    $("status").textContent = `Downloading ${m.file}: ${fmtBytes(m.fileLoaded)} / ${fmtBytes(m.fileTotal)}` +
+      (fileEta != null ? ` · ${fmtTime(fileEta)} left` : "") + "…";
   } else if (m.phase === "done") {
     stage("download", 1, m.downloaded ? `${fmtBytes(m.total)} stored` : `${fmtBytes(m.total)} from storage`);
   }
