@@ -19,13 +19,12 @@ import pytest
 
 from sdweb.backends import numpy as nb
 from sdweb.errors import SdwebError
-from sdweb.weights import f32_to_bf16
+from gpu_checks import TOL, check, held  # noqa: E402
 
 webgpu = pytest.importorskip("sdweb.backends.webgpu", reason="the WebGPU backend needs the wgpu package")
 if not webgpu.available():
     pytest.skip("no WebGPU adapter (install mesa-vulkan-drivers for lavapipe)", allow_module_level=True)
 
-TOL = 1e-4
 ROUNDING = {"f32": TOL, "f16": 2e-3, "bf16": 1.6e-2}
 
 
@@ -36,19 +35,6 @@ def ctx():
 
 def rng(seed=0):
     return np.random.default_rng(seed)
-
-
-def held(a: np.ndarray, dtype: str) -> np.ndarray:
-    """An f32 array as the weight store holds it in `dtype` (bf16 as uint16 bits)."""
-    return {"f32": lambda: a, "f16": lambda: a.astype(np.float16), "bf16": lambda: f32_to_bf16(a)}[dtype]()
-
-
-def check(got, ref, tol=TOL):
-    got = webgpu.numpy(got) if not isinstance(got, np.ndarray) else got
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    err = float(np.abs(got - ref).max()) if ref.size else 0.0
-    scale = float(np.abs(ref).max()) if ref.size else 0.0
-    assert err <= tol * max(scale, 1e-30), f"max error {err:.3g} > {tol:g} x max|ref| {scale:.3g}"
 
 
 # --- elementwise ----------------------------------------------------------------------------------

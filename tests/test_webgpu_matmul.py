@@ -14,34 +14,20 @@ import pytest
 
 from sdweb.backends import numpy as nb
 from sdweb.errors import SdwebError
-from sdweb.weights import f32_to_bf16
 
 webgpu = pytest.importorskip("sdweb.backends.webgpu", reason="the WebGPU backend needs the wgpu package")
 if not webgpu.available():
     pytest.skip("no WebGPU adapter (install mesa-vulkan-drivers for lavapipe)", allow_module_level=True)
 
 from sdweb.backends.gpu_ops import matmul as mm  # noqa: E402  (imports wgpu-dependent modules)
+from gpu_checks import TOL, check, held  # noqa: E402
 
-TOL = 1e-4
 ACTS = [None, "silu", "gelu", "quick_gelu", "geglu"]
 
 
 @pytest.fixture(scope="module")
 def ctx():
     return webgpu.context()
-
-
-def held(a: np.ndarray, dtype: str) -> np.ndarray:
-    """An f32 array as the weight store holds it in `dtype` (bf16 as uint16 bits)."""
-    a = a.astype(np.float32)
-    return {"f32": lambda: a, "f16": lambda: a.astype(np.float16), "bf16": lambda: f32_to_bf16(a)}[dtype]()
-
-
-def check(got, ref):
-    got = webgpu.numpy(got)
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    err, scale = float(np.abs(got - ref).max()), float(np.abs(ref).max())
-    assert err <= TOL * scale, f"max error {err:.3g} > {TOL:g} x max|ref| {scale:.3g}"
 
 
 def case(M, K, N, act=None, dtype="f32", bias=True, seed=0):
