@@ -33,8 +33,7 @@ import numpy as np
 
 from .errors import ModelError
 from .model import WEIGHT_STEMS, ModelFolder, _variant_name
-from .safetensors import SafetensorsFile
-from .weights import WeightStore
+from .weights import WeightStore, open_store
 
 # The files the page fetches besides the weights; `optional` ones may be absent from a repo.
 CONFIG_FILES = ("model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
@@ -141,15 +140,8 @@ class BrowserModel(ModelFolder):
 
     def weights(self, component: str, precision: str = "fp32", variant: str | None = None,
                 lazy: bool = False) -> WeightStore:
-        files = []
-        try:
-            for p in self.weight_files(component, variant):
-                files.append(SafetensorsFile(ByteSource(self.sources[p]), name=f"{self.repo}/{p}"))
-            return WeightStore(files, component, precision, lazy=self.lazy or lazy)
-        except BaseException:
-            for f in files:
-                f.close()
-            raise
+        sources = [(ByteSource(self.sources[p]), f"{self.repo}/{p}") for p in self.weight_files(component, variant)]
+        return open_store(sources, component, precision, lazy=self.lazy or lazy)
 
 
 class ByteSource:

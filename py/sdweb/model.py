@@ -20,8 +20,7 @@ import re
 from pathlib import Path
 
 from .errors import ModelError
-from .safetensors import SafetensorsFile
-from .weights import WeightStore
+from .weights import WeightStore, open_store
 
 # Weight file stems: diffusers models (unet, vae) and transformers models (text_encoder).
 WEIGHT_STEMS = ("diffusion_pytorch_model", "model")
@@ -160,15 +159,7 @@ class ModelFolder:
     def weights(self, component: str, precision: str = "fp32", variant: str | None = None,
                 lazy: bool = False) -> WeightStore:
         """A WeightStore over `component`'s weight file(s) (see weight_files for the choice)."""
-        files = []
-        try:
-            for p in self.weight_files(component, variant):
-                files.append(SafetensorsFile(p))
-            return WeightStore(files, component, precision, lazy=lazy)
-        except BaseException:
-            for f in files:
-                f.close()
-            raise
+        return open_store([(p, None) for p in self.weight_files(component, variant)], component, precision, lazy)
 
 
 def resolve_model(arg) -> ModelFolder:

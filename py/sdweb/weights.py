@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ConfigError, WeightError
+from .safetensors import SafetensorsFile
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -98,6 +99,20 @@ def _fmt_shape(shape) -> str:
 def _capped(items: list[str]) -> str:
     head = ", ".join(items[:_LIST_MAX])
     return head if len(items) <= _LIST_MAX else f"{head} and {len(items) - _LIST_MAX} more"
+
+
+def open_store(sources, component: str, precision: str = "fp32", lazy: bool = False) -> "WeightStore":
+    """A WeightStore over `sources`, each (path or byte source, name or None) as SafetensorsFile
+    takes them; if any file or the store fails, the files already opened are closed again."""
+    files = []
+    try:
+        for source, name in sources:
+            files.append(SafetensorsFile(source, name))
+        return WeightStore(files, component, precision, lazy=lazy)
+    except BaseException:
+        for f in files:
+            f.close()
+        raise
 
 
 class WeightStore:
