@@ -361,9 +361,6 @@ def geglu(x):
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
-silu_ = silu  # the earlier name of silu
-
-
 def add(a, b):
     """Same-shape add (a residual)."""
     return a + b

@@ -627,9 +627,6 @@ def geglu(x):
     return _ew.geglu(context(), x)
 
 
-silu_ = silu
-
-
 def add(a, b):
     """Same-shape add."""
     return _ew.add(context(), a, b)
