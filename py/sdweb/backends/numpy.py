@@ -103,8 +103,9 @@ def linear(x, w, b=None, act: str | None = None):
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
-def conv2d(x, w, b=None, stride: int = 1, padding: int = 0):
-    """x: (N, Cin, H, W), w: (Cout, Cin, kh, kw) -> (N, Cout, Ho, Wo). Implicit GEMM on the GPU
+def conv2d(x, w, b=None, stride: int = 1, padding: int = 0, residual=None):
+    """x: (N, Cin, H, W), w: (Cout, Cin, kh, kw) -> (N, Cout, Ho, Wo), plus `residual` (a tensor of
+    the output's shape: a resnet's skip) when given. Implicit GEMM on the GPU
     (shaders/conv2d.wgsl). Here, by shape:
       1x1: one (Cout, Cin) @ (Cin, H*W) matmul per image;
       stride 1, wide rows (Wo >= 32): shift and accumulate. In the zero-padded image flattened to
@@ -114,10 +115,15 @@ def conv2d(x, w, b=None, stride: int = 1, padding: int = 0):
       otherwise (small images, stride 2): im2col in (Cin*kh*kw, pixels) order, so one matmul per
         image writes NCHW directly, in row chunks that bound the column matrix (~64 MB).
     Both keep the GEMMs large: measured on 2 cores they run at about torch's (oneDNN) speed."""
-    w = f32(w)
+    y = _conv2d(x, f32(w), None if b is None else f32(b)[:, None], stride, padding)
+    if residual is not None:
+        y += residual
+    return y
+
+
+def _conv2d(x, w, bias, stride, padding):
     N, C, H, W = x.shape
     Co, Ci, kh, kw = w.shape
-    bias = None if b is None else f32(b)[:, None]
     if kh == 1 and kw == 1 and stride == 1 and padding == 0:
         y = np.matmul(w.reshape(Co, Ci), x.reshape(N, C, H * W))  # (N, Co, H*W)
         if bias is not None:

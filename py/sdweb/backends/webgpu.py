@@ -573,10 +573,10 @@ def linear(x, w, b=None, act: str | None = None):
     return matmul.linear(context(), x, w, b, act)
 
 
-def conv2d(x, w, b=None, stride: int = 1, padding: int = 0):
-    """x: (N, Cin, H, W), w: (Cout, Cin, kh, kw) -> (N, Cout, Ho, Wo)."""
+def conv2d(x, w, b=None, stride: int = 1, padding: int = 0, residual=None):
+    """x: (N, Cin, H, W), w: (Cout, Cin, kh, kw) -> (N, Cout, Ho, Wo), plus `residual` when given."""
     from .gpu_ops import conv2d as conv
-    return conv.conv2d(context(), x, w, b, stride, padding)
+    return conv.conv2d(context(), x, w, b, stride, padding, residual)
 
 
 def attention(q, k, v, heads: int, causal: bool = False):
