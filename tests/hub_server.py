@@ -41,6 +41,10 @@ Faults, settable per test (all apply to file bodies, on /resolve/ and /_lfs/ ali
                                                   times=1: once)
     hub.slow(rate, repo=None, path="*")           throttle file bodies to `rate` bytes/s (all files, or
                                                   one repo's files matching the glob)
+    hub.tamper_listing(repo, edit)                serve the repo's /api/models info through
+                                                  `edit(info)`, which changes the JSON dict in place
+                                                  (siblings, sha, ...): a hostile or broken endpoint's
+                                                  listing; the files themselves stay as they are
     hub.reset_faults()
 Request log: `hub.log` is a list of `Request(method, path, range, status, sent, cut, auth)`, one
 per request, appended when the request arrives (before it is answered, so a client holding its
@@ -138,6 +142,7 @@ class HubServer:
         self.licenses: dict[str, str] = {}
         self.log: list[Request] = []
         self._faults: list[_Fault] = []
+        self._listing_edits: dict[str, object] = {}
         self._lock = threading.Lock()
         self._info_cache: dict[str, tuple[tuple[int, int], _FileInfo]] = {}
         self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
@@ -218,9 +223,15 @@ class HubServer:
             if rate:
                 self._faults.append(_Fault("slow", repo_id, path, float(rate), None))
 
+    def tamper_listing(self, repo_id: str, edit):
+        """Pass `repo_id`'s model info through `edit(info)` (changes the dict in place) before sending it."""
+        with self._lock:
+            self._listing_edits[repo_id] = edit
+
     def reset_faults(self):
         with self._lock:
             self._faults.clear()
+            self._listing_edits.clear()
 
     # --- request log ------------------------------------------------------------------------------
 
@@ -423,13 +434,18 @@ class _HubHandler(BaseHTTPRequestHandler):
             siblings.append(s)
         gated = "manual" if repo_id in self.hub.gated else False
         card = {"license": self.hub.licenses[repo_id]} if repo_id in self.hub.licenses else {}
-        self._json({
+        info = {
             "_id": commit[:24], "id": repo_id, "modelId": repo_id, "author": repo_id.split("/")[0],
             "sha": commit, "lastModified": "2024-01-01T00:00:00.000Z", "createdAt": "2024-01-01T00:00:00.000Z",
             "private": False, "gated": gated, "disabled": False, "library_name": "diffusers",
             "tags": ["diffusers", "safetensors", "text-to-image"], "pipeline_tag": "text-to-image",
             "cardData": card, "siblings": siblings,
-        })
+        }
+        with self.hub._lock:
+            edit = self.hub._listing_edits.get(repo_id)
+        if edit is not None:
+            edit(info)
+        self._json(info)
 
     def _tree(self, repo_id, rev, under, query, files):
         commit = self._check_rev(repo_id, rev, files)

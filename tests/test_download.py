@@ -462,3 +462,110 @@ def test_hub_server_works_with_huggingface_hub(hub, tmp_path, sd1_tiny):
     path = snapshot_download("test/sd1-tiny", endpoint=hub.url, local_dir=tmp_path / "snap",
                              allow_patterns=["*.json", "unet/*"])
     assert filecmp.cmp(Path(path) / UNET16, sd1_tiny / UNET16, shallow=False)
+
+
+# --- a hostile or broken endpoint -------------------------------------------------------------------
+
+
+def snapshot(folder: Path, skip: set[Path]) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) under `folder`, except the trees in `skip`."""
+    out = {}
+    for p in folder.rglob("*"):
+        if any(p == s or s in p.parents for s in skip):
+            continue
+        out[p.relative_to(folder).as_posix()] = None if p.is_dir() else p.read_bytes()
+    return out
+
+
+def sibling(info: dict, path: str) -> dict:
+    return next(s for s in info["siblings"] if s["rfilename"] == path)
+
+
+def set_field(path, *keys, value):
+    """An edit for hub.tamper_listing: sibling `path`'s field (keys, e.g. "lfs", "sha256") = value."""
+    def edit(info):
+        d = sibling(info, path)
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+    return edit
+
+
+def add_sibling(name):
+    def edit(info):
+        info["siblings"].append({"rfilename": name, "size": 2, "blobId": "0" * 40})
+    return edit
+
+
+MERGES = "tokenizer/merges.txt"
+HOSTILE_LISTINGS = {
+    # A digest that climbs out of .sdweb-partial/: the partial file's name ends in its first 16
+    # characters, so this one was DIR/../vic: appended to, then deleted as a failed download.
+    "blobId-climbs-out": (set_field(MERGES, "blobId", value="/../../../../vic" + "0" * 24),
+                          "blobId '/../../../../vic"),
+    # ... and this one made the stale-partial cleanup delete DIR/../<unet file name>.<16 hex>.
+    "sha256-climbs-out": (set_field(UNET16, "lfs", "sha256", value="/../../../../../" + "0" * 48),
+                          "lfs.sha256 '/../../../../../"),
+    "sha256-too-short": (set_field(UNET16, "lfs", "sha256", value="ab" * 31), "64 lowercase hex digits"),
+    "blobId-not-hex": (set_field(MERGES, "blobId", value="g" * 40), "40 lowercase hex digits"),
+    "path-dotdot": (add_sibling("../outside.json"), "'../outside.json'"),
+    "path-absolute": (add_sibling("/etc/outside.json"), "'/etc/outside.json'"),
+    "path-backslash": (add_sibling("unet\\..\\..\\outside.json"), "backslash"),
+    "path-nul": (add_sibling("unet/a\x00b.json"), "control character"),
+    "path-empty-component": (add_sibling("unet//config.json"), "'unet//config.json'"),
+    "path-dot": (add_sibling("./model_index.json"), "'./model_index.json'"),
+    "path-too-long": (add_sibling("unet/" + "a" * 300), "255 bytes"),
+    "size-negative": (set_field(UNET16, "lfs", "size", value=-1), "lfs.size -1"),
+    "size-text": (set_field(MERGES, "size", value="12"), "size '12'"),
+    "size-fraction": (set_field(MERGES, "size", value=1.5), "size 1.5"),
+    "commit-not-hex": (lambda info: info.update(sha="../../x"), "commit '../../x'"),
+    "lfs-without-sha256": (lambda info: sibling(info, UNET16)["lfs"].pop("sha256"), "malformed"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_LISTINGS)
+def test_a_hostile_listing_touches_nothing(hub, tmp_path, monkeypatch, capfd, case):
+    """Every listing field is untrusted (HF_ENDPOINT may be a mirror, or plain http): a bad path,
+    digest, size or commit stops the run with one line before anything is fetched or written."""
+    edit, needle = HOSTILE_LISTINGS[case]
+    (tmp_path / "vic").write_bytes(b"precious")
+    (tmp_path / "diffusion_pytorch_model.fp16.safetensors.0123456789abcdef").write_bytes(b"precious")
+    dest = tmp_path / "w"
+    before = snapshot(tmp_path, {dest, tmp_path / "hf-home"})
+    hub.tamper_listing("test/sd1-tiny", edit)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    code, _, err = run(["download", "test/sd1-tiny", "--dir", str(dest), "-q"], capfd)
+    line = error_line(err)
+    assert code == 2 and needle in line and "nothing was downloaded" in line, line
+    assert hub.url in line and "not to be trusted" in line, line
+    assert snapshot(tmp_path, {dest, tmp_path / "hf-home"}) == before
+    assert not dest.exists()
+    assert not hub.requests(path_contains="/resolve/") and not hub.requests(path_contains="/_lfs/")
+
+
+def test_a_partial_file_is_named_by_hex_digits_only():
+    """partial_path is where a digest becomes part of a file name: it takes a hex digest or nothing."""
+    dest = Path("/d")
+    good = dl.RemoteFile(UNET16, 1, sha256="0123456789abcdef" * 4)
+    assert dl.partial_path(dest, good) == dest / dl.PARTIAL_DIR / f"{UNET16}.0123456789abcdef"
+    assert dl.partial_path(dest, dl.RemoteFile(MERGES, 1)) == dest / dl.PARTIAL_DIR / f"{MERGES}.unknown"
+    for bad in (dl.RemoteFile(UNET16, 1, sha256="/../../../../../" + "0" * 48),
+                dl.RemoteFile(MERGES, 1, blob_id="/../../../../vic" + "0" * 24),
+                dl.RemoteFile("../" + MERGES, 1, blob_id="0" * 40)):
+        with pytest.raises(dl.DownloadError, match="no partial file for"):
+            dl.partial_path(dest, bad)
+
+
+def test_a_link_out_of_the_folder_is_not_written_through(hub, tmp_path, monkeypatch, capfd):
+    """Paths are resolved: a link inside the destination that points out of it stops the run."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    dest = tmp_path / "w"
+    dest.mkdir()
+    (dest / "unet").symlink_to(elsewhere)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    code, _, err = run(["download", "test/sd1-tiny", "--dir", str(dest), "-q"], capfd)
+    line = error_line(err)
+    assert code == 2 and f"{dest / 'unet'}" in line and f"outside {dest}" in line, line
+    assert not any(elsewhere.iterdir())
+    assert not fetched_names(hub) & {"unet/config.json", UNET16}

@@ -27,6 +27,13 @@ and the run stops with an error; only a verified file is renamed to its final na
 corrupt file never sits where `ModelFolder` looks. `DIR/.sdweb-download.json` records what was
 verified (size, hash, mtime) so a rerun skips verified files without hashing gigabytes again.
 
+The listing and the file headers come from the endpoint, which HF_ENDPOINT may point at a mirror or
+at plain http, so none of it is trusted to name a file on disk: every listed path must be relative
+and made of plain names, every digest hex of its kind's length (it becomes part of the partial
+file's name), every size a non-negative integer, the commit a 40-digit hex id; anything else stops
+the run with one line before a byte is fetched. Every path is resolved besides, and one that lands
+outside DIR (through a link) is refused.
+
 The token (--token, else HF_TOKEN, else the `hf auth login` token) is only ever put in the
 Authorization header: it is not printed, logged or written anywhere, and is scrubbed from any
 error text that passes through here.
@@ -233,10 +240,63 @@ def _hash_file(path: Path, digest: str) -> str:
     return f"{kind}:{h.hexdigest()}"
 
 
+# --- what a listing may name ----------------------------------------------------------------------
+
+HEX_DIGITS = {"sha256": 64, "git-blob": 40, "commit": 40}  # sha256; git's sha1 for blobs and commits
+NAME_MAX = 255  # bytes in one file name on common file systems
+
+
+def hex_problem(value, kind: str) -> str | None:
+    """Why `value` is not a `kind` id (see HEX_DIGITS) in lowercase hex, or None when it is one."""
+    n = HEX_DIGITS[kind]
+    if isinstance(value, str) and re.fullmatch(rf"[0-9a-f]{{{n}}}", value):
+        return None
+    return f"{value!r}: {kind} ids are {n} lowercase hex digits"
+
+
+def path_problem(path) -> str | None:
+    """Why `path` cannot name a file of a download folder, or None when it can: a relative path with
+    '/' between plain names (not '', '.' or '..'; no backslash, no control character such as NUL;
+    at most NAME_MAX bytes of UTF-8 each)."""
+    if not isinstance(path, str) or not path:
+        return f"{path!r}: a file name is a non-empty string"
+    what = f"{path!r}: a file name is a relative path of plain names"
+    if path.startswith("/"):
+        return f"{what}, not an absolute path"
+    if "\\" in path:
+        return f"{what}, with no backslash"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        return f"{what}, with no control character"
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            return f"{what}, with no {part!r} between its slashes"
+        try:
+            if len(part.encode("utf-8")) > NAME_MAX:
+                return f"{what}, each at most {NAME_MAX} bytes"
+        except UnicodeEncodeError:
+            return f"{what} in UTF-8"
+    return None
+
+
+def size_problem(size) -> str | None:
+    """Why `size` is not a byte count (a non-negative int), or None when it is one."""
+    if type(size) is int and size >= 0:
+        return None
+    return f"{size!r}: a size is a whole number of bytes, 0 or more"
+
+
 def partial_path(dest: Path, remote: RemoteFile) -> Path:
     """Where `remote` is assembled before it is verified. Keyed by its hash, so a partial file of
-    another revision of the same path is never resumed."""
-    key = (remote.digest or "unknown").split(":", 1)[-1][:16]
+    another revision of the same path is never resumed; the key is the hash's first 16 hex digits,
+    never anything that could be a path of its own."""
+    problem = path_problem(remote.path)
+    key = "unknown"
+    if remote.digest:
+        kind, value = remote.digest.split(":", 1)
+        problem = problem or hex_problem(value, kind)
+        key = value[:16]
+    if problem:
+        raise DownloadError(f"no partial file for {remote.path!r}: {problem}")
     return Path(dest) / PARTIAL_DIR / f"{remote.path}.{key}"
 
 
@@ -389,15 +449,52 @@ class _Downloader:
         try:
             info = HfApi(endpoint=self.endpoint).model_info(
                 self.repo_id, revision=self.revision, files_metadata=True, token=self.token or False)
+        except (KeyError, TypeError, AttributeError) as e:  # huggingface_hub could not parse the JSON
+            self.untrusted(f"is malformed ({type(e).__name__}: {e})")
         except Exception as e:  # noqa: BLE001 - every failure becomes one explained line
             self.explain(e)
-        files = []
-        for s in info.siblings or []:
-            lfs = getattr(s, "lfs", None)
-            sha = getattr(lfs, "sha256", None) if lfs is not None else None
-            size = getattr(lfs, "size", None) if lfs is not None else None
-            files.append(RemoteFile(s.rfilename, size if size is not None else s.size, sha, getattr(s, "blob_id", None)))
+        files = [self.remote_file(s) for s in info.siblings or []]
+        if info.sha is not None and hex_problem(info.sha, "commit"):
+            self.untrusted(f"gives the commit {hex_problem(info.sha, 'commit')}")
         return info.sha or self.revision, files, info
+
+    def remote_file(self, sibling) -> RemoteFile:
+        """One listing entry as a RemoteFile, every field checked (see the module docstring)."""
+        path = sibling.rfilename
+        if path_problem(path):
+            self.untrusted(f"names the file {path_problem(path)}")
+        lfs = sibling.lfs
+        fields = [("size", sibling.size, "size"), ("blobId", sibling.blob_id, "git-blob")]
+        if lfs is not None:  # an LFS entry carries both
+            fields += [("lfs.size", lfs.size, "size"), ("lfs.sha256", lfs.sha256, "sha256")]
+        for name, value, kind in fields:
+            if value is None and not name.startswith("lfs."):
+                continue  # a listing without metadata: the file's own headers give size and hash
+            problem = size_problem(value) if kind == "size" else hex_problem(value, kind)
+            if problem:
+                self.untrusted(f"gives {path} the {name} {problem}")
+        return RemoteFile(path, lfs.size if lfs is not None else sibling.size,
+                          lfs.sha256 if lfs is not None else None, sibling.blob_id)
+
+    def untrusted(self, what: str):
+        """Stop on a listing field a Hub never sends: `what` names the field and what would be right."""
+        self.fail(f"{self.endpoint}'s listing of {self.repo_id} {what}; a Hugging Face Hub never sends that, so "
+                  "the endpoint is broken or not to be trusted (nothing was downloaded)")
+
+    def inside(self, path: Path) -> Path:
+        """`path`, once resolved (links followed) it is in the destination folder; else the run stops."""
+        root = self.dest.resolve()
+        real = path.resolve()
+        if real != root and root not in real.parents:
+            self.fail(f"{path} leads to {real}, outside {self.dest}: a link there points out of the folder and "
+                      "sdweb download writes only inside it; remove the link or choose another --dir")
+        return path
+
+    def partial(self, remote: RemoteFile) -> Path:
+        return self.inside(partial_path(self.dest, remote))
+
+    def final(self, remote: RemoteFile) -> Path:
+        return self.inside(self.dest / remote.path)
 
     def fetch(self, commit: str, remote: RemoteFile, index: int, count: int):
         """Download one file: HEAD through huggingface_hub (auth, the CDN redirect, Hub errors), then
@@ -407,8 +504,8 @@ class _Downloader:
 
         from . import __version__
 
-        final = self.dest / remote.path
-        part = partial_path(self.dest, remote)
+        final = self.final(remote)
+        part = self.partial(remote)
         part.parent.mkdir(parents=True, exist_ok=True)
         # Partial files of other revisions of this path are stale: drop them.
         same_path = re.compile(re.escape(Path(remote.path).name) + r"\.([0-9a-f]{16}|unknown)$")
@@ -421,12 +518,15 @@ class _Downloader:
                                         library_version=__version__)
         except Exception as e:  # noqa: BLE001
             self.explain(e, remote.path)
+        if meta.size is not None and size_problem(meta.size):
+            self.fail(f"{self.endpoint} answers {self.repo_id}/{remote.path} with the size {size_problem(meta.size)}")
         size = remote.size if remote.size is not None else meta.size
         etag = (meta.etag or "").lower()
-        if remote.sha256 and re.fullmatch(r"[0-9a-f]{64}", etag) and etag != remote.sha256:
+        etag_is_sha256 = hex_problem(etag, "sha256") is None  # else a git blob id, or nothing we can use
+        if remote.sha256 and etag_is_sha256 and etag != remote.sha256:
             self.fail(f"{self.repo_id}/{remote.path}: the Hub's listing says sha256 {remote.sha256} but the file "
                       f"answers {etag}: the repo changed during the download, run again")
-        if remote.sha256 is None and re.fullmatch(r"[0-9a-f]{64}", etag):
+        if remote.sha256 is None and etag_is_sha256:
             remote.sha256 = etag  # a listing without LFS metadata: take the hash from the file's headers
         if size is not None and meta.size is not None and size != meta.size:
             self.fail(f"{self.repo_id}/{remote.path}: the listing says {size} bytes but the file answers "
@@ -571,14 +671,15 @@ class _Downloader:
             return {"files": {}}
 
     def write_record(self, record: dict):
-        tmp = self.dest / f".{RECORD}.tmp"
+        path = self.inside(self.dest / RECORD)
+        tmp = path.with_name(f".{RECORD}.tmp")
         tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, self.dest / RECORD)
+        os.replace(tmp, path)
 
     def is_done(self, remote: RemoteFile, record: dict) -> bool:
         """Whether the final file is there and verified: by the record (same size, mtime and digest)
         or, failing that, by hashing it now."""
-        final = self.dest / remote.path
+        final = self.final(remote)
         if not final.is_file():
             return False
         st = final.stat()
@@ -591,7 +692,7 @@ class _Downloader:
         return remote.digest is not None and _hash_file(final, remote.digest) == remote.digest
 
     def note_done(self, remote: RemoteFile, record: dict):
-        st = (self.dest / remote.path).stat()
+        st = self.final(remote).stat()
         record["files"][remote.path] = {"size": st.st_size, "digest": remote.digest, "mtime_ns": st.st_mtime_ns}
 
     # --- the whole run ----------------------------------------------------------------------------
@@ -622,8 +723,8 @@ class _Downloader:
         if len(todo) < len(plan):
             self.say(f"{len(plan) - len(todo)} of {len(plan)} files already here and verified")
 
-        need = sum(max(0, (f.size or 0) - (partial_path(self.dest, f).stat().st_size
-                                           if partial_path(self.dest, f).exists() else 0)) for f in todo)
+        need = sum(max(0, (f.size or 0) - (self.partial(f).stat().st_size if self.partial(f).exists() else 0))
+                   for f in todo)
         free = shutil.disk_usage(_existing_parent(self.dest)).free
         if need > free:
             self.fail(f"not enough disk space in {self.dest}: the download needs {_human(need)} more but "
