@@ -569,3 +569,62 @@ def test_a_link_out_of_the_folder_is_not_written_through(hub, tmp_path, monkeypa
     assert code == 2 and f"{dest / 'unet'}" in line and f"outside {dest}" in line, line
     assert not any(elsewhere.iterdir())
     assert not fetched_names(hub) & {"unet/config.json", UNET16}
+
+
+def test_a_full_disk_while_writing_the_record_keeps_the_old_one(hub, tmp_path, monkeypatch, capfd, sd1_tiny):
+    """ENOSPC half-way through .sdweb-download.json: one line naming it; the previous record stays
+    whole (the new one is written to a temporary file and renamed over it), no temporary file left."""
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    dest = tmp_path / "w"
+    code, _, err = run(["download", "test/sd1-tiny", "--dir", str(dest), "-q"], capfd)
+    assert code == 0, err
+    record = (dest / dl.RECORD).read_bytes()
+    (dest / VAE16).unlink()  # so the next run fetches it and writes the record again
+
+    real_open = __import__("io").open
+
+    class FullDisk:
+        """A text file on a disk that fills up after a few bytes (the real error has no file name)."""
+
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, text):
+            self.f.write(text[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def open_on_a_full_disk(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        return FullDisk(f) if dl.RECORD in str(file) and ("w" in mode or "x" in mode) else f
+
+    monkeypatch.setattr("io.open", open_on_a_full_disk)
+    monkeypatch.setattr("builtins.open", open_on_a_full_disk)
+    code, _, err = run(["download", "test/sd1-tiny", "--dir", str(dest), "-q"], capfd)
+    monkeypatch.undo()
+    line = error_line(err)
+    assert code == 2 and "no space left on the disk" in line and str(dest / dl.RECORD) in line, line
+    assert "the previous record is kept" in line, line
+    assert (dest / dl.RECORD).read_bytes() == record
+    assert {p.name for p in dest.iterdir() if dl.RECORD in p.name} == {dl.RECORD}
+    assert filecmp.cmp(dest / VAE16, sd1_tiny / VAE16, shallow=False)
+
+
+def test_a_file_in_the_way_is_one_line(hub, tmp_path, monkeypatch, capfd):
+    """Any file-system error becomes one line naming the file, not a traceback."""
+    dest = tmp_path / "w"
+    dest.mkdir()
+    (dest / "vae").write_bytes(b"not a folder")
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    code, _, err = run(["download", "test/sd1-tiny", "--dir", str(dest), "-q"], capfd)
+    line = error_line(err)
+    assert code == 2 and f"{dest / 'vae'}" in line and "File exists" in line, line
+    assert "Traceback" not in err

@@ -32,7 +32,7 @@ at plain http, so none of it is trusted to name a file on disk: every listed pat
 and made of plain names, every digest hex of its kind's length (it becomes part of the partial
 file's name), every size a non-negative integer, the commit a 40-digit hex id; anything else stops
 the run with one line before a byte is fetched. Every path is resolved besides, and one that lands
-outside DIR (through a link) is refused.
+outside DIR (through a link) is refused. Any file-system error is one line naming the file.
 
 The token (--token, else HF_TOKEN, else the `hf auth login` token) is only ever put in the
 Authorization header: it is not printed, logged or written anywhere, and is scrubbed from any
@@ -44,6 +44,7 @@ the runtime package, which also runs in Pyodide, never needs them.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import http.client
@@ -390,8 +391,7 @@ class _Downloader:
         if status is not None or code is not None:
             self.fail_http(status, code, path, kept)
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            self.fail(f"no space left on the disk of {self.dest} while writing {path or 'files'}: free some space "
-                      f"(see `sdweb download --list` for sizes) or use --dir on another disk{kept}")
+            self.disk_error(e, path, kept)
         reason = _network_reason(e)
         what = f"{self.repo_id}/{path}" if path else self.repo_id
         if reason is not None:
@@ -402,9 +402,17 @@ class _Downloader:
             self.fail(f"network problem while downloading {what} from {self.endpoint} ({reason})"
                       f"{kept or '; run again'}")
         if isinstance(e, OSError) and e.filename:
-            self.fail(f"{e.filename}: {e.strerror or e}")
+            self.disk_error(e)
         text = str(e).splitlines()[0] if str(e) else ""
         self.fail(f"downloading {what} failed: {type(e).__name__}: {text}{kept}")
+
+    def disk_error(self, e: OSError, file=None, kept: str = ""):
+        """One line for a file-system error, naming `file` (else the error's own file name)."""
+        file = file or e.filename or self.dest
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            self.fail(f"no space left on the disk of {self.dest} while writing {file}: free some space "
+                      f"(see `sdweb download --list` for sizes) or use --dir on another disk{kept}")
+        self.fail(f"{file}: {e.strerror or e}{kept}")
 
     def fail_http(self, status: int | None, code: str | None, path: str | None, kept: str = ""):
         """One line for an HTTP error answer, from its status and the Hub's X-Error-Code."""
@@ -671,10 +679,19 @@ class _Downloader:
             return {"files": {}}
 
     def write_record(self, record: dict):
+        """Write the record to a temporary file, then rename it over the old one: a full disk or a
+        crash leaves the previous record whole."""
         path = self.inside(self.dest / RECORD)
         tmp = path.with_name(f".{RECORD}.tmp")
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            tmp.unlink(missing_ok=True)  # so that "x" makes a new file, never writes through a link left there
+            with tmp.open("x", encoding="utf-8") as f:
+                f.write(json.dumps(record, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            self.disk_error(e, path, "; the previous record is kept")
 
     def is_done(self, remote: RemoteFile, record: dict) -> bool:
         """Whether the final file is there and verified: by the record (same size, mtime and digest)
@@ -799,7 +816,10 @@ def download(repo_id: str, dest=None, *, variant: str = "fp16", revision: str = 
         token = get_token()
     d = _Downloader(repo_id, Path(dest) if dest else default_dir(repo_id), variant, revision, token or None,
                     endpoint, quiet, out or sys.stderr)
-    return d.run()
+    try:
+        return d.run()
+    except OSError as e:  # whatever the steps did not explain themselves: a folder in the way, a full disk
+        d.disk_error(e)
 
 
 # --- the command ----------------------------------------------------------------------------------
