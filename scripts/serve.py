@@ -15,11 +15,19 @@ Routes (a starlette app, served by uvicorn):
     /hub/api/local-models                       JSON list of the repo ids under weights/ (the picker's
                                                 "prefetched" entries)
 
+A model folder under weights/ (or its owner folder) may be a link, e.g. to a model kept on another
+disk; a link inside a model that leads out of that model's folder is not followed (404).
+
 Every response carries Cross-Origin-Opener-Policy: same-origin and Cross-Origin-Embedder-Policy:
 require-corp, which make the page cross-origin isolated: SharedArrayBuffer works, so Cancel reaches
 the busy Pyodide worker between steps. The Hub itself answers fetch() with CORS, which COEP allows.
 
-Binds to 127.0.0.1 unless --host says otherwise: the page has no authentication.
+Binds to 127.0.0.1 unless --host says otherwise: the page has no authentication. For the same reason
+it answers only requests addressed to it by a loopback name (127.0.0.1, localhost, [::1]) or the
+--host it was started with, at its port; anything else gets 421. Without that check a web page
+elsewhere could point its own host name at 127.0.0.1 (DNS rebinding) and read ./weights/ and the
+model list. A path no file can have (a NUL or other control character: 400; a name over 255 bytes
+or a path over 4096: 404) is answered before any route touches the disk.
 """
 
 from __future__ import annotations
@@ -36,14 +44,20 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sdweb.model import _REPO_ID
+
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "web"
 SHADERS = ROOT / "shaders"
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+NAME_MAX = 255  # bytes in one file name (Linux, macOS, Windows)
+PATH_MAX = 4096  # bytes in a whole path (Linux)
 
 ISOLATION_HEADERS = [
     (b"cross-origin-opener-policy", b"same-origin"),
@@ -76,6 +90,40 @@ class IsolationHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def allowed_hosts(host: str, port: int) -> set[str]:
+    """The Host headers the server answers: the loopback names and `host` (what --host bound), at `port`."""
+    names = {*LOOPBACK_NAMES, f"[{host}]" if ":" in host else host}
+    return {f"{n}:{port}".lower() for n in names} | ({n.lower() for n in names} if port == 80 else set())
+
+
+class RequestGuard:
+    """Answers, before any route runs, a request with a Host header not in `hosts` (421) and a path
+    no file can have (400 for a control character such as NUL, 404 for an over-long name or path)."""
+
+    def __init__(self, app: ASGIApp, hosts: set[str]):
+        self.app, self.hosts = app, hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+        path = scope["path"]
+        if host not in self.hosts:
+            # 421 Misdirected Request (RFC 9110 15.5.20): the request named a server this is not.
+            response = PlainTextResponse(f"this server answers only as {', '.join(sorted(self.hosts))}, not as "
+                                         f"{host or 'no host'!r}; start scripts/serve.py with --host <that name> "
+                                         "to use another name\n", status_code=421)
+        elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+            response = PlainTextResponse("bad path: it has a control character\n", status_code=400)
+        elif len(path.encode("utf-8", "surrogatepass")) > PATH_MAX or \
+                any(len(part.encode("utf-8", "surrogatepass")) > NAME_MAX for part in path.split("/")):
+            response = PlainTextResponse(f"not found: a name over {NAME_MAX} bytes or a path over {PATH_MAX}\n",
+                                         status_code=404)
+        else:
+            return await self.app(scope, receive, send)
+        await response(scope, receive, send)
 
 
 class WasmStaticFiles(StaticFiles):
@@ -122,18 +170,32 @@ def _hub_error(status: int, code: str, message: str) -> Response:
                                  "access-control-expose-headers": "x-error-code, x-error-message"})
 
 
-def make_app(weights_dir: Path | str | None = None, web_dir: Path | str = WEB) -> Starlette:
-    """The ASGI app. `weights_dir` defaults to ./weights (relative to the working directory)."""
+def make_app(weights_dir: Path | str | None = None, web_dir: Path | str = WEB, host: str = "127.0.0.1",
+             port: int = 8000) -> Starlette:
+    """The ASGI app. `weights_dir` defaults to ./weights (relative to the working directory); `host`
+    and `port` are where it is served, for the Host check (see the module docstring)."""
     weights = Path(weights_dir if weights_dir is not None else "weights").resolve()
+
+    def model_file(repo: str, path: str) -> tuple[Path | None, Path | None]:
+        """(the model's folder, the file) under weights/, each None where there is none to serve. The
+        folder may be a link; the file, links followed, must be inside the folder's real place."""
+        repo_dir = weights / repo
+        try:
+            if not _REPO_ID.match(repo) or not repo_dir.is_dir():
+                return None, None
+            f = (repo_dir / path).resolve()
+            return repo_dir, f if repo_dir.resolve() in f.parents and f.is_file() else None
+        except (OSError, RuntimeError):  # a link loop (RuntimeError from Path.resolve), a name too long
+            return repo_dir, None
 
     async def hub_resolve(request: Request):
         p = request.path_params
-        repo_dir = (weights / p["owner"] / p["name"]).resolve()
-        if weights not in repo_dir.parents or not repo_dir.is_dir():
-            return _hub_error(404, "RepoNotFound", f"{p['owner']}/{p['name']} is not under {weights}")
-        f = (repo_dir / p["path"]).resolve()
-        if repo_dir not in f.parents or not f.is_file():
-            return _hub_error(404, "EntryNotFound", f"{p['path']} not found in {p['owner']}/{p['name']}")
+        repo = f"{p['owner']}/{p['name']}"
+        repo_dir, f = model_file(repo, p["path"])
+        if repo_dir is None:
+            return _hub_error(404, "RepoNotFound", f"{repo} is not under {weights}")
+        if f is None:
+            return _hub_error(404, "EntryNotFound", f"{p['path']} not found in {repo}")
         headers = {"access-control-expose-headers":
                    "content-range, content-length, etag, x-linked-etag, x-linked-size, accept-ranges"}
         if f.suffix == ".safetensors":
@@ -149,7 +211,9 @@ def make_app(weights_dir: Path | str | None = None, web_dir: Path | str = WEB) -
         found = []
         if weights.is_dir():
             for index in sorted(weights.glob("*/*/model_index.json")):
-                found.append(f"{index.parent.parent.name}/{index.parent.name}")
+                repo = f"{index.parent.parent.name}/{index.parent.name}"
+                if _REPO_ID.match(repo):  # what hub_resolve serves, and nothing it would refuse
+                    found.append(repo)
         return JSONResponse({"models": found})
 
     routes = [
@@ -158,7 +222,8 @@ def make_app(weights_dir: Path | str | None = None, web_dir: Path | str = WEB) -
         Mount("/shaders", app=WasmStaticFiles(directory=SHADERS, check_dir=False), name="shaders"),
         Mount("/", app=WasmStaticFiles(directory=web_dir, html=True), name="web"),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(IsolationHeaders)])
+    return Starlette(routes=routes, middleware=[Middleware(RequestGuard, hosts=allowed_hosts(host, port)),
+                                                Middleware(IsolationHeaders)])
 
 
 def main(argv=None) -> int:
@@ -177,7 +242,8 @@ def main(argv=None) -> int:
         return 2
     print(f"sdweb: open http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}/ in Chrome "
           f"(prefetched models from {Path(args.weights).resolve()} at /hub)", file=sys.stderr, flush=True)
-    uvicorn.run(make_app(args.weights), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(make_app(args.weights, host=args.host, port=args.port), host=args.host, port=args.port,
+                log_level="warning")
     return 0
 
 

@@ -149,7 +149,7 @@ def test_serve_app_headers_range_and_hub_layout(tmp_path, sd1_tiny):
 
     serve = _load_script("serve")
     shutil.copytree(sd1_tiny, tmp_path / "test" / "sd1-tiny")
-    client = TestClient(serve.make_app(tmp_path))
+    client = TestClient(serve.make_app(tmp_path), base_url="http://127.0.0.1:8000")
     r = client.get("/")
     assert r.status_code == 200 and 'id="generate"' in r.text
     assert r.headers["cross-origin-opener-policy"] == "same-origin"
@@ -198,9 +198,9 @@ def page_server(tmp_path_factory, test_models_dir):
     vendor.build_sdweb_wheel()  # the page must run the sdweb of this checkout
     weights = tmp_path_factory.mktemp("weights")
     shutil.copytree(test_models_dir / "sd1-tiny", weights / "test" / "prefetched")
-    app = _load_script("serve").make_app(weights)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    app = _load_script("serve").make_app(weights, port=sock.getsockname()[1])
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
