@@ -182,8 +182,14 @@ def zip_with_pickle(tmp_path, pkl: bytes, storages=None) -> bytes:
 
 def rebuild_pickle(size, stride, offset=0, numel=4, key="0"):
     """data.pkl text for one tensor, written opcode by opcode (protocol 2, as torch writes it)."""
+    def num(x):  # BININT1, or LONG1 for the huge ones
+        if x < 256:
+            return b"K" + bytes([x])
+        raw = x.to_bytes((x.bit_length() + 8) // 8, "little", signed=True)
+        return b"\x8a" + bytes([len(raw)]) + raw
+
     def tup(xs):
-        return b"(" + b"".join(b"K" + bytes([x]) for x in xs) + b"t"
+        return b"(" + b"".join(num(x) for x in xs) + b"t"
     return (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\n"
             + b"X" + len(key).to_bytes(4, "little") + key.encode() + b"X\x03\x00\x00\x00cpuK" + bytes([numel])
             + b"tQK" + bytes([offset]) + tup(size) + tup(stride)
@@ -191,14 +197,20 @@ def rebuild_pickle(size, stride, offset=0, numel=4, key="0"):
 
 
 def test_handmade_tensor_pickle_reads(tmp_path):
-    data = zip_with_pickle(tmp_path, rebuild_pickle((2, 2), (2, 1)), {"0": np.arange(4, dtype="<f4").tobytes()})
-    np.testing.assert_array_equal(safe_pickle.load(data), [[0, 1], [2, 3]])
+    storage = {"0": np.arange(4, dtype="<f4").tobytes()}
+    np.testing.assert_array_equal(safe_pickle.load(zip_with_pickle(tmp_path, rebuild_pickle((2, 2), (2, 1)), storage)),
+                                  [[0, 1], [2, 3]])
+    # torch ignores the stride of a size-1 dimension, however large; so do we
+    huge = rebuild_pickle((1, 4), (2**70, 1))
+    np.testing.assert_array_equal(safe_pickle.load(zip_with_pickle(tmp_path, huge, storage)), [[0, 1, 2, 3]])
 
 
 @pytest.mark.parametrize("pkl, storages, match", [
     (rebuild_pickle((3, 2), (2, 1)), {"0": bytes(16)}, "runs past its storage"),
     (rebuild_pickle((2, 2), (2, 1), offset=1), {"0": bytes(16)}, "runs past its storage"),
     (rebuild_pickle((4, 4), (0, 1)), {"0": bytes(16)}, "broadcast"),
+    (rebuild_pickle((2, 2), (2**70, 1)), {"0": bytes(16)}, "runs past its storage"),
+    (rebuild_pickle((0, 2**70), (1, 1)), {"0": bytes(16)}, "cannot be built"),
     (rebuild_pickle((2, 2), (2, 1)), {"0": bytes(8)}, "fewer than its 4 elements"),
     (rebuild_pickle((2, 2), (2, 1)), {}, "missing from the archive"),
     (b"\x80\x02cbuiltins\neval\nX\x01\x00\x00\x001\x85R.", {}, "refused global builtins.eval"),

@@ -97,6 +97,9 @@ def _rebuild_tensor(storage, storage_offset, size, stride):
     numel = 1
     for n in size:
         numel *= n
+    # a stride along a dimension of size 1 (or of an empty tensor) is never used: zero it, so no
+    # stride, however large, reaches the array code
+    stride = tuple(s if n > 1 and numel else 0 for n, s in zip(size, stride))
     if numel:
         last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
         if last >= storage[2]:
@@ -319,7 +322,15 @@ def _load_zip(data: bytes, fail):
         if raw is None:
             fail(f"storage {key!r} is missing from the archive ({root}data/{key})")
         arrays["storage:" + key] = _widen(raw, _STORAGE_DTYPES[kind], byteorder, numel, fail, key)
-    return _materialize(obj, arrays, fail)
+    return _finish(obj, arrays, fail)
+
+
+def _finish(obj, arrays, fail):
+    """_materialize, with what NumPy may still refuse (a shape too large for this host) as a TorchFileError."""
+    try:
+        return _materialize(obj, arrays, fail)
+    except (ValueError, OverflowError, MemoryError) as e:
+        fail(f"a tensor cannot be built ({str(e).splitlines()[0][:160]})")
 
 
 def _load_legacy(data: bytes, fail):
@@ -349,4 +360,4 @@ def _load_legacy(data: bytes, fail):
             fail(f"storage {key!r} says {count} elements where the object expects {numel}")
         arrays["storage:" + key] = _widen(f.read(count * itemsize), dtype, "little" if little else "big",
                                           numel, fail, key)
-    return _materialize(obj, arrays, fail)
+    return _finish(obj, arrays, fail)
