@@ -23,3 +23,17 @@ class ConfigError(SdwebError):
 
 class Cancelled(SdwebError):
     """A generation was cancelled through the progress callback."""
+
+
+class TorchFileError(SdwebError):
+    """A PyTorch .pt/.bin file is malformed or holds more than tensors and plain containers (the
+    message names the file and the refused or bad part)."""
+
+
+class EmbeddingError(SdwebError):
+    """A textual-inversion file has an unknown layout, the wrong width or non-finite values."""
+
+
+class LoraError(SdwebError):
+    """A LoRA file has an unknown key, a key that matches no module of the model, shapes that do not
+    fit it, or non-finite values (the message names the file and the first bad key)."""
