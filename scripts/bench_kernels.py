@@ -82,7 +82,7 @@ def _linear_case(op, name, M, Din, Dout, act=None, dtype="f32", version=None, M_
 
     def make(ctx, small):
         from sdweb.backends import webgpu
-        from sdweb.backends.gpu_ops import matmul
+        from sdweb.backends.webgpu.ops import matmul
 
         rng = np.random.default_rng(0)
         x = rng.standard_normal((m(small), Din), dtype=np.float32)
@@ -110,7 +110,7 @@ def _conv_case(name, N, Cin, HW, Cout, k, stride=1, dtype="f32", residual=False,
 
     def make(ctx, s):
         from sdweb.backends import webgpu
-        from sdweb.backends.gpu_ops import conv2d
+        from sdweb.backends.webgpu.ops import conv2d
 
         n, hw = dims(s)
         rng = np.random.default_rng(0)
@@ -147,7 +147,7 @@ def _attention_case(name, N, Lq, Lk, heads, d, causal=False, small=None):
         return small if s and small else (Lq, Lk)
 
     def make(ctx, s):
-        from sdweb.backends.gpu_ops import attention
+        from sdweb.backends.webgpu.ops import attention
 
         lq, lk = dims(s)
         rng = np.random.default_rng(0)
@@ -345,7 +345,7 @@ def memory_run(model: Path, precision: str, adapter="desktop", size: int = 512, 
     weights' part of that peak; the whole run's peak (the context's and the bridge's); per UNet step
     the dispatches, bind-group misses, submits, host time and dispatches by shader entry."""
     from sdweb.backends import webgpu
-    from sdweb.backends.counting_bridge import CountingBridge, counting
+    from sdweb.backends.bridges.counting import CountingBridge, counting
     from sdweb.model import ModelFolder
     from sdweb.pipeline import Pipeline
 
@@ -418,7 +418,7 @@ def memory_markdown(runs: list[dict], limit_runs: list[dict]) -> str:
     if limit_runs:
         out += ["", f"{limit_runs[0]['precision']} run on other adapters' limits:", "",
                 "| adapter limits | maxStorageBufferBindingSize | maxBufferSize | result |", "|---|--:|--:|---|"]
-        from sdweb.backends.counting_bridge import ADAPTERS
+        from sdweb.backends.bridges.counting import ADAPTERS
         for r in limit_runs:
             lim = ADAPTERS[r["adapter"]]
             res = f"runs, peak {_mib(r['peak'])} MiB" if "error" not in r else f"fails: {r['error']}"

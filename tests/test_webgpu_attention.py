@@ -19,7 +19,7 @@ webgpu = pytest.importorskip("sdweb.backends.webgpu", reason="the WebGPU backend
 if not webgpu.available():
     pytest.skip("no WebGPU adapter (install mesa-vulkan-drivers for lavapipe)", allow_module_level=True)
 
-from sdweb.backends.gpu_ops import attention as gpu_attention  # noqa: E402
+from sdweb.backends.webgpu.ops import attention as gpu_attention  # noqa: E402
 
 
 @pytest.fixture(scope="module")

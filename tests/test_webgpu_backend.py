@@ -25,6 +25,9 @@ webgpu = pytest.importorskip("sdweb.backends.webgpu", reason="the WebGPU backend
 if not webgpu.available():
     pytest.skip("no WebGPU adapter (install mesa-vulkan-drivers for lavapipe)", allow_module_level=True)
 
+from sdweb.backends.webgpu import shaders, upload  # noqa: E402
+from sdweb.backends.webgpu.device import SUBMIT_EVERY, Context  # noqa: E402
+
 ROUNDING = {"f32": TOL, "f16": 2e-3, "bf16": 1.6e-2}
 
 
@@ -201,10 +204,10 @@ def test_mixed_weight_dtypes_are_refused():
 
 def test_w_load_substitution():
     src = "let a = W_LOAD(w, (i + f(j, k)) * 2u); let t: array<W_TYPE>;"
-    assert webgpu._expand_w_load(src, "f32") == "let a = (w[(i + f(j, k)) * 2u]); let t: array<W_TYPE>;"
-    bf16 = webgpu.shader_source("elementwise", w_dtype="bf16")
+    assert shaders.expand_w_load(src, "f32") == "let a = (w[(i + f(j, k)) * 2u]); let t: array<W_TYPE>;"
+    bf16 = shaders.source("elementwise", w_dtype="bf16")
     assert "array<u32>" in bf16 and "W_LOAD(" not in bf16 and "<< 16u" in bf16
-    f16 = webgpu.shader_source("elementwise", {"ACT": "gelu"}, "f16")
+    f16 = shaders.source("elementwise", {"ACT": "gelu"}, "f16")
     assert "unpack2x16float(gtable[(gids[r] * pgt.d + j) >> 1u])" in f16 and "uy[i] = gelu(ux[i])" in f16
 
 
@@ -259,7 +262,7 @@ def test_dispatches_are_batched_and_pipelines_cached(ctx):
         y = webgpu.add(y, x)
     check(y, np.full((4, 300), 301, np.float32))
     assert ctx.dispatches - dispatches == 300
-    assert ctx.bridge.submits - submits <= 300 // webgpu.SUBMIT_EVERY + 1
+    assert ctx.bridge.submits - submits <= 300 // SUBMIT_EVERY + 1
     assert len(ctx._pipelines) == n_pipelines  # add was compiled before
 
 
@@ -277,10 +280,10 @@ class _Limited:
 
 
 def test_big_grids_fold_into_y(ctx):
-    small = webgpu.Context(_Limited(ctx.bridge, maxComputeWorkgroupsPerDimension=20))
+    small = Context(_Limited(ctx.bridge, maxComputeWorkgroupsPerDimension=20))
     x = rng(13).standard_normal((20, 333)).astype(np.float32)  # 27 workgroups of 256 -> (20, 2, 1)
     assert small.grid(27) == (20, 2, 1)
-    from sdweb.backends.gpu_ops import elementwise, norm
+    from sdweb.backends.webgpu.ops import elementwise, norm
     check(elementwise.unary(small, small.upload(x), "silu"), nb.silu(x))
     g = np.ones(20, np.float32)
     y = norm.layer_norm(small, small.upload(x.T.copy()), webgpu.weight(g), webgpu.weight(g * 0), 1e-5)
@@ -290,7 +293,7 @@ def test_big_grids_fold_into_y(ctx):
 
 
 def test_limit_errors_name_the_buffer(ctx):
-    small = webgpu.Context(_Limited(ctx.bridge, maxStorageBufferBindingSize=128 << 20))
+    small = Context(_Limited(ctx.bridge, maxStorageBufferBindingSize=128 << 20))
     with pytest.raises(webgpu.GPULimitError) as e:
         small.check_size(49408 * 768 * 4, "text_encoder token_embedding.weight")
     assert str(e.value) == ("text_encoder token_embedding.weight needs 145 MB but this adapter's "
@@ -310,21 +313,18 @@ def test_limit_errors_name_the_buffer(ctx):
         def shape(self, name):
             return (1, 77) if name.endswith("ids") else (49408, 768)
 
-    webgpu._ctx, saved = webgpu.Context(_Limited(ctx.bridge, maxBufferSize=1000)), webgpu._ctx
-    try:
+    with webgpu.using(_Limited(ctx.bridge, maxBufferSize=1000)) as tiny:
         with pytest.raises(webgpu.GPULimitError, match=r"^a \(30, 30\) f16 weight needs 1.8 KB but this "
                                                        r"adapter's maxBufferSize is 1000 bytes$"):
             webgpu.weight(np.ones((30, 30), np.float16))
         with pytest.raises(webgpu.GPULimitError, match=r"^conv_in.weight needs"):
-            webgpu.weight(np.ones((20, 20), np.float32), "conv_in.weight")
-        webgpu._ctx = small
+            upload.weight(tiny, np.ones((20, 20), np.float32), "conv_in.weight")
+    with webgpu.using(small):
         with pytest.raises(webgpu.GPULimitError, match="text_encoder text_model.embeddings.token_embedding"
                                                        ".weight needs 145 MB but"):
             webgpu.check_weights(Store())
         Store.precision = "fp16"  # 72 MB fits
         webgpu.check_weights(Store())
-    finally:
-        webgpu._ctx = saved
 
 
 def test_readback_and_errors():

@@ -19,7 +19,7 @@ webgpu = pytest.importorskip("sdweb.backends.webgpu", reason="the WebGPU backend
 if not webgpu.available():
     pytest.skip("no WebGPU adapter (install mesa-vulkan-drivers for lavapipe)", allow_module_level=True)
 
-from sdweb.backends.gpu_ops import matmul as mm  # noqa: E402  (imports wgpu-dependent modules)
+from sdweb.backends.webgpu.ops import matmul as mm  # noqa: E402  (imports wgpu-dependent modules)
 from gpu_checks import TOL, check, held  # noqa: E402
 
 ACTS = [None, "silu", "gelu", "quick_gelu", "geglu"]

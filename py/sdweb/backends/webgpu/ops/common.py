@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from ...errors import SdwebError
+from ....errors import SdwebError
+from ..device import GPUTensor
 
 WG = 256  # invocations per workgroup of the flat (one element per invocation) kernels
 
 
 def check_tensor(x, op: str, what: str = "x", ndim: int | None = None):
     """x must be a GPUTensor (with ndim axes, when given)."""
-    from ..webgpu import GPUTensor
-
     if not isinstance(x, GPUTensor):
         raise SdwebError(f"webgpu {op}: {what} must be a GPU tensor (webgpu.tensor(array)), "
                          f"got {type(x).__name__}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from ...errors import SdwebError
+from ....errors import SdwebError
 from .common import check_tensor
 
 BQ = 32  # queries per workgroup (shaders/attention.wgsl BQ)

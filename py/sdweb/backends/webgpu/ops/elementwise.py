@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from ...errors import SdwebError
+from ....errors import SdwebError
 from .common import check_tensor, flat_groups
 
 _SHADER = "elementwise"

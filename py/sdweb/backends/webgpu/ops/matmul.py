@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from ...errors import SdwebError
+from ....errors import SdwebError
 from .common import check_tensor, w_dtype
 
 VERSIONS = (0, 1, 2, 3, 4)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ...errors import SdwebError
+from ....errors import SdwebError
 from .common import check_tensor, flat_groups, w_dtype
 
 _SHADER = "norm"

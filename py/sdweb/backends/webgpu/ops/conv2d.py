@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from ...errors import SdwebError
+from ....errors import SdwebError
 from .common import check_tensor, w_dtype
 
 

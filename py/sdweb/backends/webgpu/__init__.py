@@ -1,0 +1,187 @@
+"""The WebGPU backend: the functions of `backends/numpy.py`, run as WGSL kernels from `shaders/`.
+
+Tensors are GPU buffer handles (`GPUTensor`); ops record dispatches through a device bridge
+(backends/bridges/: wgpu in CPython, the JS bridge in the browser, the counting bridge for plans) and
+nothing comes back to the host until `numpy(t)` reads a tensor back. Each function here is one line:
+the op's module in ops/ (named as its shader in shaders/) does the work on the process-wide context.
+
+    device.py   Context (bridge, buffer pool, pipeline cache, dispatch batching, byte counts),
+                GPUTensor, GPUWeight; context(), use_bridge(), using(), available()
+    shaders.py  WGSL loading: #include, host constants, the weight dtype's W_TYPE / W_LOAD
+    upload.py   weights onto the GPU (held arrays, or WeightRefs straight from the file) and the
+                adapter-limit check made before a component is uploaded
+    ops/        one module per op family: validate, pick the entry and constants, pack, dispatch
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ...errors import SdwebError
+from . import upload
+from .device import GPULimitError, GPUTensor, GPUWeight, available, context, use_bridge, using  # noqa: F401
+from .ops import attention as _attention
+from .ops import conv2d as _conv2d
+from .ops import elementwise as _elementwise
+from .ops import matmul as _matmul
+from .ops import norm as _norm
+
+name = "webgpu"
+takes_weight_refs = True  # weight() accepts a lazy store's WeightRef (see pipeline.Pipeline.load)
+
+
+# --- tensors --------------------------------------------------------------------------------------
+
+
+def tensor(a) -> GPUTensor:
+    """Host array -> backend tensor (f32). A GPUTensor passes through."""
+    if isinstance(a, GPUTensor):
+        return a
+    return context().upload(a)
+
+
+def numpy(x) -> np.ndarray:
+    """Backend tensor -> host f32 array: the readback (submits pending work and waits for it)."""
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float32, copy=False)
+    return context().read(x)
+
+
+def weight(w, name: str | None = None) -> GPUWeight:
+    """A weight as held by the store (f32, f16, or bf16 as uint16), or a lazy store's WeightRef ->
+    a GPUWeight, uploaded now (upload.py)."""
+    return upload.weight(context(), w, name)
+
+
+def check_weights(store) -> None:
+    """GPULimitError naming the first tensor of a WeightStore that cannot be bound on this adapter."""
+    upload.check_weights(context(), store)
+
+
+def shape(x) -> tuple:
+    return tuple(x.shape)
+
+
+def reshape(x: GPUTensor, shape) -> GPUTensor:
+    shape = tuple(shape)
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        shape = tuple(x.size // known if s == -1 else s for s in shape)
+    if math.prod(shape) != x.size:
+        raise SdwebError(f"cannot reshape {x.shape} to {shape}")
+    return GPUTensor(shape, x._buf, x.offset, x.dtype)
+
+
+# --- linear algebra (ops/matmul.py, ops/conv2d.py, ops/attention.py) -------------------------------
+
+
+def linear(x, w, b=None, act: str | None = None):
+    """x: (..., Din), w: (Dout, Din), b: (Dout,) -> (..., Dout), optional fused activation."""
+    return _matmul.linear(context(), x, w, b, act)
+
+
+def conv2d(x, w, b=None, stride: int = 1, padding: int = 0, residual=None):
+    """x: (N, Cin, H, W), w: (Cout, Cin, kh, kw) -> (N, Cout, Ho, Wo), plus `residual` when given."""
+    return _conv2d.conv2d(context(), x, w, b, stride, padding, residual)
+
+
+def attention(q, k, v, heads: int, causal: bool = False):
+    """q: (N, Lq, h*d), k/v: (N, Lk, h*d) -> (N, Lq, h*d)."""
+    return _attention.attention(context(), q, k, v, heads, causal)
+
+
+# --- normalisation (ops/norm.py) ------------------------------------------------------------------
+
+
+def group_norm(x, groups: int, gamma, beta, eps: float, silu: bool = False):
+    """x: (N, C, *spatial) -> same shape; optional fused SiLU after the affine."""
+    return _norm.group_norm(context(), x, groups, gamma, beta, eps, silu)
+
+
+def layer_norm(x, gamma, beta, eps: float):
+    """x: (..., D) normalised over D."""
+    return _norm.layer_norm(context(), x, gamma, beta, eps)
+
+
+def softmax(x):
+    """Softmax over the last axis (not used by the models: attention is fused)."""
+    return _norm.softmax(context(), x)
+
+
+# --- elementwise and layout (ops/elementwise.py) --------------------------------------------------
+
+
+def silu(x):
+    return _elementwise.unary(context(), x, "silu")
+
+
+def gelu(x):
+    """Exact (erf) GELU, as numpy.py's (A&S 7.1.26, error <= 1e-7 |x|)."""
+    return _elementwise.unary(context(), x, "gelu")
+
+
+def quick_gelu(x):
+    """x * sigmoid(1.702 x)."""
+    return _elementwise.unary(context(), x, "quick_gelu")
+
+
+def geglu(x):
+    """x: (..., 2F) -> (..., F): first half * gelu(second half)."""
+    return _elementwise.geglu(context(), x)
+
+
+def add(a, b):
+    """Same-shape add."""
+    return _elementwise.add(context(), a, b)
+
+
+def mul(a, s: float):
+    """Scale by a Python float."""
+    return _elementwise.mul(context(), a, s)
+
+
+def add_channel(x, v):
+    """x: (N, C, H, W) + v: (N, C) broadcast over H, W."""
+    return _elementwise.add_channel(context(), x, v)
+
+
+def upsample_nearest2x(x):
+    """x: (N, C, H, W) -> (N, C, 2H, 2W)."""
+    return _elementwise.upsample_nearest2x(context(), x)
+
+
+def pad2d(x, left: int, right: int, top: int, bottom: int):
+    """x: (N, C, H, W) -> (N, C, top+H+bottom, left+W+right), zeros around."""
+    return _elementwise.pad2d(context(), x, left, right, top, bottom)
+
+
+def concat(xs, axis: int = 1):
+    """Concat along `axis` (channels for UNet skips, batch for CFG contexts)."""
+    return _elementwise.concat(context(), xs, axis)
+
+
+def nchw_to_nlc(x):
+    """(N, C, H, W) -> (N, H*W, C)."""
+    return _elementwise.nchw_to_nlc(context(), x)
+
+
+def nlc_to_nchw(x, H: int, W: int):
+    """(N, H*W, C) -> (N, C, H, W)."""
+    return _elementwise.nlc_to_nchw(context(), x, H, W)
+
+
+def embedding(ids: np.ndarray, table):
+    """ids: (N, L) int (host) -> (N, L, D) rows of table (V, D)."""
+    return _elementwise.embedding(context(), ids, table)
+
+
+def slice_tokens(x, index: np.ndarray):
+    """x: (N, L, D), index: (N,) (host) -> (N, D): one token per row."""
+    return _elementwise.slice_tokens(context(), x, index)
+
+
+def split_batch(x, parts: int):
+    """(parts*N, ...) -> list of parts tensors (N, ...)."""
+    return _elementwise.split_batch(context(), x, parts)
