@@ -1,5 +1,5 @@
-// norm.wgsl: group norm (optional fused SiLU), layer norm, softmax. Host:
-// py/sdweb/backends/gpu_ops/norm.py. Reference: py/sdweb/backends/numpy.py group_norm / layer_norm.
+// norm.wgsl: group norm (optional fused SiLU), layer norm. Host:
+// py/sdweb/backends/webgpu/ops/norm.py. Reference: py/sdweb/backends/numpy.py group_norm / layer_norm.
 // Statistics are two-pass (mean, then the sum of squared deviations) in f32 with tree reductions.
 //
 // Group norm, x (N, C, S) with G groups: a "row" is one group of one image, N*G rows of
@@ -16,9 +16,6 @@
 // Layer norm, x (rows, d):
 //   layer_norm   uniform: rows, d, eps: f32                     x, gamma W_TYPE (d), beta W_TYPE (d), y
 //                @workgroup_size(128), one workgroup per row, rows folded into (x, y) as above
-// Softmax over the last axis, x (rows, d):
-//   softmax      uniform: rows, d                               x, y
-//                @workgroup_size(128), one workgroup per row, rows folded into (x, y)
 //
 // Weight dtype (gamma, beta): W_TYPE / W_LOAD per docs/architecture.md.
 // @defaults SILU=0
@@ -38,20 +35,6 @@ fn reduce_sum(v: f32, lid: u32, size: u32) -> f32 {
     }
     let total = red[0];
     workgroupBarrier();  // red is reused by the next reduction
-    return total;
-}
-
-fn reduce_max(v: f32, lid: u32, size: u32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = size / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            red[lid] = max(red[lid], red[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
     return total;
 }
 
@@ -168,33 +151,5 @@ fn layer_norm(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: v
     let rstd = inverseSqrt(reduce_sum(q, lid.x, 128u) / f32(pl.d) + pl.eps);
     for (var j = lid.x; j < pl.d; j += 128u) {
         ly[base + j] = (lx[base + j] - mean) * rstd * W_LOAD(lgamma, j) + W_LOAD(lbeta, j);
-    }
-}
-
-// --- softmax over the last axis ---
-
-struct SoftmaxParams { rows: u32, d: u32 }
-@group(0) @binding(0) var<uniform> pm: SoftmaxParams;
-@group(0) @binding(1) var<storage, read> mx: array<f32>;
-@group(0) @binding(2) var<storage, read_write> my: array<f32>;
-
-@compute @workgroup_size(128)
-fn softmax(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-           @builtin(local_invocation_id) lid: vec3u) {
-    let row = wid.x + wid.y * nwg.x;
-    if (row >= pm.rows) { return; }
-    let base = row * pm.d;
-    var m = -3.4028234e38;
-    for (var j = lid.x; j < pm.d; j += 128u) {
-        m = max(m, mx[base + j]);
-    }
-    m = reduce_max(m, lid.x, 128u);
-    var s = 0.0;
-    for (var j = lid.x; j < pm.d; j += 128u) {
-        s += exp(mx[base + j] - m);
-    }
-    let inv = 1.0 / reduce_sum(s, lid.x, 128u);
-    for (var j = lid.x; j < pm.d; j += 128u) {
-        my[base + j] = exp(mx[base + j] - m) * inv;
     }
 }

@@ -38,7 +38,7 @@ def weight(w: np.ndarray):
     return w
 
 
-def f32(w: np.ndarray) -> np.ndarray:
+def _f32(w: np.ndarray) -> np.ndarray:
     """Upcast a held weight to float32. bf16 is the top half of an f32, stored as uint16."""
     if w.dtype == np.float32:
         return w
@@ -51,10 +51,6 @@ def f32(w: np.ndarray) -> np.ndarray:
 
 def shape(x) -> tuple:
     return tuple(x.shape)
-
-
-def reshape(x, shape):
-    return x.reshape(shape)
 
 
 # --- blocking -------------------------------------------------------------------------------------
@@ -85,12 +81,12 @@ def _blocks(rows: int, cols: int):
 def linear(x, w, b=None, act: str | None = None):
     """x: (..., Din), w: (Dout, Din), b: (Dout,) -> (..., Dout), then optional fused activation
     (silu, gelu, quick_gelu, or geglu, which halves the width: (..., 2F) -> (..., F))."""
-    w = f32(w)
+    w = _f32(w)
     Dout, Din = w.shape
     y = np.matmul(x.reshape(-1, Din), w.T)  # one GEMM over every token of every image
     if b is None and act is None:
         return y.reshape(*x.shape[:-1], Dout)
-    bias = None if b is None else f32(b)
+    bias = None if b is None else _f32(b)
     out = np.empty((y.shape[0], Dout // 2), np.float32) if act == "geglu" else y
     for r, _ in _blocks(*y.shape):  # bias and activation while the GEMM's rows are in cache
         yr = y[r]
@@ -115,7 +111,7 @@ def conv2d(x, w, b=None, stride: int = 1, padding: int = 0, residual=None):
       otherwise (small images, stride 2): im2col in (Cin*kh*kw, pixels) order, so one matmul per
         image writes NCHW directly, in row chunks that bound the column matrix (~64 MB).
     Both keep the GEMMs large: measured on 2 cores they run at about torch's (oneDNN) speed."""
-    y = _conv2d(x, f32(w), None if b is None else f32(b)[:, None], stride, padding)
+    y = _conv2d(x, _f32(w), None if b is None else _f32(b)[:, None], stride, padding)
     if residual is not None:
         y += residual
     return y
@@ -199,8 +195,8 @@ def group_norm(x, groups: int, gamma, beta, eps: float, silu: bool = False):
         ss[r] += np.square(d, out=d).sum(axis=1)
     rstd = (1.0 / np.sqrt(ss / n + eps)).astype(np.float32)
     # per (image, channel) rows: mean and rstd of the channel's group
-    scale = (rstd.reshape(N, groups, 1) * f32(gamma).reshape(1, groups, cg)).reshape(N * C, 1)
-    shift = np.broadcast_to(f32(beta), (N, C)).reshape(N * C, 1)
+    scale = (rstd.reshape(N, groups, 1) * _f32(gamma).reshape(1, groups, cg)).reshape(N * C, 1)
+    shift = np.broadcast_to(_f32(beta), (N, C)).reshape(N * C, 1)
     mean_c = np.repeat(mean, cg).reshape(N * C, 1)
     xc = x.reshape(N * C, -1)
     y = np.empty(x.shape, np.float32)
@@ -220,7 +216,7 @@ def layer_norm(x, gamma, beta, eps: float):
     D = x.shape[-1]
     x2 = x.reshape(-1, D)
     y = np.empty(x2.shape, np.float32)
-    g, bias = f32(gamma), f32(beta)
+    g, bias = _f32(gamma), _f32(beta)
     for r, _ in _blocks(*x2.shape):
         yb = y[r]
         np.subtract(x2[r], x2[r].mean(axis=1, keepdims=True), out=yb)
@@ -279,8 +275,8 @@ def attention(q, k, v, heads: int, causal: bool = False):
 # --- elementwise  (shaders/elementwise.wgsl) ------------------------------------------------------
 
 
-# Each activation has a kernel `_name(x, out)` (x and out may be the same array) that linear and the
-# norms apply block by block, and a public op that maps it over a whole tensor.
+# The activations linear and group_norm fuse: kernels `_name(x, out)` (x and out may be the same
+# array) applied block by block while the rows are in cache.
 
 
 def _silu(x, out):
@@ -335,38 +331,6 @@ def _geglu(x, out):
 _KERNELS = {"silu": _silu, "gelu": _gelu, "quick_gelu": _quick_gelu}
 
 
-def _map(kernel, x):
-    """kernel applied to x block by block -> a new f32 tensor of x's shape."""
-    x2 = x.reshape(-1, x.shape[-1])
-    out = np.empty(x2.shape, np.float32)
-    for r, c in _blocks(*x2.shape):
-        kernel(x2[r, c], out=out[r, c])
-    return out.reshape(x.shape)
-
-
-def silu(x):
-    return _map(_silu, x)
-
-
-def gelu(x):
-    """Exact (erf) GELU, as torch.nn.functional.gelu's default."""
-    return _map(_gelu, x)
-
-
-def quick_gelu(x):
-    """x * sigmoid(1.702 x) (CLIP's activation)."""
-    return _map(_quick_gelu, x)
-
-
-def geglu(x):
-    """x: (..., 2F) -> (..., F): first half * gelu(second half), diffusers' GEGLU."""
-    x2 = x.reshape(-1, x.shape[-1])
-    out = np.empty((x2.shape[0], x2.shape[1] // 2), np.float32)
-    for r, _ in _blocks(*x2.shape):
-        _geglu(x2[r], out[r])
-    return out.reshape(*x.shape[:-1], out.shape[-1])
-
-
 def add(a, b):
     """Same-shape add (a residual)."""
     return a + b
@@ -412,14 +376,9 @@ def nlc_to_nchw(x, H: int, W: int):
 
 def embedding(ids: np.ndarray, table):
     """ids: (N, L) int -> (N, L, D) rows of table (V, D)."""
-    return f32(table[ids])
+    return _f32(table[ids])
 
 
 def slice_tokens(x, index: np.ndarray):
     """x: (N, L, D), index: (N,) -> (N, D): one token per row (CLIP's pooled EOS token)."""
     return x[np.arange(x.shape[0]), index]
-
-
-def split_batch(x, parts: int):
-    """(parts*N, ...) -> list of parts tensors (N, ...), e.g. CFG's uncond/cond halves."""
-    return np.split(x, parts, axis=0)

@@ -15,11 +15,8 @@ the op's module in ops/ (named as its shader in shaders/) does the work on the p
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ...errors import SdwebError
 from . import upload
 from .device import GPULimitError, GPUTensor, GPUWeight, available, context, use_bridge, using  # noqa: F401
 from .ops import attention as _attention
@@ -64,16 +61,6 @@ def shape(x) -> tuple:
     return tuple(x.shape)
 
 
-def reshape(x: GPUTensor, shape) -> GPUTensor:
-    shape = tuple(shape)
-    if -1 in shape:
-        known = math.prod(s for s in shape if s != -1)
-        shape = tuple(x.size // known if s == -1 else s for s in shape)
-    if math.prod(shape) != x.size:
-        raise SdwebError(f"cannot reshape {x.shape} to {shape}")
-    return GPUTensor(shape, x._buf, x.offset, x.dtype)
-
-
 # --- linear algebra (ops/matmul.py, ops/conv2d.py, ops/attention.py) -------------------------------
 
 
@@ -105,31 +92,7 @@ def layer_norm(x, gamma, beta, eps: float):
     return _norm.layer_norm(context(), x, gamma, beta, eps)
 
 
-def softmax(x):
-    """Softmax over the last axis (not used by the models: attention is fused)."""
-    return _norm.softmax(context(), x)
-
-
 # --- elementwise and layout (ops/elementwise.py) --------------------------------------------------
-
-
-def silu(x):
-    return _elementwise.unary(context(), x, "silu")
-
-
-def gelu(x):
-    """Exact (erf) GELU, as numpy.py's (A&S 7.1.26, error <= 1e-7 |x|)."""
-    return _elementwise.unary(context(), x, "gelu")
-
-
-def quick_gelu(x):
-    """x * sigmoid(1.702 x)."""
-    return _elementwise.unary(context(), x, "quick_gelu")
-
-
-def geglu(x):
-    """x: (..., 2F) -> (..., F): first half * gelu(second half)."""
-    return _elementwise.geglu(context(), x)
 
 
 def add(a, b):
@@ -180,8 +143,3 @@ def embedding(ids: np.ndarray, table):
 def slice_tokens(x, index: np.ndarray):
     """x: (N, L, D), index: (N,) (host) -> (N, D): one token per row."""
     return _elementwise.slice_tokens(context(), x, index)
-
-
-def split_batch(x, parts: int):
-    """(parts*N, ...) -> list of parts tensors (N, ...)."""
-    return _elementwise.split_batch(context(), x, parts)

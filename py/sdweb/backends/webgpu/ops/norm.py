@@ -52,13 +52,3 @@ def layer_norm(ctx, x, gamma, beta, eps: float):
     ctx.run(_SHADER, "layer_norm", [x, gamma, beta, y], [("u32", rows), ("u32", D), ("f32", eps)],
             ctx.grid(rows), w_dtype=dt)
     return y
-
-
-def softmax(ctx, x):
-    """Softmax over the last axis of x (..., D)."""
-    check_tensor(x, "softmax")
-    D = x.shape[-1]
-    rows = x.size // D if D else 0
-    y = ctx.empty(x.shape)
-    ctx.run(_SHADER, "softmax", [x, y], [("u32", rows), ("u32", D)], ctx.grid(rows))
-    return y
