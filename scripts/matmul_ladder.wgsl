@@ -22,7 +22,7 @@ fn matmul_v0(@builtin(global_invocation_id) gid: vec3<u32>) {
   for (var k = 0u; k < p.K; k++) {
     let a = x_get(m, k);
     acc += a * w_get(n, k);
-    if (act_kind == GEGLU) { gate += a * w_get(p.N + n, k); }
+    if (ACT_KIND == ACT_GEGLU) { gate += a * w_get(p.N + n, k); }
   }
   store(m, n, acc, gate);
 }
@@ -43,12 +43,12 @@ fn matmul_v1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
     // lid.x runs along K for X and W (both K-contiguous): coalesced reads
     t1_x[lid.y][lid.x] = x_get(m0 + lid.y, k0 + lid.x);
     t1_w[lid.x][lid.y] = w_get(n0 + lid.y, k0 + lid.x);
-    if (act_kind == GEGLU) { t1_g[lid.x][lid.y] = w_get(p.N + n0 + lid.y, k0 + lid.x); }
+    if (ACT_KIND == ACT_GEGLU) { t1_g[lid.x][lid.y] = w_get(p.N + n0 + lid.y, k0 + lid.x); }
     workgroupBarrier();
     for (var k = 0u; k < 16u; k++) {
       let a = t1_x[lid.y][k];
       acc += a * t1_w[k][lid.x];
-      if (act_kind == GEGLU) { gate += a * t1_g[k][lid.x]; }
+      if (ACT_KIND == ACT_GEGLU) { gate += a * t1_g[k][lid.x]; }
     }
     workgroupBarrier();
   }

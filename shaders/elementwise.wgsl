@@ -3,8 +3,8 @@
 // Reference: py/sdweb/backends/numpy.py (same op names).
 //
 // Flat entries (@workgroup_size(256), one output element per invocation): a 1-D grid of
-// G = ceil(n / 256) workgroups folded into (x, y) = (min(G, 65535), ceil(G / 65535)); element
-// i = (wid.x + wid.y * nwg.x) * 256 + lid.x, skipped when i >= n.
+// G = ceil(n / 256) workgroups folded into (x, y) (include/grid.wgsl); element i = flat_index(..),
+// skipped when i >= n.
 //
 //   entry        uniform (in order)                              bindings 1.. (last one written)
 //   add          n                                               a, b, y             y = a + b
@@ -20,13 +20,9 @@
 //   transpose_tiles b, r, c                                        x (b, r, c), y (b, c, r)
 //                @workgroup_size(16, 16); groups (ceil(c / 16), ceil(r / 16), b)
 //
-// Weight dtype (gather's table): W_TYPE / W_LOAD per docs/architecture.md; f32 for activations.
+// Weight dtype (gather's table): W_TYPE / W_LOAD (shaders.py); f32 for activations.
 
-const WG: u32 = 256u;
-
-fn flat_index(wid: vec3u, nwg: vec3u, lid: vec3u) -> u32 {
-    return (wid.x + wid.y * nwg.x) * WG + lid.x;
-}
+#include "include/grid.wgsl"
 
 // --- add: y = a + b ---
 

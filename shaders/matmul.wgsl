@@ -14,11 +14,11 @@
 //   dummy buffer when HAS_BIAS is false)   4 y: Y (read_write)
 //
 // Host constants (textual, substituted before compiling; the pipeline cache key):
-//   ACT       0u none, 1u silu, 2u gelu (erf), 3u quick_gelu, 4u geglu
+//   ACT       the fused activation, include/activations.wgsl's codes (geglu included)
 //   HAS_BIAS  true | false
 //   VEC_TM, VEC_TN   outputs per invocation of matmul_vec4 (4u; the benchmark's ladder also runs 8u)
-//   W_TYPE, W_LOAD   weight dtype (docs/architecture.md)
-// @defaults ACT=0u HAS_BIAS=false VEC_TM=4u VEC_TN=4u
+//   W_TYPE, W_LOAD   weight dtype (shaders.py)
+// @defaults HAS_BIAS=false VEC_TM=4u VEC_TN=4u
 //
 // Entry points, the two the host picks from (ops/matmul.py): matmul_vec4 where K % 4 == 0, else
 // matmul_tiled. Both use workgroup (16, 16) and dispatch (ceil(N / BN), ceil(M / BM), 1) with
@@ -43,15 +43,15 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<W_TYPE>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
-const act_kind: u32 = ACT;
+#include "include/activations.wgsl"
+
 const has_bias: bool = HAS_BIAS;
-const GEGLU: u32 = 4u;
 
 fn bias_at(i: u32) -> f32 { return W_LOAD(bias, i); }
 
 // W[n, k], zero outside the matrix (rows: N, or 2N for geglu)
 fn w_get(n: u32, k: u32) -> f32 {
-  let rows = select(p.N, 2u * p.N, act_kind == GEGLU);
+  let rows = select(p.N, 2u * p.N, ACT_KIND == ACT_GEGLU);
   if (n >= rows || k >= p.K) { return 0.0; }
   return W_LOAD(w, n * p.K + k);
 }
@@ -61,18 +61,6 @@ fn x_get(m: u32, k: u32) -> f32 {
   return x[m * p.K + k];
 }
 
-// Phi(-|v|) by Abramowitz & Stegun 7.1.26, as backends/numpy.py `_gelu`: error <= 1e-7 |v|
-fn gelu(v: f32) -> f32 {
-  let a = abs(v);
-  let t = 1.0 / (1.0 + 0.23164189 * a);  // 0.3275911 / sqrt(2)
-  let h = t * (0.127414796 + t * (-0.142248368 + t * (0.7107068705 + t * (-0.7265760135 + t * 0.5307027145))));
-  return max(v, 0.0) - a * h * exp(-0.5 * a * a);
-}
-
-// exp's argument is capped so a very negative v gives v / huge (about -0) instead of v / inf
-fn silu(v: f32) -> f32 { return v / (1.0 + exp(min(-v, 80.0))); }
-fn quick_gelu(v: f32) -> f32 { return v / (1.0 + exp(min(-1.702 * v, 80.0))); }
-
 // Y[m, n] from the accumulated value (and, for geglu, gate) sums: bias, then the activation
 fn store(m: u32, n: u32, value: f32, gate: f32) {
   if (m >= p.M || n >= p.N) { return; }
@@ -80,12 +68,13 @@ fn store(m: u32, n: u32, value: f32, gate: f32) {
   var g = gate;
   if (has_bias) {
     v += bias_at(n);
-    if (act_kind == GEGLU) { g += bias_at(p.N + n); }
+    if (ACT_KIND == ACT_GEGLU) { g += bias_at(p.N + n); }
   }
-  if (act_kind == 1u) { v = silu(v); }
-  if (act_kind == 2u) { v = gelu(v); }
-  if (act_kind == 3u) { v = quick_gelu(v); }
-  if (act_kind == GEGLU) { v = v * gelu(g); }
+  if (ACT_KIND == ACT_GEGLU) {
+    v = geglu(v, g);
+  } else {
+    v = activate(v);
+  }
   y[m * p.N + n] = v;
 }
 
@@ -100,7 +89,7 @@ var<workgroup> t2_x: array<f32, 1024>;  // [k][m], 16 x 64
 var<workgroup> t2_w: array<f32, 1024>;  // [k][c], 16 x 64
 
 fn tiled_w_col(n0: u32, c: u32, k: u32) -> f32 {
-  if (act_kind != GEGLU) { return w_get(n0 + c, k); }
+  if (ACT_KIND != ACT_GEGLU) { return w_get(n0 + c, k); }
   let j = c / 16u;
   let o = n0 + c % 16u + 16u * (j / 2u);
   if (o >= p.N) { return 0.0; }
@@ -110,7 +99,7 @@ fn tiled_w_col(n0: u32, c: u32, k: u32) -> f32 {
 @compute @workgroup_size(16, 16)
 fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                 @builtin(local_invocation_index) li: u32) {
-  let tn = select(64u, 32u, act_kind == GEGLU);
+  let tn = select(64u, 32u, ACT_KIND == ACT_GEGLU);
   let m0 = wg.y * 64u;
   let n0 = wg.x * tn;
   var acc: array<array<f32, 4>, 4>;
@@ -136,7 +125,7 @@ fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
   }
   for (var i = 0u; i < 4u; i++) {
     let m = m0 + lid.y + 16u * i;
-    if (act_kind == GEGLU) {
+    if (ACT_KIND == ACT_GEGLU) {
       store(m, n0 + lid.x, acc[i][0], acc[i][1]);
       store(m, n0 + lid.x + 16u, acc[i][2], acc[i][3]);
     } else {
@@ -161,7 +150,7 @@ var<workgroup> tv_x: array<vec4<f32>, 4u * BM>;  // [k][m / 4], 16 x BM/4 vec4
 var<workgroup> tv_w: array<vec4<f32>, 4u * BN>;  // [k][c / 4]
 
 fn vec_w_col(n0: u32, c: u32, k: u32) -> f32 {
-  if (act_kind != GEGLU) { return w_get(n0 + c, k); }
+  if (ACT_KIND != ACT_GEGLU) { return w_get(n0 + c, k); }
   let o = n0 + 2u * (c / 4u) + c % 2u;
   if (o >= p.N) { return 0.0; }
   return w_get(select(o, p.N + o, c % 4u >= 2u), k);
@@ -170,7 +159,7 @@ fn vec_w_col(n0: u32, c: u32, k: u32) -> f32 {
 @compute @workgroup_size(16, 16)
 fn matmul_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                @builtin(local_invocation_index) li: u32) {
-  let tn = select(BN, BN / 2u, act_kind == GEGLU);
+  let tn = select(BN, BN / 2u, ACT_KIND == ACT_GEGLU);
   let m0 = wg.y * BM;
   let n0 = wg.x * tn;
   let K4 = p.K / 4u;
@@ -214,7 +203,7 @@ fn matmul_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     for (var j = 0u; j < TN / 4u; j++) {
       let g = 16u * j + lid.x;
       let v = acc[i * (TN / 4u) + j];
-      if (act_kind == GEGLU) {
+      if (ACT_KIND == ACT_GEGLU) {
         store(m, n0 + 2u * g, v.x, v.z);
         store(m, n0 + 2u * g + 1u, v.y, v.w);
       } else {

@@ -1,4 +1,4 @@
-// norm.wgsl: group norm (optional fused SiLU), layer norm. Host:
+// norm.wgsl: group norm (optional fused activation), layer norm. Host:
 // py/sdweb/backends/webgpu/ops/norm.py. Reference: py/sdweb/backends/numpy.py group_norm / layer_norm.
 // Statistics are two-pass (mean, then the sum of squared deviations) in f32 with tree reductions.
 //
@@ -11,14 +11,16 @@
 //                @workgroup_size(64), one invocation per row; groups (ceil(rows / 64), 1, 1)
 //                merges the chunks (Chan et al.) -> stats[row*2 + {0, 1}] = (mean, 1/sqrt(var + eps))
 //   gn_apply     uniform: n, s, c, cg                           x, stats, gamma W_TYPE (C), beta W_TYPE (C), y
-//                @workgroup_size(256), flat: G = ceil(n / 256) folded into (x, y) as in elementwise.wgsl
-//                y = (x - mean) * rstd * gamma[ch] + beta[ch], then SILU (constant: 0 or 1)
+//                @workgroup_size(256), flat: G = ceil(n / 256) folded into (x, y) (include/grid.wgsl)
+//                y = activate((x - mean) * rstd * gamma[ch] + beta[ch]), ACT: include/activations.wgsl
 // Layer norm, x (rows, d):
 //   layer_norm   uniform: rows, d, eps: f32                     x, gamma W_TYPE (d), beta W_TYPE (d), y
 //                @workgroup_size(128), one workgroup per row, rows folded into (x, y) as above
 //
-// Weight dtype (gamma, beta): W_TYPE / W_LOAD per docs/architecture.md.
-// @defaults SILU=0
+// Weight dtype (gamma, beta): W_TYPE / W_LOAD (shaders.py).
+
+#include "include/grid.wgsl"
+#include "include/activations.wgsl"
 
 var<workgroup> red: array<f32, 256>;
 
@@ -97,7 +99,7 @@ fn gn_stats(@builtin(global_invocation_id) gid: vec3u) {
     sstats[row * 2u + 1u] = inverseSqrt(m2 / n + ps.eps);
 }
 
-// --- group norm: normalise, affine, optional SiLU ---
+// --- group norm: normalise, affine, optional activation ---
 
 struct ApplyParams { n: u32, s: u32, c: u32, cg: u32 }
 @group(0) @binding(0) var<uniform> pa: ApplyParams;
@@ -110,17 +112,13 @@ struct ApplyParams { n: u32, s: u32, c: u32, cg: u32 }
 @compute @workgroup_size(256)
 fn gn_apply(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
             @builtin(local_invocation_id) lid: vec3u) {
-    let i = (wid.x + wid.y * nwg.x) * 256u + lid.x;
+    let i = flat_index(wid, nwg, lid);
     if (i >= pa.n) { return; }
     let nc = i / pa.s;  // image * C + channel
     let ch = nc % pa.c;
     let row = nc / pa.cg;  // (image * C + channel) / (C/G) = image * G + group
     let scale = astats[row * 2u + 1u] * W_LOAD(agamma, ch);
-    var v = (ax[i] - astats[row * 2u]) * scale + W_LOAD(abeta, ch);
-    if (SILU == 1) {
-        v = v / (1.0 + exp(-v));
-    }
-    ay[i] = v;
+    ay[i] = activate((ax[i] - astats[row * 2u]) * scale + W_LOAD(abeta, ch));
 }
 
 // --- layer norm over the last axis ---
@@ -135,7 +133,7 @@ struct LayerParams { rows: u32, d: u32, eps: f32 }
 @compute @workgroup_size(128)
 fn layer_norm(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
               @builtin(local_invocation_id) lid: vec3u) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = flat_group(wid, nwg);
     if (row >= pl.rows) { return; }  // uniform: the whole workgroup has one row
     let base = row * pl.d;
     var s = 0.0;

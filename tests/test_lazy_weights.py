@@ -205,7 +205,7 @@ def test_lazy_uploads_equal_eager_ones(tmp_path, spy, monkeypatch, opened, preci
     eager.skip("odd"), lazy.skip("odd")
     spans = 0
     for name, shape in shapes.items():
-        a = webgpu.weight(eager.get(name, shape), name)
+        a = webgpu.weight(eager.get(name, shape))
         del spy.spans[:]
         src.reads.clear()
         ref = lazy.get(name, shape)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import math
+import re
 
 import numpy as np
 import pytest
@@ -152,22 +153,24 @@ def test_embedding_and_slice_tokens(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
-@pytest.mark.parametrize("shape,groups,silu", [
-    ((1, 4, 3, 5), 2, False),
-    ((2, 12, 9, 13), 3, True),
-    ((1, 8, 70, 70), 4, True),  # rows of 9,800: three statistics chunks, the last partial
-    ((2, 6, 77), 3, False),  # (N, C, L)
+@pytest.mark.parametrize("shape,groups,act", [
+    ((1, 4, 3, 5), 2, None),
+    ((2, 12, 9, 13), 3, "silu"),
+    ((1, 8, 70, 70), 4, "silu"),  # rows of 9,800: three statistics chunks, the last partial
+    ((2, 6, 77), 3, None),  # (N, C, L)
+    ((1, 6, 5, 7), 2, "gelu"),  # every activation fuses the same way (include/activations.wgsl)
+    ((1, 6, 5, 7), 3, "quick_gelu"),
 ])
-def test_group_norm(dtype, shape, groups, silu):
+def test_group_norm(dtype, shape, groups, act):
     r = rng(9)
     x = (r.standard_normal(shape) * 2 + 3).astype(np.float32)
     C = shape[1]
-    gamma = (1 + 0.5 * r.standard_normal(C)).astype(np.float32)
-    beta = r.standard_normal(C).astype(np.float32)
-    g, b = held(gamma, dtype), held(beta, dtype)
-    got = webgpu.group_norm(webgpu.tensor(x), groups, webgpu.weight(g), webgpu.weight(b), 1e-6, silu)
-    check(got, nb.group_norm(x, groups, g, b, 1e-6, silu))
-    check(got, nb.group_norm(x, groups, gamma, beta, 1e-6, silu), ROUNDING[dtype])
+    weight = (1 + 0.5 * r.standard_normal(C)).astype(np.float32)
+    bias = r.standard_normal(C).astype(np.float32)
+    w, b = held(weight, dtype), held(bias, dtype)
+    got = webgpu.group_norm(webgpu.tensor(x), groups, webgpu.weight(w), webgpu.weight(b), 1e-6, act)
+    check(got, nb.group_norm(x, groups, w, b, 1e-6, act))
+    check(got, nb.group_norm(x, groups, weight, bias, 1e-6, act), ROUNDING[dtype])
 
 
 def test_group_norm_large_mean():
@@ -210,7 +213,26 @@ def test_w_load_substitution():
     assert "array<u32>" in bf16 and "W_LOAD(" not in bf16 and "<< 16u" in bf16
     f16 = shaders.source("elementwise", w_dtype="f16")
     assert "unpack2x16float(gtable[(gids[r] * pgt.d + j) >> 1u])" in f16
-    assert "const act_kind: u32 = 2u;" in shaders.source("matmul", {"ACT": "2u"})
+
+
+def test_includes_and_constants(tmp_path, monkeypatch):
+    """Each shared piece is included once, from the shaders folder, and its constants take the
+    caller's values over the @defaults (the ones of an included file too)."""
+    norm = shaders.source("norm", {"ACT": "2u"})
+    assert not re.search(r"^\s*#include", norm, re.M)
+    assert norm.count("fn flat_index(") == norm.count("fn gelu(") == 1
+    assert "const ACT_KIND: u32 = 2u;" in norm
+    assert "const ACT_KIND: u32 = 0u;" in shaders.source("matmul")  # activations.wgsl's default
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "x.wgsl").write_text("// @defaults N=3u\nconst X: u32 = N;\n")
+    (tmp_path / "b.wgsl").write_text('#include "include/x.wgsl"\nfn b() {}\n')
+    (tmp_path / "a.wgsl").write_text('#include "include/x.wgsl"\n#include "b.wgsl"\nfn a() {}\n')
+    (tmp_path / "bad.wgsl").write_text('#include "include/missing.wgsl"\n')
+    monkeypatch.setenv("SDWEB_SHADERS", str(tmp_path))
+    a = shaders.source("a", {"N": "5u"})
+    assert a.count("const X: u32 = 5u;") == 1 and "fn b() {}" in a and "fn a() {}" in a
+    with pytest.raises(SdwebError, match="shader include/missing.wgsl not found"):
+        shaders.source("bad")
 
 
 def test_pool_reuses_buffers_and_counts_bytes(ctx):

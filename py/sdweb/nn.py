@@ -9,7 +9,7 @@ forward. Attribute names follow torch, so `self.weight` is the tensor `<prefix>.
     Linear(din, dout, w, b, bias=True)        x: (..., din) -> (..., dout); __call__(x, act=None)
     Conv2d(cin, cout, k, w, b, stride=1, padding=0, bias=True)
                                               x: (N, cin, H, W) -> (N, cout, Ho, Wo), torch padding
-    GroupNorm(groups, C, w, b, eps=1e-6)      x: (N, C, ...) -> same; __call__(x, silu=False)
+    GroupNorm(groups, C, w, b, eps=1e-6)      x: (N, C, ...) -> same; __call__(x, act=None)
     LayerNorm(D, w, b, eps=1e-5)              x: (..., D) -> same
 
 Defaults are the torch.nn ones except GroupNorm's eps, which is 1e-6 in every diffusers block that
@@ -45,7 +45,7 @@ class Conv2d:
 
 
 class GroupNorm:
-    """torch.nn.GroupNorm(groups, C, eps, affine=True); `silu=True` fuses the SiLU that follows it
+    """torch.nn.GroupNorm(groups, C, eps, affine=True); `act="silu"` fuses the SiLU that follows it
     in resnets and before conv_out."""
 
     def __init__(self, groups: int, channels: int, w, b, eps: float = 1e-6):
@@ -53,8 +53,8 @@ class GroupNorm:
         self.weight = b.weight(w.get("weight", (channels,)))
         self.bias = b.weight(w.get("bias", (channels,)))
 
-    def __call__(self, x, silu: bool = False):
-        return self.b.group_norm(x, self.groups, self.weight, self.bias, self.eps, silu)
+    def __call__(self, x, act: str | None = None):
+        return self.b.group_norm(x, self.groups, self.weight, self.bias, self.eps, act)
 
 
 class LayerNorm:

@@ -128,11 +128,9 @@ class Pipeline:
         if component in self._loaded:
             return self._loaded[component]
         # A GPU backend takes WeightRefs and uploads each tensor's bytes straight from the file.
-        lazy = getattr(self.backend, "takes_weight_refs", False)
-        store = self.folder.weights(component, self.precision, self.variant, lazy=lazy)
+        store = self.folder.weights(component, self.precision, self.variant, lazy=self.backend.takes_weight_refs)
         try:
-            if hasattr(self.backend, "check_weights"):  # a GPU names a tensor too big to bind, before uploading
-                self.backend.check_weights(store)
+            self.backend.check_weights(store)  # a GPU names a tensor too big to bind, before uploading
             config = self.folder.config(component)
             if component == "text_encoder":
                 model = CLIPTextModel(config, store.prefix(CLIPTextModel.weights_root(store)), self.backend)

@@ -168,9 +168,9 @@ class ResnetBlock2D:
 
     def __call__(self, x, temb_silu):
         b = self.b
-        h = self.conv1(self.norm1(x, silu=True))
+        h = self.conv1(self.norm1(x, act="silu"))
         h = b.add_channel(h, self.time_emb_proj(temb_silu))  # temb arrives already through SiLU
-        h = self.conv2(self.norm2(h, silu=True))
+        h = self.conv2(self.norm2(h, act="silu"))
         y = b.add(self.conv_shortcut(x) if self.conv_shortcut else x, h)
         return b.mul(y, 1.0 / self.out_scale) if self.out_scale != 1 else y
 
@@ -432,4 +432,4 @@ class UNet2DConditionModel:
             x = block(x, skips[-n:], temb, context)
             del skips[-n:]
         # 6. post-process
-        return self.conv_out(self.conv_norm_out(x, silu=True))
+        return self.conv_out(self.conv_norm_out(x, act="silu"))

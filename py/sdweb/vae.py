@@ -49,8 +49,8 @@ class ResnetBlock2D:
         self.conv_shortcut = Conv2d(cin, cout, 1, w.prefix("conv_shortcut"), b) if cin != cout else None
 
     def __call__(self, x):
-        h = self.conv1(self.norm1(x, silu=True))
-        h = self.conv2(self.norm2(h, silu=True))  # dropout is 0 at inference
+        h = self.conv1(self.norm1(x, act="silu"))
+        h = self.conv2(self.norm2(h, act="silu"))  # dropout is 0 at inference
         return self.b.add(self.conv_shortcut(x) if self.conv_shortcut else x, h)
 
 
@@ -170,7 +170,7 @@ class Encoder:
         for block in self.down_blocks:
             x = block(x)
         x = self.mid_block(x)
-        return self.conv_out(self.conv_norm_out(x, silu=True))
+        return self.conv_out(self.conv_norm_out(x, act="silu"))
 
 
 class Decoder:
@@ -193,7 +193,7 @@ class Decoder:
         x = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(self.conv_norm_out(x, silu=True))
+        return self.conv_out(self.conv_norm_out(x, act="silu"))
 
 
 class AutoencoderKL:

@@ -1,4 +1,5 @@
-"""The WebGPU backend: the functions of `backends/numpy.py`, run as WGSL kernels from `shaders/`.
+"""The WebGPU backend: the op list of `backends/contract.py` (the reference: `backends/numpy.py`), run
+as WGSL kernels from `shaders/`.
 
 Tensors are GPU buffer handles (`GPUTensor`); ops record dispatches through a device bridge
 (backends/bridges/: wgpu in CPython, the JS bridge in the browser, the counting bridge for plans) and
@@ -26,7 +27,7 @@ from .ops import matmul as _matmul
 from .ops import norm as _norm
 
 name = "webgpu"
-takes_weight_refs = True  # weight() accepts a lazy store's WeightRef (see pipeline.Pipeline.load)
+takes_weight_refs = True  # weight() takes a lazy store's WeightRef: its bytes go file -> GPU (upload.py)
 
 
 # --- tensors --------------------------------------------------------------------------------------
@@ -46,10 +47,10 @@ def numpy(x) -> np.ndarray:
     return context().read(x)
 
 
-def weight(w, name: str | None = None) -> GPUWeight:
+def weight(w) -> GPUWeight:
     """A weight as held by the store (f32, f16, or bf16 as uint16), or a lazy store's WeightRef ->
     a GPUWeight, uploaded now (upload.py)."""
-    return upload.weight(context(), w, name)
+    return upload.weight(context(), w)
 
 
 def check_weights(store) -> None:
@@ -64,14 +65,14 @@ def shape(x) -> tuple:
 # --- linear algebra (ops/matmul.py, ops/conv2d.py, ops/attention.py) -------------------------------
 
 
-def linear(x, w, b=None, act: str | None = None):
-    """x: (..., Din), w: (Dout, Din), b: (Dout,) -> (..., Dout), optional fused activation."""
-    return _matmul.linear(context(), x, w, b, act)
+def linear(x, weight, bias=None, act: str | None = None):
+    """x: (..., Din), weight: (Dout, Din), bias: (Dout,) -> (..., Dout), optional fused activation."""
+    return _matmul.linear(context(), x, weight, bias, act)
 
 
-def conv2d(x, w, b=None, stride: int = 1, padding: int = 0, residual=None):
-    """x: (N, Cin, H, W), w: (Cout, Cin, kh, kw) -> (N, Cout, Ho, Wo), plus `residual` when given."""
-    return _conv2d.conv2d(context(), x, w, b, stride, padding, residual)
+def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None):
+    """x: (N, Cin, H, W), weight: (Cout, Cin, k, k) -> (N, Cout, Ho, Wo), plus `residual` when given."""
+    return _conv2d.conv2d(context(), x, weight, bias, stride, padding, residual)
 
 
 def attention(q, k, v, heads: int, causal: bool = False):
@@ -82,27 +83,27 @@ def attention(q, k, v, heads: int, causal: bool = False):
 # --- normalisation (ops/norm.py) ------------------------------------------------------------------
 
 
-def group_norm(x, groups: int, gamma, beta, eps: float, silu: bool = False):
-    """x: (N, C, *spatial) -> same shape; optional fused SiLU after the affine."""
-    return _norm.group_norm(context(), x, groups, gamma, beta, eps, silu)
+def group_norm(x, groups: int, weight, bias, eps: float, act: str | None = None):
+    """x: (N, C, *spatial) -> same shape; optional fused activation after the affine."""
+    return _norm.group_norm(context(), x, groups, weight, bias, eps, act)
 
 
-def layer_norm(x, gamma, beta, eps: float):
+def layer_norm(x, weight, bias, eps: float):
     """x: (..., D) normalised over D."""
-    return _norm.layer_norm(context(), x, gamma, beta, eps)
+    return _norm.layer_norm(context(), x, weight, bias, eps)
 
 
 # --- elementwise and layout (ops/elementwise.py) --------------------------------------------------
 
 
-def add(a, b):
+def add(x, y):
     """Same-shape add."""
-    return _elementwise.add(context(), a, b)
+    return _elementwise.add(context(), x, y)
 
 
-def mul(a, s: float):
+def mul(x, s: float):
     """Scale by a Python float."""
-    return _elementwise.mul(context(), a, s)
+    return _elementwise.mul(context(), x, s)
 
 
 def add_channel(x, v):

@@ -14,15 +14,15 @@ from .common import check_tensor, flat_groups
 _SHADER = "elementwise"
 
 
-def add(ctx, a, b):
-    """a + b, same shapes."""
-    check_tensor(a, "add", "a")
-    check_tensor(b, "add", "b")
-    if a.shape != b.shape:
-        raise SdwebError(f"webgpu add: shapes {a.shape} and {b.shape} differ (same-shape add only)")
-    y = ctx.empty(a.shape)
-    ctx.run(_SHADER, "add", [a, b, y], [("u32", a.size)], flat_groups(ctx, a.size))
-    return y
+def add(ctx, x, y):
+    """x + y, same shapes."""
+    check_tensor(x, "add", "x")
+    check_tensor(y, "add", "y")
+    if x.shape != y.shape:
+        raise SdwebError(f"webgpu add: shapes {x.shape} and {y.shape} differ (same-shape add only)")
+    out = ctx.empty(x.shape)
+    ctx.run(_SHADER, "add", [x, y, out], [("u32", x.size)], flat_groups(ctx, x.size))
+    return out
 
 
 def mul(ctx, x, s: float):
@@ -96,11 +96,11 @@ def concat(ctx, xs, axis: int = 1):
     return y
 
 
-def _transpose(ctx, x, b: int, r: int, c: int, out_shape):
-    """x viewed as (b, r, c) -> (b, c, r), returned with out_shape."""
+def _transpose(ctx, x, batch: int, r: int, c: int, out_shape):
+    """x viewed as (batch, r, c) -> (batch, c, r), returned with out_shape."""
     y = ctx.empty(out_shape)
-    groups = (-(-c // 16), -(-r // 16), b)
-    ctx.run(_SHADER, "transpose_tiles", [x, y], [("u32", b), ("u32", r), ("u32", c)], groups)
+    groups = (-(-c // 16), -(-r // 16), batch)
+    ctx.run(_SHADER, "transpose_tiles", [x, y], [("u32", batch), ("u32", r), ("u32", c)], groups)
     return y
 
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 import math
 
 from ....errors import SdwebError
-from .common import check_tensor, w_dtype
+from .common import act_constant, check_tensor, w_dtype
 
-ACTS = {None: 0, "silu": 1, "gelu": 2, "quick_gelu": 3, "geglu": 4}
 # A kernel: (shader, entry, outputs per invocation along rows and along columns); workgroups are 16x16.
 TILED = ("matmul", "matmul_tiled", 4)
 VEC4 = ("matmul", "matmul_vec4", 4)
@@ -31,8 +30,7 @@ def linear(ctx, x, weight, bias=None, act: str | None = None, kernel: tuple | No
     (..., 2F) -> (..., F) = first half * gelu(second half), computed in the GEMM's epilogue so the
     2F-wide product is never stored. `kernel` overrides pick(Din) (the benchmark's ladder)."""
     check_tensor(x, "linear")
-    if act not in ACTS:
-        raise SdwebError(f"linear activation {act!r} is not one of {', '.join(map(str, ACTS))}")
+    act_code = act_constant("linear", act, geglu=True)
     Dout, Din = weight.shape
     if x.shape[-1] != Din:
         raise SdwebError(f"linear input {tuple(x.shape)} does not match weight (Dout, Din) = {tuple(weight.shape)}")
@@ -56,7 +54,7 @@ def linear(ctx, x, weight, bias=None, act: str | None = None, kernel: tuple | No
         [x, weight, bias if bias is not None else ctx.dummy(dt), y],
         [("u32", M), ("u32", N), ("u32", Din)],
         (math.ceil(N / tn), math.ceil(M / tm), 1),
-        constants={"ACT": f"{ACTS[act]}u", "HAS_BIAS": str(bias is not None).lower(),
+        constants={"ACT": act_code, "HAS_BIAS": str(bias is not None).lower(),
                    "VEC_TM": f"{vec}u", "VEC_TN": f"{vec}u"},
         w_dtype=dt,
     )
