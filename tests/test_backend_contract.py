@@ -44,6 +44,15 @@ def test_backend_defines_exactly_the_contract(backend):
     assert backend.name in ("numpy", "webgpu") and isinstance(backend.takes_weight_refs, bool)
 
 
+def test_model_code_calls_only_contract_ops():
+    """No model module calls a backend function the contract does not list."""
+    called = set()
+    for name in ("nn", "resnet", "clip", "unet", "vae", "pipeline"):
+        src = (ROOT / "py" / "sdweb" / f"{name}.py").read_text()
+        called |= set(re.findall(r"\bbackend\.([a-z_0-9]+)\(", src))
+    assert {"linear", "conv2d", "attention", "numpy"} <= called <= set(contract.OPS), called - set(contract.OPS)
+
+
 def test_a_bad_activation_is_one_clear_error():
     x, w = np.ones((2, 4), np.float32), np.ones((3, 4), np.float32)
     with pytest.raises(SdwebError, match=r"^linear: activation 'relu' is not one of None, silu, gelu, "

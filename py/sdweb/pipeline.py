@@ -160,14 +160,13 @@ class Pipeline:
         and how many prompt tokens were dropped by truncation."""
         te = self.load("text_encoder")
         ids, dropped = self.tokenizer.encode(prompt, return_truncated=True)
-        b = self.backend
         cond = te(np.asarray([ids] * num_images, dtype=np.int64), clip_skip)
         if not cfg:
             return cond, dropped
         neg = self.tokenizer.encode(negative_prompt or "")
         # diffusers applies clip_skip to the prompt only, never to the negative prompt
         uncond = te(np.asarray([neg] * num_images, dtype=np.int64))
-        return b.concat([uncond, cond], axis=0), dropped
+        return self.backend.concat([uncond, cond], axis=0), dropped
 
     def initial_latents(self, seed: int, num_images: int, height: int, width: int, init_noise_sigma: float):
         """The noise contract: one PCG64 generator per image, seeded seed + k."""
@@ -188,7 +187,7 @@ class Pipeline:
         height = self.default_size if height is None else height
         self.check(width=width, height=height, steps=steps, guidance=guidance, scheduler=scheduler,
                    num_images=num_images, clip_skip=clip_skip)
-        b = self.backend
+        backend = self.backend
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
 
@@ -234,7 +233,7 @@ class Pipeline:
         for i, t in enumerate(timesteps):
             xin = sched.scale_model_input(x, t)
             xin = np.concatenate([xin, xin]) if cfg else xin
-            eps = b.numpy(unet(b.tensor(xin), t, context))
+            eps = backend.numpy(unet(backend.tensor(xin), t, context))
             if cfg:
                 uncond, cond = np.split(eps, 2)
                 eps = uncond + np.float32(guidance) * (cond - uncond)
@@ -252,7 +251,7 @@ class Pipeline:
         shift = vae.config.get("shift_factor")
         if shift:
             z = z + np.float32(shift)
-        images = b.numpy(vae.decode(b.tensor(z)))
+        images = backend.numpy(vae.decode(backend.tensor(z)))
         timings["vae"] = time.perf_counter() - s
         self.release("vae")
         report("vae", 1, 1)
@@ -263,7 +262,7 @@ class Pipeline:
                       settings=dict(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                                     guidance=guidance, seed=seed, scheduler=scheduler, width=width,
                                     height=height, num_images=num_images, clip_skip=clip_skip,
-                                    precision=self.precision, backend=getattr(b, "name", "?")))
+                                    precision=self.precision, backend=backend.name))
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

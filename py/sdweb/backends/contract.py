@@ -1,4 +1,4 @@
-"""The backend contract: every op model code (clip.py, unet.py, vae.py, blocks.py, nn.py) and the
+"""The backend contract: every op model code (nn.py, resnet.py, clip.py, unet.py, vae.py) and the
 pipeline call, written once.
 
 A backend is a module: `backends/numpy.py`, the readable reference (plain float32 ndarrays), and
@@ -28,9 +28,9 @@ GEGLU = "geglu"
 
 # Ops the text-to-image pipeline does not call, and the model code that does.
 NOT_IN_TEXT_TO_IMAGE = {
-    "pad2d": "vae.Downsample2D in the VAE encoder (AutoencoderKL.encode: an image in, for img2img)",
-    "slice_tokens": "CLIPTextModel.pooled (transformers' pooler_output)",
-    "mul": "blocks.ResnetBlock2D with output_scale_factor != 1 (a UNet's mid_block_scale_factor)",
+    "pad2d": "resnet.Downsample2D with padding 0, the VAE encoder's (AutoencoderKL.encode: an image in)",
+    "slice_tokens": "clip.CLIPTextModel.pooled (transformers' pooler_output)",
+    "mul": "resnet.ResnetBlock2D with output_scale_factor != 1 (a UNet's mid_block_scale_factor)",
 }
 
 
