@@ -216,8 +216,6 @@ def generate(pipe, settings: dict, *, progress=None, cancel=None, preview_every:
     scheduler = settings.get("scheduler") or pipe.default_scheduler
     width = int(settings.get("width") or pipe.default_size)
     height = int(settings.get("height") or pipe.default_size)
-    b = pipe.backend
-
     def on_progress(p):
         if progress is None:
             return
@@ -228,8 +226,7 @@ def generate(pipe, settings: dict, *, progress=None, cancel=None, preview_every:
             ev["timestep"] = p.timestep
         if (p.stage == "unet" and p.step and preview_every and p.latents is not None
                 and (p.step % preview_every == 0) and p.step != p.total):
-            lat = b.numpy(p.latents)
-            ev["preview"] = png_bytes(latents_to_rgb(lat[0]))
+            ev["preview"] = png_bytes(latents_to_rgb(p.latents[0]))
         progress(ev)
 
     t0 = time.perf_counter()

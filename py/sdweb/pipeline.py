@@ -46,15 +46,17 @@ _DEFAULT_SCHEDULER = {
 @dataclasses.dataclass
 class Progress:
     """What the progress callback receives. `stage` is one of load, text_encoder, unet, vae;
-    `step`/`total` count within the stage; for unet steps `timestep` and `latents` (a backend
-    tensor: call `pipeline.backend.numpy` on it only when you need it, it is a readback on a GPU)."""
+    `step`/`total` count within the stage; `component` the one a load stage loads. After each UNet
+    step, `timestep` and `latents`: the latents after that step, a host float32 ndarray
+    (N, C, h, w) (the scheduler runs on the host, so on any backend this costs no readback; the
+    callback must not modify it)."""
 
     stage: str
     step: int
     total: int
     elapsed: float
     timestep: float | None = None
-    latents: object = None
+    latents: np.ndarray | None = None
     component: str | None = None
 
 
