@@ -75,7 +75,7 @@ def test_plan_depends_on_shapes_only(sd2_tiny, adapter):
 
 def test_second_step_reuses_buffers_and_bind_groups(sd1_tiny):
     """The pool hands the second UNet step the first step's buffers, so the real bridge's bind-group
-    cache would serve it whole (webgpu.py's claim)."""
+    cache would serve it whole (webgpu/device.py's claim)."""
     bridge = CountingBridge()
     marks = []
     with counting(bridge) as ctx:

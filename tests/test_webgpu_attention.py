@@ -1,4 +1,4 @@
-"""shaders/attention.wgsl (through gpu_ops/attention.py) against backends/numpy.py `attention` and a
+"""shaders/attention.wgsl (through webgpu/ops/attention.py) against backends/numpy.py `attention` and a
 float64 softmax written out here, on lavapipe or whatever adapter wgpu finds.
 
 Shapes cover token counts that are not multiples of the 32-query / 32-key tiles, every head dim the

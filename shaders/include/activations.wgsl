@@ -46,9 +46,9 @@ fn geglu(value: f32, gate: f32) -> f32 {
 // keeps only the chosen branch.
 fn activate(v: f32) -> f32 {
     switch ACT_KIND {
-        case 1u: { return silu(v); }
-        case 2u: { return gelu(v); }
-        case 3u: { return quick_gelu(v); }
+        case ACT_SILU: { return silu(v); }
+        case ACT_GELU: { return gelu(v); }
+        case ACT_QUICK_GELU: { return quick_gelu(v); }
         default: { return v; }
     }
 }
