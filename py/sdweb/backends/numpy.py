@@ -95,12 +95,12 @@ def linear(x, weight, bias=None, act: str | None = None):
     y = np.matmul(x.reshape(-1, Din), w.T)  # one GEMM over every token of every image
     if bias is None and act is None:
         return y.reshape(*x.shape[:-1], Dout)
-    b = None if bias is None else _f32(bias)
+    bias = None if bias is None else _f32(bias)
     out = np.empty((y.shape[0], Dout // 2), np.float32) if act == "geglu" else y
     for r, _ in _blocks(*y.shape):  # bias and activation while the GEMM's rows are in cache
         yr = y[r]
-        if b is not None:
-            yr += b
+        if bias is not None:
+            yr += bias
         if act == "geglu":
             _geglu(yr, out[r])
         elif act:
@@ -227,15 +227,15 @@ def layer_norm(x, weight, bias, eps: float):
     D = x.shape[-1]
     x2 = x.reshape(-1, D)
     y = np.empty(x2.shape, np.float32)
-    g, b = _f32(weight), _f32(bias)
+    weight, bias = _f32(weight), _f32(bias)
     for r, _ in _blocks(*x2.shape):
         yb = y[r]
         np.subtract(x2[r], x2[r].mean(axis=1, keepdims=True), out=yb)
         var = np.square(yb).mean(axis=1, keepdims=True)
         var += np.float32(eps)
         yb /= np.sqrt(var)
-        yb *= g
-        yb += b
+        yb *= weight
+        yb += bias
     return y.reshape(x.shape)
 
 

@@ -46,7 +46,7 @@ class BindGroupCache:
 
     def add(self, key: tuple, group):
         self._groups[key] = group
-        for bid in {b[0] for b in key[1]}:
+        for bid in {buf[0] for buf in key[1]}:
             self._of.setdefault(bid, []).append(key)
         return group
 

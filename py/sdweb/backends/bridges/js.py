@@ -74,7 +74,7 @@ class JsDeviceBridge:
             if self._groups.full:
                 self.submit()  # recorded dispatches use the groups about to go
                 self._js.drop_groups(_js_list(self._groups.clear()))
-            flat = [int(v) for b in buffers for v in b]
+            flat = [int(v) for buf in buffers for v in buf]
             gid = self._groups.add(key, int(self._js.bind_group(pipeline_id, _js_list(flat), key[2])))
         x, y, z = groups
         self._js.dispatch(pipeline_id, gid, int(x), int(y), int(z))

@@ -168,12 +168,12 @@ class WgpuBridge:
 
     def _uniform_slot(self, uniform: bytes):
         """(arena buffer, offset) of a fresh slot holding `uniform`, written at the next submit."""
-        b, offset = self._arena.slot(len(uniform))
-        if b == len(self._blocks):
+        block, offset = self._arena.slot(len(uniform))
+        if block == len(self._blocks):
             u = wgpu.BufferUsage
             buf = self.device.create_buffer(size=UniformArena.BLOCK_BYTES, usage=u.UNIFORM | u.COPY_DST)
             self._blocks.append([buf, bytearray(), 0])
-        arena, data, _ = self._blocks[b]
+        arena, data, _ = self._blocks[block]
         data.extend(bytes(offset - len(data)))
         data.extend(uniform)
         return arena, offset

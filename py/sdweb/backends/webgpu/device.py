@@ -297,18 +297,18 @@ class Context:
     def run(self, shader, entry: str, buffers, params, groups, constants=None, w_dtype=None):
         pid = self.pipeline(shader, entry, constants, w_dtype)
         dt = w_dtype or "f32"
-        for b in buffers:
-            if isinstance(b, GPUWeight) and b.dtype != dt:
-                raise SdwebError(f"{shader}.{entry}: a {b.dtype} weight bound where {dt} weights were "
-                                 f"compiled for (pass w_dtype={b.dtype!r})")
+        for t in buffers:
+            if isinstance(t, GPUWeight) and t.dtype != dt:
+                raise SdwebError(f"{shader}.{entry}: a {t.dtype} weight bound where {dt} weights were "
+                                 f"compiled for (pass w_dtype={t.dtype!r})")
         if any(g > self.max_groups for g in groups):
             raise SdwebError(f"{shader}.{entry}: dispatch {tuple(groups)} exceeds "
                              f"maxComputeWorkgroupsPerDimension {self.max_groups}; fold it (ctx.grid)")
-        if min(groups) <= 0 or any(b.nbytes == 0 for b in buffers):
+        if min(groups) <= 0 or any(t.nbytes == 0 for t in buffers):
             return  # nothing to do (an empty tensor)
-        uniform = b"".join(struct.pack("<" + {"u32": "I", "i32": "i", "f32": "f"}[t], v) for t, v in params)
+        uniform = b"".join(struct.pack("<" + {"u32": "I", "i32": "i", "f32": "f"}[kind], v) for kind, v in params)
         uniform += bytes(-len(uniform) % 16 if uniform else 16)  # padded to 16 bytes, never empty
-        self.bridge.dispatch(pid, [(b.buffer, b.offset, b.nbytes) for b in buffers], uniform, tuple(groups))
+        self.bridge.dispatch(pid, [(t.buffer, t.offset, t.nbytes) for t in buffers], uniform, tuple(groups))
         self.dispatches += 1
         self._pending += 1
         if self._pending >= SUBMIT_EVERY:
