@@ -177,7 +177,6 @@ class FeedForward:
 
     def __init__(self, dim, w, backend):
         inner = 4 * dim
-        self.backend = backend
         self.proj = Linear(dim, 2 * inner, w.prefix("net.0.proj"), backend)
         self.out = Linear(inner, dim, w.prefix("net.2"), backend)
 

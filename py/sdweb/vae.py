@@ -115,7 +115,6 @@ class Encoder:
 
     def __init__(self, cfg: dict, w, backend):
         chans, groups, n = cfg["block_out_channels"], cfg["norm_num_groups"], cfg["layers_per_block"]
-        self.backend = backend
         self.conv_in = Conv2d(cfg["in_channels"], chans[0], 3, w.prefix("conv_in"), backend, padding=1)
         self.down_blocks = [
             DownEncoderBlock2D(chans[max(i - 1, 0)], c, n, groups, i < len(chans) - 1,
@@ -181,7 +180,7 @@ class AutoencoderKL:
         if bad:
             raise ModelError(f"vae config block_out_channels {bad} are not multiples of "
                              f"norm_num_groups {cfg['norm_num_groups']}")
-        self.config, self.backend = cfg, backend
+        self.config = cfg
         self.scale_factor = 2 ** (nblocks - 1)
         self.scaling_factor = float(cfg["scaling_factor"])
         self.latent_channels = lc = cfg["latent_channels"]
