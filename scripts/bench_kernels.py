@@ -7,7 +7,8 @@ as a markdown table.
 
 Rows are the cases in CASES (add a row: append a Case; `make` returns the GPU and NumPy closures):
   matmul ladder   linear (2*4096, 320) x (320 -> 1280), the 64x64 level's feed-forward size with CFG,
-                  through each kernel version of shaders/matmul.wgsl (v0 naive ... v4 8x8 vec4)
+                  through each rung of the kernel ladder (matmul_ladder.py beside this script: v0
+                  naive ... v4 8x8 vec4; v2 and v3 are the two kernels production picks from)
   linear          the default kernel on the UNet's other linear shapes (fused GEGLU, attention
                   projections, cross-attention over 77 tokens) and with f16 weights
   conv2d          3x3 convs of the UNet's three resolutions with CFG (320 @ 64x64, 640 @ 32x32,
@@ -23,7 +24,7 @@ Vulkan); the table's shape column says what ran.
 
 --memory times nothing on a GPU: it runs SD 1.5 (random weights, weights/_bench/sd15-random, built by
 make_test_models.py --full-size when missing) through sdweb.pipeline at 512x512, CFG 7.5, 2 DDIM steps,
-in fp32 / fp16 / bf16, on the WebGPU backend over backends/counting_bridge.py (no device: buffers are
+in fp32 / fp16 / bf16, on the WebGPU backend over backends/bridges/counting.py (no device: buffers are
 byte counts), and prints the peak GPU bytes per stage (weights vs activations), the dispatches,
 pipelines and host (Python) time of a UNet step, and whether the fp16 run fits other adapters' limits.
 
@@ -53,7 +54,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "py"))
 
+import matmul_ladder  # noqa: E402  (beside this script)
 from sdweb.backends import numpy as nb  # noqa: E402
+from sdweb.errors import SdwebError  # noqa: E402
 from sdweb.weights import WeightStore, f32_to_bf16  # noqa: E402
 
 
@@ -75,21 +78,24 @@ def _held(a: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def _linear_case(op, name, M, Din, Dout, act=None, dtype="f32", version=None, M_small=None):
-    """y = linear(x (M, Din), w (Dout, Din), b) [act]; M_small replaces M under --small."""
+    """y = linear(x (M, Din), w (Dout, Din), b) [act], by production's kernel or the ladder's rung
+    `version`; M_small replaces M under --small."""
 
     def m(small):
         return M_small if small and M_small else M
 
     def make(ctx, small):
         from sdweb.backends import webgpu
-        from sdweb.backends.gpu_ops import matmul
+        from sdweb.backends.webgpu.ops import matmul
 
         rng = np.random.default_rng(0)
         x = rng.standard_normal((m(small), Din), dtype=np.float32)
         w = _held((rng.standard_normal((Dout, Din), dtype=np.float32) / math.sqrt(Din)), dtype)
         b = _held(rng.standard_normal(Dout, dtype=np.float32), dtype)
         tx, tw, tb = ctx.upload(x), webgpu.weight(w), webgpu.weight(b)
-        return (lambda: matmul.linear(ctx, tx, tw, tb, act, version)), (lambda: nb.linear(x, w, b, act))
+        if version is None:
+            return (lambda: matmul.linear(ctx, tx, tw, tb, act)), (lambda: nb.linear(x, w, b, act))
+        return (lambda: matmul_ladder.linear(ctx, tx, tw, tb, act, version)), (lambda: nb.linear(x, w, b, act))
 
     out = f" -> {Dout // 2} geglu" if act == "geglu" else (f" {act}" if act else "")
     return Case(op, name, lambda s: f"({m(s)}, {Din}) x ({Dout}, {Din}) {dtype}{out}",
@@ -110,7 +116,7 @@ def _conv_case(name, N, Cin, HW, Cout, k, stride=1, dtype="f32", residual=False,
 
     def make(ctx, s):
         from sdweb.backends import webgpu
-        from sdweb.backends.gpu_ops import conv2d
+        from sdweb.backends.webgpu.ops import conv2d
 
         n, hw = dims(s)
         rng = np.random.default_rng(0)
@@ -147,7 +153,7 @@ def _attention_case(name, N, Lq, Lk, heads, d, causal=False, small=None):
         return small if s and small else (Lq, Lk)
 
     def make(ctx, s):
-        from sdweb.backends.gpu_ops import attention
+        from sdweb.backends.webgpu.ops import attention
 
         lq, lk = dims(s)
         rng = np.random.default_rng(0)
@@ -236,13 +242,13 @@ class FlopCounter:
     def __getattr__(self, name):
         return getattr(nb, name)
 
-    def linear(self, x, w, b=None, act=None):
-        self.flop += 2 * (x.size // x.shape[-1]) * w.shape[0] * w.shape[1]
-        return nb.linear(x, w, b, act)
+    def linear(self, x, weight, bias=None, act=None):
+        self.flop += 2 * (x.size // x.shape[-1]) * weight.shape[0] * weight.shape[1]
+        return nb.linear(x, weight, bias, act)
 
-    def conv2d(self, x, w, b=None, stride=1, padding=0):
-        y = nb.conv2d(x, w, b, stride, padding)
-        self.flop += 2 * y.size * math.prod(w.shape[1:])
+    def conv2d(self, x, weight, bias=None, stride=1, padding=0, residual=None):
+        y = nb.conv2d(x, weight, bias, stride, padding, residual)
+        self.flop += 2 * y.size * math.prod(weight.shape[1:])
         return y
 
     def attention(self, q, k, v, heads, causal=False):
@@ -345,7 +351,7 @@ def memory_run(model: Path, precision: str, adapter="desktop", size: int = 512, 
     weights' part of that peak; the whole run's peak (the context's and the bridge's); per UNet step
     the dispatches, bind-group misses, submits, host time and dispatches by shader entry."""
     from sdweb.backends import webgpu
-    from sdweb.backends.counting_bridge import CountingBridge, counting
+    from sdweb.backends.bridges.counting import CountingBridge, counting
     from sdweb.model import ModelFolder
     from sdweb.pipeline import Pipeline
 
@@ -379,7 +385,7 @@ def memory_run(model: Path, precision: str, adapter="desktop", size: int = 512, 
         try:
             pipe.generate(PROMPT, steps=steps, guidance=7.5, scheduler="ddim", width=size, height=size,
                           seed=0, progress=progress)
-        except webgpu.SdwebError as e:  # GPULimitError: the model does not fit these limits
+        except SdwebError as e:  # GPULimitError: the model does not fit these limits
             return dict(precision=precision, adapter=adapter, error=str(e))
         close()
         return dict(precision=precision, adapter=adapter, stages=stages, steps=steps_,
@@ -418,7 +424,7 @@ def memory_markdown(runs: list[dict], limit_runs: list[dict]) -> str:
     if limit_runs:
         out += ["", f"{limit_runs[0]['precision']} run on other adapters' limits:", "",
                 "| adapter limits | maxStorageBufferBindingSize | maxBufferSize | result |", "|---|--:|--:|---|"]
-        from sdweb.backends.counting_bridge import ADAPTERS
+        from sdweb.backends.bridges.counting import ADAPTERS
         for r in limit_runs:
             lim = ADAPTERS[r["adapter"]]
             res = f"runs, peak {_mib(r['peak'])} MiB" if "error" not in r else f"fails: {r['error']}"

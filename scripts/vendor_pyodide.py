@@ -196,8 +196,9 @@ def _sources_stamp() -> str:
 
 
 def _shaders() -> list[Path]:
-    """The WGSL files, which the wheel carries (py/sdweb/shaders links to shaders/)."""
-    return sorted((ROOT / "shaders").glob("*.wgsl"))
+    """The WGSL files and the pieces they include, which the wheel carries (py/sdweb/shaders links
+    to shaders/)."""
+    return sorted((ROOT / "shaders").rglob("*.wgsl"))
 
 
 def build_sdweb_wheel(force: bool = False):

@@ -1,5 +1,5 @@
 // attention.wgsl: fused multi-head attention, flash-style (online softmax over key tiles).
-// Mirrors backends/numpy.py `attention`; host side in py/sdweb/backends/gpu_ops/attention.py.
+// Mirrors backends/numpy.py `attention`; host side in py/sdweb/backends/webgpu/ops/attention.py.
 //
 //   out[n, i, h*d + c] = sum_j softmax_j(q[n, i, h*d:] . k[n, j, h*d:] / sqrt(d)) v[n, j, h*d + c]
 //   with key j hidden from query i when causal and j > i (CLIP's text encoder).

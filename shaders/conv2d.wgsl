@@ -1,6 +1,6 @@
 // conv2d.wgsl: 2-D convolution as an implicit GEMM (no im2col buffer), with bias and an optional
-// fused residual add; the convs of the UNet and the VAE. Host side: py/sdweb/backends/gpu_ops/conv2d.py;
-// reference: backends/numpy.py `conv2d`.
+// fused residual add; the convs of the UNet and the VAE. Host side:
+// py/sdweb/backends/webgpu/ops/conv2d.py; reference: backends/numpy.py `conv2d`.
 //
 // Shapes: X (N, C, H, W) f32 NCHW; Wt (Co, C, KH, KW) of dtype W_TYPE (f32 | f16 | bf16, accumulated
 // in f32); Y (N, Co, Ho, Wo) f32 with Ho = (H + 2 pad - KH) / stride + 1 (Wo alike); optional bias

@@ -1,6 +1,6 @@
 // convert.wgsl: weight dtype conversion on the GPU, for weights uploaded straight from their file in
 // one dtype and held in another (an f32 checkpoint held fp16 or bf16; an fp16 one held fp32 ...).
-// Host: py/sdweb/backends/webgpu.py (`_upload_converted`). Reference: py/sdweb/weights.py
+// Host: py/sdweb/backends/webgpu/ops/convert.py (called by upload.py). Reference: py/sdweb/weights.py
 // (`_to_held`: numpy's float32 -> float16 and torch's float32 -> bfloat16, both round to nearest
 // even; widening is exact).
 //
@@ -10,7 +10,7 @@
 //                                      elements, packed alike, written from word out_offset on
 //   @workgroup_size(256), one destination u32 per invocation: words = n for DST f32, ceil(n / 2)
 //   for a 16-bit DST (an odd n leaves the last word's high half zero). A 1-D grid of
-//   G = ceil(words / 256) workgroups folded into (x, y) = (min(G, 65535), ceil(G / 65535)).
+//   G = ceil(words / 256) workgroups folded into (x, y) (include/grid.wgsl).
 //
 // Constants: SRC, DST = 0 (f32) | 1 (f16) | 2 (bf16), SRC != DST.
 // @defaults SRC=0 DST=1
@@ -19,7 +19,8 @@
 // and the flushing of f16 subnormals to the implementation, and the held weights must equal the
 // host path's bit for bit. NaNs stay NaNs (bf16: the quiet NaN 0x7FC0, as torch makes it).
 
-const WG: u32 = 256u;
+#include "include/grid.wgsl"
+
 const SRC_KIND: u32 = SRC;
 const DST_KIND: u32 = DST;
 
@@ -117,7 +118,7 @@ fn store_half(bits: u32) -> u32 {
 @compute @workgroup_size(256)
 fn convert(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
            @builtin(local_invocation_id) lid: vec3u) {
-    let w = (wid.x + wid.y * nwg.x) * WG + lid.x;
+    let w = flat_index(wid, nwg, lid);
     if (DST_KIND == 0u) {
         if (w >= p.n) { return; }
         dst[p.out_offset + w] = load_bits(w);

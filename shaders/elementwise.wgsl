@@ -1,14 +1,12 @@
-// elementwise.wgsl: activations, add/mul, layout ops (upsample, pad, concat/split, transposes) and
-// gathers (embedding rows, one token per row). Host: py/sdweb/backends/gpu_ops/elementwise.py.
+// elementwise.wgsl: add/mul, layout ops (upsample, pad, concat, transposes) and gathers (embedding
+// rows, one token per row). Host: py/sdweb/backends/webgpu/ops/elementwise.py.
 // Reference: py/sdweb/backends/numpy.py (same op names).
 //
 // Flat entries (@workgroup_size(256), one output element per invocation): a 1-D grid of
-// G = ceil(n / 256) workgroups folded into (x, y) = (min(G, 65535), ceil(G / 65535)); element
-// i = (wid.x + wid.y * nwg.x) * 256 + lid.x, skipped when i >= n.
+// G = ceil(n / 256) workgroups folded into (x, y) (include/grid.wgsl); element i = flat_index(..),
+// skipped when i >= n.
 //
 //   entry        uniform (in order)                              bindings 1.. (last one written)
-//   unary        n                                               x, y                y = ACT(x)
-//   geglu        n = rows*F, f = F                               x (rows, 2F), y (rows, F)
 //   add          n                                               a, b, y             y = a + b
 //   mul          n, s: f32                                       x, y                y = x * s
 //   add_channel  n, hw                                           x (NC, hw), v (NC), y
@@ -22,67 +20,9 @@
 //   transpose_tiles b, r, c                                        x (b, r, c), y (b, c, r)
 //                @workgroup_size(16, 16); groups (ceil(c / 16), ceil(r / 16), b)
 //
-// Constants: ACT (unary) = silu | gelu | quick_gelu, a function name below.
-// @defaults ACT=silu
-// Weight dtype (gather's table): W_TYPE / W_LOAD per docs/architecture.md; f32 for activations.
+// Weight dtype (gather's table): W_TYPE / W_LOAD (shaders.py); f32 for activations.
 
-const WG: u32 = 256u;
-
-fn flat_index(wid: vec3u, nwg: vec3u, lid: vec3u) -> u32 {
-    return (wid.x + wid.y * nwg.x) * WG + lid.x;
-}
-
-// --- activations (numpy.py's formulas) ---
-
-fn silu(v: f32) -> f32 {
-    return v / (1.0 + exp(-v));
-}
-
-fn quick_gelu(v: f32) -> f32 {
-    return v / (1.0 + exp(-1.702 * v));
-}
-
-// GELU(v) = max(v, 0) - |v| * Phi(-|v|), Phi(-z) = erfc(z / sqrt 2) / 2 by Abramowitz & Stegun
-// 7.1.26 (error <= 1.5e-7), coefficients pre-halved; exp underflows to 0 for large |v|.
-fn gelu(v: f32) -> f32 {
-    let a = abs(v);
-    let t = 1.0 / (1.0 + 0.23164189 * a);  // 0.3275911 / sqrt(2)
-    let poly = t * (0.127414796 + t * (-0.142248368 + t * (0.7107068705 + t * (-0.7265760135
-               + t * 0.5307027145))));
-    return max(v, 0.0) - a * poly * exp(-0.5 * a * a);
-}
-
-// --- unary: y = ACT(x) ---
-
-struct UnaryParams { n: u32 }
-@group(0) @binding(0) var<uniform> pu: UnaryParams;
-@group(0) @binding(1) var<storage, read> ux: array<f32>;
-@group(0) @binding(2) var<storage, read_write> uy: array<f32>;
-
-@compute @workgroup_size(256)
-fn unary(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-         @builtin(local_invocation_id) lid: vec3u) {
-    let i = flat_index(wid, nwg, lid);
-    if (i >= pu.n) { return; }
-    uy[i] = ACT(ux[i]);
-}
-
-// --- geglu: (rows, 2F) -> (rows, F) = first half * gelu(second half) ---
-
-struct GegluParams { n: u32, f: u32 }
-@group(0) @binding(0) var<uniform> pg: GegluParams;
-@group(0) @binding(1) var<storage, read> gx: array<f32>;
-@group(0) @binding(2) var<storage, read_write> gy: array<f32>;
-
-@compute @workgroup_size(256)
-fn geglu(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-         @builtin(local_invocation_id) lid: vec3u) {
-    let i = flat_index(wid, nwg, lid);
-    if (i >= pg.n) { return; }
-    let r = i / pg.f;
-    let src = i + r * pg.f;  // r * 2F + c
-    gy[i] = gx[src] * gelu(gx[src + pg.f]);
-}
+#include "include/grid.wgsl"
 
 // --- add: y = a + b ---
 
@@ -177,7 +117,7 @@ fn pad2d(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     py[i] = v;
 }
 
-// --- copy_rows: a block of rows into (or out of) a wider row: concat and split ---
+// --- copy_rows: a block of rows into a wider row: concat ---
 
 struct CopyParams { n: u32, inner: u32, dst_stride: u32, dst_off: u32, src_stride: u32, src_off: u32 }
 @group(0) @binding(0) var<uniform> pcp: CopyParams;

@@ -1,11 +1,10 @@
-// matmul.wgsl: Y = X . W^T (+ bias) (+ fused activation), batched; the linear layers of CLIP, the
-// UNet and the VAE. Host side: py/sdweb/backends/gpu_ops/matmul.py; reference: backends/numpy.py
-// `linear`.
+// matmul.wgsl: Y = X . W^T (+ bias) (+ fused activation): the linear layers of CLIP, the UNet and
+// the VAE. Host side: py/sdweb/backends/webgpu/ops/matmul.py; reference: backends/numpy.py `linear`.
 //
-// Shapes (per batch index z = workgroup_id.z, each operand offset by z * its batch stride):
-//   X (M, K) f32, row-major
-//   W (N, K) row-major, as a linear layer's weight (W_KN = false), or (K, N) (W_KN = true, a plain
-//     right-hand matrix); dtype f32, f16 or bf16 through W_TYPE / W_LOAD, always accumulated in f32
+// Shapes:
+//   X (M, K) f32, row-major (a linear layer's batch and token axes folded into M)
+//   W (N, K) row-major, a linear layer's weight; dtype f32, f16 or bf16 through W_TYPE / W_LOAD,
+//     always accumulated in f32
 //   Y (M, N) f32; with ACT = geglu, W and bias have 2N rows and Y = value * gelu(gate), value from
 //     rows [0, N) and gate from rows [N, 2N) (diffusers' GEGLU), so the 2N-wide product never lands
 //     in memory
@@ -15,32 +14,26 @@
 //   dummy buffer when HAS_BIAS is false)   4 y: Y (read_write)
 //
 // Host constants (textual, substituted before compiling; the pipeline cache key):
-//   ACT       0u none, 1u silu, 2u gelu (erf), 3u quick_gelu, 4u geglu
+//   ACT       the fused activation, include/activations.wgsl's codes (geglu included)
 //   HAS_BIAS  true | false
-//   W_KN      false: W is (N, K); true: W is (K, N)
-//   VEC_TM, VEC_TN   outputs per invocation of matmul_vec4 (4u or 8u; any value for other entries)
-//   W_TYPE, W_LOAD   weight dtype (docs/architecture.md)
+//   VEC_TM, VEC_TN   outputs per invocation of matmul_vec4 (4u; the benchmark's ladder also runs 8u)
+//   W_TYPE, W_LOAD   weight dtype (shaders.py)
+// @defaults HAS_BIAS=false VEC_TM=4u VEC_TN=4u
 //
-// Entry points: the kernel ladder (gpu.cpp-style), selected by version number in gpu_ops/matmul.py,
-// each validated against NumPy by tests/test_webgpu_matmul.py and timed by scripts/bench_kernels.py.
-// All use workgroup (16, 16) and dispatch (ceil(N / BN), ceil(M / BM), batch) with BM x BN the
-// tile of Y per workgroup (under geglu a tile holds value and gate columns side by side, so BN is
-// half the tile's width):
-//   v0 matmul_v0    naive, one output per invocation                   BM = BN = 16
-//   v1 matmul_v1    16x16 workgroup-memory tiles, one output each      BM = BN = 16
-//   v2 matmul_v2    64x64 tiles, 4x4 outputs per invocation            BM = 64, BN = 64 (geglu 32)
-//   v3 matmul_vec4  v2 with vec4 loads and vec4 accumulators, 4x4      BM = 64, BN = 64 (geglu 32)
-//      (VEC_TM = VEC_TN = 4u); needs K % 4 == 0
-//   v4 matmul_vec4  8x8 outputs per invocation (VEC_TM = VEC_TN = 8u)  BM = 128, BN = 128 (geglu 64)
-// Every edge is bounds-checked: M, N, K need not be multiples of any tile.
+// Entry points, the two the host picks from (ops/matmul.py): matmul_vec4 where K % 4 == 0, else
+// matmul_tiled. Both use workgroup (16, 16) and dispatch (ceil(N / BN), ceil(M / BM), 1) with
+// BM x BN the tile of Y per workgroup (under geglu a tile holds value and gate columns side by side,
+// so BN is half the tile's width):
+//   matmul_tiled  64x64 tiles, 4x4 outputs per invocation           BM = 64, BN = 64 (geglu 32)
+//   matmul_vec4   the same with vec4 loads and vec4 accumulators     BM = BN = 16 VEC_TM (geglu 8 VEC_TN)
+// Every edge is bounds-checked: M, N, K need not be multiples of any tile. The kernel ladder these
+// were chosen from (naive, 16x16 tiles, 8x8 outputs per invocation) is scripts/matmul_ladder.wgsl,
+// which includes this file; scripts/bench_kernels.py times every rung.
 
 struct Params {
   M: u32,
   N: u32,          // columns of Y (geglu: half the rows of W)
   K: u32,
-  x_batch: u32,    // element strides between batch entries (0: shared by the batch)
-  w_batch: u32,
-  y_batch: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -50,103 +43,42 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<W_TYPE>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
-const act_kind: u32 = ACT;
-const has_bias: bool = HAS_BIAS;
-const w_kn: bool = W_KN;
-const GEGLU: u32 = 4u;
+#include "include/activations.wgsl"
 
-fn w_at(i: u32) -> f32 { return W_LOAD(w, i); }
+const has_bias: bool = HAS_BIAS;
+
 fn bias_at(i: u32) -> f32 { return W_LOAD(bias, i); }
 
-// W[n, k] of batch z, zero outside the matrix (rows: N, or 2N for geglu)
-fn w_get(z: u32, n: u32, k: u32) -> f32 {
-  let rows = select(p.N, 2u * p.N, act_kind == GEGLU);
+// W[n, k], zero outside the matrix (rows: N, or 2N for geglu)
+fn w_get(n: u32, k: u32) -> f32 {
+  let rows = select(p.N, 2u * p.N, ACT_KIND == ACT_GEGLU);
   if (n >= rows || k >= p.K) { return 0.0; }
-  let i = select(n * p.K + k, k * rows + n, w_kn);
-  return w_at(z * p.w_batch + i);
+  return W_LOAD(w, n * p.K + k);
 }
 
-fn x_get(z: u32, m: u32, k: u32) -> f32 {
+fn x_get(m: u32, k: u32) -> f32 {
   if (m >= p.M || k >= p.K) { return 0.0; }
-  return x[z * p.x_batch + m * p.K + k];
+  return x[m * p.K + k];
 }
-
-// Phi(-|v|) by Abramowitz & Stegun 7.1.26, as backends/numpy.py `_gelu`: error <= 1e-7 |v|
-fn gelu(v: f32) -> f32 {
-  let a = abs(v);
-  let t = 1.0 / (1.0 + 0.23164189 * a);  // 0.3275911 / sqrt(2)
-  let h = t * (0.127414796 + t * (-0.142248368 + t * (0.7107068705 + t * (-0.7265760135 + t * 0.5307027145))));
-  return max(v, 0.0) - a * h * exp(-0.5 * a * a);
-}
-
-// exp's argument is capped so a very negative v gives v / huge (about -0) instead of v / inf
-fn silu(v: f32) -> f32 { return v / (1.0 + exp(min(-v, 80.0))); }
-fn quick_gelu(v: f32) -> f32 { return v / (1.0 + exp(min(-1.702 * v, 80.0))); }
 
 // Y[m, n] from the accumulated value (and, for geglu, gate) sums: bias, then the activation
-fn store(z: u32, m: u32, n: u32, value: f32, gate: f32) {
+fn store(m: u32, n: u32, value: f32, gate: f32) {
   if (m >= p.M || n >= p.N) { return; }
   var v = value;
   var g = gate;
   if (has_bias) {
     v += bias_at(n);
-    if (act_kind == GEGLU) { g += bias_at(p.N + n); }
+    if (ACT_KIND == ACT_GEGLU) { g += bias_at(p.N + n); }
   }
-  if (act_kind == 1u) { v = silu(v); }
-  if (act_kind == 2u) { v = gelu(v); }
-  if (act_kind == 3u) { v = quick_gelu(v); }
-  if (act_kind == GEGLU) { v = v * gelu(g); }
-  y[z * p.y_batch + m * p.N + n] = v;
+  if (ACT_KIND == ACT_GEGLU) {
+    v = geglu(v, g);
+  } else {
+    v = activate(v);
+  }
+  y[m * p.N + n] = v;
 }
 
-// --- v0: naive --------------------------------------------------------------------------------
-
-@compute @workgroup_size(16, 16)
-fn matmul_v0(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let n = gid.x;
-  let m = gid.y;
-  let z = gid.z;
-  if (m >= p.M || n >= p.N) { return; }
-  var acc = 0.0;
-  var gate = 0.0;
-  for (var k = 0u; k < p.K; k++) {
-    let a = x_get(z, m, k);
-    acc += a * w_get(z, n, k);
-    if (act_kind == GEGLU) { gate += a * w_get(z, p.N + n, k); }
-  }
-  store(z, m, n, acc, gate);
-}
-
-// --- v1: 16x16 tiles through workgroup memory ---------------------------------------------------
-
-var<workgroup> t1_x: array<array<f32, 16>, 16>;  // [m][k]
-var<workgroup> t1_w: array<array<f32, 16>, 16>;  // [k][n]
-var<workgroup> t1_g: array<array<f32, 16>, 16>;  // [k][n], geglu's gate rows
-
-@compute @workgroup_size(16, 16)
-fn matmul_v1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  let z = wg.z;
-  let m0 = wg.y * 16u;
-  let n0 = wg.x * 16u;
-  var acc = 0.0;
-  var gate = 0.0;
-  for (var k0 = 0u; k0 < p.K; k0 += 16u) {
-    // lid.x runs along K for X and W (both K-contiguous in the usual layout): coalesced reads
-    t1_x[lid.y][lid.x] = x_get(z, m0 + lid.y, k0 + lid.x);
-    t1_w[lid.x][lid.y] = w_get(z, n0 + lid.y, k0 + lid.x);
-    if (act_kind == GEGLU) { t1_g[lid.x][lid.y] = w_get(z, p.N + n0 + lid.y, k0 + lid.x); }
-    workgroupBarrier();
-    for (var k = 0u; k < 16u; k++) {
-      let a = t1_x[lid.y][k];
-      acc += a * t1_w[k][lid.x];
-      if (act_kind == GEGLU) { gate += a * t1_g[k][lid.x]; }
-    }
-    workgroupBarrier();
-  }
-  store(z, m0 + lid.y, n0 + lid.x, acc, gate);
-}
-
-// --- v2: 64x64 tiles, 4x4 outputs per invocation (2D register blocking) --------------------------
+// --- matmul_tiled: 64x64 tiles, 4x4 outputs per invocation (2D register blocking) ---------------
 // Invocation (tx, ty) owns rows ty + 16 i and tile columns tx + 16 j: neighbours read neighbouring
 // words of workgroup memory. Tile column c holds W row n0 + c; under geglu the 64 tile columns are
 // 32 output columns, value and gate interleaved so that each invocation holds both halves of its
@@ -156,19 +88,18 @@ const T_BK: u32 = 16u;
 var<workgroup> t2_x: array<f32, 1024>;  // [k][m], 16 x 64
 var<workgroup> t2_w: array<f32, 1024>;  // [k][c], 16 x 64
 
-fn v2_w_col(z: u32, n0: u32, c: u32, k: u32) -> f32 {
-  if (act_kind != GEGLU) { return w_get(z, n0 + c, k); }
+fn tiled_w_col(n0: u32, c: u32, k: u32) -> f32 {
+  if (ACT_KIND != ACT_GEGLU) { return w_get(n0 + c, k); }
   let j = c / 16u;
   let o = n0 + c % 16u + 16u * (j / 2u);
   if (o >= p.N) { return 0.0; }
-  return w_get(z, select(o, p.N + o, j % 2u == 1u), k);
+  return w_get(select(o, p.N + o, j % 2u == 1u), k);
 }
 
 @compute @workgroup_size(16, 16)
-fn matmul_v2(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-             @builtin(local_invocation_index) li: u32) {
-  let z = wg.z;
-  let tn = select(64u, 32u, act_kind == GEGLU);
+fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+                @builtin(local_invocation_index) li: u32) {
+  let tn = select(64u, 32u, ACT_KIND == ACT_GEGLU);
   let m0 = wg.y * 64u;
   let n0 = wg.x * tn;
   var acc: array<array<f32, 4>, 4>;
@@ -177,8 +108,8 @@ fn matmul_v2(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
       let e = li + 256u * r;   // element of the 64 x 16 tiles, k fastest: coalesced reads along K
       let k = e % T_BK;
       let row = e / T_BK;
-      t2_x[k * 64u + row] = x_get(z, m0 + row, k0 + k);
-      t2_w[k * 64u + row] = v2_w_col(z, n0, row, k0 + k);
+      t2_x[k * 64u + row] = x_get(m0 + row, k0 + k);
+      t2_w[k * 64u + row] = tiled_w_col(n0, row, k0 + k);
     }
     workgroupBarrier();
     for (var k = 0u; k < T_BK; k++) {
@@ -194,22 +125,22 @@ fn matmul_v2(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
   }
   for (var i = 0u; i < 4u; i++) {
     let m = m0 + lid.y + 16u * i;
-    if (act_kind == GEGLU) {
-      store(z, m, n0 + lid.x, acc[i][0], acc[i][1]);
-      store(z, m, n0 + lid.x + 16u, acc[i][2], acc[i][3]);
+    if (ACT_KIND == ACT_GEGLU) {
+      store(m, n0 + lid.x, acc[i][0], acc[i][1]);
+      store(m, n0 + lid.x + 16u, acc[i][2], acc[i][3]);
     } else {
-      for (var j = 0u; j < 4u; j++) { store(z, m, n0 + lid.x + 16u * j, acc[i][j], 0.0); }
+      for (var j = 0u; j < 4u; j++) { store(m, n0 + lid.x + 16u * j, acc[i][j], 0.0); }
     }
   }
 }
 
-// --- v3, v4: v2 with vec4 loads: X read as vec4 along K, vec4 tiles and accumulators ------------
+// --- matmul_vec4: matmul_tiled with vec4 loads: X read as vec4 along K, vec4 tiles and accumulators
 // Invocation (tx, ty) owns TM x TN outputs: rows 4 (16 i + ty) + 0..3 and tile columns
 // 4 (16 j + tx) + 0..3, each group of 4 read as one vec4 from the k-major tiles (16 neighbours read
-// 16 neighbouring vec4s). v3: TM = TN = 4 (64x64 tile); v4: TM = TN = 8 (128x128 tile, twice the
-// multiply-adds per workgroup-memory read and per global load). Under geglu each column group is
+// 16 neighbouring vec4s). TM = TN = 4: a 64x64 tile (the ladder's 8 makes 128x128 tiles, twice
+// the multiply-adds per workgroup-memory read and per global load). Under geglu each column group is
 // (value n, value n+1, gate n, gate n+1) for output n = n0 + 2 (16 j + tx). Needs K % 4 == 0 (so X's
-// rows and batch stride are whole vec4s).
+// rows are whole vec4s).
 
 const TM: u32 = VEC_TM;
 const TN: u32 = VEC_TN;
@@ -218,18 +149,17 @@ const BN: u32 = 16u * TN;
 var<workgroup> tv_x: array<vec4<f32>, 4u * BM>;  // [k][m / 4], 16 x BM/4 vec4
 var<workgroup> tv_w: array<vec4<f32>, 4u * BN>;  // [k][c / 4]
 
-fn vec_w_col(z: u32, n0: u32, c: u32, k: u32) -> f32 {
-  if (act_kind != GEGLU) { return w_get(z, n0 + c, k); }
+fn vec_w_col(n0: u32, c: u32, k: u32) -> f32 {
+  if (ACT_KIND != ACT_GEGLU) { return w_get(n0 + c, k); }
   let o = n0 + 2u * (c / 4u) + c % 2u;
   if (o >= p.N) { return 0.0; }
-  return w_get(z, select(o, p.N + o, c % 4u >= 2u), k);
+  return w_get(select(o, p.N + o, c % 4u >= 2u), k);
 }
 
 @compute @workgroup_size(16, 16)
 fn matmul_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                @builtin(local_invocation_index) li: u32) {
-  let z = wg.z;
-  let tn = select(BN, BN / 2u, act_kind == GEGLU);
+  let tn = select(BN, BN / 2u, ACT_KIND == ACT_GEGLU);
   let m0 = wg.y * BM;
   let n0 = wg.x * tn;
   let K4 = p.K / 4u;
@@ -242,7 +172,7 @@ fn matmul_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
       let xk = e % 4u;
       var xv = vec4<f32>(0.0);
       if (m0 + xm < p.M && k0 + 4u * xk < p.K) {
-        xv = x4[(z * p.x_batch) / 4u + (m0 + xm) * K4 + k0 / 4u + xk];
+        xv = x4[(m0 + xm) * K4 + k0 / 4u + xk];
       }
       for (var t = 0u; t < 4u; t++) { tv_x[(4u * xk + t) * (BM / 4u) + xm / 4u][xm % 4u] = xv[t]; }
     }
@@ -252,8 +182,8 @@ fn matmul_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
       let wk = e % 16u;
       let wc = (e / 16u) * 4u;
       let k = k0 + wk;
-      tv_w[wk * (BN / 4u) + wc / 4u] = vec4<f32>(vec_w_col(z, n0, wc, k), vec_w_col(z, n0, wc + 1u, k),
-                                                  vec_w_col(z, n0, wc + 2u, k), vec_w_col(z, n0, wc + 3u, k));
+      tv_w[wk * (BN / 4u) + wc / 4u] = vec4<f32>(vec_w_col(n0, wc, k), vec_w_col(n0, wc + 1u, k),
+                                                  vec_w_col(n0, wc + 2u, k), vec_w_col(n0, wc + 3u, k));
     }
     workgroupBarrier();
     for (var k = 0u; k < 16u; k++) {
@@ -273,11 +203,11 @@ fn matmul_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     for (var j = 0u; j < TN / 4u; j++) {
       let g = 16u * j + lid.x;
       let v = acc[i * (TN / 4u) + j];
-      if (act_kind == GEGLU) {
-        store(z, m, n0 + 2u * g, v.x, v.z);
-        store(z, m, n0 + 2u * g + 1u, v.y, v.w);
+      if (ACT_KIND == ACT_GEGLU) {
+        store(m, n0 + 2u * g, v.x, v.z);
+        store(m, n0 + 2u * g + 1u, v.y, v.w);
       } else {
-        for (var t = 0u; t < 4u; t++) { store(z, m, n0 + 4u * g + t, v[t], 0.0); }
+        for (var t = 0u; t < 4u; t++) { store(m, n0 + 4u * g + t, v[t], 0.0); }
       }
     }
   }

@@ -1,5 +1,5 @@
-// norm.wgsl: group norm (optional fused SiLU), layer norm, softmax. Host:
-// py/sdweb/backends/gpu_ops/norm.py. Reference: py/sdweb/backends/numpy.py group_norm / layer_norm.
+// norm.wgsl: group norm (optional fused activation), layer norm. Host:
+// py/sdweb/backends/webgpu/ops/norm.py. Reference: py/sdweb/backends/numpy.py group_norm / layer_norm.
 // Statistics are two-pass (mean, then the sum of squared deviations) in f32 with tree reductions.
 //
 // Group norm, x (N, C, S) with G groups: a "row" is one group of one image, N*G rows of
@@ -11,17 +11,16 @@
 //                @workgroup_size(64), one invocation per row; groups (ceil(rows / 64), 1, 1)
 //                merges the chunks (Chan et al.) -> stats[row*2 + {0, 1}] = (mean, 1/sqrt(var + eps))
 //   gn_apply     uniform: n, s, c, cg                           x, stats, gamma W_TYPE (C), beta W_TYPE (C), y
-//                @workgroup_size(256), flat: G = ceil(n / 256) folded into (x, y) as in elementwise.wgsl
-//                y = (x - mean) * rstd * gamma[ch] + beta[ch], then SILU (constant: 0 or 1)
+//                @workgroup_size(256), flat: G = ceil(n / 256) folded into (x, y) (include/grid.wgsl)
+//                y = activate((x - mean) * rstd * gamma[ch] + beta[ch]), ACT: include/activations.wgsl
 // Layer norm, x (rows, d):
 //   layer_norm   uniform: rows, d, eps: f32                     x, gamma W_TYPE (d), beta W_TYPE (d), y
 //                @workgroup_size(128), one workgroup per row, rows folded into (x, y) as above
-// Softmax over the last axis, x (rows, d):
-//   softmax      uniform: rows, d                               x, y
-//                @workgroup_size(128), one workgroup per row, rows folded into (x, y)
 //
-// Weight dtype (gamma, beta): W_TYPE / W_LOAD per docs/architecture.md.
-// @defaults SILU=0
+// Weight dtype (gamma, beta): W_TYPE / W_LOAD (shaders.py).
+
+#include "include/grid.wgsl"
+#include "include/activations.wgsl"
 
 var<workgroup> red: array<f32, 256>;
 
@@ -38,20 +37,6 @@ fn reduce_sum(v: f32, lid: u32, size: u32) -> f32 {
     }
     let total = red[0];
     workgroupBarrier();  // red is reused by the next reduction
-    return total;
-}
-
-fn reduce_max(v: f32, lid: u32, size: u32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = size / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            red[lid] = max(red[lid], red[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
     return total;
 }
 
@@ -114,7 +99,7 @@ fn gn_stats(@builtin(global_invocation_id) gid: vec3u) {
     sstats[row * 2u + 1u] = inverseSqrt(m2 / n + ps.eps);
 }
 
-// --- group norm: normalise, affine, optional SiLU ---
+// --- group norm: normalise, affine, optional activation ---
 
 struct ApplyParams { n: u32, s: u32, c: u32, cg: u32 }
 @group(0) @binding(0) var<uniform> pa: ApplyParams;
@@ -127,17 +112,13 @@ struct ApplyParams { n: u32, s: u32, c: u32, cg: u32 }
 @compute @workgroup_size(256)
 fn gn_apply(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
             @builtin(local_invocation_id) lid: vec3u) {
-    let i = (wid.x + wid.y * nwg.x) * 256u + lid.x;
+    let i = flat_index(wid, nwg, lid);
     if (i >= pa.n) { return; }
     let nc = i / pa.s;  // image * C + channel
     let ch = nc % pa.c;
     let row = nc / pa.cg;  // (image * C + channel) / (C/G) = image * G + group
     let scale = astats[row * 2u + 1u] * W_LOAD(agamma, ch);
-    var v = (ax[i] - astats[row * 2u]) * scale + W_LOAD(abeta, ch);
-    if (SILU == 1) {
-        v = v / (1.0 + exp(-v));
-    }
-    ay[i] = v;
+    ay[i] = activate((ax[i] - astats[row * 2u]) * scale + W_LOAD(abeta, ch));
 }
 
 // --- layer norm over the last axis ---
@@ -152,7 +133,7 @@ struct LayerParams { rows: u32, d: u32, eps: f32 }
 @compute @workgroup_size(128)
 fn layer_norm(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
               @builtin(local_invocation_id) lid: vec3u) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = flat_group(wid, nwg);
     if (row >= pl.rows) { return; }  // uniform: the whole workgroup has one row
     let base = row * pl.d;
     var s = 0.0;
@@ -168,33 +149,5 @@ fn layer_norm(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: v
     let rstd = inverseSqrt(reduce_sum(q, lid.x, 128u) / f32(pl.d) + pl.eps);
     for (var j = lid.x; j < pl.d; j += 128u) {
         ly[base + j] = (lx[base + j] - mean) * rstd * W_LOAD(lgamma, j) + W_LOAD(lbeta, j);
-    }
-}
-
-// --- softmax over the last axis ---
-
-struct SoftmaxParams { rows: u32, d: u32 }
-@group(0) @binding(0) var<uniform> pm: SoftmaxParams;
-@group(0) @binding(1) var<storage, read> mx: array<f32>;
-@group(0) @binding(2) var<storage, read_write> my: array<f32>;
-
-@compute @workgroup_size(128)
-fn softmax(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-           @builtin(local_invocation_id) lid: vec3u) {
-    let row = wid.x + wid.y * nwg.x;
-    if (row >= pm.rows) { return; }
-    let base = row * pm.d;
-    var m = -3.4028234e38;
-    for (var j = lid.x; j < pm.d; j += 128u) {
-        m = max(m, mx[base + j]);
-    }
-    m = reduce_max(m, lid.x, 128u);
-    var s = 0.0;
-    for (var j = lid.x; j < pm.d; j += 128u) {
-        s += exp(mx[base + j] - m);
-    }
-    let inv = 1.0 / reduce_sum(s, lid.x, 128u);
-    for (var j = lid.x; j < pm.d; j += 128u) {
-        my[base + j] = exp(mx[base + j] - m) * inv;
     }
 }

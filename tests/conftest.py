@@ -16,11 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = ROOT / "tests" / ".models"  # gitignored; rebuilt when make_test_models.py changes
 
 
-def load_make_test_models():
-    """scripts/make_test_models.py as a module (scripts/ is not a package)."""
-    name = "make_test_models"
+def load_script(name: str):
+    """scripts/<name>.py as a module (scripts/ is not a package), loaded once."""
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "make_test_models.py")
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
@@ -30,7 +29,13 @@ def load_make_test_models():
 @pytest.fixture(scope="session")
 def make_test_models():
     """The make_test_models module (specs, `build`, `make_tiny_modules`, `is_complete`)."""
-    return load_make_test_models()
+    return load_script("make_test_models")
+
+
+@pytest.fixture(scope="session")
+def matmul_ladder():
+    """scripts/matmul_ladder.py: the kernel ladder's `linear(ctx, x, weight, bias, act, version)`."""
+    return load_script("matmul_ladder")
 
 
 @pytest.fixture(scope="session")

@@ -153,7 +153,7 @@ def test_convert_kernel_rounds_like_torch(tmp_path, spy, monkeypatch, src, dst):
     path = tmp_path / "w.safetensors"
     # a 3-byte tensor first: the weight starts at an odd offset in the file
     write_safetensors(path, {"pad": ("U8", (3,), b"\x01\x02\x03"), "w": (src, (bits.size,), raw)})
-    monkeypatch.setattr(webgpu, "CONVERT_PIECE", 1 << 16)  # several pieces per tensor
+    monkeypatch.setattr(webgpu.upload, "CONVERT_PIECE", 1 << 16)  # several pieces per tensor
     f = SafetensorsFile(path)
     ref = WeightStore([f], "t", dst, lazy=True).get("w", (bits.size,))
     assert isinstance(ref, WeightRef) and ref.offset % 2 == 1
@@ -196,7 +196,7 @@ def _mixed_file(path):
 def test_lazy_uploads_equal_eager_ones(tmp_path, spy, monkeypatch, opened, precision):
     path = tmp_path / "m.safetensors"
     shapes = _mixed_file(path)
-    monkeypatch.setattr(webgpu, "CONVERT_PIECE", 64)  # a conversion in many pieces, the last one odd
+    monkeypatch.setattr(webgpu.upload, "CONVERT_PIECE", 64)  # a conversion in many pieces, the last one odd
     src = MemSource(path.read_bytes())
     f = SafetensorsFile(path) if opened == "path" else SafetensorsFile(src)
     eager = WeightStore([f], "t", precision)
@@ -205,7 +205,7 @@ def test_lazy_uploads_equal_eager_ones(tmp_path, spy, monkeypatch, opened, preci
     eager.skip("odd"), lazy.skip("odd")
     spans = 0
     for name, shape in shapes.items():
-        a = webgpu.weight(eager.get(name, shape), name)
+        a = webgpu.weight(eager.get(name, shape))
         del spy.spans[:]
         src.reads.clear()
         ref = lazy.get(name, shape)

@@ -51,33 +51,39 @@ def run_diffusers(pipe, monkeypatch, name, *, steps, guidance, seed, width, heig
 
     for mod in STOCHASTIC_MODULES:
         monkeypatch.setattr(importlib.import_module(f"diffusers.schedulers.{mod}"), "randn_tensor", randn_tensor)
-    final = {}
+    per_step = []
 
     def on_step_end(_pipe, i, t, kw):
-        final["latents"] = kw["latents"].clone()
+        per_step.append(kw["latents"].clone().numpy())
         return kw
 
     out = pipe(PROMPT, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
                height=height, width=width, latents=latents, output_type="np",
                callback_on_step_end=on_step_end)
     image = (out.images * 255).round().astype(np.uint8)  # diffusers' numpy_to_pil
-    return final["latents"].numpy(), image
+    return per_step, image
 
 
 def check(folder, diffusers_pipe, monkeypatch, name, guidance, *, steps=4, seed=11, width=None, height=None,
           negative=NEGATIVE):
+    """Our final latents and image against diffusers', and the latents each Progress after a UNet step
+    carries (a host float32 array, Progress's contract) against diffusers' after the same step."""
     ours = Pipeline(ModelFolder(folder), keep_loaded=True)
     m = ours.size_multiple
     width = width or 4 * m
     height = height or 3 * m  # non-square
+    progress = []
     res = ours.generate(PROMPT, negative, steps=steps, guidance=guidance, seed=seed, scheduler=name,
-                        width=width, height=height)
-    ref_latents, ref_image = run_diffusers(diffusers_pipe(folder), monkeypatch, name, steps=steps,
-                                           guidance=guidance, seed=seed, width=width, height=height,
-                                           negative=negative)
-    assert res.latents.shape == ref_latents.shape
-    err = np.abs(res.latents - ref_latents).max() / np.abs(ref_latents).max()
-    assert err <= 1e-4, f"{name} g={guidance}: latents rel err {err:.2e}"
+                        width=width, height=height,
+                        progress=lambda p: p.stage == "unet" and p.step and progress.append(p.latents.copy()))
+    ref_steps, ref_image = run_diffusers(diffusers_pipe(folder), monkeypatch, name, steps=steps,
+                                         guidance=guidance, seed=seed, width=width, height=height,
+                                         negative=negative)
+    assert len(progress) == len(ref_steps)
+    for got, ref in zip(progress + [res.latents], ref_steps + ref_steps[-1:]):
+        assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == ref.shape
+        err = np.abs(got - ref).max() / np.abs(ref).max()
+        assert err <= 1e-4, f"{name} g={guidance}: latents rel err {err:.2e}"
     assert res.images.shape == ref_image.shape
     p = psnr(res.images[0], ref_image[0])
     assert p >= 40, f"{name} g={guidance}: PSNR {p:.1f} dB"

@@ -33,6 +33,12 @@ CONFIGS = {
     "nomid": dict(block_out_channels=[32, 48], down_block_types=["CrossAttnDownBlock2D"] * 2,
                   up_block_types=["CrossAttnUpBlock2D"] * 2, layers_per_block=1, mid_block_type=None,
                   attention_head_dim=8, cross_attention_dim=16, norm_num_groups=16),
+    # the rest of the resnet and downsampler options: outputs scaled by mid_block_scale_factor, and
+    # downsample_padding 0 (a right/bottom pad before the stride-2 conv, as in the VAE).
+    "scaled": dict(block_out_channels=[16, 32], down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+                   up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], layers_per_block=1,
+                   attention_head_dim=2, cross_attention_dim=8, norm_num_groups=4, mid_block_scale_factor=1.41,
+                   downsample_padding=0),
     # freq_shift 1 and sin before cos (the other time-embedding conventions).
     "heads": dict(block_out_channels=[16, 32], down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
                   up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], layers_per_block=1,

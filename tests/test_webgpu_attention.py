@@ -1,4 +1,4 @@
-"""shaders/attention.wgsl (through gpu_ops/attention.py) against backends/numpy.py `attention` and a
+"""shaders/attention.wgsl (through webgpu/ops/attention.py) against backends/numpy.py `attention` and a
 float64 softmax written out here, on lavapipe or whatever adapter wgpu finds.
 
 Shapes cover token counts that are not multiples of the 32-query / 32-key tiles, every head dim the
@@ -19,7 +19,7 @@ webgpu = pytest.importorskip("sdweb.backends.webgpu", reason="the WebGPU backend
 if not webgpu.available():
     pytest.skip("no WebGPU adapter (install mesa-vulkan-drivers for lavapipe)", allow_module_level=True)
 
-from sdweb.backends.gpu_ops import attention as gpu_attention  # noqa: E402
+from sdweb.backends.webgpu.ops import attention as gpu_attention  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import math
+import re
 
 import numpy as np
 import pytest
@@ -24,6 +25,9 @@ from gpu_checks import TOL, check, held  # noqa: E402
 webgpu = pytest.importorskip("sdweb.backends.webgpu", reason="the WebGPU backend needs the wgpu package")
 if not webgpu.available():
     pytest.skip("no WebGPU adapter (install mesa-vulkan-drivers for lavapipe)", allow_module_level=True)
+
+from sdweb.backends.webgpu import shaders, upload  # noqa: E402
+from sdweb.backends.webgpu.device import SUBMIT_EVERY, Context  # noqa: E402
 
 ROUNDING = {"f32": TOL, "f16": 2e-3, "bf16": 1.6e-2}
 
@@ -37,9 +41,7 @@ def rng(seed=0):
     return np.random.default_rng(seed)
 
 
-# --- elementwise ----------------------------------------------------------------------------------
-
-SHAPES = [(1,), (3, 257), (2, 5, 7, 11), (1, 4, 97, 131)]
+# --- the fused activations -------------------------------------------------------------------------
 
 
 def exact(op: str, x: np.ndarray) -> np.ndarray:
@@ -50,26 +52,45 @@ def exact(op: str, x: np.ndarray) -> np.ndarray:
     return x / (1 + np.exp(-(1.702 if op == "quick_gelu" else 1.0) * x))
 
 
+def picked(columns: list[np.ndarray], K: int) -> tuple[np.ndarray, np.ndarray]:
+    """x (n, K) holding `columns` first (zeros after) and a weight whose rows pick them out, so
+    linear(x, w) is the columns themselves and its fused activation is applied to exactly them.
+    K = 4 runs matmul_vec4, an odd K matmul_tiled."""
+    x = np.zeros((columns[0].size, K), np.float32)
+    w = np.zeros((len(columns), K), np.float32)
+    for j, c in enumerate(columns):
+        x[:, j], w[j, j] = c, 1.0
+    return x, w
+
+
+@pytest.mark.parametrize("K", [1, 4])
 @pytest.mark.parametrize("op", ["silu", "gelu", "quick_gelu"])
-@pytest.mark.parametrize("shape", SHAPES)
-def test_activations(op, shape):
-    """Against numpy.py, and elementwise against the float64 definition: |error| <= 1e-6 (1 + |x|)
-    (measured 1e-7 on lavapipe; numpy.py's own error is the same)."""
-    x = (rng(len(shape)).standard_normal(shape) * 4).astype(np.float32)
-    x.reshape(-1)[:4] = [-30.0, 30.0, -9.5, 0.0][: x.size]  # exp's tails and GELU's saturation
-    got = webgpu.numpy(getattr(webgpu, op)(webgpu.tensor(x)))
-    check(got, getattr(nb, op)(x))
-    assert np.all(np.abs(got - exact(op, x)) <= 1e-6 * (1 + np.abs(x)))
+def test_activations(op, K):
+    """Every activation kernels fuse, through linear (both kernels), against numpy.py and the float64
+    definition: |error| <= 1e-6 (1 + |x|) (measured 1e-7 on lavapipe; numpy.py's own error is the
+    same), including exp's overflowing side."""
+    v = (rng(K).standard_normal(4001) * 4).astype(np.float32)
+    v[:6] = [-30.0, 30.0, -9.5, 0.0, -100.0, 100.0]  # exp's tails and GELU's saturation
+    x, w = picked([v], K)
+    got = webgpu.numpy(webgpu.linear(webgpu.tensor(x), webgpu.weight(w), None, op))[:, 0]
+    with np.errstate(over="ignore"):  # the reference's exp overflows to inf, giving the same limits
+        check(got, nb.linear(x, w, None, op)[:, 0])
+    assert np.all(np.abs(got - exact(op, v)) <= 1e-6 * (1 + np.abs(v)))
 
 
-@pytest.mark.parametrize("shape", [(1, 2), (3, 77, 40), (2, 300, 2 * 321)])
-def test_geglu(shape):
-    x = (rng(1).standard_normal(shape) * 3).astype(np.float32)
-    got = webgpu.numpy(webgpu.geglu(webgpu.tensor(x)))
-    check(got, nb.geglu(x))
-    F = shape[-1] // 2
-    a, g = x[..., :F].astype(np.float64), x[..., F:]
+@pytest.mark.parametrize("K", [3, 4])
+def test_geglu(K):
+    """value * gelu(gate) in the GEMM's epilogue, against the float64 definition."""
+    a, g = (rng(K + i).standard_normal(3001).astype(np.float32) * 3 for i in range(2))
+    x, w = picked([a, g], K)
+    got = webgpu.numpy(webgpu.linear(webgpu.tensor(x), webgpu.weight(w), None, "geglu"))[:, 0]
+    check(got, nb.linear(x, w, None, "geglu")[:, 0])
     assert np.all(np.abs(got - a * exact("gelu", g)) <= 1e-6 * (1 + np.abs(a * g)))
+
+
+# --- elementwise ----------------------------------------------------------------------------------
+
+SHAPES = [(1,), (3, 257), (2, 5, 7, 11), (1, 4, 97, 131)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -103,15 +124,6 @@ def test_concat(axis):
     check(webgpu.concat([webgpu.tensor(x) for x in xs], axis=axis), nb.concat(xs, axis=axis))
 
 
-@pytest.mark.parametrize("shape", [(4, 64), (2, 3, 5), (6, 7, 9)])
-def test_split_batch(ctx, shape):
-    """Views where offsets are aligned (4 x 64 f32 = 256 bytes), copies where not."""
-    x = rng(6).standard_normal(shape).astype(np.float32)
-    parts = 2
-    for got, ref in zip(webgpu.split_batch(webgpu.tensor(x), parts), nb.split_batch(x, parts)):
-        check(got, ref)
-
-
 @pytest.mark.parametrize("N,C,H,W", [(1, 1, 1, 1), (2, 5, 3, 7), (1, 33, 17, 19), (2, 320, 8, 8)])
 def test_transposes(N, C, H, W):
     x = rng(7).standard_normal((N, C, H, W)).astype(np.float32)
@@ -141,22 +153,24 @@ def test_embedding_and_slice_tokens(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
-@pytest.mark.parametrize("shape,groups,silu", [
-    ((1, 4, 3, 5), 2, False),
-    ((2, 12, 9, 13), 3, True),
-    ((1, 8, 70, 70), 4, True),  # rows of 9,800: three statistics chunks, the last partial
-    ((2, 6, 77), 3, False),  # (N, C, L)
+@pytest.mark.parametrize("shape,groups,act", [
+    ((1, 4, 3, 5), 2, None),
+    ((2, 12, 9, 13), 3, "silu"),
+    ((1, 8, 70, 70), 4, "silu"),  # rows of 9,800: three statistics chunks, the last partial
+    ((2, 6, 77), 3, None),  # (N, C, L)
+    ((1, 6, 5, 7), 2, "gelu"),  # every activation fuses the same way (include/activations.wgsl)
+    ((1, 6, 5, 7), 3, "quick_gelu"),
 ])
-def test_group_norm(dtype, shape, groups, silu):
+def test_group_norm(dtype, shape, groups, act):
     r = rng(9)
     x = (r.standard_normal(shape) * 2 + 3).astype(np.float32)
     C = shape[1]
-    gamma = (1 + 0.5 * r.standard_normal(C)).astype(np.float32)
-    beta = r.standard_normal(C).astype(np.float32)
-    g, b = held(gamma, dtype), held(beta, dtype)
-    got = webgpu.group_norm(webgpu.tensor(x), groups, webgpu.weight(g), webgpu.weight(b), 1e-6, silu)
-    check(got, nb.group_norm(x, groups, g, b, 1e-6, silu))
-    check(got, nb.group_norm(x, groups, gamma, beta, 1e-6, silu), ROUNDING[dtype])
+    weight = (1 + 0.5 * r.standard_normal(C)).astype(np.float32)
+    bias = r.standard_normal(C).astype(np.float32)
+    w, b = held(weight, dtype), held(bias, dtype)
+    got = webgpu.group_norm(webgpu.tensor(x), groups, webgpu.weight(w), webgpu.weight(b), 1e-6, act)
+    check(got, nb.group_norm(x, groups, w, b, 1e-6, act))
+    check(got, nb.group_norm(x, groups, weight, bias, 1e-6, act), ROUNDING[dtype])
 
 
 def test_group_norm_large_mean():
@@ -183,13 +197,6 @@ def test_layer_norm(dtype, shape):
     check(got, nb.layer_norm(x, gamma, beta, 1e-5), ROUNDING[dtype])
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (4, 77), (3, 7, 300)])
-def test_softmax(shape):
-    x = (rng(12).standard_normal(shape) * 20).astype(np.float32)  # exp would overflow without the max
-    e = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
-    check(webgpu.softmax(webgpu.tensor(x)), (e / e.sum(-1, keepdims=True)).astype(np.float32))
-
-
 def test_mixed_weight_dtypes_are_refused():
     x = webgpu.tensor(np.ones((2, 4), np.float32))
     with pytest.raises(SdwebError, match="mixed dtypes"):
@@ -201,11 +208,31 @@ def test_mixed_weight_dtypes_are_refused():
 
 def test_w_load_substitution():
     src = "let a = W_LOAD(w, (i + f(j, k)) * 2u); let t: array<W_TYPE>;"
-    assert webgpu._expand_w_load(src, "f32") == "let a = (w[(i + f(j, k)) * 2u]); let t: array<W_TYPE>;"
-    bf16 = webgpu.shader_source("elementwise", w_dtype="bf16")
+    assert shaders.expand_w_load(src, "f32") == "let a = (w[(i + f(j, k)) * 2u]); let t: array<W_TYPE>;"
+    bf16 = shaders.source("elementwise", w_dtype="bf16")
     assert "array<u32>" in bf16 and "W_LOAD(" not in bf16 and "<< 16u" in bf16
-    f16 = webgpu.shader_source("elementwise", {"ACT": "gelu"}, "f16")
-    assert "unpack2x16float(gtable[(gids[r] * pgt.d + j) >> 1u])" in f16 and "uy[i] = gelu(ux[i])" in f16
+    f16 = shaders.source("elementwise", w_dtype="f16")
+    assert "unpack2x16float(gtable[(gids[r] * pgt.d + j) >> 1u])" in f16
+
+
+def test_includes_and_constants(tmp_path, monkeypatch):
+    """Each shared piece is included once, from the shaders folder, and its constants take the
+    caller's values over the @defaults (the ones of an included file too)."""
+    norm = shaders.source("norm", {"ACT": "2u"})
+    assert not re.search(r"^\s*#include", norm, re.M)
+    assert norm.count("fn flat_index(") == norm.count("fn gelu(") == 1
+    assert "const ACT_KIND: u32 = 2u;" in norm
+    assert "const ACT_KIND: u32 = 0u;" in shaders.source("matmul")  # activations.wgsl's default
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "x.wgsl").write_text("// @defaults N=3u\nconst X: u32 = N;\n")
+    (tmp_path / "b.wgsl").write_text('#include "include/x.wgsl"\nfn b() {}\n')
+    (tmp_path / "a.wgsl").write_text('#include "include/x.wgsl"\n#include "b.wgsl"\nfn a() {}\n')
+    (tmp_path / "bad.wgsl").write_text('#include "include/missing.wgsl"\n')
+    monkeypatch.setenv("SDWEB_SHADERS", str(tmp_path))
+    a = shaders.source("a", {"N": "5u"})
+    assert a.count("const X: u32 = 5u;") == 1 and "fn b() {}" in a and "fn a() {}" in a
+    with pytest.raises(SdwebError, match="shader include/missing.wgsl not found"):
+        shaders.source("bad")
 
 
 def test_pool_reuses_buffers_and_counts_bytes(ctx):
@@ -219,7 +246,7 @@ def test_pool_reuses_buffers_and_counts_bytes(ctx):
     assert ctx.bytes_in_use == before
     u = ctx.empty((3, 999))  # same size class: the same buffer comes back
     assert u.buffer == bid
-    views = webgpu.split_batch(webgpu.reshape(u, (3 * 999,)), 3)  # views keep the buffer alive
+    views = [ctx.view(u, (999,), k * 999) for k in range(3)]  # views keep the buffer alive
     del u
     assert ctx.bytes_in_use == before + size
     del views
@@ -259,7 +286,7 @@ def test_dispatches_are_batched_and_pipelines_cached(ctx):
         y = webgpu.add(y, x)
     check(y, np.full((4, 300), 301, np.float32))
     assert ctx.dispatches - dispatches == 300
-    assert ctx.bridge.submits - submits <= 300 // webgpu.SUBMIT_EVERY + 1
+    assert ctx.bridge.submits - submits <= 300 // SUBMIT_EVERY + 1
     assert len(ctx._pipelines) == n_pipelines  # add was compiled before
 
 
@@ -277,11 +304,11 @@ class _Limited:
 
 
 def test_big_grids_fold_into_y(ctx):
-    small = webgpu.Context(_Limited(ctx.bridge, maxComputeWorkgroupsPerDimension=20))
+    small = Context(_Limited(ctx.bridge, maxComputeWorkgroupsPerDimension=20))
     x = rng(13).standard_normal((20, 333)).astype(np.float32)  # 27 workgroups of 256 -> (20, 2, 1)
     assert small.grid(27) == (20, 2, 1)
-    from sdweb.backends.gpu_ops import elementwise, norm
-    check(elementwise.unary(small, small.upload(x), "silu"), nb.silu(x))
+    from sdweb.backends.webgpu.ops import elementwise, norm
+    check(elementwise.add(small, small.upload(x), small.upload(x)), 2 * x)
     g = np.ones(20, np.float32)
     y = norm.layer_norm(small, small.upload(x.T.copy()), webgpu.weight(g), webgpu.weight(g * 0), 1e-5)
     check(y, nb.layer_norm(x.T.copy(), g, g * 0, 1e-5))  # 333 rows -> (20, 17, 1)
@@ -290,7 +317,7 @@ def test_big_grids_fold_into_y(ctx):
 
 
 def test_limit_errors_name_the_buffer(ctx):
-    small = webgpu.Context(_Limited(ctx.bridge, maxStorageBufferBindingSize=128 << 20))
+    small = Context(_Limited(ctx.bridge, maxStorageBufferBindingSize=128 << 20))
     with pytest.raises(webgpu.GPULimitError) as e:
         small.check_size(49408 * 768 * 4, "text_encoder token_embedding.weight")
     assert str(e.value) == ("text_encoder token_embedding.weight needs 145 MB but this adapter's "
@@ -310,21 +337,18 @@ def test_limit_errors_name_the_buffer(ctx):
         def shape(self, name):
             return (1, 77) if name.endswith("ids") else (49408, 768)
 
-    webgpu._ctx, saved = webgpu.Context(_Limited(ctx.bridge, maxBufferSize=1000)), webgpu._ctx
-    try:
+    with webgpu.using(_Limited(ctx.bridge, maxBufferSize=1000)) as tiny:
         with pytest.raises(webgpu.GPULimitError, match=r"^a \(30, 30\) f16 weight needs 1.8 KB but this "
                                                        r"adapter's maxBufferSize is 1000 bytes$"):
             webgpu.weight(np.ones((30, 30), np.float16))
         with pytest.raises(webgpu.GPULimitError, match=r"^conv_in.weight needs"):
-            webgpu.weight(np.ones((20, 20), np.float32), "conv_in.weight")
-        webgpu._ctx = small
+            upload.weight(tiny, np.ones((20, 20), np.float32), "conv_in.weight")
+    with webgpu.using(small):
         with pytest.raises(webgpu.GPULimitError, match="text_encoder text_model.embeddings.token_embedding"
                                                        ".weight needs 145 MB but"):
             webgpu.check_weights(Store())
         Store.precision = "fp16"  # 72 MB fits
         webgpu.check_weights(Store())
-    finally:
-        webgpu._ctx = saved
 
 
 def test_readback_and_errors():
@@ -332,9 +356,8 @@ def test_readback_and_errors():
     t = webgpu.tensor(x)
     assert webgpu.tensor(t) is t and webgpu.shape(t) == (2, 3)
     np.testing.assert_array_equal(webgpu.numpy(t), x)
-    np.testing.assert_array_equal(webgpu.numpy(webgpu.reshape(t, (3, -1))), x.reshape(3, 2))
     with pytest.raises(SdwebError, match="must be a GPU tensor"):
-        webgpu.silu(x)
+        webgpu.add(x, t)
     with pytest.raises(SdwebError, match="do not split into 4 groups"):
         g = webgpu.weight(np.ones(3, np.float32))
         webgpu.group_norm(webgpu.tensor(np.ones((1, 3, 2, 2), np.float32)), 4, g, g, 1e-6)

@@ -1,4 +1,4 @@
-"""shaders/conv2d.wgsl (through gpu_ops/conv2d.py) against backends/numpy.py `conv2d`, on lavapipe or
+"""shaders/conv2d.wgsl (through webgpu/ops/conv2d.py) against backends/numpy.py `conv2d`, on lavapipe or
 whatever adapter wgpu finds: 3x3 and 1x1 kernels, stride 1 and 2, padding 0 and 1, bias or none, the
 fused residual add, every weight dtype, odd sizes (5x7 images, 3 input channels, 33 or 70 output
 channels, so tiles of 64 channels x 64 pixels are partly empty and span two images of a batch).
@@ -19,7 +19,7 @@ webgpu = pytest.importorskip("sdweb.backends.webgpu", reason="the WebGPU backend
 if not webgpu.available():
     pytest.skip("no WebGPU adapter (install mesa-vulkan-drivers for lavapipe)", allow_module_level=True)
 
-from sdweb.backends.gpu_ops import conv2d as cv  # noqa: E402  (imports wgpu-dependent modules)
+from sdweb.backends.webgpu.ops import conv2d as cv  # noqa: E402  (imports wgpu-dependent modules)
 from gpu_checks import TOL, check, held  # noqa: E402
 
 

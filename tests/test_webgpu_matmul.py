@@ -1,5 +1,6 @@
-"""shaders/matmul.wgsl (through gpu_ops/matmul.py) against backends/numpy.py `linear`, on lavapipe or
-whatever adapter wgpu finds: every version of the kernel ladder, every fused activation, every
+"""shaders/matmul.wgsl (through webgpu/ops/matmul.py) against backends/numpy.py `linear`, on lavapipe
+or whatever adapter wgpu finds: both kernels production picks and every rung of the benchmark's kernel
+ladder (scripts/matmul_ladder.py, which includes the production shader), every fused activation, every
 weight dtype, batched inputs, and sizes that are not multiples of any tile (M = 77, K = 40, N = 33 ...).
 
 Bound: max |gpu - ref| <= 1e-4 x max |ref| for every dtype. f16 and bf16 weights are unpacked exactly in
@@ -19,10 +20,11 @@ webgpu = pytest.importorskip("sdweb.backends.webgpu", reason="the WebGPU backend
 if not webgpu.available():
     pytest.skip("no WebGPU adapter (install mesa-vulkan-drivers for lavapipe)", allow_module_level=True)
 
-from sdweb.backends.gpu_ops import matmul as mm  # noqa: E402  (imports wgpu-dependent modules)
+from sdweb.backends.webgpu.ops import matmul as mm  # noqa: E402  (imports wgpu-dependent modules)
 from gpu_checks import TOL, check, held  # noqa: E402
 
 ACTS = [None, "silu", "gelu", "quick_gelu", "geglu"]
+LADDER = range(5)  # scripts/matmul_ladder.py VERSIONS: 2 and 3 are production's kernels
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +42,19 @@ def case(M, K, N, act=None, dtype="f32", bias=True, seed=0):
     return x, w, b
 
 
-def run_linear(ctx, x, w, b, act, version=None):
-    return mm.linear(ctx, webgpu.tensor(x), webgpu.weight(w), None if b is None else webgpu.weight(b), act, version)
+def run_linear(ctx, x, w, b, act, ladder=None, version=None):
+    """Production's linear, or with `ladder` the ladder's rung `version`."""
+    args = (ctx, webgpu.tensor(x), webgpu.weight(w), None if b is None else webgpu.weight(b), act)
+    return mm.linear(*args) if ladder is None else ladder.linear(*args, version=version)
 
 
 @pytest.mark.parametrize("act", ACTS)
-@pytest.mark.parametrize("version", mm.VERSIONS)
-def test_ladder_every_act(ctx, version, act):
+@pytest.mark.parametrize("version", LADDER)
+def test_ladder_every_act(ctx, matmul_ladder, version, act):
     """Each kernel of the ladder, with bias and each fused activation. M = 130, N = 70 straddle
     the 16, 64 and 128 tiles (and geglu's 32/64-column ones); K = 68 leaves a 4-wide last K tile."""
     x, w, b = case(130, 68, 70, act)
-    check(run_linear(ctx, x, w, b, act, version), nb.linear(x, w, b, act))
+    check(run_linear(ctx, x, w, b, act, matmul_ladder, version), nb.linear(x, w, b, act))
 
 
 @pytest.mark.parametrize("M, K, N", [(77, 40, 33), (1, 4, 1), (64, 16, 64), (3, 300, 5)])
@@ -62,27 +66,29 @@ def test_default_shapes(ctx, M, K, N):
 
 
 @pytest.mark.parametrize("version", [0, 1, 2, None])
-def test_odd_inner_size(ctx, version):
-    """K not a multiple of 4: the scalar kernels; the default falls back to version 2."""
+def test_odd_inner_size(ctx, matmul_ladder, version):
+    """K not a multiple of 4: the scalar kernels; production falls back to matmul_tiled."""
+    assert mm.pick(7) == mm.TILED and mm.pick(8) == mm.VEC4
     for M, K, N in [(77, 7, 33), (5, 13, 3)]:
         x, w, b = case(M, K, N, "gelu", seed=K)
-        check(run_linear(ctx, x, w, b, "gelu", version), nb.linear(x, w, b, "gelu"))
+        ladder = None if version is None else matmul_ladder
+        check(run_linear(ctx, x, w, b, "gelu", ladder, version), nb.linear(x, w, b, "gelu"))
 
 
-def test_vec4_needs_k_multiple_of_4(ctx):
+def test_vec4_needs_k_multiple_of_4(ctx, matmul_ladder):
     x, w, b = case(8, 7, 8)
     for version in (3, 4):
         with pytest.raises(SdwebError, match="K % 4"):
-            run_linear(ctx, x, w, b, None, version)
+            run_linear(ctx, x, w, b, None, matmul_ladder, version)
 
 
 @pytest.mark.parametrize("dtype", ["f16", "bf16"])
-@pytest.mark.parametrize("version", mm.VERSIONS)
-def test_weight_dtypes(ctx, version, dtype):
+@pytest.mark.parametrize("version", LADDER)
+def test_weight_dtypes(ctx, matmul_ladder, version, dtype):
     """Half-size weights through W_LOAD in every kernel, against the reference given the same held
     bits (odd element counts exercise the zero half padding the last u32)."""
     x, w, b = case(77, 40, 33, None, dtype)
-    check(run_linear(ctx, x, w, b, None, version), nb.linear(x, w, b))
+    check(run_linear(ctx, x, w, b, None, matmul_ladder, version), nb.linear(x, w, b))
 
 
 @pytest.mark.parametrize("dtype", ["f16", "bf16"])
@@ -116,17 +122,7 @@ def test_activation_tails(ctx, act):
     check(got, ref)
 
 
-@pytest.mark.parametrize("version", [0, 2, None])
-def test_matmul_batched(ctx, version):
-    """matmul: (B, M, K) @ (B, K, N) and (B, M, K) @ (K, N) shared by the batch."""
-    rng = np.random.default_rng(4)
-    a = rng.standard_normal((3, 17, 20)).astype(np.float32)
-    b = rng.standard_normal((3, 20, 9)).astype(np.float32)
-    check(mm.matmul(ctx, webgpu.tensor(a), webgpu.tensor(b), version), np.matmul(a, b))
-    check(mm.matmul(ctx, webgpu.tensor(a), webgpu.tensor(b[1]), version), np.matmul(a, b[1]))
-
-
-def test_errors(ctx):
+def test_errors(ctx, matmul_ladder):
     x, w, b = case(4, 8, 6)
     tx, tw, tb = webgpu.tensor(x), webgpu.weight(w), webgpu.weight(b)
     with pytest.raises(SdwebError, match="does not match weight"):
@@ -138,13 +134,11 @@ def test_errors(ctx):
     with pytest.raises(SdwebError, match="mixed dtypes"):
         mm.linear(ctx, tx, tw, webgpu.weight(b.astype(np.float16)))
     with pytest.raises(SdwebError, match="version 7"):
-        mm.linear(ctx, tx, tw, tb, version=7)
-    with pytest.raises(SdwebError, match="do not agree"):
-        mm.matmul(ctx, tx, webgpu.tensor(np.zeros((7, 2), np.float32)))
+        matmul_ladder.linear(ctx, tx, tw, tb, version=7)
 
 
 def test_backend_linear(ctx):
-    """The models' entry point, webgpu.linear, runs this kernel (default version)."""
+    """The models' entry point, webgpu.linear, runs this kernel (production's choice)."""
     x, w, b = case(2 * 7, 40, 24, "geglu", "bf16")
     x = x.reshape(2, 7, 40)
     check(webgpu.linear(webgpu.tensor(x), webgpu.weight(w), webgpu.weight(b), "geglu"), nb.linear(x, w, b, "geglu"))

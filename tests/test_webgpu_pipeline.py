@@ -46,7 +46,12 @@ def test_pipeline_matches_numpy(request, fixture, scheduler, precision, kw):
     folder = ModelFolder(request.getfixturevalue(fixture))
     args = dict(steps=3, seed=11, width=64, height=64, scheduler=scheduler) | kw
     ref = Pipeline(folder, nb, precision=precision).generate(PROMPT, **args)
-    got = Pipeline(folder, webgpu, precision=precision).generate(PROMPT, **args)
+    latents = []
+    got = Pipeline(folder, webgpu, precision=precision).generate(
+        PROMPT, progress=lambda p: p.stage == "unet" and p.step and latents.append(p.latents), **args)
+    # Progress.latents is a host array on every backend, the last one the result's latents
+    assert latents and all(isinstance(x, np.ndarray) and x.dtype == np.float32 for x in latents)
+    np.testing.assert_array_equal(latents[-1], got.latents)
     assert got.images.shape == ref.images.shape
     for g, r in zip(got.images, ref.images):
         assert psnr(g, r) >= 40, f"PSNR {psnr(g, r):.1f} dB"

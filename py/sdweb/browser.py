@@ -21,7 +21,6 @@ tested) in CPython as well.
 
 from __future__ import annotations
 
-import inspect
 import io
 import json
 import os
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backends.bridges.js import JsDeviceBridge, settle
 from .errors import ModelError
 from .model import WEIGHT_STEMS, ModelFolder, _variant_name
 from .weights import WeightStore, open_store
@@ -159,21 +159,12 @@ class ByteSource:
         self.bytes_read = 0
 
     def read(self, offset: int, length: int) -> bytes:
-        r = self._src.read(offset, length)
-        if _is_promise(r):
-            from pyodide.ffi import run_sync  # only a Promise from JS gets here
-
-            r = run_sync(r)
+        r = settle(self._src.read(offset, length))
         if hasattr(r, "to_bytes"):  # a JsProxy of a Uint8Array
             r = r.to_bytes()
         self.reads += 1
         self.bytes_read += len(r)
         return r
-
-
-def _is_promise(x) -> bool:
-    """A JS Promise arrives as a PyodideFuture or a JsProxy with `then`; plain bytes are not awaitable."""
-    return inspect.isawaitable(x) or callable(getattr(x, "then", None))
 
 
 def png_bytes(image: np.ndarray, text: dict | None = None) -> bytes:
@@ -225,8 +216,6 @@ def generate(pipe, settings: dict, *, progress=None, cancel=None, preview_every:
     scheduler = settings.get("scheduler") or pipe.default_scheduler
     width = int(settings.get("width") or pipe.default_size)
     height = int(settings.get("height") or pipe.default_size)
-    b = pipe.backend
-
     def on_progress(p):
         if progress is None:
             return
@@ -237,8 +226,7 @@ def generate(pipe, settings: dict, *, progress=None, cancel=None, preview_every:
             ev["timestep"] = p.timestep
         if (p.stage == "unet" and p.step and preview_every and p.latents is not None
                 and (p.step % preview_every == 0) and p.step != p.total):
-            lat = b.numpy(p.latents)
-            ev["preview"] = png_bytes(latents_to_rgb(lat[0]))
+            ev["preview"] = png_bytes(latents_to_rgb(p.latents[0]))
         progress(ev)
 
     t0 = time.perf_counter()
@@ -325,91 +313,3 @@ def _backend(name: str, bridge=None, device: int = 0):
     from .errors import ConfigError
 
     raise ConfigError(f"unknown backend {name!r}; use numpy or webgpu")
-
-
-class JsDeviceBridge:
-    """The device-bridge interface (docs/architecture.md) over web/bridge/device.js.
-
-    The bind-group cache lives here, keyed as wgpu_bridge.py keys it (pipeline, buffers, uniform):
-    the buffer pool hands out the same buffers on every denoising step, so from the second step on
-    a dispatch crosses into JS as five integers, with no conversion of lists or bytes."""
-
-    MAX_GROUPS = 1 << 15
-
-    def __init__(self, js):
-        self._js = js
-        self._groups: dict[tuple, int] = {}
-        self._groups_of: dict[int, list] = {}
-
-    def limits(self) -> dict:
-        lim = self._js.limits()
-        return lim.to_py() if hasattr(lim, "to_py") else dict(lim)
-
-    def create_buffer(self, nbytes: int) -> int:
-        return int(self._js.create_buffer(int(nbytes)))
-
-    def write_buffer(self, bid: int, offset: int, data) -> None:
-        self._js.write_buffer(bid, int(offset), data if isinstance(data, bytes) else bytes(data))
-
-    def upload_span(self, bid: int, source, offset: int, nbytes: int) -> None:
-        """The JS bridge copies the bytes from the store itself when it knows the source's `key`;
-        a source without one (a test's, in CPython) is read here and written as write_buffer."""
-        key = getattr(source, "key", None)
-        if key is None:
-            data = source.read(offset, nbytes)
-            self.write_buffer(bid, 0, data.to_bytes() if hasattr(data, "to_bytes") else bytes(data))
-            return
-        r = self._js.upload_span(bid, key, int(offset), int(nbytes))
-        if _is_promise(r):
-            from pyodide.ffi import run_sync
-
-            run_sync(r)
-
-    def read_buffer(self, bid: int, offset: int, nbytes: int) -> bytes:
-        r = self._js.read_buffer(bid, int(offset), int(nbytes))
-        if _is_promise(r):
-            from pyodide.ffi import run_sync
-
-            r = run_sync(r)
-        return r.to_bytes() if hasattr(r, "to_bytes") else bytes(r)
-
-    def destroy_buffer(self, bid: int) -> None:
-        ids = [self._groups.pop(k) for k in self._groups_of.pop(bid, ()) if k in self._groups]
-        if ids:
-            self._js.drop_groups(_js_list(ids))
-        self._js.destroy_buffer(bid)
-
-    def pipeline(self, key: str, wgsl: str, entry: str) -> int:
-        return int(self._js.pipeline(key, wgsl, entry))
-
-    def dispatch(self, pipeline_id: int, buffers, uniform: bytes, groups) -> None:
-        key = (pipeline_id, tuple(buffers), bytes(uniform))
-        gid = self._groups.get(key)
-        if gid is None:
-            if len(self._groups) >= self.MAX_GROUPS:
-                self._reset_groups()
-            flat = [int(v) for b in buffers for v in b]
-            gid = int(self._js.bind_group(pipeline_id, _js_list(flat), key[2]))
-            self._groups[key] = gid
-            for bid in {b[0] for b in buffers}:
-                self._groups_of.setdefault(bid, []).append(key)
-        x, y, z = groups
-        self._js.dispatch(pipeline_id, gid, int(x), int(y), int(z))
-
-    def submit(self) -> None:
-        self._js.submit()
-
-    def _reset_groups(self):
-        self.submit()  # recorded dispatches use the groups about to go
-        if self._groups:
-            self._js.drop_groups(_js_list(list(self._groups.values())))
-        self._groups.clear()
-        self._groups_of.clear()
-
-
-def _js_list(values: list):
-    try:
-        from pyodide.ffi import to_js
-    except ImportError:  # CPython (tests): a list is what a fake bridge takes
-        return values
-    return to_js(values)

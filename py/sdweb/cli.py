@@ -231,7 +231,7 @@ def cmd_generate(args) -> int:
         bar(p)
         if inter is not None and p.stage == "unet" and p.step and (
                 p.step % args.preview_every == 0 or p.step == p.total):
-            lat = backend.numpy(p.latents)
+            lat = p.latents
             for k in range(lat.shape[0]):
                 name = f"step-{p.step:04d}.png" if lat.shape[0] == 1 else f"step-{p.step:04d}-{k}.png"
                 _save_image(latents_to_rgb(lat[k], upscale=f), inter / name)

@@ -35,25 +35,25 @@ _ACTS = ("quick_gelu", "gelu")  # transformers' ACT2FN names we have ops for
 class CLIPAttention:
     """Multi-head causal self-attention: x (N, L, D) -> (N, L, D)."""
 
-    def __init__(self, dim: int, heads: int, w, b):
-        self.b, self.heads = b, heads
-        self.q_proj = Linear(dim, dim, w.prefix("q_proj"), b)
-        self.k_proj = Linear(dim, dim, w.prefix("k_proj"), b)
-        self.v_proj = Linear(dim, dim, w.prefix("v_proj"), b)
-        self.out_proj = Linear(dim, dim, w.prefix("out_proj"), b)
+    def __init__(self, dim: int, heads: int, w, backend):
+        self.backend, self.heads = backend, heads
+        self.q_proj = Linear(dim, dim, w.prefix("q_proj"), backend)
+        self.k_proj = Linear(dim, dim, w.prefix("k_proj"), backend)
+        self.v_proj = Linear(dim, dim, w.prefix("v_proj"), backend)
+        self.out_proj = Linear(dim, dim, w.prefix("out_proj"), backend)
 
     def __call__(self, x):
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (N, L, h*d) each
-        return self.out_proj(self.b.attention(q, k, v, self.heads, causal=True))
+        return self.out_proj(self.backend.attention(q, k, v, self.heads, causal=True))
 
 
 class CLIPMLP:
     """fc2(act(fc1(x))): (N, L, D) -> (N, L, F) -> (N, L, D)."""
 
-    def __init__(self, dim: int, inner: int, act: str, w, b):
+    def __init__(self, dim: int, inner: int, act: str, w, backend):
         self.act = act
-        self.fc1 = Linear(dim, inner, w.prefix("fc1"), b)
-        self.fc2 = Linear(inner, dim, w.prefix("fc2"), b)
+        self.fc1 = Linear(dim, inner, w.prefix("fc1"), backend)
+        self.fc2 = Linear(inner, dim, w.prefix("fc2"), backend)
 
     def __call__(self, x):
         return self.fc2(self.fc1(x, act=self.act))
@@ -62,29 +62,29 @@ class CLIPMLP:
 class CLIPEncoderLayer:
     """Pre-norm transformer layer: (N, L, D) -> (N, L, D)."""
 
-    def __init__(self, cfg: dict, w, b):
+    def __init__(self, cfg: dict, w, backend):
         D, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
-        self.b = b
-        self.layer_norm1 = LayerNorm(D, w.prefix("layer_norm1"), b, eps)
-        self.self_attn = CLIPAttention(D, cfg["num_attention_heads"], w.prefix("self_attn"), b)
-        self.layer_norm2 = LayerNorm(D, w.prefix("layer_norm2"), b, eps)
-        self.mlp = CLIPMLP(D, cfg["intermediate_size"], cfg["hidden_act"], w.prefix("mlp"), b)
+        self.backend = backend
+        self.layer_norm1 = LayerNorm(D, w.prefix("layer_norm1"), backend, eps)
+        self.self_attn = CLIPAttention(D, cfg["num_attention_heads"], w.prefix("self_attn"), backend)
+        self.layer_norm2 = LayerNorm(D, w.prefix("layer_norm2"), backend, eps)
+        self.mlp = CLIPMLP(D, cfg["intermediate_size"], cfg["hidden_act"], w.prefix("mlp"), backend)
 
     def __call__(self, x):
-        x = self.b.add(x, self.self_attn(self.layer_norm1(x)))
-        return self.b.add(x, self.mlp(self.layer_norm2(x)))
+        x = self.backend.add(x, self.self_attn(self.layer_norm1(x)))
+        return self.backend.add(x, self.mlp(self.layer_norm2(x)))
 
 
 class CLIPTextModel:
-    """`CLIPTextModel(config, w, b)`: config is text_encoder/config.json, w the view at the weights
-    root (`store.prefix(CLIPTextModel.weights_root(store))`).
+    """`CLIPTextModel(config, w, backend)`: config is text_encoder/config.json, w the view at the
+    weights root (`store.prefix(CLIPTextModel.weights_root(store))`).
 
     `model(ids, clip_skip=0)`: ids (N, L) int, L <= max_position_embeddings -> (N, L, D), the prompt
     embeddings diffusers' StableDiffusionPipeline.encode_prompt makes: final_layer_norm of the last
     layer's output, or with clip_skip=k of the output k layers before the last (hidden_states[-(k+1)]).
     """
 
-    def __init__(self, config: dict, w, b):
+    def __init__(self, config: dict, w, backend):
         cfg = {k: config.get(k, v) for k, v in DEFAULTS.items()}
         if cfg["hidden_act"] not in _ACTS:
             raise ModelError(f"text_encoder config hidden_act {cfg['hidden_act']!r} is not supported "
@@ -92,18 +92,18 @@ class CLIPTextModel:
         if cfg["hidden_size"] % cfg["num_attention_heads"]:
             raise ModelError(f"text_encoder config hidden_size {cfg['hidden_size']} is not a multiple "
                              f"of num_attention_heads {cfg['num_attention_heads']}")
-        self.config, self.b = cfg, b
+        self.config, self.backend = cfg, backend
         D = cfg["hidden_size"]
         emb = w.prefix("embeddings")
         # (V, D) and (P, D) tables stay in the held precision: the token table is 152 MB in f32.
-        self.token_embedding = b.weight(emb.get("token_embedding.weight", (cfg["vocab_size"], D)))
-        self.position_embedding = b.weight(
+        self.token_embedding = backend.weight(emb.get("token_embedding.weight", (cfg["vocab_size"], D)))
+        self.position_embedding = backend.weight(
             emb.get("position_embedding.weight", (cfg["max_position_embeddings"], D)))
         # transformers < 4.31 saved the arange(P) buffer (I64); positions are always 0..L-1 here.
         w.skip("embeddings.position_ids")
-        self.layers = [CLIPEncoderLayer(cfg, w.prefix(f"encoder.layers.{i}"), b)
+        self.layers = [CLIPEncoderLayer(cfg, w.prefix(f"encoder.layers.{i}"), backend)
                        for i in range(cfg["num_hidden_layers"])]
-        self.final_layer_norm = LayerNorm(D, w.prefix("final_layer_norm"), b, cfg["layer_norm_eps"])
+        self.final_layer_norm = LayerNorm(D, w.prefix("final_layer_norm"), backend, cfg["layer_norm_eps"])
 
     @staticmethod
     def weights_root(store) -> str:
@@ -126,9 +126,10 @@ class CLIPTextModel:
         if not 0 <= clip_skip <= n:  # clip_skip == n: the embeddings alone, as diffusers allows
             raise ConfigError(f"clip_skip {clip_skip} is out of range for a {n}-layer text encoder "
                               f"(expected 0..{n})")
-        b = self.b
+        backend = self.backend
         pos = np.broadcast_to(np.arange(L), (N, L))
-        x = b.add(b.embedding(ids, self.token_embedding), b.embedding(pos, self.position_embedding))
+        x = backend.add(backend.embedding(ids, self.token_embedding),
+                        backend.embedding(pos, self.position_embedding))  # (N, L, D)
         for layer in self.layers[: n - clip_skip]:  # the skipped layers' outputs are never used
             x = layer(x)
         return x  # (N, L, D)
@@ -144,4 +145,4 @@ class CLIPTextModel:
         h = self(ids) if last_hidden_state is None else last_hidden_state
         eos = self.config["eos_token_id"]
         index = ids.argmax(axis=-1) if eos == 2 else (ids == eos).argmax(axis=-1)
-        return self.b.slice_tokens(h, index)
+        return self.backend.slice_tokens(h, index)

@@ -46,15 +46,17 @@ _DEFAULT_SCHEDULER = {
 @dataclasses.dataclass
 class Progress:
     """What the progress callback receives. `stage` is one of load, text_encoder, unet, vae;
-    `step`/`total` count within the stage; for unet steps `timestep` and `latents` (a backend
-    tensor: call `pipeline.backend.numpy` on it only when you need it, it is a readback on a GPU)."""
+    `step`/`total` count within the stage; `component` the one a load stage loads. After each UNet
+    step, `timestep` and `latents`: the latents after that step, a host float32 ndarray
+    (N, C, h, w) (the scheduler runs on the host, so on any backend this costs no readback; the
+    callback must not modify it)."""
 
     stage: str
     step: int
     total: int
     elapsed: float
     timestep: float | None = None
-    latents: object = None
+    latents: np.ndarray | None = None
     component: str | None = None
 
 
@@ -128,11 +130,9 @@ class Pipeline:
         if component in self._loaded:
             return self._loaded[component]
         # A GPU backend takes WeightRefs and uploads each tensor's bytes straight from the file.
-        lazy = getattr(self.backend, "takes_weight_refs", False)
-        store = self.folder.weights(component, self.precision, self.variant, lazy=lazy)
+        store = self.folder.weights(component, self.precision, self.variant, lazy=self.backend.takes_weight_refs)
         try:
-            if hasattr(self.backend, "check_weights"):  # a GPU names a tensor too big to bind, before uploading
-                self.backend.check_weights(store)
+            self.backend.check_weights(store)  # a GPU names a tensor too big to bind, before uploading
             config = self.folder.config(component)
             if component == "text_encoder":
                 model = CLIPTextModel(config, store.prefix(CLIPTextModel.weights_root(store)), self.backend)
@@ -162,14 +162,13 @@ class Pipeline:
         and how many prompt tokens were dropped by truncation."""
         te = self.load("text_encoder")
         ids, dropped = self.tokenizer.encode(prompt, return_truncated=True)
-        b = self.backend
         cond = te(np.asarray([ids] * num_images, dtype=np.int64), clip_skip)
         if not cfg:
             return cond, dropped
         neg = self.tokenizer.encode(negative_prompt or "")
         # diffusers applies clip_skip to the prompt only, never to the negative prompt
         uncond = te(np.asarray([neg] * num_images, dtype=np.int64))
-        return b.concat([uncond, cond], axis=0), dropped
+        return self.backend.concat([uncond, cond], axis=0), dropped
 
     def initial_latents(self, seed: int, num_images: int, height: int, width: int, init_noise_sigma: float):
         """The noise contract: one PCG64 generator per image, seeded seed + k."""
@@ -190,7 +189,7 @@ class Pipeline:
         height = self.default_size if height is None else height
         self.check(width=width, height=height, steps=steps, guidance=guidance, scheduler=scheduler,
                    num_images=num_images, clip_skip=clip_skip)
-        b = self.backend
+        backend = self.backend
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
 
@@ -236,7 +235,7 @@ class Pipeline:
         for i, t in enumerate(timesteps):
             xin = sched.scale_model_input(x, t)
             xin = np.concatenate([xin, xin]) if cfg else xin
-            eps = b.numpy(unet(b.tensor(xin), t, context))
+            eps = backend.numpy(unet(backend.tensor(xin), t, context))
             if cfg:
                 uncond, cond = np.split(eps, 2)
                 eps = uncond + np.float32(guidance) * (cond - uncond)
@@ -254,7 +253,7 @@ class Pipeline:
         shift = vae.config.get("shift_factor")
         if shift:
             z = z + np.float32(shift)
-        images = b.numpy(vae.decode(b.tensor(z)))
+        images = backend.numpy(vae.decode(backend.tensor(z)))
         timings["vae"] = time.perf_counter() - s
         self.release("vae")
         report("vae", 1, 1)
@@ -265,7 +264,7 @@ class Pipeline:
                       settings=dict(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                                     guidance=guidance, seed=seed, scheduler=scheduler, width=width,
                                     height=height, num_images=num_images, clip_skip=clip_skip,
-                                    precision=self.precision, backend=getattr(b, "name", "?")))
+                                    precision=self.precision, backend=backend.name))
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
 """UNet2DConditionModel for the Stable Diffusion 1.x / 2.x family (diffusers' unet_2d_condition.py,
-unet_2d_blocks.py, transformer_2d.py, attention.py, resnet.py) over the backend.
+unet_2d_blocks.py, transformer_2d.py, attention.py) over the backend; its resnets, downsamplers and
+upsamplers are resnet.py's, shared with the VAE.
 
     eps = unet(x (N, in_channels, h, w), t (float or (N,)), context (N, L, cross_attention_dim))
         -> (N, out_channels, h, w)
@@ -19,6 +20,7 @@ import numpy as np
 
 from .errors import ModelError
 from .nn import Conv2d, GroupNorm, LayerNorm, Linear
+from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
 # diffusers' UNet2DConditionModel.__init__ defaults for keys a config.json may leave out.
 DEFAULTS = {
@@ -145,61 +147,38 @@ def timestep_embedding(t: np.ndarray, dim: int, flip_sin_to_cos: bool, shift: fl
 class TimestepEmbedding:
     """linear_1 -> SiLU -> linear_2: (N, C0) -> (N, temb); `act` fuses an activation after linear_2."""
 
-    def __init__(self, cin, temb, w, b):
-        self.linear_1 = Linear(cin, temb, w.prefix("linear_1"), b)
-        self.linear_2 = Linear(temb, temb, w.prefix("linear_2"), b)
+    def __init__(self, cin, temb, w, backend):
+        self.linear_1 = Linear(cin, temb, w.prefix("linear_1"), backend)
+        self.linear_2 = Linear(temb, temb, w.prefix("linear_2"), backend)
 
     def __call__(self, x, act=None):
         return self.linear_2(self.linear_1(x, act="silu"), act=act)
-
-
-class ResnetBlock2D:
-    """(N, cin, H, W), temb (N, T) -> (N, cout, H, W):
-    norm1+SiLU -> conv1 -> + time_emb_proj(SiLU(temb)) -> norm2+SiLU -> conv2, + (conv_shortcut) x."""
-
-    def __init__(self, cin, cout, temb_channels, groups, eps, w, b, out_scale=1.0):
-        self.b, self.out_scale = b, out_scale
-        self.norm1 = GroupNorm(groups, cin, w.prefix("norm1"), b, eps)
-        self.conv1 = Conv2d(cin, cout, 3, w.prefix("conv1"), b, padding=1)
-        self.time_emb_proj = Linear(temb_channels, cout, w.prefix("time_emb_proj"), b)
-        self.norm2 = GroupNorm(groups, cout, w.prefix("norm2"), b, eps)
-        self.conv2 = Conv2d(cout, cout, 3, w.prefix("conv2"), b, padding=1)
-        self.conv_shortcut = Conv2d(cin, cout, 1, w.prefix("conv_shortcut"), b) if cin != cout else None
-
-    def __call__(self, x, temb_silu):
-        b = self.b
-        h = self.conv1(self.norm1(x, silu=True))
-        h = b.add_channel(h, self.time_emb_proj(temb_silu))  # temb arrives already through SiLU
-        h = self.conv2(self.norm2(h, silu=True))
-        y = b.add(self.conv_shortcut(x) if self.conv_shortcut else x, h)
-        return b.mul(y, 1.0 / self.out_scale) if self.out_scale != 1 else y
 
 
 class CrossAttention:
     """diffusers Attention with heads of size dim_head: x (N, L, C), context (N, Lc, Cc) -> (N, L, C).
     to_q/to_k/to_v have no bias; to_out.0 does."""
 
-    def __init__(self, dim, context_dim, heads, w, b):
-        self.b, self.heads = b, heads
-        self.to_q = Linear(dim, dim, w.prefix("to_q"), b, bias=False)
-        self.to_k = Linear(context_dim, dim, w.prefix("to_k"), b, bias=False)
-        self.to_v = Linear(context_dim, dim, w.prefix("to_v"), b, bias=False)
-        self.to_out = [Linear(dim, dim, w.prefix("to_out.0"), b)]
+    def __init__(self, dim, context_dim, heads, w, backend):
+        self.backend, self.heads = backend, heads
+        self.to_q = Linear(dim, dim, w.prefix("to_q"), backend, bias=False)
+        self.to_k = Linear(context_dim, dim, w.prefix("to_k"), backend, bias=False)
+        self.to_v = Linear(context_dim, dim, w.prefix("to_v"), backend, bias=False)
+        self.to_out = [Linear(dim, dim, w.prefix("to_out.0"), backend)]
 
     def __call__(self, x, context=None):
         c = x if context is None else context
-        h = self.b.attention(self.to_q(x), self.to_k(c), self.to_v(c), self.heads)  # (N, L, C)
+        h = self.backend.attention(self.to_q(x), self.to_k(c), self.to_v(c), self.heads)  # (N, L, C)
         return self.to_out[0](h)
 
 
 class FeedForward:
     """GEGLU feed-forward: net.0.proj (C -> 2*4C), a * gelu(gate), net.2 (4C -> C)."""
 
-    def __init__(self, dim, w, b):
+    def __init__(self, dim, w, backend):
         inner = 4 * dim
-        self.b = b
-        self.proj = Linear(dim, 2 * inner, w.prefix("net.0.proj"), b)
-        self.out = Linear(inner, dim, w.prefix("net.2"), b)
+        self.proj = Linear(dim, 2 * inner, w.prefix("net.0.proj"), backend)
+        self.out = Linear(inner, dim, w.prefix("net.2"), backend)
 
     def __call__(self, x):
         return self.out(self.proj(x, act="geglu"))
@@ -209,91 +188,68 @@ class BasicTransformerBlock:
     """Pre-norm self-attention, cross-attention and GEGLU feed-forward, each with a residual:
     x (N, L, C), context (N, Lc, Cc) -> (N, L, C)."""
 
-    def __init__(self, dim, context_dim, heads, w, b):
-        self.b = b
-        self.norm1 = LayerNorm(dim, w.prefix("norm1"), b)
-        self.attn1 = CrossAttention(dim, dim, heads, w.prefix("attn1"), b)
-        self.norm2 = LayerNorm(dim, w.prefix("norm2"), b)
-        self.attn2 = CrossAttention(dim, context_dim, heads, w.prefix("attn2"), b)
-        self.norm3 = LayerNorm(dim, w.prefix("norm3"), b)
-        self.ff = FeedForward(dim, w.prefix("ff"), b)
+    def __init__(self, dim, context_dim, heads, w, backend):
+        self.backend = backend
+        self.norm1 = LayerNorm(dim, w.prefix("norm1"), backend)
+        self.attn1 = CrossAttention(dim, dim, heads, w.prefix("attn1"), backend)
+        self.norm2 = LayerNorm(dim, w.prefix("norm2"), backend)
+        self.attn2 = CrossAttention(dim, context_dim, heads, w.prefix("attn2"), backend)
+        self.norm3 = LayerNorm(dim, w.prefix("norm3"), backend)
+        self.ff = FeedForward(dim, w.prefix("ff"), backend)
 
     def __call__(self, x, context):
-        b = self.b
-        x = b.add(self.attn1(self.norm1(x)), x)
-        x = b.add(self.attn2(self.norm2(x), context), x)
-        return b.add(self.ff(self.norm3(x)), x)
+        backend = self.backend
+        x = backend.add(self.attn1(self.norm1(x)), x)
+        x = backend.add(self.attn2(self.norm2(x), context), x)
+        return backend.add(self.ff(self.norm3(x)), x)
 
 
 class Transformer2DModel:
     """Spatial transformer: (N, C, H, W), context -> (N, C, H, W).
     group norm (eps 1e-6) -> proj_in (1x1 conv, or linear when use_linear_projection) -> tokens
-    -> transformer_blocks -> proj_out -> + input."""
+    -> transformer_blocks -> proj_out -> + input (a 1x1 proj_out adds it in its own epilogue)."""
 
-    def __init__(self, channels, context_dim, heads, depth, groups, linear_proj, w, b):
-        self.b, self.linear_proj = b, linear_proj
-        self.norm = GroupNorm(groups, channels, w.prefix("norm"), b, 1e-6)
+    def __init__(self, channels, context_dim, heads, depth, groups, linear_proj, w, backend):
+        self.backend, self.linear_proj = backend, linear_proj
+        self.norm = GroupNorm(groups, channels, w.prefix("norm"), backend, 1e-6)
         if linear_proj:
-            self.proj_in = Linear(channels, channels, w.prefix("proj_in"), b)
-            self.proj_out = Linear(channels, channels, w.prefix("proj_out"), b)
+            self.proj_in = Linear(channels, channels, w.prefix("proj_in"), backend)
+            self.proj_out = Linear(channels, channels, w.prefix("proj_out"), backend)
         else:
-            self.proj_in = Conv2d(channels, channels, 1, w.prefix("proj_in"), b)
-            self.proj_out = Conv2d(channels, channels, 1, w.prefix("proj_out"), b)
+            self.proj_in = Conv2d(channels, channels, 1, w.prefix("proj_in"), backend)
+            self.proj_out = Conv2d(channels, channels, 1, w.prefix("proj_out"), backend)
         self.transformer_blocks = [
-            BasicTransformerBlock(channels, context_dim, heads, w.prefix(f"transformer_blocks.{i}"), b)
+            BasicTransformerBlock(channels, context_dim, heads, w.prefix(f"transformer_blocks.{i}"), backend)
             for i in range(depth)]
 
     def __call__(self, x, context):
-        b = self.b
-        _, _, H, W = b.shape(x)
+        backend = self.backend
+        _, _, H, W = backend.shape(x)
         h = self.norm(x)
         if self.linear_proj:
-            h = self.proj_in(b.nchw_to_nlc(h))  # (N, H*W, C)
+            h = self.proj_in(backend.nchw_to_nlc(h))  # (N, H*W, C)
         else:
-            h = b.nchw_to_nlc(self.proj_in(h))
+            h = backend.nchw_to_nlc(self.proj_in(h))
         for block in self.transformer_blocks:
             h = block(h, context)
         if self.linear_proj:
-            h = b.nlc_to_nchw(self.proj_out(h), H, W)
-        else:
-            h = self.proj_out(b.nlc_to_nchw(h, H, W))
-        return b.add(h, x)
-
-
-class Downsample2D:
-    """3x3 conv with stride 2 and padding `downsample_padding`: (N, C, H, W) -> (N, C, H/2, W/2)."""
-
-    def __init__(self, channels, padding, w, b):
-        self.conv = Conv2d(channels, channels, 3, w.prefix("conv"), b, stride=2, padding=padding)
-
-    def __call__(self, x):
-        return self.conv(x)
-
-
-class Upsample2D:
-    """Nearest 2x then a 3x3 conv: (N, C, H, W) -> (N, C, 2H, 2W)."""
-
-    def __init__(self, channels, w, b):
-        self.b = b
-        self.conv = Conv2d(channels, channels, 3, w.prefix("conv"), b, padding=1)
-
-    def __call__(self, x):
-        return self.conv(self.b.upsample_nearest2x(x))
+            return backend.add(backend.nlc_to_nchw(self.proj_out(h), H, W), x)
+        return self.proj_out(backend.nlc_to_nchw(h, H, W), residual=x)
 
 
 class DownBlock:
     """CrossAttnDownBlock2D / DownBlock2D: `layers` x (resnet [-> transformer]), then downsample.
     Returns the output and the skip tensors the up path will concatenate."""
 
-    def __init__(self, cin, cout, temb, layers, attn, heads, depth, context_dim, add_down, cfg, w, b):
+    def __init__(self, cin, cout, temb, layers, attn, heads, depth, context_dim, add_down, cfg, w, backend):
         g, eps = cfg["norm_num_groups"], cfg["norm_eps"]
-        self.resnets = [ResnetBlock2D(cin if i == 0 else cout, cout, temb, g, eps,
-                                      w.prefix(f"resnets.{i}"), b) for i in range(layers)]
+        self.resnets = [ResnetBlock2D(cin if i == 0 else cout, cout, g, eps, w.prefix(f"resnets.{i}"), backend, temb)
+                        for i in range(layers)]
         self.attentions = [Transformer2DModel(cout, context_dim, heads, depth, g,
-                                              cfg["use_linear_projection"], w.prefix(f"attentions.{i}"), b)
+                                              cfg["use_linear_projection"], w.prefix(f"attentions.{i}"), backend)
                            for i in range(layers)] if attn else []
         self.downsamplers = [Downsample2D(cout, cfg["downsample_padding"],
-                                          w.prefix("downsamplers.0"), b)] if add_down else []
+                                          w.prefix("downsamplers.0"), backend)] if add_down else []
 
     def __call__(self, x, temb, context):
         skips = []
@@ -312,22 +268,22 @@ class UpBlock:
     """CrossAttnUpBlock2D / UpBlock2D: `layers` x (concat skip -> resnet [-> transformer]), then
     upsample. Resnet j takes prev (j == 0) or cout channels plus the skip's channels."""
 
-    def __init__(self, cin, cout, prev, temb, layers, attn, heads, depth, context_dim, add_up, cfg, w, b):
+    def __init__(self, cin, cout, prev, temb, layers, attn, heads, depth, context_dim, add_up, cfg, w, backend):
         g, eps = cfg["norm_num_groups"], cfg["norm_eps"]
-        self.b = b
+        self.backend = backend
         self.resnets = []
         for j in range(layers):
             skip = cin if j == layers - 1 else cout
             rin = prev if j == 0 else cout
-            self.resnets.append(ResnetBlock2D(rin + skip, cout, temb, g, eps, w.prefix(f"resnets.{j}"), b))
+            self.resnets.append(ResnetBlock2D(rin + skip, cout, g, eps, w.prefix(f"resnets.{j}"), backend, temb))
         self.attentions = [Transformer2DModel(cout, context_dim, heads, depth, g,
-                                              cfg["use_linear_projection"], w.prefix(f"attentions.{j}"), b)
+                                              cfg["use_linear_projection"], w.prefix(f"attentions.{j}"), backend)
                            for j in range(layers)] if attn else []
-        self.upsamplers = [Upsample2D(cout, w.prefix("upsamplers.0"), b)] if add_up else []
+        self.upsamplers = [Upsample2D(cout, w.prefix("upsamplers.0"), backend)] if add_up else []
 
     def __call__(self, x, skips, temb, context):
         for j, resnet in enumerate(self.resnets):
-            x = resnet(self.b.concat([x, skips.pop()], axis=1), temb)
+            x = resnet(self.backend.concat([x, skips.pop()], axis=1), temb)
             if self.attentions:
                 x = self.attentions[j](x, context)
         for up in self.upsamplers:
@@ -338,13 +294,13 @@ class UpBlock:
 class MidBlock:
     """UNetMidBlock2DCrossAttn: resnets.0 -> attentions.0 -> resnets.1 at the deepest width."""
 
-    def __init__(self, channels, temb, heads, depth, context_dim, cfg, w, b):
+    def __init__(self, channels, temb, heads, depth, context_dim, cfg, w, backend):
         g, eps = cfg["norm_num_groups"], cfg["norm_eps"]
         scale = cfg["mid_block_scale_factor"]
-        self.resnets = [ResnetBlock2D(channels, channels, temb, g, eps, w.prefix(f"resnets.{i}"), b, scale)
+        self.resnets = [ResnetBlock2D(channels, channels, g, eps, w.prefix(f"resnets.{i}"), backend, temb, scale)
                         for i in range(2)]
         self.attentions = [Transformer2DModel(channels, context_dim, heads, depth, g,
-                                              cfg["use_linear_projection"], w.prefix("attentions.0"), b)]
+                                              cfg["use_linear_projection"], w.prefix("attentions.0"), backend)]
 
     def __call__(self, x, temb, context):
         x = self.resnets[0](x, temb)
@@ -356,17 +312,17 @@ class MidBlock:
 
 
 class UNet2DConditionModel:
-    def __init__(self, config: dict, w, b):
+    def __init__(self, config: dict, w, backend):
         cfg = self.config = unet_config(config)
-        self.b = b
+        self.backend = backend
         ch = cfg["block_out_channels"]
         n = len(ch)
         temb = ch[0] * 4 if cfg["time_embedding_dim"] is None else cfg["time_embedding_dim"]
         g, eps = cfg["norm_num_groups"], cfg["norm_eps"]
         kin, kout = cfg["conv_in_kernel"], cfg["conv_out_kernel"]
 
-        self.conv_in = Conv2d(cfg["in_channels"], ch[0], kin, w.prefix("conv_in"), b, padding=(kin - 1) // 2)
-        self.time_embedding = TimestepEmbedding(ch[0], temb, w.prefix("time_embedding"), b)
+        self.conv_in = Conv2d(cfg["in_channels"], ch[0], kin, w.prefix("conv_in"), backend, padding=(kin - 1) // 2)
+        self.time_embedding = TimestepEmbedding(ch[0], temb, w.prefix("time_embedding"), backend)
 
         self.down_blocks = []
         cout = ch[0]
@@ -375,12 +331,12 @@ class UNet2DConditionModel:
             self.down_blocks.append(DownBlock(
                 cin, cout, temb, cfg["layers"][i], kind == "CrossAttnDownBlock2D", cfg["heads"][i],
                 cfg["transformer_layers"][i], cfg["cross_dims"][i], i < n - 1, cfg,
-                w.prefix(f"down_blocks.{i}"), b))
+                w.prefix(f"down_blocks.{i}"), backend))
 
         self.mid_block = None
         if cfg["mid_block_type"] == "UNetMidBlock2DCrossAttn":
             self.mid_block = MidBlock(ch[-1], temb, cfg["heads"][-1], cfg["transformer_layers"][-1],
-                                      cfg["cross_dims"][-1], cfg, w.prefix("mid_block"), b)
+                                      cfg["cross_dims"][-1], cfg, w.prefix("mid_block"), backend)
 
         rch = ch[::-1]
         rheads, rlayers = cfg["heads"][::-1], cfg["layers"][::-1]
@@ -391,11 +347,11 @@ class UNet2DConditionModel:
             cout, cin = rch[i], rch[min(i + 1, n - 1)]
             self.up_blocks.append(UpBlock(
                 cin, cout, prev, temb, rlayers[i] + 1, kind == "CrossAttnUpBlock2D", rheads[i],
-                rdepth[i], rcross[i], i < n - 1, cfg, w.prefix(f"up_blocks.{i}"), b))
+                rdepth[i], rcross[i], i < n - 1, cfg, w.prefix(f"up_blocks.{i}"), backend))
             prev = cout
 
-        self.conv_norm_out = GroupNorm(g, ch[0], w.prefix("conv_norm_out"), b, eps)
-        self.conv_out = Conv2d(ch[0], cfg["out_channels"], kout, w.prefix("conv_out"), b,
+        self.conv_norm_out = GroupNorm(g, ch[0], w.prefix("conv_norm_out"), backend, eps)
+        self.conv_out = Conv2d(ch[0], cfg["out_channels"], kout, w.prefix("conv_out"), backend,
                                padding=(kout - 1) // 2)
 
     @property
@@ -408,12 +364,12 @@ class UNet2DConditionModel:
         cfg = self.config
         t = np.broadcast_to(np.asarray(t, dtype=np.float32).reshape(-1), (batch,))
         emb = timestep_embedding(t, cfg["block_out_channels"][0], cfg["flip_sin_to_cos"], cfg["freq_shift"])
-        return self.time_embedding(self.b.tensor(emb), act="silu")
+        return self.time_embedding(self.backend.tensor(emb), act="silu")
 
     def __call__(self, x, t, context):
         """x: (N, in_channels, h, w), t: scalar or (N,), context: (N, L, cross_attention_dim)."""
-        b = self.b
-        N = b.shape(x)[0]
+        backend = self.backend
+        N = backend.shape(x)[0]
         # 1. time
         temb = self.time_embed(t, N)
         # 2. pre-process
@@ -432,4 +388,4 @@ class UNet2DConditionModel:
             x = block(x, skips[-n:], temb, context)
             del skips[-n:]
         # 6. post-process
-        return self.conv_out(self.conv_norm_out(x, silu=True))
+        return self.conv_out(self.conv_norm_out(x, act="silu"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from .errors import ModelError
 from .nn import Conv2d, GroupNorm, Linear
+from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 
 # diffusers' AutoencoderKL.__init__ defaults, for keys a config.json leaves out.
 DEFAULTS = {
@@ -36,24 +37,6 @@ DEFAULTS = {
 EPS = 1e-6
 
 
-class ResnetBlock2D:
-    """norm1+SiLU -> conv1 -> norm2+SiLU -> conv2, plus the input (through a 1x1 conv_shortcut when
-    the channel count changes): (N, cin, H, W) -> (N, cout, H, W). No time embedding in the VAE."""
-
-    def __init__(self, cin: int, cout: int, groups: int, w, b):
-        self.b = b
-        self.norm1 = GroupNorm(groups, cin, w.prefix("norm1"), b, EPS)
-        self.conv1 = Conv2d(cin, cout, 3, w.prefix("conv1"), b, padding=1)
-        self.norm2 = GroupNorm(groups, cout, w.prefix("norm2"), b, EPS)
-        self.conv2 = Conv2d(cout, cout, 3, w.prefix("conv2"), b, padding=1)
-        self.conv_shortcut = Conv2d(cin, cout, 1, w.prefix("conv_shortcut"), b) if cin != cout else None
-
-    def __call__(self, x):
-        h = self.conv1(self.norm1(x, silu=True))
-        h = self.conv2(self.norm2(h, silu=True))  # dropout is 0 at inference
-        return self.b.add(self.conv_shortcut(x) if self.conv_shortcut else x, h)
-
-
 class Attention:
     """The mid-block's single-head spatial self-attention with its own group norm and a residual:
     x (N, C, H, W) -> x + to_out(attn(to_q(gn(x)), to_k(gn(x)), to_v(gn(x)))), head dim C.
@@ -64,32 +47,32 @@ class Attention:
 
     LEGACY = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 
-    def __init__(self, channels: int, groups: int, w, b):
-        self.b = b
-        self.group_norm = GroupNorm(groups, channels, w.prefix("group_norm"), b, EPS)
+    def __init__(self, channels: int, groups: int, w, backend):
+        self.backend = backend
+        self.group_norm = GroupNorm(groups, channels, w.prefix("group_norm"), backend, EPS)
         legacy = "to_q.weight" not in w and "query.weight" in w
         names = {new: (old if legacy else new) for new, old in self.LEGACY.items()}
-        self.to_q = Linear(channels, channels, w.prefix(names["to_q"]), b)
-        self.to_k = Linear(channels, channels, w.prefix(names["to_k"]), b)
-        self.to_v = Linear(channels, channels, w.prefix(names["to_v"]), b)
-        self.to_out = [Linear(channels, channels, w.prefix(names["to_out.0"]), b)]
+        self.to_q = Linear(channels, channels, w.prefix(names["to_q"]), backend)
+        self.to_k = Linear(channels, channels, w.prefix(names["to_k"]), backend)
+        self.to_v = Linear(channels, channels, w.prefix(names["to_v"]), backend)
+        self.to_out = [Linear(channels, channels, w.prefix(names["to_out.0"]), backend)]
 
     def __call__(self, x):
-        b = self.b
-        _, _, H, W = b.shape(x)
-        h = b.nchw_to_nlc(self.group_norm(x))  # (N, H*W, C)
-        h = b.attention(self.to_q(h), self.to_k(h), self.to_v(h), heads=1)
-        h = b.nlc_to_nchw(self.to_out[0](h), H, W)  # (N, C, H, W)
-        return b.add(h, x)  # rescale_output_factor is 1 in the VAE
+        backend = self.backend
+        _, _, H, W = backend.shape(x)
+        h = backend.nchw_to_nlc(self.group_norm(x))  # (N, H*W, C)
+        h = backend.attention(self.to_q(h), self.to_k(h), self.to_v(h), heads=1)
+        h = backend.nlc_to_nchw(self.to_out[0](h), H, W)  # (N, C, H, W)
+        return backend.add(h, x)  # rescale_output_factor is 1 in the VAE
 
 
 class UNetMidBlock2D:
     """resnets.0 -> attentions.0 (unless mid_block_add_attention is false) -> resnets.1, at C channels."""
 
-    def __init__(self, channels: int, groups: int, add_attention: bool, w, b):
-        self.resnets = [ResnetBlock2D(channels, channels, groups, w.prefix(f"resnets.{i}"), b)
+    def __init__(self, channels: int, groups: int, add_attention: bool, w, backend):
+        self.resnets = [ResnetBlock2D(channels, channels, groups, EPS, w.prefix(f"resnets.{i}"), backend)
                         for i in range(2)]
-        self.attentions = [Attention(channels, groups, w.prefix("attentions.0"), b)] if add_attention else []
+        self.attentions = [Attention(channels, groups, w.prefix("attentions.0"), backend)] if add_attention else []
 
     def __call__(self, x):
         x = self.resnets[0](x)
@@ -98,36 +81,14 @@ class UNetMidBlock2D:
         return self.resnets[1](x)
 
 
-class Downsample2D:
-    """Stride-2 3x3 conv after zero-padding right and bottom by one (diffusers' Downsample2D with
-    padding=0): (N, C, H, W) -> (N, C, ceil(H/2), ceil(W/2)) for even H, W."""
-
-    def __init__(self, channels: int, w, b):
-        self.b = b
-        self.conv = Conv2d(channels, channels, 3, w.prefix("conv"), b, stride=2)
-
-    def __call__(self, x):
-        return self.conv(self.b.pad2d(x, 0, 1, 0, 1))
-
-
-class Upsample2D:
-    """Nearest 2x then a 3x3 conv: (N, C, H, W) -> (N, C, 2H, 2W)."""
-
-    def __init__(self, channels: int, w, b):
-        self.b = b
-        self.conv = Conv2d(channels, channels, 3, w.prefix("conv"), b, padding=1)
-
-    def __call__(self, x):
-        return self.conv(self.b.upsample_nearest2x(x))
-
-
 class DownEncoderBlock2D:
     """layers resnets, then a Downsample2D unless last: (N, cin, H, W) -> (N, cout, H/2, W/2)."""
 
-    def __init__(self, cin: int, cout: int, layers: int, groups: int, add_downsample: bool, w, b):
-        self.resnets = [ResnetBlock2D(cin if i == 0 else cout, cout, groups, w.prefix(f"resnets.{i}"), b)
+    def __init__(self, cin: int, cout: int, layers: int, groups: int, add_downsample: bool, w, backend):
+        self.resnets = [ResnetBlock2D(cin if i == 0 else cout, cout, groups, EPS, w.prefix(f"resnets.{i}"), backend)
                         for i in range(layers)]
-        self.downsamplers = [Downsample2D(cout, w.prefix("downsamplers.0"), b)] if add_downsample else []
+        # padding 0: pad right and bottom, then the stride-2 conv (diffusers' DownEncoderBlock2D)
+        self.downsamplers = [Downsample2D(cout, 0, w.prefix("downsamplers.0"), backend)] if add_downsample else []
 
     def __call__(self, x):
         for layer in self.resnets + self.downsamplers:
@@ -138,10 +99,10 @@ class DownEncoderBlock2D:
 class UpDecoderBlock2D:
     """layers resnets, then an Upsample2D unless last: (N, cin, H, W) -> (N, cout, 2H, 2W)."""
 
-    def __init__(self, cin: int, cout: int, layers: int, groups: int, add_upsample: bool, w, b):
-        self.resnets = [ResnetBlock2D(cin if i == 0 else cout, cout, groups, w.prefix(f"resnets.{i}"), b)
+    def __init__(self, cin: int, cout: int, layers: int, groups: int, add_upsample: bool, w, backend):
+        self.resnets = [ResnetBlock2D(cin if i == 0 else cout, cout, groups, EPS, w.prefix(f"resnets.{i}"), backend)
                         for i in range(layers)]
-        self.upsamplers = [Upsample2D(cout, w.prefix("upsamplers.0"), b)] if add_upsample else []
+        self.upsamplers = [Upsample2D(cout, w.prefix("upsamplers.0"), backend)] if add_upsample else []
 
     def __call__(self, x):
         for layer in self.resnets + self.upsamplers:
@@ -152,52 +113,51 @@ class UpDecoderBlock2D:
 class Encoder:
     """x (N, in_channels, H, W) -> (N, 2*latent_channels, H/f, W/f)."""
 
-    def __init__(self, cfg: dict, w, b):
+    def __init__(self, cfg: dict, w, backend):
         chans, groups, n = cfg["block_out_channels"], cfg["norm_num_groups"], cfg["layers_per_block"]
-        self.b = b
-        self.conv_in = Conv2d(cfg["in_channels"], chans[0], 3, w.prefix("conv_in"), b, padding=1)
+        self.conv_in = Conv2d(cfg["in_channels"], chans[0], 3, w.prefix("conv_in"), backend, padding=1)
         self.down_blocks = [
             DownEncoderBlock2D(chans[max(i - 1, 0)], c, n, groups, i < len(chans) - 1,
-                               w.prefix(f"down_blocks.{i}"), b)
+                               w.prefix(f"down_blocks.{i}"), backend)
             for i, c in enumerate(chans)]
         self.mid_block = UNetMidBlock2D(chans[-1], groups, cfg["mid_block_add_attention"],
-                                        w.prefix("mid_block"), b)
-        self.conv_norm_out = GroupNorm(groups, chans[-1], w.prefix("conv_norm_out"), b, EPS)
-        self.conv_out = Conv2d(chans[-1], 2 * cfg["latent_channels"], 3, w.prefix("conv_out"), b, padding=1)
+                                        w.prefix("mid_block"), backend)
+        self.conv_norm_out = GroupNorm(groups, chans[-1], w.prefix("conv_norm_out"), backend, EPS)
+        self.conv_out = Conv2d(chans[-1], 2 * cfg["latent_channels"], 3, w.prefix("conv_out"), backend, padding=1)
 
     def __call__(self, x):
         x = self.conv_in(x)
         for block in self.down_blocks:
             x = block(x)
         x = self.mid_block(x)
-        return self.conv_out(self.conv_norm_out(x, silu=True))
+        return self.conv_out(self.conv_norm_out(x, act="silu"))
 
 
 class Decoder:
     """z (N, latent_channels, h, w) -> (N, out_channels, h*f, w*f)."""
 
-    def __init__(self, cfg: dict, w, b):
+    def __init__(self, cfg: dict, w, backend):
         chans, groups, n = cfg["block_out_channels"], cfg["norm_num_groups"], cfg["layers_per_block"]
         rev = chans[::-1]
-        self.conv_in = Conv2d(cfg["latent_channels"], rev[0], 3, w.prefix("conv_in"), b, padding=1)
+        self.conv_in = Conv2d(cfg["latent_channels"], rev[0], 3, w.prefix("conv_in"), backend, padding=1)
         self.mid_block = UNetMidBlock2D(rev[0], groups, cfg["mid_block_add_attention"],
-                                        w.prefix("mid_block"), b)
+                                        w.prefix("mid_block"), backend)
         self.up_blocks = [
             UpDecoderBlock2D(rev[max(i - 1, 0)], c, n + 1, groups, i < len(rev) - 1,
-                             w.prefix(f"up_blocks.{i}"), b)
+                             w.prefix(f"up_blocks.{i}"), backend)
             for i, c in enumerate(rev)]
-        self.conv_norm_out = GroupNorm(groups, chans[0], w.prefix("conv_norm_out"), b, EPS)
-        self.conv_out = Conv2d(chans[0], cfg["out_channels"], 3, w.prefix("conv_out"), b, padding=1)
+        self.conv_norm_out = GroupNorm(groups, chans[0], w.prefix("conv_norm_out"), backend, EPS)
+        self.conv_out = Conv2d(chans[0], cfg["out_channels"], 3, w.prefix("conv_out"), backend, padding=1)
 
     def __call__(self, z):
         x = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(self.conv_norm_out(x, silu=True))
+        return self.conv_out(self.conv_norm_out(x, act="silu"))
 
 
 class AutoencoderKL:
-    """`AutoencoderKL(config, w, b, encoder=True)`: config is vae/config.json, w the view at the
+    """`AutoencoderKL(config, w, backend, encoder=True)`: config is vae/config.json, w the view at the
     file's root. With encoder=False the encoder and quant_conv tensors are marked unused on purpose
     and never read (decode-only, as text-to-image needs).
 
@@ -206,7 +166,7 @@ class AutoencoderKL:
     (diffusers' `latent_dist.parameters`; `latent_dist.mean` is the first latent_channels).
     """
 
-    def __init__(self, config: dict, w, b, encoder: bool = True):
+    def __init__(self, config: dict, w, backend, encoder: bool = True):
         cfg = {k: config.get(k, v) for k, v in DEFAULTS.items()}
         nblocks = len(cfg["block_out_channels"])
         for key, kind in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
@@ -220,22 +180,22 @@ class AutoencoderKL:
         if bad:
             raise ModelError(f"vae config block_out_channels {bad} are not multiples of "
                              f"norm_num_groups {cfg['norm_num_groups']}")
-        self.config, self.b = cfg, b
+        self.config = cfg
         self.scale_factor = 2 ** (nblocks - 1)
         self.scaling_factor = float(cfg["scaling_factor"])
         self.latent_channels = lc = cfg["latent_channels"]
         self.encoder = self.quant_conv = None
         if encoder:
-            self.encoder = Encoder(cfg, w.prefix("encoder"), b)
+            self.encoder = Encoder(cfg, w.prefix("encoder"), backend)
             if cfg["use_quant_conv"]:
-                self.quant_conv = Conv2d(2 * lc, 2 * lc, 1, w.prefix("quant_conv"), b)
+                self.quant_conv = Conv2d(2 * lc, 2 * lc, 1, w.prefix("quant_conv"), backend)
         else:
             # text-to-image never encodes: leave the encoder's ~34M SD parameters on disk
             for part in (w.prefix("encoder"), w.prefix("quant_conv")):
                 for name in part.keys():
                     part.skip(name)
-        self.decoder = Decoder(cfg, w.prefix("decoder"), b)
-        self.post_quant_conv = (Conv2d(lc, lc, 1, w.prefix("post_quant_conv"), b)
+        self.decoder = Decoder(cfg, w.prefix("decoder"), backend)
+        self.post_quant_conv = (Conv2d(lc, lc, 1, w.prefix("post_quant_conv"), backend)
                                 if cfg["use_post_quant_conv"] else None)
 
     def decode(self, z):

@@ -1,9 +1,9 @@
-// The browser's device bridge: the interface of docs/architecture.md ("Device bridge") over
+// The browser's device bridge: the interface of py/sdweb/backends/bridges/__init__.py over
 // navigator.gpu, for sdweb.backends.webgpu running in Pyodide in this worker. The CPython twin is
-// py/sdweb/backends/wgpu_bridge.py; both compile the same shaders/*.wgsl.
+// py/sdweb/backends/bridges/wgpu.py; both compile the same shaders/*.wgsl.
 //
-// Python reaches it through sdweb.browser.JsDeviceBridge, which keeps the bind-group cache on the
-// Python side, so a recorded dispatch costs one call with five numbers:
+// Python reaches it through sdweb.backends.bridges.js.JsDeviceBridge, which keeps the bind-group
+// cache on the Python side, so a recorded dispatch costs one call with five numbers:
 //
 //   limits()                              -> {maxStorageBufferBindingSize, ..., features: [..], adapter}
 //   create_buffer(nbytes) -> id            STORAGE | COPY_SRC | COPY_DST

@@ -1,8 +1,9 @@
 """The NumPy backend: the readable reference for every op the models use.
 
-Model code (clip.py, unet.py, vae.py) is written once against this interface; `backends/webgpu.py`
-implements the same names with WGSL kernels from `shaders/` (one .wgsl per op family, named in each
-docstring below). Tensors here are plain float32 ndarrays.
+Model code is written once against the op list of `backends/contract.py`; this module and
+`backends/webgpu/` implement exactly it, the WebGPU one with WGSL kernels from `shaders/` (one .wgsl
+per op family, named in each section below; its host code is backends/webgpu/ops/<family>.py).
+Tensors here are plain float32 ndarrays.
 
 Weights arrive from the store in the precision they are held in (float32, float16, or bfloat16 kept
 as uint16 bit patterns) and are upcast to float32 per op, so memory holds the small copy and the
@@ -17,7 +18,10 @@ import math
 
 import numpy as np
 
+from .contract import check_act
+
 name = "numpy"
+takes_weight_refs = False  # weights arrive as arrays: the pipeline opens eager stores
 
 
 # --- tensors --------------------------------------------------------------------------------------
@@ -38,7 +42,11 @@ def weight(w: np.ndarray):
     return w
 
 
-def f32(w: np.ndarray) -> np.ndarray:
+def check_weights(store) -> None:
+    """Nothing to check: host memory has no per-array limit (running out of it raises MemoryError)."""
+
+
+def _f32(w: np.ndarray) -> np.ndarray:
     """Upcast a held weight to float32. bf16 is the top half of an f32, stored as uint16."""
     if w.dtype == np.float32:
         return w
@@ -51,10 +59,6 @@ def f32(w: np.ndarray) -> np.ndarray:
 
 def shape(x) -> tuple:
     return tuple(x.shape)
-
-
-def reshape(x, shape):
-    return x.reshape(shape)
 
 
 # --- blocking -------------------------------------------------------------------------------------
@@ -82,15 +86,16 @@ def _blocks(rows: int, cols: int):
 # --- linear algebra  (shaders/matmul.wgsl) --------------------------------------------------------
 
 
-def linear(x, w, b=None, act: str | None = None):
-    """x: (..., Din), w: (Dout, Din), b: (Dout,) -> (..., Dout), then optional fused activation
+def linear(x, weight, bias=None, act: str | None = None):
+    """x: (..., Din), weight: (Dout, Din), bias: (Dout,) -> (..., Dout), then optional fused activation
     (silu, gelu, quick_gelu, or geglu, which halves the width: (..., 2F) -> (..., F))."""
-    w = f32(w)
+    check_act("linear", act, geglu=True)
+    w = _f32(weight)
     Dout, Din = w.shape
     y = np.matmul(x.reshape(-1, Din), w.T)  # one GEMM over every token of every image
-    if b is None and act is None:
+    if bias is None and act is None:
         return y.reshape(*x.shape[:-1], Dout)
-    bias = None if b is None else f32(b)
+    bias = None if bias is None else _f32(bias)
     out = np.empty((y.shape[0], Dout // 2), np.float32) if act == "geglu" else y
     for r, _ in _blocks(*y.shape):  # bias and activation while the GEMM's rows are in cache
         yr = y[r]
@@ -103,9 +108,9 @@ def linear(x, w, b=None, act: str | None = None):
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
-def conv2d(x, w, b=None, stride: int = 1, padding: int = 0, residual=None):
-    """x: (N, Cin, H, W), w: (Cout, Cin, kh, kw) -> (N, Cout, Ho, Wo), plus `residual` (a tensor of
-    the output's shape: a resnet's skip) when given. Implicit GEMM on the GPU
+def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None):
+    """x: (N, Cin, H, W), weight: (Cout, Cin, kh, kw), bias: (Cout,) -> (N, Cout, Ho, Wo), plus
+    `residual` (a tensor of the output's shape: a resnet's skip) when given. Implicit GEMM on the GPU
     (shaders/conv2d.wgsl). Here, by shape:
       1x1: one (Cout, Cin) @ (Cin, H*W) matmul per image;
       stride 1, wide rows (Wo >= 32): shift and accumulate. In the zero-padded image flattened to
@@ -115,7 +120,7 @@ def conv2d(x, w, b=None, stride: int = 1, padding: int = 0, residual=None):
       otherwise (small images, stride 2): im2col in (Cin*kh*kw, pixels) order, so one matmul per
         image writes NCHW directly, in row chunks that bound the column matrix (~64 MB).
     Both keep the GEMMs large: measured on 2 cores they run at about torch's (oneDNN) speed."""
-    y = _conv2d(x, f32(w), None if b is None else f32(b)[:, None], stride, padding)
+    y = _conv2d(x, _f32(weight), None if bias is None else _f32(bias)[:, None], stride, padding)
     if residual is not None:
         y += residual
     return y
@@ -184,10 +189,11 @@ def pad2d(x, left: int, right: int, top: int, bottom: int):
 # --- normalisation  (shaders/norm.wgsl) -----------------------------------------------------------
 
 
-def group_norm(x, groups: int, gamma, beta, eps: float, silu: bool = False):
-    """x: (N, C, *spatial) -> same shape; optional fused SiLU after the affine.
+def group_norm(x, groups: int, weight, bias, eps: float, act: str | None = None):
+    """x: (N, C, *spatial) -> same shape; optional fused activation after the affine.
     Two-pass statistics in f32 (mean, then the sum of squared deviations accumulated per block in
-    f64), then (x - mean) * (gamma * rstd) + beta [+ SiLU] per block: 3 passes over memory in all."""
+    f64), then (x - mean) * (weight * rstd) + bias [-> act] per block: 3 passes over memory in all."""
+    check_act("group_norm", act)
     N, C = x.shape[:2]
     cg = C // groups
     xg = x.reshape(N * groups, -1)  # (N*G, C/G * spatial): one row per group of one image
@@ -199,8 +205,8 @@ def group_norm(x, groups: int, gamma, beta, eps: float, silu: bool = False):
         ss[r] += np.square(d, out=d).sum(axis=1)
     rstd = (1.0 / np.sqrt(ss / n + eps)).astype(np.float32)
     # per (image, channel) rows: mean and rstd of the channel's group
-    scale = (rstd.reshape(N, groups, 1) * f32(gamma).reshape(1, groups, cg)).reshape(N * C, 1)
-    shift = np.broadcast_to(f32(beta), (N, C)).reshape(N * C, 1)
+    scale = (rstd.reshape(N, groups, 1) * _f32(weight).reshape(1, groups, cg)).reshape(N * C, 1)
+    shift = np.broadcast_to(_f32(bias), (N, C)).reshape(N * C, 1)
     mean_c = np.repeat(mean, cg).reshape(N * C, 1)
     xc = x.reshape(N * C, -1)
     y = np.empty(x.shape, np.float32)
@@ -210,24 +216,25 @@ def group_norm(x, groups: int, gamma, beta, eps: float, silu: bool = False):
         np.subtract(xc[r, c], mean_c[r], out=yb)
         yb *= scale[r]
         yb += shift[r]
-        if silu:
-            _silu(yb, out=yb)
+        if act:
+            _KERNELS[act](yb, out=yb)
     return y
 
 
-def layer_norm(x, gamma, beta, eps: float):
-    """x: (..., D) normalised over D; two-pass mean/variance per block of rows, in cache."""
+def layer_norm(x, weight, bias, eps: float):
+    """x: (..., D) normalised over D, then * weight + bias; two-pass mean/variance per block of
+    rows, in cache."""
     D = x.shape[-1]
     x2 = x.reshape(-1, D)
     y = np.empty(x2.shape, np.float32)
-    g, bias = f32(gamma), f32(beta)
+    weight, bias = _f32(weight), _f32(bias)
     for r, _ in _blocks(*x2.shape):
         yb = y[r]
         np.subtract(x2[r], x2[r].mean(axis=1, keepdims=True), out=yb)
         var = np.square(yb).mean(axis=1, keepdims=True)
         var += np.float32(eps)
         yb /= np.sqrt(var)
-        yb *= g
+        yb *= weight
         yb += bias
     return y.reshape(x.shape)
 
@@ -276,11 +283,12 @@ def attention(q, k, v, heads: int, causal: bool = False):
     return out.reshape(N, Lq, D)
 
 
-# --- elementwise  (shaders/elementwise.wgsl) ------------------------------------------------------
+# --- fused activations  (shaders/include/activations.wgsl) ----------------------------------------
 
 
-# Each activation has a kernel `_name(x, out)` (x and out may be the same array) that linear and the
-# norms apply block by block, and a public op that maps it over a whole tensor.
+# The activations linear and group_norm fuse: kernels `_name(x, out)` (x and out may be the same
+# array) applied block by block while the rows are in cache. exp overflows to inf on the saturating
+# side (x / inf = -0), which NumPy, unlike WGSL, defines.
 
 
 def _silu(x, out):
@@ -335,46 +343,17 @@ def _geglu(x, out):
 _KERNELS = {"silu": _silu, "gelu": _gelu, "quick_gelu": _quick_gelu}
 
 
-def _map(kernel, x):
-    """kernel applied to x block by block -> a new f32 tensor of x's shape."""
-    x2 = x.reshape(-1, x.shape[-1])
-    out = np.empty(x2.shape, np.float32)
-    for r, c in _blocks(*x2.shape):
-        kernel(x2[r, c], out=out[r, c])
-    return out.reshape(x.shape)
+# --- elementwise and layout  (shaders/elementwise.wgsl) -------------------------------------------
 
 
-def silu(x):
-    return _map(_silu, x)
-
-
-def gelu(x):
-    """Exact (erf) GELU, as torch.nn.functional.gelu's default."""
-    return _map(_gelu, x)
-
-
-def quick_gelu(x):
-    """x * sigmoid(1.702 x) (CLIP's activation)."""
-    return _map(_quick_gelu, x)
-
-
-def geglu(x):
-    """x: (..., 2F) -> (..., F): first half * gelu(second half), diffusers' GEGLU."""
-    x2 = x.reshape(-1, x.shape[-1])
-    out = np.empty((x2.shape[0], x2.shape[1] // 2), np.float32)
-    for r, _ in _blocks(*x2.shape):
-        _geglu(x2[r], out[r])
-    return out.reshape(*x.shape[:-1], out.shape[-1])
-
-
-def add(a, b):
+def add(x, y):
     """Same-shape add (a residual)."""
-    return a + b
+    return x + y
 
 
-def mul(a, s: float):
+def mul(x, s: float):
     """Scale by a Python float."""
-    return a * np.float32(s)
+    return x * np.float32(s)
 
 
 def add_channel(x, v):
@@ -394,7 +373,7 @@ def upsample_nearest2x(x):
 
 
 def concat(xs, axis: int = 1):
-    """Channel concat of (N, Ci, H, W) tensors (UNet skip connections)."""
+    """Concatenate along `axis` (channels for UNet skips, batch for CFG's two prompts)."""
     return np.concatenate(xs, axis=axis)
 
 
@@ -412,14 +391,9 @@ def nlc_to_nchw(x, H: int, W: int):
 
 def embedding(ids: np.ndarray, table):
     """ids: (N, L) int -> (N, L, D) rows of table (V, D)."""
-    return f32(table[ids])
+    return _f32(table[ids])
 
 
 def slice_tokens(x, index: np.ndarray):
     """x: (N, L, D), index: (N,) -> (N, D): one token per row (CLIP's pooled EOS token)."""
     return x[np.arange(x.shape[0]), index]
-
-
-def split_batch(x, parts: int):
-    """(parts*N, ...) -> list of parts tensors (N, ...), e.g. CFG's uncond/cond halves."""
-    return np.split(x, parts, axis=0)

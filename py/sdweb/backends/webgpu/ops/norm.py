@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import math
 
-from ...errors import SdwebError
-from .common import check_tensor, flat_groups, w_dtype
+from ....errors import SdwebError
+from .common import act_constant, check_tensor, flat_groups, w_dtype
 
 _SHADER = "norm"
 CHUNK = 4096  # elements per group-norm statistics workgroup: 16 per invocation
 
 
-def group_norm(ctx, x, groups: int, gamma, beta, eps: float, silu: bool = False):
-    """x: (N, C, *spatial) -> same shape; gamma/beta (C,) weights of any dtype; optional fused SiLU.
+def group_norm(ctx, x, groups: int, weight, bias, eps: float, act: str | None = None):
+    """x: (N, C, *spatial) -> same shape; weight/bias (C,) of any dtype; optional fused activation.
     Three dispatches: per-chunk statistics, their merge per (image, group), the normalisation."""
     check_tensor(x, "group_norm")
+    act_code = act_constant("group_norm", act)
     N, C = x.shape[:2]
     if C % groups:
         raise SdwebError(f"webgpu group_norm: {C} channels do not split into {groups} groups")
-    if gamma.shape != (C,) or beta.shape != (C,):
-        raise SdwebError(f"webgpu group_norm: gamma/beta have shapes {gamma.shape}/{beta.shape}, expected ({C},)")
-    dt = w_dtype("group_norm", gamma, beta)
+    if weight.shape != (C,) or bias.shape != (C,):
+        raise SdwebError(f"webgpu group_norm: weight/bias have shapes {weight.shape}/{bias.shape}, expected ({C},)")
+    dt = w_dtype("group_norm", weight, bias)
     S = math.prod(x.shape[2:])
     rows, length = N * groups, (C // groups) * S
     chunks = -(-length // CHUNK)
@@ -34,31 +35,21 @@ def group_norm(ctx, x, groups: int, gamma, beta, eps: float, silu: bool = False)
             [("u32", rows), ("u32", length), ("u32", CHUNK), ("u32", chunks), ("f32", eps)],
             (-(-rows // 64), 1, 1))
     y = ctx.empty(x.shape)
-    ctx.run(_SHADER, "gn_apply", [x, stats, gamma, beta, y],
+    ctx.run(_SHADER, "gn_apply", [x, stats, weight, bias, y],
             [("u32", x.size), ("u32", S), ("u32", C), ("u32", C // groups)],
-            flat_groups(ctx, x.size), {"SILU": "1" if silu else "0"}, dt)
+            flat_groups(ctx, x.size), {"ACT": act_code}, dt)
     return y
 
 
-def layer_norm(ctx, x, gamma, beta, eps: float):
-    """x: (..., D) normalised over D; gamma/beta (D,) weights of any dtype."""
+def layer_norm(ctx, x, weight, bias, eps: float):
+    """x: (..., D) normalised over D; weight/bias (D,) weights of any dtype."""
     check_tensor(x, "layer_norm")
     D = x.shape[-1]
-    if gamma.shape != (D,) or beta.shape != (D,):
-        raise SdwebError(f"webgpu layer_norm: gamma/beta have shapes {gamma.shape}/{beta.shape}, expected ({D},)")
-    dt = w_dtype("layer_norm", gamma, beta)
+    if weight.shape != (D,) or bias.shape != (D,):
+        raise SdwebError(f"webgpu layer_norm: weight/bias have shapes {weight.shape}/{bias.shape}, expected ({D},)")
+    dt = w_dtype("layer_norm", weight, bias)
     rows = x.size // D if D else 0
     y = ctx.empty(x.shape)
-    ctx.run(_SHADER, "layer_norm", [x, gamma, beta, y], [("u32", rows), ("u32", D), ("f32", eps)],
+    ctx.run(_SHADER, "layer_norm", [x, weight, bias, y], [("u32", rows), ("u32", D), ("f32", eps)],
             ctx.grid(rows), w_dtype=dt)
-    return y
-
-
-def softmax(ctx, x):
-    """Softmax over the last axis of x (..., D)."""
-    check_tensor(x, "softmax")
-    D = x.shape[-1]
-    rows = x.size // D if D else 0
-    y = ctx.empty(x.shape)
-    ctx.run(_SHADER, "softmax", [x, y], [("u32", rows), ("u32", D)], ctx.grid(rows))
     return y

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from ...errors import SdwebError
+from ....errors import SdwebError
 from .common import check_tensor
 
 BQ = 32  # queries per workgroup (shaders/attention.wgsl BQ)
@@ -76,8 +76,3 @@ def attention(ctx, q, k, v, heads: int, causal: bool = False):
     ctx.run("attention", "main", [qt, kt, vt, out], params, groups,
             constants={"D_CHUNK": f"{dc}u", "V_CHUNKS": f"{nvc}u"})
     return out
-
-
-def flops(n: int, lq: int, lk: int, heads: int, d: int) -> int:
-    """Multiply-adds counted as 2: q k^T and p v, 2 * (2 * Lq * Lk * d) per (n, head)."""
-    return 4 * n * heads * lq * lk * d

@@ -11,39 +11,39 @@ from __future__ import annotations
 
 import math
 
-from ...errors import SdwebError
+from ....errors import SdwebError
 from .common import check_tensor, w_dtype
 
 
-def conv2d(ctx, x, w, b=None, stride: int = 1, padding: int = 0, residual=None):
-    """x: (N, Cin, H, W) f32, w: (Cout, Cin, kh, kw) weight (f32 | f16 | bf16), b: (Cout,)
+def conv2d(ctx, x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None):
+    """x: (N, Cin, H, W) f32, weight: (Cout, Cin, kh, kw) (f32 | f16 | bf16), bias: (Cout,)
     -> (N, Cout, Ho, Wo) with Ho = (H + 2 padding - kh) // stride + 1 (Wo alike), zero padding;
     plus `residual` (a tensor of the output's shape) when given."""
     check_tensor(x, "conv2d", ndim=4)
     if residual is not None:
         check_tensor(residual, "conv2d", "residual")
     N, C, H, W = x.shape
-    Co, Ci, kh, kw = w.shape
+    Co, Ci, kh, kw = weight.shape
     if Ci != C:
-        raise SdwebError(f"conv2d input {tuple(x.shape)} has {C} channels but weight {tuple(w.shape)} wants {Ci}")
+        raise SdwebError(f"conv2d input {tuple(x.shape)} has {C} channels but weight {tuple(weight.shape)} wants {Ci}")
     if stride < 1 or padding < 0:
         raise SdwebError(f"conv2d stride {stride} / padding {padding}: want stride >= 1, padding >= 0")
     Ho, Wo = (H + 2 * padding - kh) // stride + 1, (W + 2 * padding - kw) // stride + 1
     if Ho < 1 or Wo < 1:
         raise SdwebError(f"conv2d {kh}x{kw} kernel does not fit a {H}x{W} image padded by {padding}")
-    if b is not None and tuple(b.shape) != (Co,):
-        raise SdwebError(f"conv2d bias {tuple(b.shape)} does not match weight channels ({Co},)")
+    if bias is not None and tuple(bias.shape) != (Co,):
+        raise SdwebError(f"conv2d bias {tuple(bias.shape)} does not match weight channels ({Co},)")
     if residual is not None and tuple(residual.shape) != (N, Co, Ho, Wo):
         raise SdwebError(f"conv2d residual {tuple(residual.shape)} does not match the output {(N, Co, Ho, Wo)}")
-    dt = w_dtype("conv2d", w, *([] if b is None else [b]))
+    dt = w_dtype("conv2d", weight, *([] if bias is None else [bias]))
     y = ctx.empty((N, Co, Ho, Wo))
     cols = N * Ho * Wo
     ctx.run(
         "conv2d", "conv2d",
-        [x, w, b if b is not None else ctx.dummy(dt), residual if residual is not None else ctx.dummy(dt), y],
+        [x, weight, bias if bias is not None else ctx.dummy(dt), residual if residual is not None else ctx.dummy(dt), y],
         [("u32", v) for v in (C, H, W, Co, Ho, Wo, stride, padding, cols)],
         (math.ceil(cols / 64), math.ceil(Co / 64), 1),
-        constants={"KH": f"{kh}u", "KW": f"{kw}u", "HAS_BIAS": str(b is not None).lower(),
+        constants={"KH": f"{kh}u", "KW": f"{kw}u", "HAS_BIAS": str(bias is not None).lower(),
                    "HAS_RES": str(residual is not None).lower()},
         w_dtype=dt,
     )

@@ -1,43 +1,17 @@
-"""The CPython device bridge: the device-bridge interface (docs/architecture.md) over the `wgpu`
-package (wgpu-py -> wgpu-native -> Vulkan / Metal / D3D12; lavapipe on a CPU-only Linux box).
+"""WgpuBridge: the device-bridge interface (bridges/__init__.py) over the `wgpu` package (wgpu-py ->
+wgpu-native -> Vulkan / Metal / D3D12; lavapipe on a CPU-only Linux box), for CPython.
 
-The browser's JS bridge (web/bridge/) implements the same methods over navigator.gpu, so
-`backends/webgpu.py` never touches `wgpu` itself. The interface is deliberately narrow:
-
-    limits() -> dict                      adapter limits by their WebGPU (camelCase) names, plus
-                                          "features": [..] and "adapter": "<description>"
-    create_buffer(nbytes) -> id           STORAGE | COPY_SRC | COPY_DST
-    write_buffer(id, offset, data)        takes effect after every dispatch recorded so far
-    upload_span(id, source, offset, nbytes)
-                                          optional: write_buffer(id, 0, <the nbytes bytes of byte
-                                          source `source` at `offset`>), zero-padded to a multiple
-                                          of 4; the bridge reads the source itself (the JS bridge
-                                          from IndexedDB, so weights skip the wasm heap)
-    read_buffer(id, offset, nbytes)       -> bytes; submits pending work first, then waits
-    destroy_buffer(id)
-    pipeline(key, wgsl, entry) -> id      compiled once per key (the caller's cache key, a str)
-    dispatch(pipeline, buffers, uniform, groups)
-                                          recorded, not run: buffers = [(id, offset, nbytes), ..]
-                                          bound at 1..n, `uniform` bytes at binding 0
-    submit()                              sends every recorded dispatch to the GPU
-
-Recording: dispatches go into one open compute pass (WebGPU puts a barrier between dispatches of a
-pass where one writes what a later one reads). Bind groups are cached by (pipeline, buffers,
-uniform bytes): the pool hands out the same buffers in the same order on every denoising step, so
-from the second step on a dispatch is three calls on an existing bind group. Each cached group's
-uniform lives in its own slot of an append-only arena, written once (batched per submit).
+Bind groups come from the shared groups.BindGroupCache, so from the second denoising step on a
+dispatch is three calls on an existing bind group. Each cached group's uniform lives in its own slot
+of an append-only arena of uniform buffers (groups.UniformArena), written once, batched per submit.
 """
 
 from __future__ import annotations
 
 import wgpu
 
-from ..errors import SafetensorsError
-
-# Uniform arena block: 256 KB holds 1,024 dispatches' uniforms at 256-byte alignment.
-_ARENA_BYTES = 1 << 18
-# Cached bind groups (and uniform slots) at most; past it the cache starts over.
-_MAX_GROUPS = 1 << 15
+from ...errors import SafetensorsError
+from .groups import BindGroupCache, UniformArena
 
 # Limits the backend reads; requested at the adapter's maximum when the device is created.
 _LIMITS = ("maxStorageBufferBindingSize", "maxBufferSize", "maxComputeWorkgroupsPerDimension",
@@ -79,15 +53,13 @@ class WgpuBridge:
         self._limits["features"] = sorted(self.device.features)
         info = self.adapter.info
         self._limits["adapter"] = f"{info.get('device', '?')} ({info.get('backend_type', '?')})"
-        self._ualign = max(16, self._limits.get("minUniformBufferOffsetAlignment", 256))
         self._buffers: dict[int, object] = {}
         self._next_id = 1
         self._pipelines: dict[str, tuple] = {}  # key -> (id, pipeline, bind group layout)
         self._pipeline_ids: list[tuple] = []  # id -> the same tuple
-        self._groups: dict[tuple, object] = {}  # (pipeline id, buffers, uniform) -> bind group
-        self._groups_of: dict[int, list] = {}  # buffer id -> keys of the groups that bind it
-        self._blocks: list = []  # uniform arena: [buffer, host copy, bytes written to the GPU]
-        self._block = 0  # the block being filled
+        self._groups = BindGroupCache()
+        self._arena = UniformArena(self._limits.get("minUniformBufferOffsetAlignment", 256))
+        self._blocks: list = []  # per arena block: [uniform buffer, host copy, bytes written to the GPU]
         self._encoder = None
         self._pass = None
         self._current = None  # the pipeline set on the open pass
@@ -131,8 +103,7 @@ class WgpuBridge:
     def destroy_buffer(self, bid: int) -> None:
         buf = self._buffers.pop(bid, None)
         if buf is not None:
-            for key in self._groups_of.pop(bid, ()):
-                self._groups.pop(key, None)
+            self._groups.drop_buffer(bid)
             buf.destroy()
 
     def pipeline(self, key: str, wgsl: str, entry: str) -> int:
@@ -146,10 +117,12 @@ class WgpuBridge:
         return hit[0]
 
     def dispatch(self, pipeline_id: int, buffers, uniform: bytes, groups) -> None:
-        key = (pipeline_id, tuple(buffers), uniform)
+        key = self._groups.key(pipeline_id, buffers, uniform)
         group = self._groups.get(key)
         if group is None:
-            group = self._bind_group(key)
+            if self._groups.full:
+                self._reset_groups()
+            group = self._groups.add(key, self._bind_group(key))
         if self._pass is None:
             self._encoder = self.device.create_command_encoder()
             self._pass = self._encoder.begin_compute_pass()
@@ -178,39 +151,29 @@ class WgpuBridge:
 
     def _bind_group(self, key):
         pipeline_id, buffers, uniform = key
-        if len(self._groups) >= _MAX_GROUPS:
-            self._reset_groups()
         arena, offset = self._uniform_slot(uniform)
         entries = [{"binding": 0, "resource": {"buffer": arena, "offset": offset, "size": len(uniform)}}]
         for i, (bid, off, nbytes) in enumerate(buffers):
             entries.append({"binding": i + 1,
                             "resource": {"buffer": self._buffers[bid], "offset": off, "size": nbytes}})
-        group = self.device.create_bind_group(layout=self._pipeline_ids[pipeline_id][2], entries=entries)
-        self._groups[key] = group
-        for bid in {b[0] for b in buffers}:
-            self._groups_of.setdefault(bid, []).append(key)
-        return group
+        return self.device.create_bind_group(layout=self._pipeline_ids[pipeline_id][2], entries=entries)
 
     def _reset_groups(self):
         self.submit()  # recorded work reads the slots about to be reused; queue order protects it after this
         self._groups.clear()
-        self._groups_of.clear()
+        self._arena.reset()
         for block in self._blocks:
             block[1].clear()
             block[2] = 0
-        self._block = 0
 
     def _uniform_slot(self, uniform: bytes):
         """(arena buffer, offset) of a fresh slot holding `uniform`, written at the next submit."""
-        while True:
-            if self._block == len(self._blocks):
-                u = wgpu.BufferUsage
-                self._blocks.append([self.device.create_buffer(size=_ARENA_BYTES, usage=u.UNIFORM | u.COPY_DST),
-                                     bytearray(), 0])
-            arena, data, _ = self._blocks[self._block]
-            offset = -len(data) % self._ualign + len(data)
-            if offset + len(uniform) <= _ARENA_BYTES:
-                data.extend(bytes(offset - len(data)))
-                data.extend(uniform)
-                return arena, offset
-            self._block += 1
+        block, offset = self._arena.slot(len(uniform))
+        if block == len(self._blocks):
+            u = wgpu.BufferUsage
+            buf = self.device.create_buffer(size=UniformArena.BLOCK_BYTES, usage=u.UNIFORM | u.COPY_DST)
+            self._blocks.append([buf, bytearray(), 0])
+        arena, data, _ = self._blocks[block]
+        data.extend(bytes(offset - len(data)))
+        data.extend(uniform)
+        return arena, offset

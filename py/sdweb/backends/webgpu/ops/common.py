@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from ...errors import SdwebError
+from ....errors import SdwebError
+from ...contract import check_act
+from ..device import GPUTensor
 
-WG = 256  # invocations per workgroup of the flat (one element per invocation) kernels
+WG = 256  # invocations per workgroup of the flat (one element per invocation) kernels (include/grid.wgsl)
+# The fused activation -> shaders/include/activations.wgsl's ACT code.
+ACT_CODES = {None: 0, "silu": 1, "gelu": 2, "quick_gelu": 3, "geglu": 4}
+
+
+def act_constant(op: str, act, geglu: bool = False) -> str:
+    """The ACT constant for `act`, after the contract's check of what `op` fuses."""
+    check_act(op, act, geglu)
+    return f"{ACT_CODES[act]}u"
 
 
 def check_tensor(x, op: str, what: str = "x", ndim: int | None = None):
     """x must be a GPUTensor (with ndim axes, when given)."""
-    from ..webgpu import GPUTensor
-
     if not isinstance(x, GPUTensor):
         raise SdwebError(f"webgpu {op}: {what} must be a GPU tensor (webgpu.tensor(array)), "
                          f"got {type(x).__name__}")

@@ -8,43 +8,21 @@ import math
 
 import numpy as np
 
-from ...errors import SdwebError
+from ....errors import SdwebError
 from .common import check_tensor, flat_groups
 
 _SHADER = "elementwise"
-_ACTS = ("silu", "gelu", "quick_gelu")
 
 
-def unary(ctx, x, act: str):
-    """y = act(x), act in silu | gelu | quick_gelu."""
-    check_tensor(x, act)
-    if act not in _ACTS:
-        raise SdwebError(f"webgpu: unknown activation {act!r}; expected one of {', '.join(_ACTS)}")
-    y = ctx.empty(x.shape)
-    ctx.run(_SHADER, "unary", [x, y], [("u32", x.size)], flat_groups(ctx, x.size), {"ACT": act})
-    return y
-
-
-def geglu(ctx, x):
-    """x: (..., 2F) -> (..., F) = x[..., :F] * gelu(x[..., F:])."""
-    check_tensor(x, "geglu")
-    F = x.shape[-1] // 2
-    if x.shape[-1] != 2 * F:
-        raise SdwebError(f"webgpu geglu: last axis {x.shape[-1]} must be even")
-    y = ctx.empty(x.shape[:-1] + (F,))
-    ctx.run(_SHADER, "geglu", [x, y], [("u32", y.size), ("u32", F)], flat_groups(ctx, y.size))
-    return y
-
-
-def add(ctx, a, b):
-    """a + b, same shapes."""
-    check_tensor(a, "add", "a")
-    check_tensor(b, "add", "b")
-    if a.shape != b.shape:
-        raise SdwebError(f"webgpu add: shapes {a.shape} and {b.shape} differ (same-shape add only)")
-    y = ctx.empty(a.shape)
-    ctx.run(_SHADER, "add", [a, b, y], [("u32", a.size)], flat_groups(ctx, a.size))
-    return y
+def add(ctx, x, y):
+    """x + y, same shapes."""
+    check_tensor(x, "add", "x")
+    check_tensor(y, "add", "y")
+    if x.shape != y.shape:
+        raise SdwebError(f"webgpu add: shapes {x.shape} and {y.shape} differ (same-shape add only)")
+    out = ctx.empty(x.shape)
+    ctx.run(_SHADER, "add", [x, y, out], [("u32", x.size)], flat_groups(ctx, x.size))
+    return out
 
 
 def mul(ctx, x, s: float):
@@ -118,29 +96,11 @@ def concat(ctx, xs, axis: int = 1):
     return y
 
 
-def split_batch(ctx, x, parts: int):
-    """(parts*N, ...) -> [parts tensors (N, ...)]: views of x's buffer where the offsets meet the
-    adapter's storage-offset alignment, copies otherwise."""
-    check_tensor(x, "split_batch")
-    if x.shape[0] % parts:
-        raise SdwebError(f"webgpu split_batch: batch {x.shape[0]} is not a multiple of {parts}")
-    shape = (x.shape[0] // parts,) + x.shape[1:]
-    n = math.prod(shape)
-    if (4 * n) % ctx.offset_align == 0 and x.offset % ctx.offset_align == 0:
-        return [ctx.view(x, shape, k * n) for k in range(parts)]
-    outs = []
-    for k in range(parts):
-        y = ctx.empty(shape)
-        _copy_rows(ctx, x, y, 1, n, n, 0, n, k * n)
-        outs.append(y)
-    return outs
-
-
-def _transpose(ctx, x, b: int, r: int, c: int, out_shape):
-    """x viewed as (b, r, c) -> (b, c, r), returned with out_shape."""
+def _transpose(ctx, x, batch: int, r: int, c: int, out_shape):
+    """x viewed as (batch, r, c) -> (batch, c, r), returned with out_shape."""
     y = ctx.empty(out_shape)
-    groups = (-(-c // 16), -(-r // 16), b)
-    ctx.run(_SHADER, "transpose_tiles", [x, y], [("u32", b), ("u32", r), ("u32", c)], groups)
+    groups = (-(-c // 16), -(-r // 16), batch)
+    ctx.run(_SHADER, "transpose_tiles", [x, y], [("u32", batch), ("u32", r), ("u32", c)], groups)
     return y
 
 

@@ -1,8 +1,8 @@
 """A device bridge with no device: buffers are byte counters, dispatches are counted, reads are zeros.
 
-`CountingBridge` implements the device-bridge interface of docs/architecture.md (the one
-`wgpu_bridge.WgpuBridge` and the browser's JS bridge implement), so the real backend code path,
-`backends/webgpu.py` + `gpu_ops/*.py`, runs over it unchanged: every op validates its inputs, picks
+`CountingBridge` implements the device-bridge interface of bridges/__init__.py (the one
+`wgpu.WgpuBridge` and the browser's `js.JsDeviceBridge` implement), so the real backend code path,
+`backends/webgpu/` with its ops, runs over it unchanged: every op validates its inputs, picks
 its shader and constants (the WGSL text is still generated), packs its uniform and records its
 dispatch; the pool, the pipeline cache and the byte accounting run as they would on a GPU. Nothing
 is computed: a buffer holds no memory, a dispatch does nothing, `read_buffer` returns zeros. What it
@@ -39,10 +39,11 @@ Counters (all reset by `reset_counts()` except the live buffers and the peak's b
                                "shader.entry" (the key's first field is the shader file's stem)
     pipelines                  {pipeline key: entry} compiled (cache misses of the backend)
     submits                    command buffers the real bridge would submit
-    bind_group_misses          bind groups the real bridge would have to create: the same cache,
-                               keyed by (pipeline, buffers, uniform bytes), emptied of a buffer's
-                               groups when it is destroyed and reset at MAX_GROUPS, as WgpuBridge's
-    uniform_arena_bytes        the uniform arena WgpuBridge would hold for those groups (256 KiB blocks)
+    bind_group_misses          bind groups the real bridges would have to create: the same cache
+                               (groups.BindGroupCache), emptied of a buffer's groups when it is
+                               destroyed and reset when full, as theirs is
+    uniform_arena_bytes        the uniform arena WgpuBridge would hold for those groups
+                               (groups.UniformArena, in blocks of 256 KiB)
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ import ast
 import contextlib
 from collections import Counter
 
-from ..errors import SdwebError
+from ...errors import SdwebError
+from ..webgpu.device import using
+from .groups import BindGroupCache, UniformArena
 
 # Adapter limit sets by WebGPU (camelCase) names, the ones the backend reads.
 _COMMON = {
@@ -81,10 +84,6 @@ ADAPTERS = {
                        "adapter": "counting bridge (WebGPU default limits)"},
 }
 
-MAX_GROUPS = 1 << 15  # WgpuBridge's bind-group cache size (_MAX_GROUPS)
-_ARENA_BYTES = 1 << 18  # WgpuBridge's uniform arena block
-
-
 class BridgeError(SdwebError):
     """What a real device would reject: a validation error of the WebGPU API."""
 
@@ -106,7 +105,6 @@ class CountingBridge:
         self._max_groups = int(lim["maxComputeWorkgroupsPerDimension"])
         self._max_storage = int(lim["maxStorageBuffersPerShaderStage"])
         self._align = int(lim["minStorageBufferOffsetAlignment"])
-        self._ualign = max(16, int(lim["minUniformBufferOffsetAlignment"]))
         self._sizes: dict[int, int] = {}  # live buffer id -> bytes
         self._next_id = 1
         self.bytes_live = 0
@@ -114,10 +112,8 @@ class CountingBridge:
         self.pipelines: dict[str, str] = {}  # key -> entry
         self._pipeline_ids: dict[str, int] = {}  # key -> id
         self._pipeline_keys: list[str] = []  # id -> key
-        self._groups: set = set()  # the bind-group cache's keys
-        self._groups_of: dict[int, list] = {}  # buffer id -> keys of the groups that bind it
-        self._arena = [0]  # bytes used in each uniform arena block
-        self._block = 0  # the block being filled
+        self._groups = BindGroupCache()
+        self._arena = UniformArena(int(lim["minUniformBufferOffsetAlignment"]))
         self._pending = False
         self.reset_counts()
 
@@ -174,8 +170,7 @@ class CountingBridge:
         size = self._sizes.pop(bid, None)
         if size is not None:
             self.bytes_live -= size
-            for key in self._groups_of.pop(bid, ()):
-                self._groups.discard(key)
+            self._groups.drop_buffer(bid)
 
     def pipeline(self, key: str, wgsl: str, entry: str) -> int:
         pid = self._pipeline_ids.get(key)
@@ -208,9 +203,15 @@ class CountingBridge:
         if max(x, y, z) > self._max_groups or min(x, y, z) < 1:
             raise BridgeError(f"{key}: dispatch {tuple(groups)} outside 1..maxComputeWorkgroupsPerDimension "
                               f"{self._max_groups}")
-        group = (pipeline_id, tuple(buffers), bytes(uniform))
-        if group not in self._groups:
-            self._bind_group_miss(group, len(uniform))
+        group = self._groups.key(pipeline_id, buffers, uniform)
+        if self._groups.get(group) is None:
+            if self._groups.full:  # as the real bridges: send the work that uses the groups, start over
+                self.submit()
+                self._groups.clear()
+                self._arena.reset()
+            self._groups.add(group, True)
+            self._arena.slot(len(uniform))  # WgpuBridge's slot for the group's uniform
+            self.bind_group_misses += 1
         self.dispatch_counts[key] += 1
         self.dispatches += 1
         self.workgroups += x * y * z
@@ -229,7 +230,7 @@ class CountingBridge:
 
     @property
     def uniform_arena_bytes(self) -> int:
-        return _ARENA_BYTES * len(self._arena)
+        return self._arena.nbytes
 
     def counts_by_entry(self) -> Counter:
         """Dispatches per "shader.entry" (summed over constants and weight dtypes)."""
@@ -256,41 +257,10 @@ class CountingBridge:
             raise BridgeError(f"{what}: bytes {offset}..{offset + nbytes} of buffer {bid} are past its "
                               f"{size} bytes")
 
-    def _bind_group_miss(self, group, ubytes: int):
-        """Mirror WgpuBridge._bind_group: cache the group, take a uniform arena slot."""
-        if len(self._groups) >= MAX_GROUPS:
-            self.submit()  # WgpuBridge sends the recorded work that reads the slots it is about to reuse
-            self._groups.clear()
-            self._groups_of.clear()
-            self._arena = [0] * len(self._arena)
-            self._block = 0
-        self.bind_group_misses += 1
-        self._groups.add(group)
-        for bid in {b[0] for b in group[1]}:
-            self._groups_of.setdefault(bid, []).append(group)
-        block = self._block
-        while True:
-            if block == len(self._arena):
-                self._arena.append(0)
-            used = self._arena[block]
-            offset = -used % self._ualign + used
-            if offset + ubytes <= _ARENA_BYTES:
-                self._arena[block] = offset + ubytes
-                self._block = block
-                return
-            block += 1
-
 
 @contextlib.contextmanager
 def counting(bridge: CountingBridge | str | dict = "desktop"):
     """Install a CountingBridge (or a new one over these limits) as the WebGPU backend's device for
     the `with` block; yields the backend's Context and restores the previous device afterwards."""
-    from . import webgpu
-
-    if not isinstance(bridge, CountingBridge):
-        bridge = CountingBridge(bridge)
-    saved = webgpu._ctx
-    try:
-        yield webgpu.use_bridge(bridge)
-    finally:
-        webgpu._ctx = saved
+    with using(bridge if isinstance(bridge, CountingBridge) else CountingBridge(bridge)) as ctx:
+        yield ctx

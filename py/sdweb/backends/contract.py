@@ -1,0 +1,126 @@
+"""The backend contract: every op model code (nn.py, resnet.py, clip.py, unet.py, vae.py) and the
+pipeline call, written once.
+
+A backend is a module: `backends/numpy.py`, the readable reference (plain float32 ndarrays), and
+`backends/webgpu/`, the same ops as WGSL kernels (tensors are GPU buffer handles). Each defines
+exactly the names of `Backend` below, with these parameters, and no other public function;
+tests/test_backend_contract.py checks both against this class, and checks that the models use every
+op (the three that text-to-image itself never calls are in NOT_IN_TEXT_TO_IMAGE, with who does).
+
+Tensors: activations are backend tensors (`.shape` a tuple of ints) from `tensor` to `numpy`;
+weights are what `weight` returned for an array (or a WeightRef) from a WeightStore in its held
+precision (float32, float16, or bfloat16 bits as uint16); arithmetic is float32 on both backends.
+Shape legend: N batch, C channels, H/W height/width, L tokens, D features, h heads, d head dim.
+
+The fused activation is spelled `act` everywhere: None, or a name in ACTIVATIONS; linear also takes
+"geglu", which halves the width. Which function each name is: backends/numpy.py `_silu`, `_gelu`
+(exact, erf), `_quick_gelu`, `_geglu`; in WGSL shaders/include/activations.wgsl.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..errors import SdwebError
+
+ACTIVATIONS = ("silu", "gelu", "quick_gelu")
+GEGLU = "geglu"
+
+# Ops the text-to-image pipeline does not call, and the model code that does.
+NOT_IN_TEXT_TO_IMAGE = {
+    "pad2d": "resnet.Downsample2D with padding 0, the VAE encoder's (AutoencoderKL.encode: an image in)",
+    "slice_tokens": "clip.CLIPTextModel.pooled (transformers' pooler_output)",
+    "mul": "resnet.ResnetBlock2D with output_scale_factor != 1 (a UNet's mid_block_scale_factor)",
+}
+
+
+def check_act(op: str, act, geglu: bool = False) -> None:
+    """SdwebError unless `act` is None or an activation `op` fuses."""
+    allowed = ACTIVATIONS + ((GEGLU,) if geglu else ())
+    if act is not None and act not in allowed:
+        raise SdwebError(f"{op}: activation {act!r} is not one of None, {', '.join(allowed)}")
+
+
+class Backend(Protocol):
+    """What a backend module provides (typing treats a module with these names as a Backend)."""
+
+    name: str  # "numpy" | "webgpu"; written into results' settings
+    takes_weight_refs: bool  # True: weight() takes a lazy store's WeightRef (the pipeline opens lazy stores)
+
+    # --- tensors and weights ---
+
+    def tensor(self, a):
+        """Host array -> backend tensor (f32). An upload on a GPU."""
+
+    def numpy(self, x):
+        """Backend tensor -> host float32 ndarray. A readback on a GPU: it waits for the work queued."""
+
+    def weight(self, w):
+        """A held weight array (or, when takes_weight_refs, a WeightRef) -> what ops take as a weight.
+        Called once per tensor when a model is built."""
+
+    def check_weights(self, store) -> None:
+        """Raise before a WeightStore's first tensor is uploaded if one cannot be held (a GPU's buffer
+        limits), naming the tensor."""
+
+    def shape(self, x) -> tuple:
+        """A tensor's shape."""
+
+    # --- linear algebra ---
+
+    def linear(self, x, weight, bias=None, act=None):
+        """x: (..., Din), weight: (Dout, Din), bias: (Dout,) -> (..., Dout), then act. With act="geglu"
+        weight has 2F rows and the result is (..., F): first half * gelu(second half)."""
+
+    def conv2d(self, x, weight, bias=None, stride=1, padding=0, residual=None):
+        """x: (N, Cin, H, W), weight: (Cout, Cin, k, k), bias: (Cout,) -> (N, Cout, Ho, Wo), zero padding
+        on every side, Ho = (H + 2 padding - k) // stride + 1; plus `residual` (a tensor of the
+        output's shape: a resnet's skip) when given."""
+
+    def attention(self, q, k, v, heads, causal=False):
+        """q: (N, Lq, h*d), k/v: (N, Lk, h*d) -> (N, Lq, h*d): softmax(q k^T / sqrt(d)) v per head, key
+        j hidden from query i > j when causal. Never materialises the (Lq, Lk) scores whole."""
+
+    # --- normalisation ---
+
+    def group_norm(self, x, groups, weight, bias, eps, act=None):
+        """x: (N, C, *spatial) -> same shape, normalised per (image, group of C/groups channels),
+        then * weight + bias per channel, then act (one of ACTIVATIONS)."""
+
+    def layer_norm(self, x, weight, bias, eps):
+        """x: (..., D) normalised over D, then * weight + bias."""
+
+    # --- elementwise and layout ---
+
+    def add(self, x, y):
+        """x + y, same shapes (a residual)."""
+
+    def mul(self, x, s):
+        """x * s, s a Python float."""
+
+    def add_channel(self, x, v):
+        """x: (N, C, H, W) + v: (N, C) broadcast over H, W (a resnet's time embedding)."""
+
+    def upsample_nearest2x(self, x):
+        """x: (N, C, H, W) -> (N, C, 2H, 2W), each pixel repeated 2x2."""
+
+    def pad2d(self, x, left, right, top, bottom):
+        """x: (N, C, H, W) -> (N, C, top+H+bottom, left+W+right), zeros around (torch F.pad order)."""
+
+    def concat(self, xs, axis=1):
+        """Concatenate along `axis`; the other axes agree (UNet skips on channels, CFG on the batch)."""
+
+    def nchw_to_nlc(self, x):
+        """(N, C, H, W) -> (N, H*W, C): an image as tokens."""
+
+    def nlc_to_nchw(self, x, H, W):
+        """(N, H*W, C) -> (N, C, H, W)."""
+
+    def embedding(self, ids, table):
+        """ids: (N, L) host ints -> (N, L, D) rows of table (V, D)."""
+
+    def slice_tokens(self, x, index):
+        """x: (N, L, D), index: (N,) host ints -> (N, D): token index[n] of row n."""
+
+
+OPS = tuple(k for k, v in Backend.__dict__.items() if callable(v) and not k.startswith("_"))

@@ -1,0 +1,146 @@
+"""The WebGPU backend: the op list of `backends/contract.py` (the reference: `backends/numpy.py`), run
+as WGSL kernels from `shaders/`.
+
+Tensors are GPU buffer handles (`GPUTensor`); ops record dispatches through a device bridge
+(backends/bridges/: wgpu in CPython, the JS bridge in the browser, the counting bridge for plans) and
+nothing comes back to the host until `numpy(t)` reads a tensor back. Each function here is one line:
+the op's module in ops/ (named as its shader in shaders/) does the work on the process-wide context.
+
+    device.py   Context (bridge, buffer pool, pipeline cache, dispatch batching, byte counts),
+                GPUTensor, GPUWeight; context(), use_bridge(), using(), available()
+    shaders.py  WGSL loading: #include, host constants, the weight dtype's W_TYPE / W_LOAD
+    upload.py   weights onto the GPU (held arrays, or WeightRefs straight from the file) and the
+                adapter-limit check made before a component is uploaded
+    ops/        one module per op family: validate, pick the entry and constants, pack, dispatch
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import upload
+from .device import GPULimitError, GPUTensor, GPUWeight, available, context, use_bridge, using  # noqa: F401
+from .ops import attention as _attention
+from .ops import conv2d as _conv2d
+from .ops import elementwise as _elementwise
+from .ops import matmul as _matmul
+from .ops import norm as _norm
+
+name = "webgpu"
+takes_weight_refs = True  # weight() takes a lazy store's WeightRef: its bytes go file -> GPU (upload.py)
+
+
+# --- tensors --------------------------------------------------------------------------------------
+
+
+def tensor(a) -> GPUTensor:
+    """Host array -> backend tensor (f32). A GPUTensor passes through."""
+    if isinstance(a, GPUTensor):
+        return a
+    return context().upload(a)
+
+
+def numpy(x) -> np.ndarray:
+    """Backend tensor -> host f32 array: the readback (submits pending work and waits for it)."""
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float32, copy=False)
+    return context().read(x)
+
+
+def weight(w) -> GPUWeight:
+    """A weight as held by the store (f32, f16, or bf16 as uint16), or a lazy store's WeightRef ->
+    a GPUWeight, uploaded now (upload.py)."""
+    return upload.weight(context(), w)
+
+
+def check_weights(store) -> None:
+    """GPULimitError naming the first tensor of a WeightStore that cannot be bound on this adapter."""
+    upload.check_weights(context(), store)
+
+
+def shape(x) -> tuple:
+    return tuple(x.shape)
+
+
+# --- linear algebra (ops/matmul.py, ops/conv2d.py, ops/attention.py) -------------------------------
+
+
+def linear(x, weight, bias=None, act: str | None = None):
+    """x: (..., Din), weight: (Dout, Din), bias: (Dout,) -> (..., Dout), optional fused activation."""
+    return _matmul.linear(context(), x, weight, bias, act)
+
+
+def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None):
+    """x: (N, Cin, H, W), weight: (Cout, Cin, k, k) -> (N, Cout, Ho, Wo), plus `residual` when given."""
+    return _conv2d.conv2d(context(), x, weight, bias, stride, padding, residual)
+
+
+def attention(q, k, v, heads: int, causal: bool = False):
+    """q: (N, Lq, h*d), k/v: (N, Lk, h*d) -> (N, Lq, h*d)."""
+    return _attention.attention(context(), q, k, v, heads, causal)
+
+
+# --- normalisation (ops/norm.py) ------------------------------------------------------------------
+
+
+def group_norm(x, groups: int, weight, bias, eps: float, act: str | None = None):
+    """x: (N, C, *spatial) -> same shape; optional fused activation after the affine."""
+    return _norm.group_norm(context(), x, groups, weight, bias, eps, act)
+
+
+def layer_norm(x, weight, bias, eps: float):
+    """x: (..., D) normalised over D."""
+    return _norm.layer_norm(context(), x, weight, bias, eps)
+
+
+# --- elementwise and layout (ops/elementwise.py) --------------------------------------------------
+
+
+def add(x, y):
+    """Same-shape add."""
+    return _elementwise.add(context(), x, y)
+
+
+def mul(x, s: float):
+    """Scale by a Python float."""
+    return _elementwise.mul(context(), x, s)
+
+
+def add_channel(x, v):
+    """x: (N, C, H, W) + v: (N, C) broadcast over H, W."""
+    return _elementwise.add_channel(context(), x, v)
+
+
+def upsample_nearest2x(x):
+    """x: (N, C, H, W) -> (N, C, 2H, 2W)."""
+    return _elementwise.upsample_nearest2x(context(), x)
+
+
+def pad2d(x, left: int, right: int, top: int, bottom: int):
+    """x: (N, C, H, W) -> (N, C, top+H+bottom, left+W+right), zeros around."""
+    return _elementwise.pad2d(context(), x, left, right, top, bottom)
+
+
+def concat(xs, axis: int = 1):
+    """Concat along `axis` (channels for UNet skips, batch for CFG contexts)."""
+    return _elementwise.concat(context(), xs, axis)
+
+
+def nchw_to_nlc(x):
+    """(N, C, H, W) -> (N, H*W, C)."""
+    return _elementwise.nchw_to_nlc(context(), x)
+
+
+def nlc_to_nchw(x, H: int, W: int):
+    """(N, H*W, C) -> (N, C, H, W)."""
+    return _elementwise.nlc_to_nchw(context(), x, H, W)
+
+
+def embedding(ids: np.ndarray, table):
+    """ids: (N, L) int (host) -> (N, L, D) rows of table (V, D)."""
+    return _elementwise.embedding(context(), ids, table)
+
+
+def slice_tokens(x, index: np.ndarray):
+    """x: (N, L, D), index: (N,) (host) -> (N, D): one token per row."""
+    return _elementwise.slice_tokens(context(), x, index)

@@ -1,0 +1,114 @@
+"""backends/bridges/js.py (JsDeviceBridge) in CPython, over a stand-in for web/bridge/device.js that
+keeps what the real one keeps (buffers, pipelines, bind groups by id) and refuses what the real one
+could not do: use a bind group after it was dropped, bind a destroyed buffer, drop work it had not
+been sent. The page's end-to-end test (test_page.py) runs the same class against the real device.js.
+
+Claimed and tested: the JS bridge creates exactly the bind groups the counting bridge counts as
+misses for the same run (one shared cache, bridges/groups.py), none from the second denoising step
+on; a destroyed buffer's groups are dropped in JS and never dispatched again; a full cache sends the
+recorded work before its groups go."""
+
+from __future__ import annotations
+
+import gc
+
+from sdweb.backends import webgpu
+from sdweb.backends.bridges.counting import ADAPTERS, CountingBridge
+from sdweb.backends.bridges.js import JsDeviceBridge
+from sdweb.model import ModelFolder
+from sdweb.pipeline import Pipeline
+
+RUN = dict(steps=3, guidance=7.5, width=64, height=64, scheduler="euler", seed=1)
+
+
+class FakeDeviceJs:
+    """device.js's calls over dicts; `log` records (call, args) in order."""
+
+    def __init__(self):
+        self.buffers: dict[int, int] = {}
+        self.groups: dict[int, tuple] = {}
+        self.pipelines: dict[str, int] = {}
+        self.log: list[tuple] = []
+        self.pending = 0
+
+    def limits(self):
+        return dict(ADAPTERS["desktop"])
+
+    def create_buffer(self, nbytes):
+        bid = len(self.log) + 1
+        self.buffers[bid] = nbytes
+        self.log.append(("create_buffer", bid))
+        return bid
+
+    def write_buffer(self, bid, offset, data):
+        assert bid in self.buffers and offset + len(data) <= self.buffers[bid]
+        self.submit()
+
+    def read_buffer(self, bid, offset, nbytes):
+        assert bid in self.buffers
+        self.submit()
+        return bytes(nbytes)
+
+    def destroy_buffer(self, bid):
+        assert not any(bid in g[1][0::3] for g in self.groups.values()), "a live group binds a destroyed buffer"
+        del self.buffers[bid]
+
+    def pipeline(self, key, wgsl, entry):
+        return self.pipelines.setdefault(key, len(self.pipelines))
+
+    def bind_group(self, pipeline, flat, uniform):
+        assert all(b in self.buffers for b in flat[0::3])
+        gid = len(self.log) + 1
+        self.groups[gid] = (pipeline, list(flat), bytes(uniform))
+        self.log.append(("bind_group", gid))
+        return gid
+
+    def drop_groups(self, ids):
+        self.log.append(("drop_groups", list(ids), self.pending))
+        for gid in ids:
+            del self.groups[gid]
+
+    def dispatch(self, pipeline, group, x, y, z):
+        assert self.groups[group][0] == pipeline, "dispatch of a dropped or foreign bind group"
+        self.pending += 1
+        self.log.append(("dispatch", group))
+
+    def submit(self):
+        self.pending = 0
+        self.log.append(("submit",))
+
+
+def _run(folder, bridge, marks):
+    gc.collect()
+    with webgpu.using(bridge) as ctx:
+        Pipeline(folder, webgpu, precision="fp16").generate(
+            "a lighthouse", progress=lambda p: p.stage == "unet" and marks.append(ctx.dispatches), **RUN)
+        gc.collect()
+
+
+def test_same_groups_as_the_counting_bridge(sd1_tiny):
+    folder = ModelFolder(sd1_tiny)
+    js, marks = FakeDeviceJs(), []
+    _run(folder, JsDeviceBridge(js), marks)
+    counted, cmarks = CountingBridge("desktop"), []
+    _run(folder, counted, cmarks)
+    made = [e for e in js.log if e[0] == "bind_group"]
+    assert len(made) == counted.bind_group_misses > 0
+    assert marks == cmarks and sum(e[0] == "dispatch" for e in js.log) == counted.dispatches
+    # from the second UNet step on, every dispatch finds its group
+    second = [i for i, e in enumerate(js.log) if e[0] == "dispatch"][marks[1]]
+    third = [i for i, e in enumerate(js.log) if e[0] == "dispatch"][marks[2] - 1]
+    assert not any(e[0] == "bind_group" for e in js.log[second:third + 1])
+    # the run's buffers are all destroyed or pooled; every group left binds a live buffer (checked
+    # by destroy_buffer) and the dropped ones were never dispatched again (checked by dispatch)
+    assert any(e[0] == "drop_groups" for e in js.log)
+
+
+def test_a_full_cache_submits_before_dropping(sd1_tiny, monkeypatch):
+    js = FakeDeviceJs()
+    bridge = JsDeviceBridge(js)
+    monkeypatch.setattr(bridge._groups, "max_groups", 40)
+    _run(ModelFolder(sd1_tiny), bridge, [])
+    resets = [e for e in js.log if e[0] == "drop_groups" and len(e[1]) == 40]
+    assert resets and all(pending == 0 for _, _, pending in resets)
+
