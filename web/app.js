@@ -1,7 +1,7 @@
 // The page's thread: the form, progress, results, history and the stored-models panel. All the
 // work (Python, downloads, storage writes) happens in worker.js, so this thread never blocks.
 
-import { WeightStore, fmtBytes } from "./store.js";
+import { ChunkStore, fmtBytes } from "./store.js";
 import { REPO_ID } from "./hub.js";
 
 const $ = (id) => document.getElementById(id);
@@ -415,7 +415,7 @@ function clearError() {
 let storePromise = null;
 async function refreshCache() {
   try {
-    storePromise = storePromise || WeightStore.open();
+    storePromise = storePromise || ChunkStore.open();
     const store = await storePromise;
     const models = (await store.models()).sort((a, b) => b.used - a.used);
     const tb = $("cache").querySelector("tbody");

@@ -18,7 +18,7 @@
 // The token is only ever put in an Authorization header: never in a URL, a message back, or the log.
 
 import { loadPyodide } from "./vendor/pyodide/pyodide.mjs";
-import { WeightStore, StoreError } from "./store.js";
+import { ChunkStore, StoreError } from "./store.js";
 import { planModel, fetchModel, modelKey } from "./hub.js";
 import { DeviceBridge } from "./bridge/device.js";
 
@@ -49,7 +49,7 @@ async function boot(msg) {
   await micropip.install(new URL(`vendor/wheels/${manifest.sdweb}`, base).href, { deps: false });
   micropip.destroy();
   browser = py.pyimport("sdweb.browser");
-  store = await WeightStore.open(msg.chunk || undefined);
+  store = await ChunkStore.open({ chunkBytes: msg.chunk || undefined });
   post("ready", { seconds: (performance.now() - t0) / 1000, jspi, isolated: self.crossOriginIsolated,
     pyodide: py.version, numpy: py.runPython("import numpy; numpy.__version__"),
     webgpu: !!(self.navigator && navigator.gpu) });
