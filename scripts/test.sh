@@ -19,6 +19,6 @@ done
 npm ci --no-audit --no-fund --loglevel=error
 "$PY" scripts/make_test_models.py tests/.models
 "$PY" scripts/vendor_pyodide.py  # Pyodide 0.27.7 + numpy/pillow wheels (sha256-checked) + the sdweb wheel
-# the page's JS units (web/store.js) under Node's own test runner
-node --test tests/js/
+# web/hub.js and web/store.js in Node (hub.js asks this checkout's Python planner, run with $PY)
+PYTHON="$PY" node --test tests/js/
 exec "$PY" -m pytest -q "$@"

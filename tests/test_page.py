@@ -1,5 +1,5 @@
 """The page, end to end in a real browser. (Its Python half in CPython: tests/test_browser_model.py;
-the dev server without a browser: tests/test_serve.py.)
+the dev server without a browser: tests/test_serve.py; web/hub.js and web/store.js in Node: tests/js/.)
 
 Browser tests drive Debian's chromium (headless, SwiftShader WebGPU) with Playwright against two real
 HTTP servers on 127.0.0.1: scripts/serve.py's app (the page, vendored Pyodide, the sdweb wheel) and
@@ -110,6 +110,7 @@ def page_hub(tmp_path_factory, test_models_dir):
         hub.add_repo("test/resume", test_models_dir / "sd1-tiny")
         hub.add_repo("test/quota", test_models_dir / "sd1-tiny")
         hub.add_repo("test/gated", test_models_dir / "sd1-tiny", gated=True)
+        hub.add_repo("test/tiny-turbo", test_models_dir / "sd1-tiny")  # a model sdweb.settings calls "turbo"
         d = hub.add_repo("test/clip-only")  # a transformers model: config.json + weights, no pipeline
         shutil.copy(test_models_dir / "sd1-tiny" / "text_encoder" / "config.json", d / "config.json")
         shutil.copy(test_models_dir / "sd1-tiny" / "text_encoder" / "model.safetensors", d / "model.safetensors")
@@ -256,6 +257,31 @@ def test_page_image_equals_cli(shared_context, page_server, page_hub, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     p.page.screenshot(path=str(ARTIFACTS / "page.png"), full_page=True)
     assert not [c for c in p.console if c.startswith("pageerror")], p.console
+    p.close()
+
+
+def test_empty_fields_are_filled_by_pythons_settings(shared_context, page_server, page_hub, tmp_path):
+    """The page decides no default: empty fields go to Python (sdweb.settings), whose defaults the form
+    shows and the run uses, the same as the CLI's."""
+    from sdweb.settings import resolve
+
+    p = Page(shared_context, page_server, page_hub, model="test/sd1-tiny")
+    sd = resolve({"model": "test/sd1-tiny"})
+    shown = lambda: (int(p.page.get_attribute("#steps", "placeholder")),  # noqa: E731
+                     float(p.page.get_attribute("#guidance", "placeholder")))
+    assert shown() == (sd.steps, sd.guidance)
+    p.page.fill("#model", "test/tiny-turbo")
+    p.page.dispatch_event("#model", "change")
+    turbo = resolve({"model": "test/tiny-turbo"})
+    assert (turbo.steps, turbo.guidance) != (sd.steps, sd.guidance)
+    p.page.wait_for_function(f"document.getElementById('steps').placeholder === '{turbo.steps}'")
+    assert shown() == (turbo.steps, turbo.guidance)
+    r = p.generate(steps="", guidance="", seed="", width="", height="")
+    assert r["ok"], r
+    s = r["settings"]
+    assert (s["steps"], s["guidance"]) == (turbo.steps, turbo.guidance) and 0 <= s["seed"] < 2**31
+    ref = cli_image(page_hub.repo_dir("test/tiny-turbo"), s, tmp_path)
+    assert ref.shape == r["png"].shape and psnr(r["png"], ref) >= 40
     p.close()
 
 

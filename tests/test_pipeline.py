@@ -67,7 +67,7 @@ def run_diffusers(pipe, monkeypatch, name, *, steps, guidance, seed, width, heig
 def check(folder, diffusers_pipe, monkeypatch, name, guidance, *, steps=4, seed=11, width=None, height=None,
           negative=NEGATIVE):
     ours = Pipeline(ModelFolder(folder), keep_loaded=True)
-    m = ours.size_multiple
+    m = ours.info.size_multiple
     width = width or 4 * m
     height = height or 3 * m  # non-square
     res = ours.generate(PROMPT, negative, steps=steps, guidance=guidance, seed=seed, scheduler=name,

@@ -1,11 +1,16 @@
-// What the Node tests of the page's JS share: a fresh fake IndexedDB per store, and a Hub served
-// through a `fetch` function (the Hub's URL layout, Range, HEAD, its error headers, faults and a
-// request log).
+// What the Node tests of web/hub.js and web/store.js share: a fresh fake IndexedDB per store, a Hub
+// served through a `fetch` function (the Hub's URL layout, Range, HEAD, its error headers, faults and a
+// request log), and the real Python planner (sdweb.browser.plan_json, one child process per test file),
+// so hub.js is tested against the decisions the page really gets.
 
+import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
+import { fileURLToPath } from "node:url";
+import { createInterface } from "node:readline";
 import { IDBFactory, IDBKeyRange } from "fake-indexeddb";
 import { ChunkStore } from "../../web/store.js";
 
+export const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 export const ENDPOINT = "https://hub.test";
 
 export const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
@@ -117,4 +122,27 @@ function error(status, code) {
 
 function assert(ok, msg) {
   if (!ok) throw new Error(msg);
+}
+
+// sdweb.browser.plan_json in a Python child process, one JSON line in, one out: the `plan` callback
+// hub.js gets in the worker. `close()` when done.
+export function pythonPlanner() {
+  const child = spawn(process.env.PYTHON || "python3", ["-c", [
+    "import sys",
+    "from sdweb.browser import plan_json",
+    "for line in sys.stdin:",
+    "    print(plan_json(line), flush=True)",
+  ].join("\n")], { env: { ...process.env, PYTHONPATH: `${ROOT}py` }, stdio: ["pipe", "pipe", "inherit"] });
+  const waiting = [];
+  createInterface({ input: child.stdout }).on("line", (line) => waiting.shift()(JSON.parse(line)));
+  const plan = (known) => {
+    plan.calls += 1;
+    return new Promise((resolve) => {
+      waiting.push(resolve);
+      child.stdin.write(JSON.stringify(known) + "\n");
+    });
+  };
+  plan.calls = 0;
+  plan.close = () => child.stdin.end();
+  return plan;
 }
