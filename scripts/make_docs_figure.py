@@ -68,7 +68,7 @@ def start_and_schedule(model: Path, seed: int, size: int, steps: int):
     from sdweb.schedulers import make_scheduler
 
     pipe = Pipeline(resolve_model(str(model)))
-    name = pipe.default_scheduler
+    name = pipe.info.default_scheduler
     sched = make_scheduler(name, pipe.scheduler_config)
     sched.set_timesteps(steps)
     x, _ = pipe.initial_latents(seed, 1, size, size, sched.init_noise_sigma)

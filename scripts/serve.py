@@ -49,7 +49,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sdweb.model import _REPO_ID
+from sdweb.layout import REPO_ID
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "web"
@@ -181,7 +181,7 @@ def make_app(weights_dir: Path | str | None = None, web_dir: Path | str = WEB, h
         folder may be a link; the file, links followed, must be inside the folder's real place."""
         repo_dir = weights / repo
         try:
-            if not _REPO_ID.match(repo) or not repo_dir.is_dir():
+            if not REPO_ID.match(repo) or not repo_dir.is_dir():
                 return None, None
             f = (repo_dir / path).resolve()
             return repo_dir, f if repo_dir.resolve() in f.parents and f.is_file() else None
@@ -212,7 +212,7 @@ def make_app(weights_dir: Path | str | None = None, web_dir: Path | str = WEB, h
         if weights.is_dir():
             for index in sorted(weights.glob("*/*/model_index.json")):
                 repo = f"{index.parent.parent.name}/{index.parent.name}"
-                if _REPO_ID.match(repo):  # what hub_resolve serves, and nothing it would refuse
+                if REPO_ID.match(repo):  # what hub_resolve serves, and nothing it would refuse
                     found.append(repo)
         return JSONResponse({"models": found})
 

@@ -9,7 +9,7 @@ Writes (all gitignored):
 
     web/vendor/pyodide/    pyodide.js/.mjs, pyodide.asm.js/.wasm, python_stdlib.zip, pyodide-lock.json
                            (from npm pyodide@0.27.7) and the wheels numpy, pillow, micropip, packaging
-    web/vendor/wheels/     sdweb-<version>-py3-none-any.whl (with sdweb/shaders/*.wgsl) and
+    web/vendor/wheels/     sdweb-<version>-py3-none-any.whl (with sdweb/shaders/*.wgsl, models.json) and
                            manifest.json naming it
 
 Sources, in order: the npm package comes from `node_modules/pyodide` when `npm install` put it there,
@@ -190,7 +190,8 @@ def vendor_wheels():
 def _sources_stamp() -> str:
     """A hash of everything that goes into the sdweb wheel, to skip rebuilding an unchanged one."""
     h = hashlib.sha256()
-    for p in sorted((ROOT / "py" / "sdweb").rglob("*.py")) + [ROOT / "pyproject.toml"] + _shaders():
+    package = [p for p in (ROOT / "py" / "sdweb").rglob("*") if p.suffix in (".py", ".json")]
+    for p in sorted(package) + [ROOT / "pyproject.toml"] + _shaders():
         h.update(str(p.relative_to(ROOT)).encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
 

@@ -95,11 +95,36 @@ def test_info(sd1_tiny, capsys):
     (["--guidance", "-1"], ["guidance -1"]),
     (["--precision", "int8"], ["'int8'", "fp16"]),
     (["--output", "out.txt"], ["--output out.txt", ".png"]),
+    (["--seed", "-1"], ["seed -1", "0 to 4294967295"]),
+    (["--seed", "4294967296"], ["seed 4294967296"]),
+    (["--preview-every", "0"], ["preview_every 0", "1 to 1000"]),
+    (["--preview-every", "-3", "--save-intermediates", "inter"], ["preview_every -3"]),
+    (["--num-images", "0"], ["num_images 0", "1 to 16"]),
+    (["--clip-skip", "-1"], ["clip_skip -1"]),
+    (["--clip-skip", "50"], ["clip_skip 50", "text encoder has"]),
+    (["--backend", "cuda"], ["'cuda'", "numpy"]),
+    (["--variant", "../x"], ["variant '../x'"]),
 ])
 def test_bad_settings(sd1_tiny, tmp_path, capsys, monkeypatch, args, needles):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(GEN + ["--model", str(sd1_tiny)] + args, capsys)
     one_line_error(code, err, *needles)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_huge_num_images_is_refused_before_any_work(sd1_tiny, tmp_path, capsys, monkeypatch):
+    """The count is checked before output names, the model or anything else is allocated."""
+    import tracemalloc
+
+    monkeypatch.chdir(tmp_path)
+    tracemalloc.start()
+    try:
+        code, _, err = run(GEN + ["--model", str(sd1_tiny), "--num-images", "1000000"], capsys)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    one_line_error(code, err, "num_images 1000000", "1 to 16")
+    assert peak < 10 << 20, f"{peak / 2**20:.0f} MiB allocated before refusing"
     assert list(tmp_path.iterdir()) == []
 
 

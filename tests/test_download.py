@@ -27,13 +27,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sdweb import catalogue, layout
 from sdweb import download as dl
+from sdweb.errors import ModelError
 from sdweb.cli import main
 from sdweb.model import ModelFolder
 from sdweb.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "model-configs"
 
 FP16_FILES = {
     "model_index.json",
@@ -289,7 +290,7 @@ def test_not_a_diffusers_repo(hub, tmp_path, monkeypatch, capfd, sd1_tiny):
     code, _, err = run(["download", "test/only-bin", "--dir", str(tmp_path / "a")], capfd)
     assert code == 2 and "unet/ has no .safetensors weights" in error_line(err) and ".bin" in error_line(err)
     code, _, err = run(["download", "test/empty", "--dir", str(tmp_path / "b")], capfd)
-    assert code == 2 and "not a diffusers model repo: it has no model_index.json" in error_line(err)
+    assert code == 2 and "test/empty has no model_index.json, so it is not a diffusers pipeline" in error_line(err)
     code, _, err = run(["download", "not-a-repo-id"], capfd)
     assert code == 2 and "is not a Hub repo id" in error_line(err)
 
@@ -339,21 +340,10 @@ def test_list_of_known_models(capfd):
                  "stabilityai/sd-turbo", "nota-ai/bk-sdm-small", "nota-ai/bk-sdm-tiny"):
         assert repo in out
     assert "unknown" in out
-    sd15 = next(m for m in dl.KNOWN_MODELS if m["repo"].startswith("stable-diffusion-v1-5"))
-    pointers = SHARED / "stable-diffusion-v1-5" / "_lfs_pointers" / "LFS_POINTERS.txt"
-    if not pointers.exists():
-        pytest.skip("the LFS pointer files (../shared/data/model-configs) are not on this machine")
-    sizes, name = {}, None
-    for line in pointers.read_text().splitlines():
-        if line.startswith("== "):
-            name = line[3:].strip()
-        elif line.startswith("size "):
-            sizes[name] = int(line.split()[1])
-    for variant, infix in (("fp16", ".fp16"), ("fp32", "")):
-        want = sum(sizes[f"{c}/{stem}{infix}.safetensors"] for c, stem in
-                   (("text_encoder", "model"), ("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model")))
-        assert sd15["sizes"][variant] == want
-        assert f"{want / 1e9:.2f} GB" in out
+    # the catalogue's sizes (checked against the repo's LFS pointers in test_layout.py) as the table shows them
+    sd15 = catalogue.find("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    for variant in ("fp16", "fp32"):
+        assert f"{catalogue.weight_bytes(sd15, variant) / 1e9:.2f} GB" in out
 
 
 def test_generate_runs_on_the_downloaded_model(hub, tmp_path, monkeypatch, capfd, sd1_tiny):
@@ -377,7 +367,7 @@ def test_generate_runs_on_the_downloaded_model(hub, tmp_path, monkeypatch, capfd
 
 def test_select_files_sharded_and_variants():
     def listing(*names):
-        return [dl.RemoteFile(n, 10) for n in dl.REQUIRED_FILES + names]
+        return [dl.RemoteFile(n, 10) for n in layout.REQUIRED_FILES + names]
 
     files, notes = dl.select_files("o/n", listing(
         "unet/diffusion_pytorch_model.safetensors.index.fp16.json",
@@ -388,14 +378,14 @@ def test_select_files_sharded_and_variants():
         "text_encoder/model.safetensors", "text_encoder/model.fp16.safetensors",
         "vae/diffusion_pytorch_model.safetensors"))
     names = [f.path for f in files]
-    assert names[len(dl.REQUIRED_FILES):] == [
+    assert names[len(layout.REQUIRED_FILES):] == [
         "text_encoder/model.fp16.safetensors",
         "unet/diffusion_pytorch_model.safetensors.index.fp16.json",
         "unet/diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
         "unet/diffusion_pytorch_model.fp16-00002-of-00002.safetensors",
         "vae/diffusion_pytorch_model.safetensors"]
     assert notes == ["vae: no fp16 weights in the repo; taking diffusion_pytorch_model.safetensors"]
-    with pytest.raises(dl.DownloadError, match="sdweb needs a Stable Diffusion"):
+    with pytest.raises(ModelError, match="o/n lacks scheduler/scheduler_config.json, .*: sdweb runs Stable Diffusion"):
         dl.select_files("o/n", [dl.RemoteFile("model_index.json", 1)])
 
 

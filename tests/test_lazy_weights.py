@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdweb import browser
+from sdweb import browser, layout
 from sdweb.backends import numpy as nb
 from sdweb.errors import WeightError
 from sdweb.pipeline import Pipeline
@@ -273,7 +273,7 @@ CASES = [  # fixture, variant, held precision: each file dtype converted on the 
 @pytest.mark.parametrize("fixture,variant,precision,scheduler", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CASES])
 def test_pipelines_on_the_lazy_path_match_numpy(request, spy, fixture, variant, precision, scheduler):
     folder = request.getfixturevalue(fixture)
-    texts = {p: (folder / p).read_text() for p in browser.CONFIG_FILES + browser.OPTIONAL_FILES if (folder / p).is_file()}
+    texts = {p: (folder / p).read_text() for p in layout.TEXT_FILES if (folder / p).is_file()}
     sources = {p.relative_to(folder).as_posix(): MemSource(p.read_bytes(), p.name) for p in folder.rglob("*.safetensors")}
     args = dict(steps=2, seed=7, width=64, height=64, scheduler=scheduler)
     model = browser.BrowserModel(fixture, texts, sources, lazy=True)
@@ -286,7 +286,7 @@ def test_pipelines_on_the_lazy_path_match_numpy(request, spy, fixture, variant, 
     # every tensor the model uses came through upload_span, each as its own span of the file (the
     # tensors are smaller than CONVERT_PIECE), and together they are every weight byte the model holds
     spans = {}
-    for c in browser.COMPONENTS:
+    for c in layout.WEIGHT_COMPONENTS:
         for p in model.weight_files(c, variant):
             f = SafetensorsFile(sources[p])
             for n in f.keys():

@@ -1,4 +1,5 @@
-"""The page, end to end in a real browser (issue 4), and its Python half (sdweb.browser) in CPython.
+"""The page, end to end in a real browser. (Its Python half in CPython: tests/test_browser_model.py;
+the dev server without a browser: tests/test_serve.py; web/hub.js and web/store.js in Node: tests/js/.)
 
 Browser tests drive Debian's chromium (headless, SwiftShader WebGPU) with Playwright against two real
 HTTP servers on 127.0.0.1: scripts/serve.py's app (the page, vendored Pyodide, the sdweb wheel) and
@@ -56,121 +57,6 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-# --- sdweb.browser in CPython -------------------------------------------------------------------------
-
-
-class _Source:
-    """A byte source over a file, counting reads: what the worker hands Python, minus the JS."""
-
-    def __init__(self, path: Path):
-        self.data = path.read_bytes()
-        self.size = len(self.data)
-        self.reads = 0
-
-    def read(self, offset, length):
-        self.reads += 1
-        return self.data[offset:offset + length]
-
-
-def _browser_inputs(folder: Path):
-    from sdweb import browser
-
-    texts = {p: (folder / p).read_text() for p in browser.CONFIG_FILES + browser.OPTIONAL_FILES if (folder / p).is_file()}
-    sources = {p.relative_to(folder).as_posix(): _Source(p) for p in folder.rglob("*.safetensors")}
-    return texts, sources
-
-
-@pytest.mark.parametrize("variant", [None, "fp16"])
-def test_browser_model_generates_what_model_folder_does(sd1_tiny, variant):
-    from sdweb import browser
-    from sdweb.model import ModelFolder
-    from sdweb.pipeline import Pipeline
-    from PIL import Image
-
-    texts, sources = _browser_inputs(sd1_tiny)
-    model = browser.BrowserModel("test/sd1-tiny", texts, sources)
-    assert model.weight_files("unet", variant) == [
-        "unet/diffusion_pytorch_model.fp16.safetensors" if variant else "unet/diffusion_pytorch_model.safetensors"]
-    pipe = Pipeline(model, precision="fp32", variant=variant)
-    events = []
-    out = browser.generate(pipe, dict(prompt="a red cube", steps=4, seed=5, width=TINY, height=TINY,
-                                      scheduler="euler-a", guidance=7.5), progress=events.append, preview_every=2)
-    ref = Pipeline(ModelFolder(sd1_tiny), precision="fp32", variant=variant).generate(
-        "a red cube", steps=4, seed=5, width=TINY, height=TINY, scheduler="euler-a", guidance=7.5)
-    got = np.asarray(Image.open(io.BytesIO(out["png"])).convert("RGB"))
-    np.testing.assert_array_equal(got, ref.images[0])
-    assert json.loads(Image.open(io.BytesIO(out["png"])).text["parameters"])["seed"] == 5
-    # weights came through the byte sources, tensor by tensor, never as one whole-file read
-    used = [s for p, s in sources.items() if (".fp16." in p) == bool(variant)]
-    assert all(s.reads > 1 for s in used) and not any(s.reads for p, s in sources.items() if s not in used)
-    stages = [e["stage"] for e in events]
-    assert stages.index("text_encoder") < stages.index("unet") < stages.index("vae")
-    previews = [e for e in events if "preview" in e]
-    assert previews and all(e["preview"].startswith(b"\x89PNG") for e in previews)
-
-
-def test_browser_model_refuses_what_is_not_sd(sd1_tiny):
-    from sdweb import browser
-    from sdweb.errors import ModelError
-
-    texts, sources = _browser_inputs(sd1_tiny)
-    with pytest.raises(ModelError, match="model_index.json"):
-        browser.BrowserModel("x/y", {k: v for k, v in texts.items() if k != "model_index.json"}, sources)
-    index = json.loads(texts["model_index.json"])
-    del index["unet"]
-    with pytest.raises(ModelError, match="without unet"):
-        browser.check_model_index(json.dumps(index), "x/y")
-    index = json.loads(texts["model_index.json"])
-    index["unet"] = ["diffusers", "UNet2DModel"]
-    with pytest.raises(ModelError, match="UNet2DModel"):
-        browser.check_model_index(json.dumps(index), "x/y")
-    with pytest.raises(ModelError, match="not valid JSON"):
-        browser.check_model_index("{", "x/y")
-    model = browser.BrowserModel("x/y", texts, {p: s for p, s in sources.items() if not p.startswith("vae/")})
-    with pytest.raises(ModelError, match="no vae weights"):
-        model.weight_files("vae")
-
-
-def test_weight_candidates_prefer_the_variant():
-    from sdweb import browser
-
-    c = browser.weight_candidates("unet", "fp16")
-    assert c[:2] == ["unet/diffusion_pytorch_model.fp16.safetensors",
-                     "unet/diffusion_pytorch_model.safetensors.index.fp16.json"]
-    assert c.index("unet/diffusion_pytorch_model.fp16.safetensors") < c.index("unet/diffusion_pytorch_model.safetensors")
-    assert browser.weight_candidates("vae", None)[0] == "vae/diffusion_pytorch_model.safetensors"
-
-
-# --- the dev server ----------------------------------------------------------------------------------
-
-
-def test_serve_app_headers_range_and_hub_layout(tmp_path, sd1_tiny):
-    from starlette.testclient import TestClient
-
-    serve = _load_script("serve")
-    shutil.copytree(sd1_tiny, tmp_path / "test" / "sd1-tiny")
-    client = TestClient(serve.make_app(tmp_path), base_url="http://127.0.0.1:8000")
-    r = client.get("/")
-    assert r.status_code == 200 and 'id="generate"' in r.text
-    assert r.headers["cross-origin-opener-policy"] == "same-origin"
-    assert r.headers["cross-origin-embedder-policy"] == "require-corp"
-    assert client.get("/app.js").headers["content-type"].startswith("text/javascript")
-    f = "unet/diffusion_pytorch_model.safetensors"
-    data = (sd1_tiny / f).read_bytes()
-    r = client.get(f"/hub/test/sd1-tiny/resolve/main/{f}", headers={"Range": "bytes=8-99"})
-    assert r.status_code == 206 and r.content == data[8:100]
-    assert r.headers["content-range"] == f"bytes 8-99/{len(data)}"
-    import hashlib
-
-    assert r.headers["x-linked-etag"].strip('"') == hashlib.sha256(data).hexdigest()
-    r = client.get("/hub/test/nope/resolve/main/model_index.json")
-    assert r.status_code == 404 and r.headers["x-error-code"] == "RepoNotFound"
-    r = client.get("/hub/test/sd1-tiny/resolve/main/missing.json")
-    assert r.status_code == 404 and r.headers["x-error-code"] == "EntryNotFound"
-    assert client.get("/hub/test/sd1-tiny/resolve/main/../../../etc/passwd").status_code == 404
-    assert client.get("/hub/api/local-models").json() == {"models": ["test/sd1-tiny"]}
-
-
 # --- browser fixtures --------------------------------------------------------------------------------
 
 
@@ -224,6 +110,7 @@ def page_hub(tmp_path_factory, test_models_dir):
         hub.add_repo("test/resume", test_models_dir / "sd1-tiny")
         hub.add_repo("test/quota", test_models_dir / "sd1-tiny")
         hub.add_repo("test/gated", test_models_dir / "sd1-tiny", gated=True)
+        hub.add_repo("test/tiny-turbo", test_models_dir / "sd1-tiny")  # a model sdweb.settings calls "turbo"
         d = hub.add_repo("test/clip-only")  # a transformers model: config.json + weights, no pipeline
         shutil.copy(test_models_dir / "sd1-tiny" / "text_encoder" / "config.json", d / "config.json")
         shutil.copy(test_models_dir / "sd1-tiny" / "text_encoder" / "model.safetensors", d / "model.safetensors")
@@ -370,6 +257,31 @@ def test_page_image_equals_cli(shared_context, page_server, page_hub, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     p.page.screenshot(path=str(ARTIFACTS / "page.png"), full_page=True)
     assert not [c for c in p.console if c.startswith("pageerror")], p.console
+    p.close()
+
+
+def test_empty_fields_are_filled_by_pythons_settings(shared_context, page_server, page_hub, tmp_path):
+    """The page decides no default: empty fields go to Python (sdweb.settings), whose defaults the form
+    shows and the run uses, the same as the CLI's."""
+    from sdweb.settings import resolve
+
+    p = Page(shared_context, page_server, page_hub, model="test/sd1-tiny")
+    sd = resolve({"model": "test/sd1-tiny"})
+    shown = lambda: (int(p.page.get_attribute("#steps", "placeholder")),  # noqa: E731
+                     float(p.page.get_attribute("#guidance", "placeholder")))
+    assert shown() == (sd.steps, sd.guidance)
+    p.page.fill("#model", "test/tiny-turbo")
+    p.page.dispatch_event("#model", "change")
+    turbo = resolve({"model": "test/tiny-turbo"})
+    assert (turbo.steps, turbo.guidance) != (sd.steps, sd.guidance)
+    p.page.wait_for_function(f"document.getElementById('steps').placeholder === '{turbo.steps}'")
+    assert shown() == (turbo.steps, turbo.guidance)
+    r = p.generate(steps="", guidance="", seed="", width="", height="")
+    assert r["ok"], r
+    s = r["settings"]
+    assert (s["steps"], s["guidance"]) == (turbo.steps, turbo.guidance) and 0 <= s["seed"] < 2**31
+    ref = cli_image(page_hub.repo_dir("test/tiny-turbo"), s, tmp_path)
+    assert ref.shape == r["png"].shape and psnr(r["png"], ref) >= 40
     p.close()
 
 

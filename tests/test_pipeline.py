@@ -69,7 +69,7 @@ def check(folder, diffusers_pipe, monkeypatch, name, guidance, *, steps=4, seed=
     """Our final latents and image against diffusers', and the latents each Progress after a UNet step
     carries (a host float32 array, Progress's contract) against diffusers' after the same step."""
     ours = Pipeline(ModelFolder(folder), keep_loaded=True)
-    m = ours.size_multiple
+    m = ours.info.size_multiple
     width = width or 4 * m
     height = height or 3 * m  # non-square
     progress = []

@@ -1,68 +1,67 @@
 // The page's thread: the form, progress, results, history and the stored-models panel. All the
-// work (Python, downloads, storage writes) happens in worker.js, so this thread never blocks.
+// work (Python, downloads, storage writes) happens in worker.js, so this thread never blocks. It
+// decides no setting: an empty field means "the default", and Python (sdweb.settings, through the
+// worker) fills in and checks every one; the model picker is Python's catalogue (models.json).
 
-import { WeightStore, fmtBytes } from "./store.js";
-import { REPO_ID } from "./hub.js";
+import { ChunkStore, fmtBytes } from "./store.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const DEFAULT_ENDPOINT = "https://huggingface.co";
 
-// Models offered in the picker; any other Hub repo id in the diffusers layout works too.
-const PRESETS = [
-  { repo: "stable-diffusion-v1-5/stable-diffusion-v1-5", label: "Stable Diffusion 1.5 (default)", steps: 25, guidance: 7.5, size: 512 },
-  { repo: "stabilityai/stable-diffusion-2-1-base", label: "Stable Diffusion 2.1 base", steps: 25, guidance: 7.5, size: 512 },
-  { repo: "stabilityai/sd-turbo", label: "SD-Turbo (1 step)", steps: 1, guidance: 0, size: 512 },
-  { repo: "nota-ai/bk-sdm-small", label: "BK-SDM small (distilled, 36% smaller UNet)", steps: 25, guidance: 7.5, size: 512 },
-  { repo: "nota-ai/bk-sdm-tiny", label: "BK-SDM tiny (distilled)", steps: 25, guidance: 7.5, size: 512 },
-];
-
 const state = {
   worker: null, ready: false, busy: false, runId: 0, cancelTimer: null, cancelFlag: null,
-  env: {}, webgpu: null, localModels: [], history: [], started: 0, stageStart: {}, lastTimings: null,
-  pending: null,
+  env: {}, gpu: null, catalogue: null, backend: null, resolveId: 0, localModels: [], history: [], started: 0,
+  stageStart: {}, lastTimings: null, pending: null,
 };
 
 // --- environment -----------------------------------------------------------------------------------
 
-async function detectWebGPU() {
-  if (!navigator.gpu) return { ok: false, why: "this browser has no WebGPU (navigator.gpu is missing)" };
-  try {
-    const adapter = await navigator.gpu.requestAdapter();
-    if (!adapter) return { ok: false, why: "no WebGPU adapter is available (GPU blocklisted or disabled)" };
-    const info = adapter.info || {};
-    return { ok: true, adapter: [info.vendor, info.architecture, info.description].filter(Boolean).join(" ") || "WebGPU adapter",
-      limits: { maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize, maxBufferSize: adapter.limits.maxBufferSize },
-      f16: adapter.features.has("shader-f16") };
-  } catch (e) {
-    return { ok: false, why: `WebGPU failed to start (${e.message || e})` };
-  }
+// The form's settings as the worker hands them to Python (sdweb.settings.FIELDS; "" = the default).
+function request() {
+  const num = (id) => { const v = $(id).value.trim(); return v === "" ? null : Number(v); };
+  return {
+    model: $("model").value.trim().replace(/^https?:\/\/huggingface\.co\//, "").replace(/\/+$/, ""),
+    prompt: $("prompt").value, negative_prompt: $("negative-prompt").value, steps: num("steps"),
+    guidance: num("guidance"), seed: num("seed"), scheduler: $("scheduler").value, width: num("width"),
+    height: num("height"), variant: $("variant").value, backend: $("backend").value,
+  };
 }
 
-// auto: WebGPU when an adapter answers and Python can wait for it (JSPI), else NumPy in wasm.
-function chosenBackend() {
-  const b = $("backend").value;
-  if (b === "numpy" || b === "webgpu") return b;
-  const jspi = typeof WebAssembly.Suspending === "function";
-  return state.webgpu && state.webgpu.ok && jspi ? "webgpu" : "numpy";
+// What the current model and backend mean, from Python: the defaults shown in the empty fields and
+// the backend the notice explains. Only the fields that choose them are sent.
+function askDefaults() {
+  if (!state.ready || state.busy) return;
+  const r = request();
+  state.resolveId += 1;
+  state.worker.postMessage({ type: "resolve", rid: state.resolveId,
+    request: { model: r.model, variant: r.variant, backend: r.backend } });
+}
+
+function showDefaults(m) {
+  if (m.error) return;  // e.g. a half-typed model id: Generate will say what is wrong
+  const s = m.settings;
+  if (!$("model").value.trim()) $("model").value = s.model;
+  $("steps").placeholder = s.steps;
+  $("guidance").placeholder = s.guidance;
+  state.backend = s.backend;
+  updateModelNote();
+  showNotice();
 }
 
 function showNotice() {
   const n = $("notice");
   const want = $("backend").value;
-  const gpu = state.webgpu;
+  const gpu = state.gpu;
   let html = "";
-  if (chosenBackend() === "numpy") {
-    const why = want === "numpy" ? "you chose the NumPy backend"
-      : gpu && !gpu.ok ? `WebGPU is not available here: ${escapeHtml(gpu.why)}`
-      : typeof WebAssembly.Suspending !== "function" ? "this browser lacks JavaScript Promise Integration, which the WebGPU path needs (Chrome 137+)"
-      : "WebGPU is still being detected";
+  if (state.backend === "numpy") {
+    const why = want === "numpy" ? "you chose the NumPy backend" : `WebGPU is not available here: ${escapeHtml(gpu.why)}`;
     html = `<b>Running on NumPy inside WebAssembly</b> (${why}). That works everywhere but is slow, about 1 GFLOP/s: ` +
       `tiny and distilled models take seconds to minutes, while Stable Diffusion 1.5 at 512×512 takes minutes per ` +
       `step and needs the fp16 weights (the wasm heap is capped at 4 GiB).` +
       (gpu && gpu.ok ? ` A WebGPU adapter is present (${escapeHtml(gpu.adapter)}).` : "");
   }
-  else if (gpu && gpu.ok && /swiftshader|llvmpipe|lavapipe|software/i.test(gpu.adapter)) {
+  else if (state.backend === "webgpu" && /swiftshader|llvmpipe|lavapipe|software/i.test(gpu.adapter)) {
     html = `<b>Running on WebGPU, on a software adapter</b> (${escapeHtml(gpu.adapter)}): the GPU work is emulated ` +
       "on the CPU, so only tiny models finish in reasonable time. A browser with hardware WebGPU is many times faster.";
   }
@@ -89,8 +88,10 @@ function startWorker() {
     fail({ kind: "internal", message: `The worker crashed (${ev.message || "unknown error"}); it was restarted.` });
     startWorker();
   };
+  const r = request();
   w.postMessage({ type: "init", cancel: self.crossOriginIsolated ? state.cancelFlag : null,
-    chunk: Number(params.get("chunk")) || null, gpuMaxBinding: Number(params.get("gpu-max-binding")) || null });
+    chunk: Number(params.get("chunk")) || null, gpuMaxBinding: Number(params.get("gpu-max-binding")) || null,
+    request: { model: r.model, variant: r.variant, backend: r.backend } });
   state.worker = w;
 }
 
@@ -104,9 +105,15 @@ function onWorkerMessage(m) {
     case "ready":
       state.ready = true;
       state.env = m;
+      state.gpu = m.gpu;
+      if (!state.catalogue) showCatalogue(m.catalogue);
+      showDefaults(m.resolved);
       setEnv(`Ready · Python ${m.pyodide} · NumPy ${m.numpy} · ${m.seconds.toFixed(1)} s to start`, "ready");
       if (!state.busy) $("status").textContent = "";
       if (state.pending) { const p = state.pending; state.pending = null; send(p); }
+      break;
+    case "resolved":
+      if (m.rid === state.resolveId) showDefaults(m);
       break;
     case "fatal":
       state.fatal = true;  // the next Generate starts a new worker
@@ -225,57 +232,31 @@ function showPreview(png) {
 
 // --- generate / cancel -----------------------------------------------------------------------------
 
-function readForm() {
-  const num = (id) => { const v = $(id).value.trim(); return v === "" ? null : Number(v); };
-  const repo = $("model").value.trim().replace(/^https?:\/\/huggingface\.co\//, "").replace(/\/+$/, "");
-  let endpoint = $("endpoint").value.trim().replace(/\/+$/, "");
-  let local = false;
-  if (!endpoint) {
-    if (state.localModels.includes(repo)) { endpoint = `${location.origin}/hub`; local = true; }
-    else endpoint = DEFAULT_ENDPOINT;
-  }
-  return {
-    repo, endpoint, local, token: $("token").value.trim(), variant: $("variant").value, backend: chosenBackend(),
-    settings: {
-      prompt: $("prompt").value, negative_prompt: $("negative-prompt").value, steps: num("steps"),
-      guidance: num("guidance"), seed: num("seed"), scheduler: $("scheduler").value || null,
-      width: num("width"), height: num("height"),
-    },
-  };
-}
-
-function validate(job) {
-  const s = job.settings;
-  if (!REPO_ID.test(job.repo)) return ["model", `"${job.repo}" is not a Hub repo id: use owner/name, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5.`];
-  if (s.steps == null || !Number.isInteger(s.steps) || s.steps < 1 || s.steps > 1000) return ["steps", "Steps must be a whole number from 1 to 1000."];
-  if (s.guidance == null || !(s.guidance >= 0)) return ["guidance", "Guidance must be a number of 0 or more (7.5 is usual; 0 or 1 turns it off)."];
-  if (s.seed != null && (!Number.isInteger(s.seed) || s.seed < 0 || s.seed > 4294967295)) return ["seed", "Seed must be a whole number from 0 to 4294967295."];
-  for (const k of ["width", "height"]) {
-    if (s[k] != null && (!Number.isInteger(s[k]) || s[k] < 8 || s[k] > 2048)) return [k, `${k[0].toUpperCase() + k.slice(1)} must be a multiple of 64 up to 2048 (or empty for the model's size).`];
-  }
-  try { if (job.endpoint) new URL(job.endpoint); } catch (_) { return ["endpoint", `"${job.endpoint}" is not a URL.`]; }
-  return null;
-}
-
 function generate() {
   if (state.busy) return;
   clearError();
-  if ($("seed").value.trim() === "") $("seed").value = randomSeed();
-  const job = readForm();
-  const bad = validate(job);
-  if (bad) { fail({ kind: "input", message: bad[1], field: bad[0] }); return; }
+  const req = request();
+  let endpoint = $("endpoint").value.trim().replace(/\/+$/, "");
+  let local = false;
+  if (!endpoint) {
+    if (state.localModels.includes(req.model)) { endpoint = `${location.origin}/hub`; local = true; }
+    else endpoint = DEFAULT_ENDPOINT;
+  }
+  try { new URL(endpoint); } catch (_) {
+    fail({ kind: "input", message: `"${endpoint}" is not a URL.`, field: "endpoint" });
+    return;
+  }
   state.busy = true;
   state.runId += 1;
   state.started = performance.now();
   state.stageStart = {};
-  state.job = job;
   resetProgress();
   $("generate").disabled = true;
   $("cancel").disabled = false;
   setEnv(state.ready ? "Working…" : "Loading Python…", "busy");
-  $("status").textContent = job.local ? `Using the copy of ${job.repo} in ./weights/…` : `Starting ${job.repo}…`;
+  $("status").textContent = local ? `Using the copy of ${req.model} in ./weights/…` : `Starting ${req.model || "the default model"}…`;
   Atomics.store(state.cancelFlag, 0, 0);
-  const msg = { type: "generate", id: state.runId, ...job };
+  const msg = { type: "generate", id: state.runId, request: req, endpoint, token: $("token").value.trim() };
   if (state.fatal) { state.fatal = false; startWorker(); }
   if (state.ready) send(msg);
   else state.pending = msg;
@@ -311,6 +292,7 @@ function finish() {
   $("cancel").disabled = true;
   for (const el of document.querySelectorAll("#progress .stage.active")) el.classList.remove("active");
   if (state.ready) setEnv(`Ready · Python ${state.env.pyodide} · NumPy ${state.env.numpy}`, "ready");
+  askDefaults();
   refreshCache();
 }
 
@@ -388,16 +370,17 @@ const TITLES = {
 };
 
 function fail(m) {
-  if (m.kind !== "input") finish();
+  finish();
   const box = $("error");
-  let msg = m.message;
-  if (m.kind === "python" && m.pyError === "ConfigError") m.kind = "input";
+  const msg = m.message;
   box.innerHTML = `<strong>${TITLES[m.kind] || "Error"}</strong>${escapeHtml(msg)}`;
   box.hidden = false;
   box.dataset.kind = m.kind;
   $("status").textContent = "";
-  const field = m.kind === "auth" ? "token" : m.field || (m.kind === "notfound" || m.kind === "model" ? "model" : null);
-  if (field) {
+  // a setting's name (sdweb.settings.FIELDS) is its input's id with - for _
+  const field = m.kind === "auth" ? "token" : (m.field && m.field.replace(/_/g, "-")) ||
+    (m.kind === "notfound" || m.kind === "model" ? "model" : null);
+  if (field && $(field)) {
     const el = $(field);
     el.classList.remove("attention"); void el.offsetWidth; el.classList.add("attention");
     el.focus();
@@ -415,7 +398,7 @@ function clearError() {
 let storePromise = null;
 async function refreshCache() {
   try {
-    storePromise = storePromise || WeightStore.open();
+    storePromise = storePromise || ChunkStore.open();
     const store = await storePromise;
     const models = (await store.models()).sort((a, b) => b.used - a.used);
     const tb = $("cache").querySelector("tbody");
@@ -423,7 +406,7 @@ async function refreshCache() {
     for (const m of models) {
       const tr = document.createElement("tr");
       const host = (() => { try { return new URL(m.endpoint).host; } catch (_) { return m.endpoint; } })();
-      tr.innerHTML = `<td>${escapeHtml(m.repo)}</td><td class="hint">${escapeHtml(host)} · ${escapeHtml(m.variant)}` +
+      tr.innerHTML = `<td>${escapeHtml(m.repo)}</td><td class="hint">${escapeHtml(host)} · ${escapeHtml(m.variant || "plain")}` +
         `${m.complete ? "" : " · incomplete"}</td><td class="num">${fmtBytes(m.bytes)}</td><td class="num"></td>`;
       const del = document.createElement("button");
       del.className = "small";
@@ -449,8 +432,6 @@ function escapeHtml(s) {
   return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 }
 
-function randomSeed() { return crypto.getRandomValues(new Uint32Array(1))[0] >>> 1; }
-
 function dataUrl(bytes) {
   return new Promise((resolve, reject) => {
     const r = new FileReader();
@@ -460,20 +441,30 @@ function dataUrl(bytes) {
   });
 }
 
-function applyPreset(repo) {
-  const p = PRESETS.find((x) => x.repo === repo);
-  if (!p) return;
-  $("steps").value = p.steps;
-  $("guidance").value = p.guidance;
-  $("width").value = p.size;
-  $("height").value = p.size;
+function showCatalogue(catalogue) {
+  state.catalogue = catalogue;
+  const dl = $("model-list");
+  for (const m of catalogue.models) {
+    const o = document.createElement("option");
+    o.value = m.repo; o.label = m.label;
+    dl.append(o);
+  }
+  for (const repo of state.localModels) addLocalModel(repo);
+}
+
+function addLocalModel(repo) {
+  if (state.catalogue && state.catalogue.models.some((m) => m.repo === repo)) return;
+  const o = document.createElement("option");
+  o.value = repo; o.label = "prefetched in ./weights/";
+  $("model-list").append(o);
 }
 
 function updateModelNote() {
   const repo = $("model").value.trim();
   const note = $("model-note");
+  const known = state.catalogue && state.catalogue.models.find((m) => m.repo === repo);
   if (state.localModels.includes(repo) && !$("endpoint").value.trim()) note.textContent = "Prefetched: read from ./weights/ on this server.";
-  else if (PRESETS.some((p) => p.repo === repo)) note.textContent = PRESETS.find((p) => p.repo === repo).label;
+  else if (known) note.textContent = known.label;
   else note.textContent = "Any Hub repo id in the diffusers layout (owner/name).";
 }
 
@@ -482,47 +473,38 @@ async function loadLocalModels() {
     const r = await fetch("hub/api/local-models");
     if (!r.ok) return;
     state.localModels = (await r.json()).models || [];
-    const dl = $("model-list");
-    for (const repo of state.localModels) {
-      if (PRESETS.some((p) => p.repo === repo)) continue;
-      const o = document.createElement("option");
-      o.value = repo; o.label = "prefetched in ./weights/";
-      dl.append(o);
-    }
+    if (state.catalogue) for (const repo of state.localModels) addLocalModel(repo);
     updateModelNote();
   } catch (_) { /* served without the dev server's /hub: nothing prefetched */ }
 }
 
 function init() {
-  const dl = $("model-list");
-  for (const p of PRESETS) {
-    const o = document.createElement("option");
-    o.value = p.repo; o.label = p.label;
-    dl.append(o);
-  }
   // URL parameters preset the form: ?model= ?endpoint= ?backend= (and any other field by its id)
   for (const id of ["prompt", "negative-prompt", "steps", "guidance", "seed", "scheduler", "width", "height", "variant"]) {
     if (params.has(id)) $(id).value = params.get(id);
   }
-  if (params.has("model")) { $("model").value = params.get("model"); if (!params.has("steps")) applyPreset(params.get("model")); }
+  if (params.has("model")) $("model").value = params.get("model");
   if (params.has("endpoint")) $("endpoint").value = params.get("endpoint");
   if (params.has("backend")) $("backend").value = ["webgpu", "numpy"].includes(params.get("backend")) ? params.get("backend") : "auto";
-  if (!params.has("seed")) $("seed").value = randomSeed();
   if (params.has("endpoint") || params.has("backend")) $("form").querySelector("details").open = true;
 
-  $("seed-random").onclick = () => { $("seed").value = randomSeed(); };
+  $("seed-random").onclick = () => { $("seed").value = ""; };
   $("generate").onclick = generate;
   $("cancel").onclick = cancel;
-  $("model").addEventListener("change", () => { applyPreset($("model").value.trim()); updateModelNote(); });
+  // a new model brings its own defaults: the fields it sets go back to empty (= the model's)
+  $("model").addEventListener("change", () => {
+    for (const id of ["steps", "guidance", "width", "height"]) $(id).value = "";
+    updateModelNote();
+    askDefaults();
+  });
   $("endpoint").addEventListener("input", updateModelNote);
-  $("backend").addEventListener("change", showNotice);
+  $("backend").addEventListener("change", askDefaults);
+  $("variant").addEventListener("change", askDefaults);
   $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate(); });
   updateModelNote();
   startWorker();
-  detectWebGPU().then((g) => { state.webgpu = g; showNotice(); });
   loadLocalModels();
   refreshCache();
-  showNotice();
 }
 
 init();

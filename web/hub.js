@@ -1,21 +1,20 @@
-// Which files of a Hub repo the page needs, and getting them into the store.
+// Getting a Hub repo's files into the store. This file does the HTTP; what to fetch is Python's
+// decision (sdweb.layout, through the worker's `plan` callback): which files a model needs, which
+// weight variant, which shards, and whether the repo is a model sdweb runs at all.
 //
-//   planModel(...)     -> {key, repo, variant, files: [{path, url, size, sha256, kind: "text"|"weights"}]}
+//   planModel(...)     -> {key, repo, variant, files: [{path, url, size, sha256, kind: "text"|"weights"}], notes}
+//                         with every "text" file (model_index.json, configs, tokenizer, shard indexes)
+//                         already in the store, so the settings can be checked before a weight comes
 //   fetchModel(...)    downloads every planned file (resuming), reporting bytes, rate and ETA
 //
 // Files come from {endpoint}/{repo}/resolve/{revision}/{path}, as huggingface_hub fetches them, with
 // `Authorization: Bearer` only when a token was typed. A model whose plan is complete in the store is
-// used without touching the network. The weight-file choice (fp16 variant, plain, sharded) and the
-// "is this an SD model" check are Python's (sdweb.browser), passed in as `candidates` and `checkIndex`.
+// used without touching the network. `fetch` and `storage` (navigator.storage) are the browser's
+// unless handed others (the Node tests).
 
 import { StoreError, httpError, fmtBytes } from "./store.js";
 
-export const CONFIG_FILES = ["model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
-  "unet/config.json", "vae/config.json", "tokenizer/vocab.json", "tokenizer/merges.txt"];
-export const OPTIONAL_FILES = ["tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json"];
-export const COMPONENTS = ["text_encoder", "unet", "vae"];
-
-export const REPO_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]*\/[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+const globalFetch = (...a) => globalThis.fetch(...a);
 
 export function modelKey(endpoint, repo, revision, variant) {
   return `${endpoint}|${repo}|${revision}|${variant || "plain"}`;
@@ -31,7 +30,7 @@ function authHeaders(token) {
 
 // The Hub's file listing with sizes and LFS sha256, when the endpoint has the API (huggingface.co
 // does; a plain mirror or the dev server may not): path -> {size, sha256}, or null.
-async function listing(endpoint, repo, revision, token) {
+async function listing(fetch, endpoint, repo, revision, token) {
   try {
     const r = await fetch(`${endpoint}/api/models/${repo}/revision/${encodeURIComponent(revision)}?blobs=true`,
       { headers: authHeaders(token) });
@@ -47,7 +46,7 @@ async function listing(endpoint, repo, revision, token) {
 }
 
 // HEAD a file: {size, sha256} if it exists, null on 404; a StoreError for auth and other failures.
-async function probe(url, token) {
+async function probe(fetch, url, token) {
   let r;
   try {
     r = await fetch(url, { method: "HEAD", headers: authHeaders(token), cache: "no-store" });
@@ -61,10 +60,12 @@ async function probe(url, token) {
   return { size: isFinite(size) ? size : null, sha256: /^[0-9a-f]{64}$/.test(etag) ? etag : null };
 }
 
-// Work out the files of `repo` to fetch. Downloads the small files (configs, tokenizer) on the way,
-// since they decide the rest; returns a plan whose weights are not downloaded yet.
-export async function planModel({ store, endpoint, repo, revision = "main", variant = "fp16", token, candidates,
-  checkIndex, cancelled = () => false, onStatus = () => {} }) {
+// Work out the files of `repo` to fetch: ask `plan` (Python: sdweb.browser.plan_json) what it needs
+// to know, look that up, and ask again until it answers with the files. `plan(known)` takes {repo,
+// variant, listed: [path] | null, present: [path], absent: [path], texts: {path: text}} and returns
+// {need: [{path, kind, read}]}, {files: [{path, kind}], notes} or {error, message, field}.
+export async function planModel({ store, endpoint, repo, revision = "main", variant = null, token, plan,
+  fetch = globalFetch, cancelled = () => false, onStatus = () => {} }) {
   const key = modelKey(endpoint, repo, revision, variant);
   const have = await store.model(key);
   if (have && have.complete) {
@@ -73,87 +74,63 @@ export async function planModel({ store, endpoint, repo, revision = "main", vari
   }
   const url = (p) => fileUrl(endpoint, repo, revision, p);
   onStatus(`Looking up ${repo}…`);
-  const list = await listing(endpoint, repo, revision, token);
-  const files = [];
+  const list = await listing(fetch, endpoint, repo, revision, token);
+  const known = { repo, variant, listed: list ? [...list.keys()] : null, present: [], absent: [], texts: {} };
+  const found = new Map(list || []);  // path -> {size, sha256}
 
-  const small = async (path, optional) => {
-    if (cancelled()) throw new StoreError("cancelled", "Cancelled.");
-    if (list && !list.has(path)) {
-      if (optional) return null;
-      throw notSd(repo, path);
-    }
+  // A small file goes into the store as soon as it is asked about: it is needed anyway.
+  const text = async (path, read) => {
     try {
-      await store.download(url(path), { token, cancelled, expect: list ? list.get(path) : {} });
+      await store.download(url(path), { token, cancelled, expect: found.get(path) || {} });
     } catch (e) {
-      if (e.kind === "notfound" && e.status === 404) {
-        if (path === "model_index.json") {
-          if (e.entry) {
-            throw new StoreError("model", `${repo} has no model_index.json, so it is not a diffusers pipeline ` +
-              `(sdweb runs Stable Diffusion 1.x/2.x repos in the diffusers layout).`);
-          }
-          if (e.code) throw e;  // the Hub said which: no such repo
-          throw new StoreError("notfound", `${repo}: not found on ${new URL(endpoint).host} (HTTP 404), or it has ` +
-            `no model_index.json, so it is not a diffusers model. Check the model id.`, { status: 404 });
-        }
-        if (optional) return null;
-        throw notSd(repo, path);
-      }
+      // no such file (the Hub says EntryNotFound, a plain server just 404): Python says what that means
+      if (e.kind === "notfound" && e.status === 404 && !e.code) return known.absent.push(path);
       throw e;
     }
-    files.push({ path, url: url(path), kind: "text", size: await store.stored(url(path)) });
-    return store.readText(url(path));
+    if (!known.present.includes(path)) known.present.push(path);
+    if (read) known.texts[path] = await store.readText(url(path));
+  };
+  const weights = async (path) => {
+    const info = list ? list.get(path) || null : await probe(fetch, url(path), token);
+    if (!info) return known.absent.push(path);
+    found.set(path, info);
+    known.present.push(path);
   };
 
-  const index = await small("model_index.json", false);
-  checkIndex(index);  // throws a StoreError("model") when this is not an SD 1.x/2.x pipeline
-  onStatus(`Fetching the configs of ${repo}…`);
-  for (const p of CONFIG_FILES.slice(1)) await small(p, false);
-  for (const p of OPTIONAL_FILES) await small(p, true);
-
-  onStatus(`Finding the weight files of ${repo}…`);
-  for (const comp of COMPONENTS) {
-    let found = null;
-    for (const path of candidates(comp, variant)) {
-      if (cancelled()) throw new StoreError("cancelled", "Cancelled.");
-      let info;
-      if (list) info = list.get(path) || null;
-      else info = await probe(url(path), token);
-      if (!info) continue;
-      if (path.endsWith(".json")) {
-        const text = await small(path, false);
-        let wmap;
-        try { wmap = JSON.parse(text).weight_map; } catch (_) { wmap = null; }
-        if (!wmap || typeof wmap !== "object") throw new StoreError("model", `${repo}/${path} has no weight_map`);
-        found = [];
-        for (const shard of [...new Set(Object.values(wmap))].sort()) {
-          const sp = `${comp}/${shard}`;
-          const si = list ? list.get(sp) : await probe(url(sp), token);
-          if (!si) throw new StoreError("model", `${repo}: ${path} lists the shard ${shard}, which the repo lacks`);
-          found.push({ path: sp, url: url(sp), kind: "weights", size: si.size, sha256: si.sha256 });
+  for (;;) {
+    if (cancelled()) throw new StoreError("cancelled", "Cancelled.");
+    const step = await plan(known);
+    if (step.error) {
+      throw new StoreError(step.error === "ConfigError" ? "input" : "model", step.message, { field: step.field });
+    }
+    if (step.files) {
+      onStatus(`Fetching the configs of ${repo}…`);
+      const files = [];
+      for (const f of step.files) {
+        if (f.kind === "text") {
+          await text(f.path, false);
+          files.push({ path: f.path, url: url(f.path), kind: "text", size: await store.stored(url(f.path)) });
+        } else {
+          const info = found.get(f.path) || {};
+          files.push({ path: f.path, url: url(f.path), kind: "weights", size: info.size, sha256: info.sha256 });
         }
-      } else {
-        found = [{ path, url: url(path), kind: "weights", size: info.size, sha256: info.sha256 }];
       }
-      break;
+      const rec = { key, endpoint, repo, revision, variant, files, notes: step.notes, complete: false, used: Date.now(),
+        bytes: files.reduce((a, f) => a + (f.size || 0), 0) };
+      await store.putModel(rec);
+      return rec;
     }
-    if (!found) {
-      throw new StoreError("model", `${repo} has no .safetensors weights for its ${comp} (sdweb reads only ` +
-        `.safetensors, not pickled .bin files): it cannot run here.`);
+    onStatus(`Finding the files of ${repo}…`);
+    for (const n of step.need) {
+      if (cancelled()) throw new StoreError("cancelled", "Cancelled.");
+      await (n.kind === "text" ? text(n.path, n.read) : weights(n.path));
     }
-    files.push(...found);
   }
-  const rec = { key, endpoint, repo, revision, variant, files, complete: false, used: Date.now(),
-    bytes: files.reduce((a, f) => a + (f.size || 0), 0) };
-  await store.putModel(rec);
-  return rec;
-}
-
-function notSd(repo, path) {
-  return new StoreError("model", `${repo} is not a diffusers Stable Diffusion model: it has no ${path}.`);
 }
 
 // Download the plan's weights, reporting {file, fileLoaded, fileTotal, loaded, total, rate, eta}.
-export async function fetchModel({ store, plan, token, cancelled = () => false, onProgress = () => {} }) {
+export async function fetchModel({ store, plan, token, cancelled = () => false, onProgress = () => {},
+  storage = globalThis.navigator && globalThis.navigator.storage }) {
   const todo = [];
   let total = 0, already = 0;
   for (const f of plan.files) {
@@ -164,10 +141,10 @@ export async function fetchModel({ store, plan, token, cancelled = () => false, 
     already += have;
     todo.push(f);
   }
-  if (todo.length) {
+  if (todo.length && storage) {
     const need = total - already;
-    if (navigator.storage && navigator.storage.estimate) {
-      const est = await navigator.storage.estimate();
+    if (storage.estimate) {
+      const est = await storage.estimate();
       const free = (est.quota || 0) - (est.usage || 0);
       onProgress({ phase: "estimate", need, free, total });
       if (est.quota && need > free) {
@@ -175,7 +152,7 @@ export async function fetchModel({ store, plan, token, cancelled = () => false, 
           `page only ${fmtBytes(free)}. Delete cached models below or free disk space, then Generate again.`);
       }
     }
-    if (navigator.storage && navigator.storage.persist) navigator.storage.persist().catch(() => {});
+    if (storage.persist) storage.persist().catch(() => {});
   }
   const t0 = performance.now();
   let doneBytes = already;

@@ -1,4 +1,4 @@
-// The browser's weight store: Hub files streamed into IndexedDB in fixed-size chunks, resumed with
+// ChunkStore, the browser's file store: Hub files streamed into IndexedDB in fixed-size chunks, resumed with
 // HTTP Range after a drop or a reload, verified (size; sha256 where the Hub gives it), and read back
 // by byte range, so the safetensors reader fetches a header and then one tensor at a time and a
 // 1.7 GB UNet never exists as one ArrayBuffer.
@@ -9,7 +9,10 @@
 //   chunks  {key: url, i: chunk index, data: ArrayBuffer}          primary key [key, i]
 //   models  {key, endpoint, repo, revision, variant, files: [{path, url, size, kind}], bytes, complete, used}
 // A file's key is its resolve URL (never with a token in it). Used by the worker (downloads, reads)
-// and by the page (cache panel: list, delete).
+// and by the page (cache panel: list, delete). (Python's weights.WeightStore is another thing: a
+// component's tensors, read through the byte sources the worker makes over this store.)
+// IndexedDB, IDBKeyRange and fetch are the browser's unless `open` is handed others (the Node tests'
+// fake-indexeddb and fake Hub).
 
 import { Sha256 } from "./sha256.js";
 
@@ -58,9 +61,10 @@ export const fmtBytes = (n) => {
   return `${n.toFixed(i && n < 10 ? 1 : 0)} ${u[i]}`;
 };
 
-export class WeightStore {
+export class ChunkStore {
   // chunkBytes: chunk size for new downloads (default CHUNK; tests use small ones to exercise resume)
-  static async open(chunkBytes = CHUNK) {
+  static async open({ chunkBytes = CHUNK, indexedDB = globalThis.indexedDB, IDBKeyRange = globalThis.IDBKeyRange,
+    fetch = (...a) => globalThis.fetch(...a) } = {}) {
     const open = indexedDB.open(DB_NAME, 1);
     open.onupgradeneeded = () => {
       const db = open.result;
@@ -75,12 +79,14 @@ export class WeightStore {
       throw new StoreError("storage", `Cannot open the browser's storage (IndexedDB): ${e && e.message || e}. ` +
         "Private windows and some privacy settings disable it.");
     }
-    return new WeightStore(db, chunkBytes);
+    return new ChunkStore(db, chunkBytes, IDBKeyRange, fetch);
   }
 
-  constructor(db, chunkBytes = CHUNK) {
+  constructor(db, chunkBytes, keyRange, fetch) {
     this.db = db;
     this.chunk = chunkBytes;
+    this.keyRange = keyRange;
+    this.fetch = fetch;
     this.cache = new Map();  // "url#i" -> Uint8Array, in use order
     this.cacheBytes = 0;
     this.cacheMax = CACHE_CHUNKS * chunkBytes;
@@ -109,7 +115,7 @@ export class WeightStore {
   async deleteFile(url) {
     const tx = this.db.transaction(["files", "chunks"], "readwrite");
     tx.objectStore("files").delete(url);
-    tx.objectStore("chunks").delete(IDBKeyRange.bound([url, 0], [url, Infinity]));
+    tx.objectStore("chunks").delete(this.keyRange.bound([url, 0], [url, Infinity]));
     await done(tx);
     this.recs.delete(url);
     for (const k of [...this.cache.keys()]) {
@@ -150,7 +156,7 @@ export class WeightStore {
 
   // Download `url` into the store unless it is there already; resume a partial copy with Range.
   //   opts: token, expect {size, sha256} (from a listing), onProgress(have, size), cancelled() -> bool,
-  //         retries (network drops survived per file, default 4), fetch (for tests)
+  //         retries (network drops survived per file, default 4)
   // Resolves to the done file record. Rejects with a StoreError.
   async download(url, opts = {}) {
     const { token, expect = {}, onProgress = () => {}, cancelled = () => false, retries = 4 } = opts;
@@ -180,7 +186,7 @@ export class WeightStore {
     const ctl = new AbortController();
     let resp;
     try {
-      resp = await fetch(url, { headers, signal: ctl.signal, cache: "no-store" });
+      resp = await this.fetch(url, { headers, signal: ctl.signal, cache: "no-store" });
     } catch (e) {
       throw new StoreError("network", `Could not reach ${hostOf(url)} to download ${baseName(url)} ` +
         `(${e && e.message || e}). Check the connection and Generate again; what was downloaded is kept.`);
@@ -299,7 +305,7 @@ export class WeightStore {
     const h = new Sha256();
     const n = Math.ceil(rec.have / rec.chunk);
     for (let i = 0; i < n; i += 8) {
-      const range = IDBKeyRange.bound([url, i], [url, Math.min(n, i + 8) - 1]);
+      const range = this.keyRange.bound([url, i], [url, Math.min(n, i + 8) - 1]);
       const rows = await req(this.db.transaction("chunks").objectStore("chunks").getAll(range));
       for (const row of rows) h.update(new Uint8Array(row.data));
     }
@@ -335,7 +341,7 @@ export class WeightStore {
     }
     if (missing.length) {
       const lo = missing[0], hi = missing[missing.length - 1];
-      const rows = await req(this.db.transaction("chunks").objectStore("chunks").getAll(IDBKeyRange.bound([url, lo], [url, hi])));
+      const rows = await req(this.db.transaction("chunks").objectStore("chunks").getAll(this.keyRange.bound([url, lo], [url, hi])));
       this.stats.chunkLoads += rows.length;
       for (const row of rows) {
         const data = new Uint8Array(row.data);

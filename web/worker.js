@@ -1,14 +1,20 @@
 // The Web Worker: Pyodide + sdweb, the weight store, the Hub downloads. The page's thread only draws.
 //
+// It decides nothing: the form goes to Python as it is (sdweb.browser.resolve_json -> settings.resolve),
+// and so do the questions of which files to fetch (plan_json -> sdweb.layout, asked by hub.js).
+//
 // Messages in:   {type: "init", cancel: Int32Array (on a SharedArrayBuffer when the page is
 //                 cross-origin isolated), chunk (store chunk bytes; ?chunk= on the page, for tests),
-//                 gpuMaxBinding (cap the device's buffer limits: ?gpu-max-binding=, simulates a small GPU)}
-//                {type: "generate", id, repo, endpoint, revision, token, variant, backend, settings}
+//                 gpuMaxBinding (cap the device's buffer limits: ?gpu-max-binding=, simulates a small GPU),
+//                 request (the form's settings, resolved once Python is up for `ready`)}
+//                {type: "resolve", rid, request}   the form's defaults and backend, for the page to show
+//                {type: "generate", id, request (settings.FIELDS as typed), endpoint, revision, token}
 //                {type: "cancel"}   (the shared flag is what a busy Python loop sees; this message
 //                                    covers the download phase where the page is not isolated)
-// Messages out:  status {text}, ready {...environment}, plan {...}, download {...}, progress {stage,
-//                step, total, elapsed, component?, timestep?, preview?}, result {...}, error {kind,
-//                message}, cancelled {}, fatal {message}
+// Messages out:  status {text}, ready {...environment, gpu {ok, adapter, why}, catalogue, resolved},
+//                resolved {rid, settings, notes | error, message, field}, plan {...}, download {...},
+//                progress {stage, step, total, elapsed, component?, timestep?, preview?}, result {...},
+//                error {kind, message, field?}, cancelled {}, fatal {message}
 // A result carries timings (seconds: Python's load_*, text_encoder, unet, vae, total, png, plus
 // download and per-UNet-step unet_step_first, unet_step, unet_step_gpu_wait, unet_step_python),
 // profile {steps: [{ms, gpuWaitMs}]}, io {pythonBytes, pythonReads (weight-file bytes handed to
@@ -18,13 +24,13 @@
 // The token is only ever put in an Authorization header: never in a URL, a message back, or the log.
 
 import { loadPyodide } from "./vendor/pyodide/pyodide.mjs";
-import { WeightStore, StoreError } from "./store.js";
+import { ChunkStore, StoreError } from "./store.js";
 import { planModel, fetchModel, modelKey } from "./hub.js";
 import { DeviceBridge } from "./bridge/device.js";
 
 const base = new URL("./", import.meta.url);
 let py = null, browser = null, store = null, manifest = null;
-let gpu = null, gpuGeneration = 0, gpuCap = {};
+let gpu = null, gpuGeneration = 0, gpuCap = {}, gpuFacts = { ok: false, why: "not detected yet" };
 // For the console and tests (Playwright's worker.evaluate): the live objects.
 // `last`: the last finished run's {timings, profile, io, gpu} (scripts/bench_browser.py reads it).
 self.sdweb = { get gpu() { return gpu; }, get store() { return store; }, get py() { return py; }, last: null };
@@ -49,27 +55,48 @@ async function boot(msg) {
   await micropip.install(new URL(`vendor/wheels/${manifest.sdweb}`, base).href, { deps: false });
   micropip.destroy();
   browser = py.pyimport("sdweb.browser");
-  store = await WeightStore.open(msg.chunk || undefined);
+  store = await ChunkStore.open({ chunkBytes: msg.chunk || undefined });
+  gpuFacts = await detectGpu();
   post("ready", { seconds: (performance.now() - t0) / 1000, jspi, isolated: self.crossOriginIsolated,
-    pyodide: py.version, numpy: py.runPython("import numpy; numpy.__version__"),
-    webgpu: !!(self.navigator && navigator.gpu) });
+    pyodide: py.version, numpy: py.runPython("import numpy; numpy.__version__"), gpu: gpuFacts,
+    catalogue: JSON.parse(browser.catalogue_json()), resolved: resolveSettings({ request: msg.request }) });
 }
 
-function checkIndex(repo) {
-  return (text) => {
-    try {
-      browser.check_model_index(text, repo);
-    } catch (e) {
-      throw new StoreError("model", pyMessage(e));
-    }
-  };
+// Whether the WebGPU backend can run here: an adapter answers, and Python can wait for the GPU
+// (JSPI). A fact for Python's settings, which choose the backend.
+async function detectGpu() {
+  if (!jspi) {
+    return { ok: false, why: "this browser lacks JavaScript Promise Integration (Chrome 137+), which lets Python wait for the GPU" };
+  }
+  if (!(self.navigator && navigator.gpu)) return { ok: false, why: "this browser has no WebGPU (navigator.gpu is missing)" };
+  try {
+    const adapter = await navigator.gpu.requestAdapter();
+    if (!adapter) return { ok: false, why: "no WebGPU adapter is available (GPU blocklisted or disabled)" };
+    const info = adapter.info || {};
+    return { ok: true, why: "", adapter: [info.vendor, info.architecture, info.description].filter(Boolean).join(" ") || "WebGPU adapter" };
+  } catch (e) {
+    return { ok: false, why: `WebGPU failed to start (${e.message || e})` };
+  }
 }
 
-function candidates(comp, variant) {
-  const list = browser.weight_candidates(comp, variant === "plain" ? null : variant);
-  const out = list.toJs();
-  list.destroy();
-  return out;
+// settings.resolve on the form, through sdweb.browser.resolve_json: {settings, notes} or {error,
+// message, field}. With `texts` (the model's small files), the model's own defaults and limits too.
+function resolveSettings(job, texts) {
+  const pyTexts = texts ? py.toPy(texts) : null;
+  try {
+    return JSON.parse(browser.resolve_json(JSON.stringify({ ...job, webgpu: [gpuFacts.ok, gpuFacts.why] }), pyTexts));
+  } finally {
+    if (pyTexts) pyTexts.destroy();
+  }
+}
+
+// One round of sdweb.layout's plan (hub.js asks until it has the files).
+const planFiles = (known) => JSON.parse(browser.plan_json(JSON.stringify(known)));
+
+// A Python answer with {error, message, field} -> an error message for the page.
+function pyError(id, r) {
+  const kind = r.error === "ConfigError" ? "input" : r.error === "ModelError" ? "model" : "python";
+  return post("error", { id, kind, pyError: r.error, message: r.message, field: r.field });
 }
 
 // The last line of a Python traceback, without the exception's class: what a person should read.
@@ -84,10 +111,6 @@ async function ensureGpu() {
   if (gpu && !gpu.lost) return gpu;
   if (gpu) { try { gpu.destroy(); } catch (_) { /* already gone */ } }
   gpu = null;
-  if (!jspi) {
-    throw new StoreError("nowebgpu", "The WebGPU backend needs a browser with JavaScript Promise Integration " +
-      "(Chrome 137 or newer) so Python can wait for the GPU; choose the NumPy backend here.");
-  }
   try {
     gpu = await DeviceBridge.create(gpuCap);
   } catch (e) {
@@ -98,15 +121,30 @@ async function ensureGpu() {
 }
 
 async function generate(msg) {
-  const { id, repo, endpoint, revision = "main", token, settings } = msg;
-  const variant = msg.variant || "fp16";
+  const { id, endpoint, revision = "main", token, request } = msg;
   localCancel = false;
   busy = true;
   try {
+    // Python checks the form before anything is fetched ...
+    const first = resolveSettings({ request });
+    if (first.error) return pyError(id, first);
+    for (const text of first.notes) post("status", { id, text });
+    const repo = first.settings.model;
+    const variant = first.settings.variant;
     const tDownload = performance.now();
-    const plan = await planModel({ store, endpoint, repo, revision, variant, token, candidates, checkIndex: checkIndex(repo),
-      cancelled, onStatus: (text) => post("status", { id, text }) });
+    const plan = await planModel({ store, endpoint, repo, revision, variant, token, plan: planFiles, cancelled,
+      onStatus: (text) => post("status", { id, text }) });
     post("plan", { id, files: plan.files.map((f) => ({ path: f.path, size: f.size })), bytes: plan.bytes });
+    // ... and again with the model's configs (sizes, scheduler, precision by the weights' size) before
+    // a weight is downloaded.
+    const texts = {};
+    for (const f of plan.files) {
+      if (f.kind === "text") texts[f.path] = await store.readText(f.url);
+    }
+    const planned = plan.files.reduce((a, f) => a + (f.kind === "weights" ? f.size || 0 : 0), 0);
+    const checked = resolveSettings({ request: first.settings, weight_bytes: planned }, texts);
+    if (checked.error) return pyError(id, checked);
+    const settings = checked.settings;
     await fetchModel({ store, plan, token, cancelled, onProgress: (p) => post("download", { id, ...p }) });
     if (cancelled()) return post("cancelled", { id });
     const downloadSeconds = (performance.now() - tDownload) / 1000;
@@ -114,14 +152,10 @@ async function generate(msg) {
     // The Python side: small files as text, weights as byte sources over the store. Every byte a
     // source hands Python is counted (io.pythonBytes); on WebGPU Python reads only the headers and
     // the bridge copies the tensors from `direct` (the same store, by the source's key) to the GPU.
-    const texts = {};
     const sources = new Map();
     const direct = new Map();
     const io = { pythonReads: 0, pythonBytes: 0 };
     let weightBytes = 0;
-    for (const f of plan.files) {
-      if (f.kind === "text") texts[f.path] = await store.readText(f.url);
-    }
     for (const f of plan.files) {
       if (f.kind !== "weights") continue;
       const rec = await store.file(f.url);
@@ -136,7 +170,7 @@ async function generate(msg) {
       sources.set(f.path, { size: rec.size, name: `${repo}/${f.path}`, key: f.path, read });
       direct.set(f.path, fromStore);
     }
-    const backend = msg.backend === "webgpu" ? "webgpu" : "numpy";
+    const backend = settings.backend;
     let bridge = null;
     if (backend === "webgpu") {
       post("status", { id, text: "Starting the GPU…" });
@@ -145,14 +179,7 @@ async function generate(msg) {
     }
     const span0 = bridge ? { n: bridge.spanUploads, bytes: bridge.spanBytes, wait: bridge.spanWait, read: bridge.readWait } : null;
     const heap0 = py._module.HEAP8.length;
-    // fp16 files stay fp16 in memory (unpacked per layer on NumPy, in-shader on the GPU); on NumPy
-    // tiny models are upcast once, which is faster.
-    const precision = variant === "fp16" && (backend === "webgpu" || weightBytes > (256 << 20)) ? "fp16" : "fp32";
-    const job = {
-      key: modelKey(endpoint, repo, revision, variant), repo, variant: variant === "plain" ? null : variant,
-      precision, backend, settings, device: backend === "webgpu" ? gpuGeneration : 0,
-      preview_every: Math.max(1, Math.round((settings.steps || 20) / 10)),
-    };
+    const job = { key: modelKey(endpoint, repo, revision, variant), settings, device: backend === "webgpu" ? gpuGeneration : 0 };
     post("status", { id, text: backend === "numpy" ? `Running ${repo} on NumPy (wasm)…`
       : `Running ${repo} on WebGPU (${gpu.description})…` });
     // Per UNet step: wall time between progress reports and the part of it spent awaiting the GPU
@@ -194,10 +221,10 @@ async function generate(msg) {
     }
     if (out.error) {
       if (out.traceback) console.error(out.traceback);
-      const kind = out.error === "MemoryError" ? "memory" : out.error === "GPULimitError" ? "limits" : "python";
-      return post("error", { id, kind, pyError: out.error, message: out.message });
+      if (out.error === "MemoryError") return post("error", { id, kind: "memory", message: out.message });
+      if (out.error === "GPULimitError") return post("error", { id, kind: "limits", message: out.message });
+      return pyError(id, out);
     }
-    out.settings.precision = precision;
     out.settings.endpoint = endpoint;
     io.wasmHeapBefore = heap0;
     io.wasmHeap = py._module.HEAP8.length;
@@ -217,7 +244,7 @@ async function generate(msg) {
   } catch (e) {
     if (e instanceof StoreError) {
       if (e.kind === "cancelled") return post("cancelled", { id });
-      return post("error", { id, kind: e.kind, message: e.message, status: e.status });
+      return post("error", { id, kind: e.kind, message: e.message, status: e.status, field: e.field });
     }
     console.error(e);
     post("error", { id, kind: "internal", message: String(e && e.message || e) });
@@ -246,6 +273,9 @@ self.onmessage = async (ev) => {
       post("fatal", { message: `Python failed to start: ${pyMessage(e)}. Reload the page to try again; ` +
         "if it keeps failing, run scripts/start.sh again (it re-vendors Pyodide and rebuilds the sdweb wheel)." });
     }
+  } else if (msg.type === "resolve") {
+    // during a run Python is busy (and may be suspended waiting for the GPU): the page asks again later
+    if (browser && !busy) post("resolved", { rid: msg.rid, ...resolveSettings({ request: msg.request }) });
   } else if (msg.type === "generate") {
     if (busy) return post("error", { id: msg.id, kind: "busy", message: "A generation is already running." });
     await generate(msg);

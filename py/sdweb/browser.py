@@ -15,65 +15,31 @@ from disk, and the weights are read a tensor at a time through the byte sources,
 never has to sit in memory twice. On the WebGPU backend the stores are lazy (`WeightStore(...,
 lazy=True)`): Python reads only each file's header, and the device bridge copies every tensor's
 bytes from the source it names by `key` straight into its GPU buffer, so no weight byte enters the
-wasm heap. Nothing here imports `js` at module level: the module runs (and is
-tested) in CPython as well.
+wasm heap.
+
+The worker decides nothing itself; it calls, in order: `catalogue_json` (the model picker, on
+start), `resolve_json` (settings.resolve on the form: before anything is fetched, and again with
+the model's configs before its weights are), `plan_json` (layout.plan over what web/hub.js has
+found of the repo, round by round) and `worker_generate` (one image). Nothing here imports `js` at
+module level: the module runs (and is tested) in CPython as well.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from . import catalogue, layout
 from .backends.bridges.js import JsDeviceBridge, settle
-from .errors import ModelError
-from .model import WEIGHT_STEMS, ModelFolder, _variant_name
+from .errors import ModelError, SdwebError
+from .model import FolderFiles, ModelFolder
+from .settings import ModelInfo, resolve
 from .weights import WeightStore, open_store
-
-# The files the page fetches besides the weights; `optional` ones may be absent from a repo.
-CONFIG_FILES = ("model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
-                "unet/config.json", "vae/config.json", "tokenizer/vocab.json", "tokenizer/merges.txt")
-OPTIONAL_FILES = ("tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json")
-COMPONENTS = ("text_encoder", "unet", "vae")
-SD_PIPELINES = ("StableDiffusionPipeline",)
-
-
-def weight_candidates(component: str, variant: str | None) -> list[str]:
-    """Paths to look for a component's weights, best first: the variant's single file and sharded
-    index for each stem, then the plain ones (as ModelFolder.weight_files orders them)."""
-    out = []
-    for v in (variant, None):
-        for stem in WEIGHT_STEMS:
-            for name in (_variant_name(f"{stem}.safetensors", v), _variant_name(f"{stem}.safetensors.index.json", v)):
-                p = f"{component}/{name}"
-                if p not in out:
-                    out.append(p)
-    return out
-
-
-def check_model_index(text: str, repo: str) -> dict:
-    """model_index.json's text -> dict, or a ModelError saying why this is not an SD model we run."""
-    try:
-        index = json.loads(text)
-    except ValueError:
-        raise ModelError(f"{repo}: model_index.json is not valid JSON, so this is not a diffusers model") from None
-    if not isinstance(index, dict):
-        raise ModelError(f"{repo}: model_index.json is not a JSON object, so this is not a diffusers model")
-    cls = index.get("_class_name")
-    missing = [c for c in COMPONENTS + ("tokenizer", "scheduler") if not isinstance(index.get(c), list)]
-    if missing:
-        raise ModelError(f"{repo} is a {cls or 'diffusers'} model without {', '.join(missing)}: "
-                         "sdweb runs Stable Diffusion 1.x/2.x text-to-image models (StableDiffusionPipeline)")
-    unet = index.get("unet") or [None, None]
-    if unet[1] not in (None, "UNet2DConditionModel"):
-        raise ModelError(f"{repo}: its UNet is a {unet[1]}, not a UNet2DConditionModel (SD 1.x/2.x); "
-                         "SDXL, SD3 and other families are not supported")
-    return index
 
 
 class BrowserModel(ModelFolder):
@@ -88,9 +54,9 @@ class BrowserModel(ModelFolder):
     def __init__(self, repo: str, texts: dict, sources: dict, folder=None, lazy: bool = False):
         self.repo = repo
         self.lazy = lazy
-        if "model_index.json" not in texts:
+        if layout.INDEX not in texts:
             raise ModelError(f"{repo} has no model_index.json: not a diffusers model")
-        check_model_index(texts["model_index.json"], repo)
+        layout.check_model_index(texts[layout.INDEX], repo)
         root = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="sdweb-model-"))
         for rel, text in texts.items():
             p = (root / rel).resolve()
@@ -101,42 +67,22 @@ class BrowserModel(ModelFolder):
             p.write_bytes(data)
         self.sources = dict(sources)
         super().__init__(root)
+        self.files = FolderFiles(self.path, self.sources)
 
     def __repr__(self):
         return f"BrowserModel({self.repo!r})"
 
-    def weight_files(self, component: str, variant: str | None = None) -> list[str]:
-        """The repo paths of `component`'s weights among the sources, in ModelFolder's order."""
-        self._component_dir(component)
-        looked = []
-        for p in weight_candidates(component, variant) + weight_candidates(component, "fp16"):
-            if p in looked:
-                continue
-            looked.append(p)
-            if p.endswith(".json"):
-                if (self.path / p).is_file():
-                    return self._shard_paths(component, p)
-            elif p in self.sources:
-                return [p]
-        raise ModelError(f"{self.repo}: no {component} weights were downloaded (looked for "
-                         f"{', '.join(os.path.basename(p) for p in looked)})")
+    @property
+    def name(self) -> str:
+        return self.repo
 
-    def _shard_paths(self, component: str, index: str) -> list[str]:
-        try:
-            wmap = json.loads((self.path / index).read_text(encoding="utf-8")).get("weight_map")
-        except ValueError as e:
-            raise ModelError(f"{self.repo}/{index} is not valid JSON ({e})") from None
-        if not isinstance(wmap, dict) or not wmap:
-            raise ModelError(f"{self.repo}/{index}: weight_map should be a non-empty object of tensor name -> shard file")
-        out = []
-        for name in sorted(set(wmap.values())):
-            if not isinstance(name, str) or os.path.basename(name) != name or name in (".", ".."):
-                raise ModelError(f"{self.repo}/{index}: shard {name!r} should be a plain file name beside the index")
-            p = f"{component}/{name}"
-            if p not in self.sources:
-                raise ModelError(f"{self.repo}/{p} was not downloaded: {os.path.basename(index)} lists it as a shard")
-            out.append(p)
-        return out
+    def weight_files(self, component: str, variant: str | None = None) -> list[str]:
+        """The repo paths of `component`'s weights among the sources (layout.choose_weights)."""
+        self._component_dir(component)
+        return list(layout.choose_weights(self.files, component, variant, self.repo).files)
+
+    def weight_bytes(self, variant: str | None = None) -> int:
+        return sum(int(self.sources[p].size) for c in layout.WEIGHT_COMPONENTS for p in self.weight_files(c, variant))
 
     def weights(self, component: str, precision: str = "fp32", variant: str | None = None,
                 lazy: bool = False) -> WeightStore:
@@ -197,9 +143,9 @@ class Session:
         return self.pipe
 
 
-def generate(pipe, settings: dict, *, progress=None, cancel=None, preview_every: int = 0) -> dict:
-    """One image with `settings` (prompt, negative_prompt, steps, guidance, seed, scheduler, width,
-    height; None/absent -> the model's default) -> {png: bytes, seed, timings, settings}.
+def generate(pipe, request: dict, *, progress=None, cancel=None) -> dict:
+    """One image from `request` (settings.FIELDS; absent -> the default; precision, variant and
+    backend are the pipeline's) -> {png: bytes, seed, timings, settings, truncated_tokens}.
 
     `progress(event: dict)` gets {stage, step, total, elapsed, component?, timestep?} and, every
     `preview_every` UNet steps, `preview` (PNG bytes of the latents through preview.latents_to_rgb);
@@ -207,15 +153,9 @@ def generate(pipe, settings: dict, *, progress=None, cancel=None, preview_every:
     """
     from .preview import latents_to_rgb
 
-    turbo = "turbo" in str(getattr(pipe.folder, "repo", "")).lower()
-    steps = settings.get("steps") or (1 if turbo else 50)
-    guidance = settings.get("guidance")
-    guidance = (0.0 if turbo else 7.5) if guidance is None else float(guidance)
-    seed = settings.get("seed")
-    seed = int(np.random.default_rng().integers(0, 2**31 - 1)) if seed is None else int(seed)
-    scheduler = settings.get("scheduler") or pipe.default_scheduler
-    width = int(settings.get("width") or pipe.default_size)
-    height = int(settings.get("height") or pipe.default_size)
+    s = resolve(dict(request, model=pipe.folder.name, precision=pipe.precision, variant=pipe.variant,
+                     backend=pipe.backend.name), pipe.info)
+
     def on_progress(p):
         if progress is None:
             return
@@ -224,26 +164,91 @@ def generate(pipe, settings: dict, *, progress=None, cancel=None, preview_every:
             ev["component"] = p.component
         if p.timestep is not None:
             ev["timestep"] = p.timestep
-        if (p.stage == "unet" and p.step and preview_every and p.latents is not None
-                and (p.step % preview_every == 0) and p.step != p.total):
+        if (p.stage == "unet" and p.step and p.latents is not None
+                and (p.step % s.preview_every == 0) and p.step != p.total):
             ev["preview"] = png_bytes(latents_to_rgb(p.latents[0]))
         progress(ev)
 
     t0 = time.perf_counter()
-    result = pipe.generate(settings.get("prompt") or "", settings.get("negative_prompt") or "", steps=int(steps),
-                           guidance=guidance, seed=seed, scheduler=scheduler, width=width, height=height,
-                           progress=on_progress, cancel=cancel)
-    s = dict(result.settings, seed=result.seeds[0], model=getattr(pipe.folder, "repo", str(pipe.folder.path)))
-    png = png_bytes(result.images[0], {"parameters": json.dumps(s)})
+    result = pipe.generate(**s.run_args(), progress=on_progress, cancel=cancel)
+    out = dict(result.settings, seed=result.seeds[0], model=pipe.folder.name)
+    png = png_bytes(result.images[0], {"parameters": json.dumps(out)})
     timings = dict(result.timings, png=time.perf_counter() - t0 - result.timings["total"])
-    return {"png": png, "seed": result.seeds[0], "timings": timings, "settings": s,
+    return {"png": png, "seed": result.seeds[0], "timings": timings, "settings": out,
             "truncated_tokens": result.truncated_tokens}
 
 
-# --- the worker's entry point (Pyodide only) ----------------------------------------------------------
+# --- the worker's entry points (Pyodide; JSON in, JSON out, so they run and are tested in CPython) ----
 
 _SESSION = Session()
 KEEP_LOADED_BYTES = 512 << 20  # models smaller than this keep their components between runs
+
+
+def _error(e: SdwebError) -> dict:
+    return {"error": type(e).__name__, "message": str(e), "field": getattr(e, "field", None)}
+
+
+def catalogue_json() -> str:
+    """models.json, for the page's model picker."""
+    return json.dumps(catalogue.load())
+
+
+def plan_json(job_json: str) -> str:
+    """One round of planning a repo's files for web/hub.js (layout.plan over what the page knows).
+
+    job: {repo, variant, listed: [path] or null (no listing: files are probed), present: [path],
+    absent: [path], texts: {path: text}} -> {"need": [{path, kind, read}]} (look these up, then ask
+    again), {"files": [{path, kind}], "notes": [...]}, or {"error", "message"}.
+    """
+    try:
+        job = json.loads(job_json)
+        known = layout.Known(job.get("listed"), job.get("present", ()), job.get("absent", ()), job.get("texts"))
+        p = layout.plan(known, layout.variant_of(job.get("variant")), job["repo"])
+        return json.dumps({"files": [{"path": f, "kind": layout.kind_of(f)} for f in p.files], "notes": list(p.notes)})
+    except layout.Unknown as u:
+        return json.dumps({"need": [{"path": n.path, "kind": n.kind, "read": n.read} for n in u.needs]})
+    except SdwebError as e:
+        return json.dumps(_error(e))
+
+
+def resolve_json(job_json: str, texts=None) -> str:
+    """The page's form -> checked settings (settings.resolve), before anything is fetched and again
+    once the model's small files are in the store, before its weights are.
+
+    job: {request: {settings.FIELDS}, webgpu: [ok, why] (an adapter answers and Python can wait for
+    it), weight_bytes (of the planned weight files, once known)}; texts: the model's small files by
+    repo path (a JS object or dict), or None before they are fetched. -> {"settings": {...}, "notes":
+    [...]} or {"error", "message", "field"}.
+    """
+    try:
+        job = json.loads(job_json)
+        request = job["request"]
+        repo = request.get("model") or None  # none typed: the catalogue's default model
+        if repo is not None:
+            layout.check_repo_id(repo)
+        model = None
+        if texts is not None:
+            texts = texts.to_py() if hasattr(texts, "to_py") else dict(texts)
+            model = ModelInfo.from_configs(repo, weight_bytes=job.get("weight_bytes"), **{
+                c: _config(texts, repo, c) for c in ("unet", "vae", "scheduler", "text_encoder")})
+        webgpu = job.get("webgpu")
+        s = resolve(request, model, webgpu=None if webgpu is None else tuple(webgpu))
+        return json.dumps({"settings": s.as_request(), "notes": list(s.notes)})
+    except SdwebError as e:
+        return json.dumps(_error(e))
+
+
+def _config(texts: dict, repo: str, component: str) -> dict:
+    path = layout.config_file(component)
+    try:
+        config = json.loads(texts[path])
+    except KeyError:
+        raise ModelError(f"{repo}/{path} was not downloaded") from None
+    except ValueError as e:
+        raise ModelError(f"{repo}/{path} is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{repo}/{path} should hold a JSON object")
+    return config
 
 
 def _to_js(x):
@@ -256,31 +261,29 @@ def _to_js(x):
 def worker_generate(job_json: str, texts, sources, post, cancel, bridge=None):
     """Called by web/worker.js (through callPromising, so byte-source reads may await IndexedDB).
 
-    job_json: {key, repo, variant, precision, backend, preview_every, settings}; texts: JS object
-    path -> text; sources: JS Map path -> {size, name, read(offset, length)}; post(event): progress
-    sink; cancel() -> bool. Returns a JS object: {png, seed, timings, settings} or {error, message}
-    or {cancelled: true}. Never raises: the page must stay usable whatever happens here.
+    job_json: {key, device, settings} with settings as resolve_json returned them; texts: JS object
+    path -> text; sources: JS Map path -> {size, name, key, read(offset, length)}; post(event):
+    progress sink; cancel() -> bool. Returns a JS object: {png, seed, timings, settings} or {error,
+    message, field} or {cancelled: true}. Never raises: the page must stay usable whatever happens here.
     """
-    from .errors import Cancelled, SdwebError
+    from .errors import Cancelled
 
     try:
         job = json.loads(job_json)
+        s = resolve(job["settings"])
         texts_py = texts.to_py() if hasattr(texts, "to_py") else dict(texts)
         sources_py = sources.to_py(depth=1) if hasattr(sources, "to_py") else dict(sources)
-        backend = _backend(job.get("backend", "numpy"), bridge, int(job.get("device") or 0))
-        size = sum(int(s.size) for s in sources_py.values())
-        pipe = _SESSION.pipeline((job["key"], job.get("variant"), job.get("precision"), getattr(backend, "name", ""),
-                                  job.get("device")),
-                                 job["repo"], texts_py, sources_py, backend, job.get("precision") or "fp32",
-                                 job.get("variant"), keep_loaded=size < KEEP_LOADED_BYTES)
-        out = generate(pipe, job.get("settings") or {}, progress=lambda ev: post(_to_js(ev)),
-                       cancel=lambda: bool(cancel()), preview_every=int(job.get("preview_every") or 0))
-        out["settings"]["variant"] = job.get("variant")
+        backend = _backend(s.backend, bridge, int(job.get("device") or 0))
+        size = sum(int(src.size) for src in sources_py.values())
+        pipe = _SESSION.pipeline((job["key"], s.variant, s.precision, backend.name, job.get("device")),
+                                 s.model, texts_py, sources_py, backend, s.precision, s.variant,
+                                 keep_loaded=size < KEEP_LOADED_BYTES)
+        out = generate(pipe, s.as_request(), progress=lambda ev: post(_to_js(ev)), cancel=lambda: bool(cancel()))
         return _to_js(out)
     except Cancelled:
         return _to_js({"cancelled": True})
     except SdwebError as e:
-        return _to_js({"error": type(e).__name__, "message": str(e)})
+        return _to_js(_error(e))
     except MemoryError:
         _SESSION.pipe = None
         return _to_js({"error": "MemoryError", "message": "Python ran out of memory (the wasm heap is capped "
@@ -310,6 +313,4 @@ def _backend(name: str, bridge=None, device: int = 0):
             webgpu.use_bridge(JsDeviceBridge(bridge))
             _DEVICE["generation"] = device
         return webgpu
-    from .errors import ConfigError
-
-    raise ConfigError(f"unknown backend {name!r}; use numpy or webgpu")
+    raise ValueError(f"backend {name!r}: settings.resolve lets only numpy and webgpu through")

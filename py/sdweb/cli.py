@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, catalogue, settings
 from .errors import Cancelled, ConfigError, SdwebError
 from .schedulers import SCHEDULERS
 
@@ -33,11 +33,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _positive_int(s: str) -> int:
+def _int(s: str) -> int:
+    """An integer; its range is settings.resolve's to check."""
     try:
         return int(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid integer {s!r}") from None
+
+
+def _by_kind(key: str) -> str:
+    """A default per model kind as help text: "sd 25, turbo 1"."""
+    return ", ".join(f"{k} {v[key]}" for k, v in catalogue.kinds().items())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,24 +54,29 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="make an image from a prompt")
     g.add_argument("--model", required=True, help="model folder, or Hub repo id found under ./weights/")
     g.add_argument("--prompt", required=True)
+    # Defaults and limits are settings.py's: a flag left out is None, which means "the default".
     g.add_argument("--negative-prompt", default="")
-    g.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (default 50, 1 for turbo)")
+    g.add_argument("--steps", type=_int, default=None,
+                   help=f"denoising steps, 1 to {settings.MAX_STEPS} (default by model kind: {_by_kind('steps')})")
     g.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale (default 7.5; <= 1 skips the unconditional pass)")
-    g.add_argument("--seed", type=_positive_int, default=None, help="noise seed (default: random)")
+                   help=f"classifier-free guidance scale >= 0 (default by model kind: {_by_kind('guidance')}; "
+                        "<= 1 skips the unconditional pass)")
+    g.add_argument("--seed", type=_int, default=None, help=f"noise seed, 0 to {settings.MAX_SEED} (default: random)")
     g.add_argument("--scheduler", default=None, help=f"one of {', '.join(SCHEDULERS)} (default: the model's)")
-    g.add_argument("--width", type=_positive_int, default=None)
-    g.add_argument("--height", type=_positive_int, default=None)
-    g.add_argument("--num-images", type=_positive_int, default=1)
-    g.add_argument("--clip-skip", type=_positive_int, default=0)
-    g.add_argument("--precision", default="fp32", help="weights held as fp32|fp16|bf16; arithmetic is f32")
+    g.add_argument("--width", type=_int, default=None, help="pixels (default: the model's size)")
+    g.add_argument("--height", type=_int, default=None, help="pixels (default: the model's size)")
+    g.add_argument("--num-images", type=_int, default=None, help=f"1 to {settings.MAX_IMAGES} (default 1)")
+    g.add_argument("--clip-skip", type=_int, default=None, help="text encoder layers to skip (default 0)")
+    g.add_argument("--precision", default=None,
+                   help=f"weights held as {'|'.join(settings.PRECISIONS)}; arithmetic is f32 (default fp32; fp16 "
+                        "for fp16 files over 256 MB)")
     g.add_argument("--variant", default=None, help="weight file variant to read, e.g. fp16 (default: plain, "
                                                    "else fp16)")
-    g.add_argument("--backend", default="numpy", help="numpy|webgpu")
+    g.add_argument("--backend", default=None, help=f"{', '.join(settings.BACKENDS)} or auto (default numpy)")
     g.add_argument("--output", "-o", default="out.png", help="image file (.png); several images get -0, -1, ...")
     g.add_argument("--save-intermediates", metavar="DIR", default=None,
                    help="write a preview PNG of the latents every --preview-every steps into DIR")
-    g.add_argument("--preview-every", type=_positive_int, default=5)
+    g.add_argument("--preview-every", type=_int, default=None, help="steps between previews (default: about ten a run)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     i = sub.add_parser("info", help="check a model folder and summarise its components")
@@ -179,31 +190,32 @@ class _Bar:
             self.bar = None
 
 
-def _backend(name: str):
-    from .backends import numpy as numpy_backend
+def _webgpu_available() -> tuple[bool, str]:
+    """Whether the WebGPU backend has an adapter here (imported only when asked for)."""
+    try:
+        from .backends import webgpu
+    except ImportError:
+        return False, "the `wgpu` package is missing"
+    return (True, "") if webgpu.available() else (False, "no adapter was found")
 
-    if name == "numpy":
-        return numpy_backend
-    if name == "webgpu":
-        try:
-            from .backends import webgpu
-        except ImportError:
-            webgpu = None
-        if webgpu is None or not getattr(webgpu, "available", lambda: False)():
-            print("sdweb: WebGPU is not available here (no adapter or the `wgpu` package is missing); "
-                  "falling back to the NumPy backend", file=sys.stderr)
-            return numpy_backend
-        return webgpu
-    raise ConfigError(f"unknown backend {name!r}; use numpy or webgpu")
+
+def _request(args) -> dict:
+    """The generate flags as a settings request (settings.FIELDS)."""
+    return dict(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
+                guidance=args.guidance, seed=args.seed, scheduler=args.scheduler, width=args.width,
+                height=args.height, num_images=args.num_images, clip_skip=args.clip_skip, precision=args.precision,
+                variant=args.variant, backend=args.backend, preview_every=args.preview_every)
 
 
 def cmd_generate(args) -> int:
     from .model import resolve_model
     from .pipeline import Pipeline
     from .preview import latents_to_rgb
+    from .settings import ModelInfo, resolve
 
-    backend = _backend(args.backend)
-    outputs = _output_paths(args.output, args.num_images)
+    # Everything that can be checked is, before a model file is read or anything allocated.
+    s = resolve(_request(args))
+    outputs = _output_paths(args.output, s.num_images)
     inter = Path(args.save_intermediates) if args.save_intermediates else None
     if inter is not None:
         if inter.exists() and not inter.is_dir():
@@ -211,16 +223,15 @@ def cmd_generate(args) -> int:
         _check_writable_dir(inter if inter.is_dir() else (inter.parent if str(inter.parent) else Path(".")),
                             f"--save-intermediates {inter}")
     folder = resolve_model(args.model)
-    pipe = Pipeline(folder, backend, precision=args.precision, variant=args.variant)
-    turbo = "turbo" in str(folder.path).lower()
-    steps = args.steps if args.steps is not None else (1 if turbo else 50)
-    guidance = args.guidance if args.guidance is not None else (0.0 if turbo else 7.5)
-    seed = args.seed if args.seed is not None else int(np.random.default_rng().integers(0, 2**31 - 1))
-    scheduler = args.scheduler or pipe.default_scheduler
-    width = args.width if args.width is not None else pipe.default_size
-    height = args.height if args.height is not None else pipe.default_size
-    pipe.check(width=width, height=height, steps=steps, guidance=guidance, scheduler=scheduler,
-               num_images=args.num_images, clip_skip=args.clip_skip)
+    info = ModelInfo.of(folder, weight_bytes=folder.weight_bytes(s.variant))
+    s = resolve(s.as_request(), info, webgpu=_webgpu_available)
+    for note in s.notes:
+        print(f"sdweb: {note}", file=sys.stderr)
+    if s.backend == "webgpu":
+        from .backends import webgpu as backend
+    else:
+        from .backends import numpy as backend
+    pipe = Pipeline(folder, backend, precision=s.precision, variant=s.variant)
     if inter is not None:
         inter.mkdir(exist_ok=True)
 
@@ -230,19 +241,17 @@ def cmd_generate(args) -> int:
     def progress(p):
         bar(p)
         if inter is not None and p.stage == "unet" and p.step and (
-                p.step % args.preview_every == 0 or p.step == p.total):
+                p.step % s.preview_every == 0 or p.step == p.total):
             lat = p.latents
             for k in range(lat.shape[0]):
                 name = f"step-{p.step:04d}.png" if lat.shape[0] == 1 else f"step-{p.step:04d}-{k}.png"
                 _save_image(latents_to_rgb(lat[k], upscale=f), inter / name)
 
-    result = pipe.generate(args.prompt, args.negative_prompt, steps=steps, guidance=guidance, seed=seed,
-                           scheduler=scheduler, width=width, height=height, num_images=args.num_images,
-                           clip_skip=args.clip_skip, progress=progress)
+    result = pipe.generate(**s.run_args(), progress=progress)
     bar.close()
     for k, path in enumerate(outputs):
-        settings = dict(result.settings, seed=result.seeds[k], model=str(folder.path))
-        _save_image(result.images[k], path, {"parameters": json.dumps(settings)})
+        params = dict(result.settings, seed=result.seeds[k], model=folder.name)
+        _save_image(result.images[k], path, {"parameters": json.dumps(params)})
         print(f"wrote {path} (seed {result.seeds[k]})", file=sys.stderr)
     if result.truncated_tokens:
         print(f"note: the prompt was cut to 75 tokens; {result.truncated_tokens} tokens were dropped",
@@ -250,7 +259,7 @@ def cmd_generate(args) -> int:
     t = result.timings
     parts = [f"{k} {v:.2f}s" for k, v in t.items() if k != "total"]
     print(f"timings: {', '.join(parts)}; total {t['total']:.2f}s "
-          f"({t['unet'] / steps:.2f}s per step)", file=sys.stderr)
+          f"({t['unet'] / s.steps:.2f}s per step)", file=sys.stderr)
     return 0
 
 
@@ -283,7 +292,9 @@ def cmd_info(args) -> int:
               f"all shapes validated against config.json ({time.perf_counter() - t0:.1f}s)")
     print(f"  tokenizer: {len(pipe.tokenizer.encoder)} tokens, pad {pipe.tokenizer.pad_token_id}, "
           f"max length {pipe.tokenizer.model_max_length}")
-    print(f"  default size {pipe.default_size}x{pipe.default_size}, sizes in multiples of {pipe.size_multiple}")
+    info = pipe.info
+    print(f"  default size {info.default_size}x{info.default_size}, sizes in multiples of {info.size_multiple}; "
+          f"scheduler {info.default_scheduler}")
     return 0
 
 

@@ -5,13 +5,13 @@
     sdweb download --list                                            known-good models
     python scripts/fetch_weights.py REPO ...                         the same command
 
-Only what sdweb reads is fetched: model_index.json, the scheduler / text_encoder / unet / vae configs,
-the tokenizer's vocab.json, merges.txt (+ tokenizer_config.json, special_tokens_map.json), and for
-text_encoder, unet and vae one set of .safetensors weights: the `.fp16` variant when the repo has it
-(default), the plain files with `--variant fp32`; either falls back to the other when a component
-lacks it. Never .bin / .ckpt (pickles), safety_checker, feature_extractor, onnx or flax files. The
-choice is made from the repo listing (`/api/models/{repo}/revision/{rev}?blobs=true`), which also
-gives every file's size, git blob id and, for LFS files, sha256.
+Only what sdweb reads is fetched, as layout.plan decides it from the repo listing
+(`/api/models/{repo}/revision/{rev}?blobs=true`, which also gives every file's size, git blob id and,
+for LFS files, sha256): model_index.json, the configs, the tokenizer tables, and for text_encoder,
+unet and vae one set of .safetensors weights: the `.fp16` variant when the repo has it (default), the
+plain files with `--variant fp32`; either falls back to the other when a component lacks it. Never
+.bin / .ckpt (pickles), safety_checker, feature_extractor, onnx or flax files. model_index.json
+comes first and is checked (an SD 1.x/2.x pipeline?) before any weight file is fetched.
 
 Each file comes from the commit the listing resolved, so all files match. `huggingface_hub` does
 the Hub's side: the listing, the per-file HEAD (auth headers, the Hub's redirect to its CDN, its
@@ -61,24 +61,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import catalogue, layout
 from .errors import Cancelled, SdwebError
-from .model import _REPO_ID, WEIGHT_STEMS, _variant_name
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 PARTIAL_DIR = ".sdweb-partial"
 RECORD = ".sdweb-download.json"
-
-WEIGHT_COMPONENTS = ("text_encoder", "unet", "vae")
-REQUIRED_FILES = (
-    "model_index.json",
-    "scheduler/scheduler_config.json",
-    "text_encoder/config.json",
-    "unet/config.json",
-    "vae/config.json",
-    "tokenizer/vocab.json",
-    "tokenizer/merges.txt",
-)
-OPTIONAL_FILES = ("tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json")
 
 VARIANTS = ("fp16", "fp32")
 
@@ -91,55 +79,6 @@ _GB = 1e9
 
 class DownloadError(SdwebError):
     """A download failed: network, access, a missing repo or file, a corrupt file, the disk."""
-
-
-# Known-good models. Sizes are the weight files sdweb downloads (text encoder + UNet + VAE), summed
-# from the repos' Git LFS pointers in ../shared/data/model-configs (None = not known here); the
-# configs and tokenizer add about 1.5 MB. "access" is what is known about gating: the command tells
-# you clearly if a repo asks for a token.
-KNOWN_MODELS = (
-    {
-        "repo": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-        "what": "SD 1.5 (512x512)",
-        "sizes": {"fp16": 246_144_864 + 1_719_125_304 + 167_335_342,
-                  "fp32": 492_265_874 + 3_438_167_540 + 334_643_276},
-        "licence": "creativeml-openrail-m",
-        "access": "not known to be gated",
-        "note": "sizes from runwayml/stable-diffusion-v1-5 @ 1d0c4eb, of which this repo is the copy",
-    },
-    {
-        "repo": "stabilityai/stable-diffusion-2-1-base",
-        "what": "SD 2.1-base (512x512)",
-        "sizes": {"fp16": None, "fp32": 1_361_597_018 + 3_463_726_498 + 334_643_276},
-        "licence": "openrail++",
-        "access": "not known to be gated",
-        "note": "sizes from the Dec 2022 revision 88bb1a4 (no .fp16 files then; plain files are used)",
-    },
-    {
-        "repo": "stabilityai/sd-turbo",
-        "what": "SD-Turbo (1-4 steps, guidance 0)",
-        "sizes": {"fp16": None, "fp32": None},
-        "licence": "Stability AI licence (repo LICENSE; commercial use: stability.ai/license)",
-        "access": "not known to be gated",
-        "note": "has an fp16 variant (its model card loads variant=\"fp16\")",
-    },
-    {
-        "repo": "nota-ai/bk-sdm-small",
-        "what": "BK-SDM small (no UNet mid block)",
-        "sizes": {"fp16": None, "fp32": None},
-        "licence": "creativeml-openrail-m",
-        "access": "click-through licence (card has extra_gated_prompt): accept it, pass a token",
-        "note": "",
-    },
-    {
-        "repo": "nota-ai/bk-sdm-tiny",
-        "what": "BK-SDM tiny (3-level UNet)",
-        "sizes": {"fp16": None, "fp32": None},
-        "licence": "creativeml-openrail-m",
-        "access": "click-through licence (card has extra_gated_prompt): accept it, pass a token",
-        "note": "",
-    },
-)
 
 
 # --- the plan: which files ------------------------------------------------------------------------
@@ -164,53 +103,14 @@ class RemoteFile:
         return None
 
 
-def _weight_candidates(component: str, variant: str | None, names: set[str]) -> list[str] | None:
-    """The weight files of `component` for one variant (None = plain), single file or sharded."""
-    for stem in WEIGHT_STEMS:
-        single = f"{component}/{_variant_name(stem + '.safetensors', variant)}"
-        if single in names:
-            return [single]
-        index = f"{component}/{_variant_name(stem + '.safetensors.index.json', variant)}"
-        if index in names:
-            # diffusers names shards <stem>[.<variant>]-00001-of-00002.safetensors
-            tag = re.escape(stem + (f".{variant}" if variant else ""))
-            shard = re.compile(rf"^{re.escape(component)}/{tag}-\d{{5}}-of-\d{{5}}\.safetensors$")
-            shards = sorted(n for n in names if shard.match(n))
-            if shards:
-                return [index] + shards
-    return None
-
-
 def select_files(repo_id: str, files: list[RemoteFile], variant: str = "fp16") -> tuple[list[RemoteFile], list[str]]:
-    """(the files to fetch, notes for the user) from a repo listing; DownloadError if unusable."""
+    """(the files to fetch, notes for the user) from a repo listing (layout.plan over its names);
+    a ModelError when the repo cannot run here."""
     if variant not in VARIANTS:
         raise DownloadError(f"--variant {variant}: use one of {', '.join(VARIANTS)}")
     by_name = {f.path: f for f in files}
-    names = set(by_name)
-    if "model_index.json" not in names:
-        raise DownloadError(f"{repo_id} is not a diffusers model repo: it has no model_index.json "
-                            "(sdweb needs the diffusers layout: text_encoder/, tokenizer/, unet/, vae/, scheduler/)")
-    missing = [p for p in REQUIRED_FILES if p not in names]
-    if missing:
-        raise DownloadError(f"{repo_id} lacks {', '.join(missing)}: sdweb needs a Stable Diffusion 1.x/2.x "
-                            "diffusers repo with text_encoder, tokenizer (vocab.json + merges.txt), unet, vae, scheduler")
-    chosen = list(REQUIRED_FILES) + [p for p in OPTIONAL_FILES if p in names]
-    notes = []
-    want, other = ("fp16", None) if variant == "fp16" else (None, "fp16")
-    for c in WEIGHT_COMPONENTS:
-        picked = _weight_candidates(c, want, names)
-        if picked is None:
-            picked = _weight_candidates(c, other, names)
-            if picked is not None:
-                notes.append(f"{c}: no {variant} weights in the repo; taking {picked[-1].rsplit('/', 1)[1]}")
-        if picked is None:
-            others = sorted(n.rsplit("/", 1)[1] for n in names if n.startswith(c + "/") and not n.endswith(".json"))
-            if others:
-                raise DownloadError(f"{repo_id}: {c}/ has no .safetensors weights (only {', '.join(others)}); "
-                                    "sdweb reads only .safetensors, never pickled .bin/.ckpt files")
-            raise DownloadError(f"{repo_id}: {c}/ has no weights at all")
-        chosen += picked
-    return [by_name[p] for p in chosen], notes
+    plan = layout.plan(layout.Listed(by_name), layout.variant_of(variant), repo_id)
+    return [by_name[p] for p in plan.files], list(plan.notes)
 
 
 # --- small helpers --------------------------------------------------------------------------------
@@ -751,7 +651,12 @@ class _Downloader:
                       endpoint=self.endpoint)
         t0 = time.perf_counter()
         try:
+            checked = False
             for k, f in enumerate(todo, 1):
+                if not checked and layout.kind_of(f.path) == "weights":
+                    # The plan puts model_index.json first: refuse another model family before its weights.
+                    layout.check_model_index((self.dest / layout.INDEX).read_text(encoding="utf-8"), self.repo_id)
+                    checked = True
                 self.fetch(commit, f, k, len(todo))
                 self.note_done(f, record)
                 self.write_record(record)
@@ -785,7 +690,7 @@ class _Downloader:
         try:
             folder = ModelFolder(self.dest)
             folder.tokenizer_dir
-            for c in WEIGHT_COMPONENTS:
+            for c in layout.WEIGHT_COMPONENTS:
                 folder.weight_files(c)
                 folder.config(c)
             folder.config("scheduler")
@@ -801,9 +706,7 @@ def download(repo_id: str, dest=None, *, variant: str = "fp16", revision: str = 
     stored `hf auth login` token, else none. Messages go to `out` (default stderr); progress bars to
     stderr unless `quiet`. Raises DownloadError (one line), Cancelled on Ctrl-C.
     """
-    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id):
-        raise DownloadError(f"{repo_id!r} is not a Hub repo id: use owner/name, e.g. "
-                            "stable-diffusion-v1-5/stable-diffusion-v1-5 (see `sdweb download --list`)")
+    layout.check_repo_id(repo_id)
     if variant not in VARIANTS:
         raise DownloadError(f"--variant {variant}: use one of {', '.join(VARIANTS)}")
     try:
@@ -841,15 +744,16 @@ def add_arguments(p):
 
 
 def list_models(out=None) -> str:
-    """Print (and return) the known-good models table."""
+    """Print (and return) the known-good models table (catalogue: models.json)."""
+    models = catalogue.models()
     rows = [("repo", "what", "fp16", "fp32", "licence; access")]
-    rows += [(m["repo"], m["what"], _human(m["sizes"]["fp16"]), _human(m["sizes"]["fp32"]),
-              f"{m['licence']}; {m['access']}") for m in KNOWN_MODELS]
+    rows += [(m["repo"], m["label"], _human(catalogue.weight_bytes(m, "fp16")),
+              _human(catalogue.weight_bytes(m, "fp32")), f"{m['licence']}; {m['access']}") for m in models]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
     lines += ["", "Sizes: the weight files sdweb fetches (text encoder + UNet + VAE) per variant, from the repos' "
                   "Git LFS pointers; 'unknown' where not known here. Configs and tokenizer add ~1.5 MB."]
-    lines += [f"  {m['repo']}: {m['note']}" for m in KNOWN_MODELS if m["note"]]
+    lines += [f"  {m['repo']}: {m['note']}" for m in models if m["note"]]
     lines += ["Any other SD 1.x/2.x repo in the diffusers layout with .safetensors weights works too. Gated repos: "
               "accept the licence on the repo's Hub page, then pass a token (HF_TOKEN or --token)."]
     text = "\n".join(lines)

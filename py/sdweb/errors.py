@@ -18,7 +18,13 @@ class ModelError(SdwebError):
 
 
 class ConfigError(SdwebError):
-    """A user-supplied setting is out of range (size, steps, guidance, scheduler ...)."""
+    """A user-supplied setting is out of range (size, steps, guidance, scheduler ...). `field` names
+    the setting (settings.FIELDS: "steps", "width", "model" ...) so the page can point at its input;
+    None when the error is not about one setting."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class Cancelled(SdwebError):

@@ -7,26 +7,20 @@
     tokenizer/                       vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json
     scheduler/scheduler_config.json
 
-Large components may be sharded: `<name>.safetensors.index.json` maps each tensor to a shard file
-(`<name>.safetensors.index.fp16.json` for the fp16 variant, as diffusers names it). Only
-.safetensors weights are read; pickled .bin files are not (loading them would mean unpickling).
+Which files those are, which weight file of a component is read (variant, sharded index) and
+whether model_index.json describes a model sdweb runs are layout.py's decisions; this module answers
+its questions from the disk (FolderFiles) and opens what it chose.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
+from . import layout
 from .errors import ModelError
 from .weights import WeightStore, open_store
-
-# Weight file stems: diffusers models (unet, vae) and transformers models (text_encoder).
-WEIGHT_STEMS = ("diffusion_pytorch_model", "model")
-
-# A Hub repo id: owner/name, no path tricks.
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 _DOWNLOAD_HINT = "download one with `sdweb download REPO`"
 
@@ -47,16 +41,28 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def _variant_name(filename: str, variant: str | None) -> str:
-    """diffusers' _add_variant: insert the variant before the last suffix.
+class FolderFiles(layout.Files):
+    """A folder's files as layout's plans ask about them, plus `extra` repo paths held elsewhere (the
+    browser's weight files)."""
 
-    "model.safetensors" -> "model.fp16.safetensors";
-    "model.safetensors.index.json" -> "model.safetensors.index.fp16.json".
-    """
-    if not variant:
-        return filename
-    head, _, last = filename.rpartition(".")
-    return f"{head}.{variant}.{last}"
+    def __init__(self, root: Path, extra=()):
+        self.root, self.extra = Path(root), set(extra)
+
+    def has(self, path):
+        return path in self.extra or (self.root / path).is_file()
+
+    def text(self, path):
+        try:
+            return (self.root / path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise ModelError(f"{self.root / path}: cannot read ({e.strerror or e})") from None
+
+    def names(self, folder):
+        d = self.root / folder
+        here = {p.name for p in d.iterdir() if p.is_file()} if d.is_dir() else set()
+        return sorted(here | {p[len(folder) + 1:] for p in self.extra if p.startswith(folder + "/")})
 
 
 class ModelFolder:
@@ -68,13 +74,19 @@ class ModelFolder:
             raise ModelError(f"{self.path}: no such model folder ({_DOWNLOAD_HINT})")
         if not self.path.is_dir():
             raise ModelError(f"{self.path} is a file, not a diffusers model folder ({_DOWNLOAD_HINT})")
-        index_path = self.path / "model_index.json"
-        if not index_path.is_file():
+        self.files = FolderFiles(self.path)
+        text = self.files.text(layout.INDEX)
+        if text is None:
             raise ModelError(f"{self.path} is not a diffusers model folder: model_index.json not found ({_DOWNLOAD_HINT})")
-        self.index = _read_json(index_path, "every diffusers model folder has one")
+        self.index = layout.check_model_index(text, self.name)
 
     def __repr__(self):
         return f"ModelFolder({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        """How messages, the settings (catalogue lookup) and a PNG's parameters name this model."""
+        return str(self.path)
 
     def components_present(self) -> list[str]:
         """Components model_index.json names (with a class, not [null, null]) whose folder exists."""
@@ -96,65 +108,32 @@ class ModelFolder:
     # --- configs ----------------------------------------------------------------------------------
 
     def config(self, component: str) -> dict:
-        """The component's config: <c>/config.json, scheduler/scheduler_config.json, tokenizer/tokenizer_config.json."""
-        filename = {"scheduler": "scheduler_config.json", "tokenizer": "tokenizer_config.json"}.get(component, "config.json")
-        d = self._component_dir(component)
-        return _read_json(d / filename, f"the {component} needs its {filename}")
+        """The component's config (layout.config_file: <c>/config.json, scheduler/scheduler_config.json,
+        tokenizer/tokenizer_config.json)."""
+        self._component_dir(component)
+        path = layout.config_file(component)
+        return _read_json(self.path / path, f"the {component} needs its {os.path.basename(path)}")
 
     @property
     def tokenizer_dir(self) -> Path:
         """tokenizer/, checked to hold the BPE tables (vocab.json, merges.txt)."""
         d = self._component_dir("tokenizer")
-        for f in ("vocab.json", "merges.txt"):
+        for f in layout.TOKENIZER_TABLES:
             if not (d / f).is_file():
-                raise ModelError(f"{d / f} not found: the tokenizer needs vocab.json and merges.txt")
+                raise ModelError(f"{d / f} not found: the tokenizer needs {' and '.join(layout.TOKENIZER_TABLES)}")
         return d
 
     # --- weights ----------------------------------------------------------------------------------
 
     def weight_files(self, component: str, variant: str | None = None) -> list[Path]:
-        """The .safetensors file(s) holding `component`'s weights, chosen in this order:
+        """The .safetensors file(s) holding `component`'s weights, as layout.choose_weights picks them
+        (the variant, else the plain files, else fp16; single file before sharded index)."""
+        self._component_dir(component)
+        return [self.path / p for p in layout.choose_weights(self.files, component, variant, self.name).files]
 
-        variant=None:  plain file, plain sharded index, then the fp16 file, fp16 sharded index;
-        variant=V:     the V file, V sharded index, then as for variant=None.
-        Each step tries the stems diffusion_pytorch_model and model.
-        """
-        d = self._component_dir(component)
-        variants = []
-        for v in (variant, None, "fp16"):
-            if v not in variants:
-                variants.append(v)
-        looked = []
-        for v in variants:
-            for stem in WEIGHT_STEMS:
-                single = _variant_name(f"{stem}.safetensors", v)
-                looked.append(single)
-                if (d / single).is_file():
-                    return [d / single]
-                index = _variant_name(f"{stem}.safetensors.index.json", v)
-                looked.append(index)
-                if (d / index).is_file():
-                    return self._shards(d / index)
-        bins = sorted(p.name for p in d.glob("*.bin"))
-        if bins:
-            raise ModelError(f"{component}: found {', '.join(bins)} in {d} but only .safetensors weights are supported (looked for {', '.join(looked)})")
-        raise ModelError(f"{component}: no weights in {d} (looked for {', '.join(looked)})")
-
-    def _shards(self, index: Path) -> list[Path]:
-        data = _read_json(index, "the sharded weights need their index")
-        wmap = data.get("weight_map")
-        if not isinstance(wmap, dict) or not wmap or not all(isinstance(v, str) for v in wmap.values()):
-            raise ModelError(f"{index}: weight_map should be a non-empty object of tensor name -> shard file")
-        out = []
-        for name in sorted(set(wmap.values())):
-            # A shard is a file beside the index; anything else (../, absolute) is refused.
-            if os.path.basename(name) != name or name in (".", ".."):
-                raise ModelError(f"{index}: shard {name!r} should be a plain file name beside the index")
-            p = index.parent / name
-            if not p.is_file():
-                raise ModelError(f"{p} not found: {index.name} lists it as a shard")
-            out.append(p)
-        return out
+    def weight_bytes(self, variant: str | None = None) -> int:
+        """Bytes of the weight files of text_encoder, unet and vae that `variant` reads."""
+        return sum(p.stat().st_size for c in layout.WEIGHT_COMPONENTS for p in self.weight_files(c, variant))
 
     def weights(self, component: str, precision: str = "fp32", variant: str | None = None,
                 lazy: bool = False) -> WeightStore:
@@ -172,7 +151,7 @@ def resolve_model(arg) -> ModelFolder:
     if p.exists():
         return ModelFolder(p)
     s = str(arg)
-    if _REPO_ID.match(s):
+    if layout.REPO_ID.match(s):
         roots = []
         if os.environ.get("SDWEB_WEIGHTS"):
             roots.append(Path(os.environ["SDWEB_WEIGHTS"]))

@@ -21,27 +21,12 @@ import numpy as np
 
 from .backends import numpy as numpy_backend
 from .clip import CLIPTextModel
-from .errors import Cancelled, ConfigError
-from .schedulers import SCHEDULERS, make_scheduler
+from .errors import Cancelled
+from .schedulers import make_scheduler
+from .settings import ModelInfo, resolve
 from .tokenizer import CLIPTokenizer
 from .unet import UNet2DConditionModel
 from .vae import AutoencoderKL
-
-PRECISIONS = ("fp32", "fp16", "bf16")
-MAX_SIDE = 2048  # pixels; beyond this a 64x64-trained UNet makes tiled nonsense and memory explodes
-MAX_STEPS = 1000
-
-# The scheduler a model ships with (scheduler_config.json's _class_name) -> our name.
-_DEFAULT_SCHEDULER = {
-    "DDIMScheduler": "ddim",
-    "PNDMScheduler": "pndm",
-    "EulerDiscreteScheduler": "euler",
-    "EulerAncestralDiscreteScheduler": "euler-a",
-    "DPMSolverMultistepScheduler": "dpm++2m",
-    "LCMScheduler": "lcm",
-    "DDPMScheduler": "ddpm",
-}
-
 
 @dataclasses.dataclass
 class Progress:
@@ -75,54 +60,18 @@ class Pipeline:
 
     def __init__(self, folder, backend=numpy_backend, precision: str = "fp32", variant: str | None = None,
                  keep_loaded: bool = False):
-        if precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-        self.folder, self.backend, self.precision = folder, backend, precision
-        self.variant, self.keep_loaded = variant, keep_loaded
+        checked = resolve({"precision": precision, "variant": variant})
+        self.folder, self.backend, self.precision = folder, backend, checked.precision
+        self.variant, self.keep_loaded = checked.variant, keep_loaded
+        # Defaults and limits (size, scheduler, clip_skip) are settings.py's, from these configs.
+        self.info = ModelInfo.of(folder)
         self.unet_config = folder.config("unet")
         self.vae_config = folder.config("vae")
         self.scheduler_config = folder.config("scheduler")
         self.tokenizer = CLIPTokenizer.from_folder(folder.tokenizer_dir)
         self._loaded: dict[str, object] = {}
         self.weight_bytes: dict[str, int] = {}
-        vae_blocks = len(self.vae_config.get("block_out_channels", [64]))
-        self.vae_scale_factor = 2 ** (vae_blocks - 1)
-        unet_blocks = len(self.unet_config.get("block_out_channels", [320, 640, 1280, 1280]))
-        # latents must halve cleanly at every UNet downsample
-        self.size_multiple = self.vae_scale_factor * 2 ** (unet_blocks - 1)
-
-    # -- defaults and validation --
-
-    @property
-    def default_size(self) -> int:
-        return int(self.unet_config.get("sample_size") or 64) * self.vae_scale_factor
-
-    @property
-    def default_scheduler(self) -> str:
-        name = _DEFAULT_SCHEDULER.get(self.scheduler_config.get("_class_name"), "pndm")
-        if name == "dpm++2m" and self.scheduler_config.get("use_karras_sigmas"):
-            name = "dpm++2m-karras"
-        return name
-
-    def check(self, *, width: int, height: int, steps: int, guidance: float, scheduler: str,
-              num_images: int = 1, clip_skip: int = 0):
-        """Raise ConfigError naming the first bad setting; nothing is loaded before this passes."""
-        m = self.size_multiple
-        for name, v in (("width", width), ("height", height)):
-            if not isinstance(v, (int, np.integer)) or v < m or v > MAX_SIDE or v % m:
-                raise ConfigError(f"{name} {v} is not allowed: use a multiple of {m} between {m} and "
-                                  f"{MAX_SIDE} (this model's default is {self.default_size})")
-        if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= MAX_STEPS:
-            raise ConfigError(f"steps {steps} is out of range: use 1 to {MAX_STEPS}")
-        if not np.isfinite(guidance) or guidance < 0:
-            raise ConfigError(f"guidance {guidance} is not allowed: use a number >= 0 "
-                              "(1 or less turns classifier-free guidance off; 7.5 is usual)")
-        if scheduler not in SCHEDULERS:
-            raise ConfigError(f"unknown scheduler {scheduler!r}; use one of {', '.join(SCHEDULERS)}")
-        if not 1 <= num_images <= 16:
-            raise ConfigError(f"num_images {num_images} is out of range: use 1 to 16")
-        if clip_skip < 0:
-            raise ConfigError(f"clip_skip {clip_skip} must be >= 0")
+        self.vae_scale_factor = self.info.vae_scale_factor
 
     # -- components --
 
@@ -179,16 +128,20 @@ class Pipeline:
         x = np.concatenate([g.standard_normal(shape, dtype=np.float32) for g in gens])
         return x * np.float32(init_noise_sigma), gens
 
-    def generate(self, prompt: str, negative_prompt: str = "", *, steps: int = 50, guidance: float = 7.5,
-                 seed: int = 0, scheduler: str | None = None, width: int | None = None,
-                 height: int | None = None, num_images: int = 1, clip_skip: int = 0,
+    def generate(self, prompt: str, negative_prompt: str = "", *, steps: int | None = None,
+                 guidance: float | None = None, seed: int | None = None, scheduler: str | None = None,
+                 width: int | None = None, height: int | None = None, num_images: int = 1, clip_skip: int = 0,
                  progress: Callable[[Progress], None] | None = None,
                  cancel: Callable[[], bool] | None = None) -> Result:
-        scheduler = scheduler or self.default_scheduler
-        width = self.default_size if width is None else width
-        height = self.default_size if height is None else height
-        self.check(width=width, height=height, steps=steps, guidance=guidance, scheduler=scheduler,
-                   num_images=num_images, clip_skip=clip_skip)
+        """None -> the default (settings.resolve: by model kind, random seed, the model's own
+        scheduler and size); ConfigError naming the first bad setting, before anything is loaded."""
+        s = resolve(dict(model=self.folder.name, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
+                         guidance=guidance, seed=seed, scheduler=scheduler, width=width, height=height,
+                         num_images=num_images, clip_skip=clip_skip, precision=self.precision,
+                         variant=self.variant, backend=self.backend.name), self.info)
+        steps, guidance, seed, scheduler = s.steps, s.guidance, s.seed, s.scheduler
+        width, height, num_images, clip_skip = s.width, s.height, s.num_images, s.clip_skip
+        prompt, negative_prompt = s.prompt, s.negative_prompt
         backend = self.backend
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
@@ -264,7 +217,7 @@ class Pipeline:
                       settings=dict(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                                     guidance=guidance, seed=seed, scheduler=scheduler, width=width,
                                     height=height, num_images=num_images, clip_skip=clip_skip,
-                                    precision=self.precision, backend=backend.name))
+                                    precision=self.precision, variant=self.variant, backend=backend.name))
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

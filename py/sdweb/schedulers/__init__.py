@@ -49,9 +49,19 @@ def make_scheduler(name, config=None) -> Scheduler:
     return cls(config, **forced)
 
 
+def scheduler_for(config: dict) -> str:
+    """The name of the scheduler a model ships with (its scheduler_config.json's _class_name), PNDM
+    for a class sdweb does not have (SD 1.x's own)."""
+    cls = config.get("_class_name")
+    name = next((n for n, (c, _) in _REGISTRY.items() if c.__name__ == cls), "pndm")
+    if name == "dpm++2m" and config.get("use_karras_sigmas"):
+        name = "dpm++2m-karras"
+    return name
+
+
 def forced_options(name) -> dict:
     """The diffusers keyword arguments that `name` fixes on top of the model's config."""
     return dict(_REGISTRY[name][1])
 
 
-__all__ = ["SCHEDULERS", "Scheduler", "make_scheduler", "forced_options"]
+__all__ = ["SCHEDULERS", "Scheduler", "make_scheduler", "scheduler_for", "forced_options"]

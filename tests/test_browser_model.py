@@ -1,0 +1,151 @@
+"""The page's Python half (sdweb.browser) in CPython: BrowserModel over byte sources, and the JSON
+entry points the worker calls (plan_json, resolve_json, catalogue_json). The same code runs in
+Pyodide; tests/test_page.py drives it there, through the real page.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sdweb import browser, catalogue, layout
+from sdweb.errors import ModelError
+from sdweb.model import FolderFiles, ModelFolder
+from sdweb.pipeline import Pipeline
+
+TINY = 64  # image side for the tiny models: 8x8 latents
+
+
+class _Source:
+    """A byte source over a file, counting reads: what the worker hands Python, minus the JS."""
+
+    def __init__(self, path: Path):
+        self.data = path.read_bytes()
+        self.size = len(self.data)
+        self.reads = 0
+
+    def read(self, offset, length):
+        self.reads += 1
+        return self.data[offset:offset + length]
+
+
+def _browser_inputs(folder: Path):
+    texts = {p: (folder / p).read_text() for p in layout.TEXT_FILES if (folder / p).is_file()}
+    sources = {p.relative_to(folder).as_posix(): _Source(p) for p in folder.rglob("*.safetensors")}
+    return texts, sources
+
+
+@pytest.mark.parametrize("variant", [None, "fp16"])
+def test_browser_model_generates_what_model_folder_does(sd1_tiny, variant):
+    from PIL import Image
+
+    texts, sources = _browser_inputs(sd1_tiny)
+    model = browser.BrowserModel("test/sd1-tiny", texts, sources)
+    assert model.weight_files("unet", variant) == [
+        "unet/diffusion_pytorch_model.fp16.safetensors" if variant else "unet/diffusion_pytorch_model.safetensors"]
+    pipe = Pipeline(model, precision="fp32", variant=variant)
+    events = []
+    out = browser.generate(pipe, dict(prompt="a red cube", steps=4, seed=5, width=TINY, height=TINY,
+                                      scheduler="euler-a", guidance=7.5, preview_every=2), progress=events.append)
+    ref = Pipeline(ModelFolder(sd1_tiny), precision="fp32", variant=variant).generate(
+        "a red cube", steps=4, seed=5, width=TINY, height=TINY, scheduler="euler-a", guidance=7.5)
+    got = np.asarray(Image.open(io.BytesIO(out["png"])).convert("RGB"))
+    np.testing.assert_array_equal(got, ref.images[0])
+    params = json.loads(Image.open(io.BytesIO(out["png"])).text["parameters"])
+    assert params["seed"] == 5 and params["model"] == "test/sd1-tiny" and params["variant"] == variant
+    # weights came through the byte sources, tensor by tensor, never as one whole-file read
+    used = [s for p, s in sources.items() if (".fp16." in p) == bool(variant)]
+    assert all(s.reads > 1 for s in used) and not any(s.reads for p, s in sources.items() if s not in used)
+    stages = [e["stage"] for e in events]
+    assert stages.index("text_encoder") < stages.index("unet") < stages.index("vae")
+    previews = [e["step"] for e in events if "preview" in e]
+    assert previews == [2] and all(e["preview"].startswith(b"\x89PNG") for e in events if "preview" in e)
+
+
+def test_browser_model_refuses_what_is_not_sd(sd1_tiny):
+    texts, sources = _browser_inputs(sd1_tiny)
+    with pytest.raises(ModelError, match="model_index.json"):
+        browser.BrowserModel("x/y", {k: v for k, v in texts.items() if k != "model_index.json"}, sources)
+    index = json.loads(texts["model_index.json"])
+    index["unet"] = ["diffusers", "UNet2DModel"]
+    with pytest.raises(ModelError, match="UNet2DModel"):
+        browser.BrowserModel("x/y", dict(texts, **{"model_index.json": json.dumps(index)}), sources)
+    model = browser.BrowserModel("x/y", texts, {p: s for p, s in sources.items() if not p.startswith("vae/")})
+    with pytest.raises(ModelError, match=r"x/y: vae/ has no \.safetensors weights"):
+        model.weight_files("vae")
+
+
+def plan_like_the_page(folder: Path, repo: str, variant, listed: bool):
+    """Call plan_json round by round, answering its questions from `folder` as web/hub.js does."""
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    known = {"repo": repo, "variant": variant, "listed": sorted(on_disk) if listed else None,
+             "present": [], "absent": [], "texts": {}}
+    for _ in range(20):
+        step = json.loads(browser.plan_json(json.dumps(known)))
+        if "need" not in step:
+            return step
+        for n in step["need"]:
+            assert n["kind"] == layout.kind_of(n["path"])
+            if n["path"] not in on_disk:
+                known["absent"].append(n["path"])
+            elif n["read"]:
+                known["texts"][n["path"]] = (folder / n["path"]).read_text()
+            else:
+                known["present"].append(n["path"])
+    raise AssertionError("planning does not converge")
+
+
+@pytest.mark.parametrize("listed", [True, False])
+def test_plan_json_plans_what_the_folder_reads(sd1_tiny, sd2_tiny, listed):
+    for folder, variant in ((sd1_tiny, "fp16"), (sd2_tiny, "fp16"), (sd1_tiny, "plain")):
+        step = plan_like_the_page(folder, "test/x", variant, listed)
+        want = layout.plan(FolderFiles(folder), layout.variant_of(variant), "test/x")
+        assert [f["path"] for f in step["files"]] == want.files
+        assert {f["kind"] for f in step["files"] if f["path"].endswith(".safetensors")} == {"weights"}
+        assert step["notes"] == list(want.notes)
+        assert (step["notes"] != []) == (folder == sd2_tiny)  # sd2-tiny has no .fp16 files
+
+
+def test_plan_json_explains_a_repo_that_cannot_run(tmp_path, sd1_tiny):
+    (tmp_path / "config.json").write_text("{}")
+    step = plan_like_the_page(tmp_path, "test/clip-only", "fp16", listed=False)
+    assert step["error"] == "ModelError" and "test/clip-only has no model_index.json" in step["message"]
+    step = json.loads(browser.plan_json(json.dumps({"repo": "x/y", "variant": "../", "listed": []})))
+    assert step["error"] == "ConfigError" and step["field"] == "variant"
+
+
+def test_resolve_json_checks_the_form_before_and_after_the_configs(sd1_tiny):
+    def resolve(request, texts=None, **job):
+        return json.loads(browser.resolve_json(json.dumps(dict(job, request=request)), texts))
+
+    form = {"model": "test/sd1-tiny", "prompt": "a cube", "steps": 4, "seed": 9, "variant": "fp16", "backend": "auto"}
+    r = resolve(dict(form, model=""), webgpu=[True, ""])  # nothing typed: the catalogue's default model
+    assert r["settings"]["model"] == next(m["repo"] for m in catalogue.models() if m.get("default"))
+    r = resolve(dict(form, model="not a repo id"), webgpu=[True, ""])
+    assert r["error"] == "ConfigError" and r["field"] == "model" and "owner/name" in r["message"]
+    r = resolve(dict(form, steps=0), webgpu=[True, ""])
+    assert r["field"] == "steps"
+    r = resolve(form, webgpu=[False, "no navigator.gpu"])
+    s = r["settings"]
+    assert s["backend"] == "numpy" and s["precision"] is None and s["width"] is None and r["notes"] == []
+    texts, _ = _browser_inputs(sd1_tiny)
+    info = ModelFolder(sd1_tiny)
+    r = resolve(s, texts, weight_bytes=info.weight_bytes("fp16"))
+    want = Pipeline(info).info
+    assert (r["settings"]["width"], r["settings"]["scheduler"]) == (want.default_size, want.default_scheduler)
+    assert r["settings"]["precision"] == "fp32"  # a tiny model on NumPy: upcast once
+    r = resolve(dict(s, width=100), texts, weight_bytes=1)
+    assert r["field"] == "width" and f"multiple of {want.size_multiple}" in r["message"]
+    r = resolve(dict(s, backend="webgpu"), webgpu=[False, "this browser lacks JSPI"])
+    assert r["notes"] == ["WebGPU is not available here (this browser lacks JSPI); falling back to the NumPy backend"]
+    r = resolve(s, dict(texts, **{"unet/config.json": "{"}))
+    assert r["error"] == "ModelError" and "test/sd1-tiny/unet/config.json is not valid JSON" in r["message"]
+
+
+def test_catalogue_json_is_the_catalogue():
+    assert json.loads(browser.catalogue_json()) == catalogue.load()
+    assert sum(bool(m.get("default")) for m in catalogue.models()) == 1

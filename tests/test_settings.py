@@ -1,0 +1,160 @@
+"""sdweb.settings: one resolve() fills every default and checks every field, naming the bad one.
+
+References: diffusers for what a model's own defaults are (its pipeline's default size and the
+scheduler class it ships), NumPy for which seeds are valid, the catalogue (models.json) for the
+known models' kinds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sdweb import catalogue, settings
+from sdweb.errors import ConfigError
+from sdweb.model import ModelFolder
+from sdweb.schedulers import SCHEDULERS
+from sdweb.settings import ModelInfo, resolve
+
+REAL = Path(__file__).parent / "data" / "real-configs"
+DIFFUSERS_NAME = {"DDIMScheduler": "ddim", "PNDMScheduler": "pndm", "EulerDiscreteScheduler": "euler",
+                  "EulerAncestralDiscreteScheduler": "euler-a", "DPMSolverMultistepScheduler": "dpm++2m",
+                  "LCMScheduler": "lcm", "DDPMScheduler": "ddpm"}
+
+
+def real_info(model: str, weight_bytes=None) -> ModelInfo:
+    cfg = {c: json.loads((REAL / model / c / name).read_text()) for c, name in (
+        ("unet", "config.json"), ("vae", "config.json"), ("scheduler", "scheduler_config.json"),
+        ("text_encoder", "config.json"))}
+    return ModelInfo.from_configs(model, weight_bytes=weight_bytes, **cfg)
+
+
+def bad(request, field, *needles, model=None, **kw):
+    with pytest.raises(ConfigError) as e:
+        resolve(request, model, **kw)
+    assert e.value.field == field, e.value
+    for n in needles:
+        assert n in str(e.value), (n, str(e.value))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("fixture", ["sd1_tiny", "sd2_tiny", "nomid_tiny"])
+def test_model_defaults_are_what_diffusers_uses(request, diffusers_pipe, fixture):
+    folder = request.getfixturevalue(fixture)
+    pipe = diffusers_pipe(folder)
+    info = ModelInfo.of(ModelFolder(folder))
+    assert info.vae_scale_factor == pipe.vae_scale_factor
+    assert info.default_size == pipe.unet.config.sample_size * pipe.vae_scale_factor  # diffusers' default height
+    assert info.default_scheduler == DIFFUSERS_NAME[type(pipe.scheduler).__name__]
+    assert info.text_layers == pipe.text_encoder.config.num_hidden_layers
+    s = resolve({"prompt": "x", "seed": 1}, info)
+    assert (s.width, s.height, s.scheduler) == (info.default_size, info.default_size, info.default_scheduler)
+
+
+def test_real_models():
+    for model in ("stable-diffusion-v1-5", "stable-diffusion-2-1-base"):
+        info = real_info(model)
+        assert (info.default_size, info.size_multiple, info.default_scheduler) == (512, 64, "pndm"), model
+    assert real_info("stable-diffusion-2-1-base").text_layers == 23
+    bad({"width": 520}, "width", "width 520 is not allowed: use a multiple of 64 between 64 and 2048",
+        "this model's default is 512", model=real_info("stable-diffusion-v1-5"))
+    bad({"clip_skip": 12}, "clip_skip", "clip_skip 12 is out of range: use 0 to 11 (this text encoder has 12 layers)",
+        model=real_info("stable-diffusion-v1-5"))
+    assert resolve({"clip_skip": 11}, real_info("stable-diffusion-v1-5")).clip_skip == 11
+
+
+def test_steps_and_guidance_by_model_kind():
+    kinds = catalogue.kinds()
+    for m in catalogue.models():
+        s = resolve({"model": m["repo"]})
+        assert (s.steps, s.guidance) == (kinds[m["kind"]]["steps"], kinds[m["kind"]]["guidance"]), m["repo"]
+    assert catalogue.find("stabilityai/sd-turbo")["kind"] == "turbo"
+    # the catalogue knows a model by its repo id or a folder named after it; any other by its own name
+    assert settings.model_kind("weights/stabilityai/sd-turbo") == "turbo"
+    assert settings.model_kind("someone/SDXS-Turbo-512") == "turbo"
+    assert settings.model_kind("/home/turbo/models/my-sd15") == "sd"  # only the model's own name counts
+    assert settings.model_kind("") == "sd"
+    assert (resolve({}).steps, resolve({}).guidance) == (kinds["sd"]["steps"], kinds["sd"]["guidance"])
+    assert (resolve({"model": "a/turbo", "steps": 4, "guidance": 1.5}).steps,
+            resolve({"model": "a/turbo", "guidance": 1.5}).guidance) == (4, 1.5)
+
+
+def test_seed():
+    assert resolve({"seed": 0}).seed == 0
+    top = resolve({"seed": settings.MAX_SEED}).seed
+    np.random.default_rng(top).standard_normal(1)  # NumPy takes the largest seed allowed
+    with pytest.raises(ValueError):
+        np.random.default_rng(-1)
+    bad({"seed": -1}, "seed", "seed -1 is out of range: use 0 to 4294967295")
+    bad({"seed": 2**32}, "seed", "seed 4294967296 is out of range")
+    bad({"seed": 1.5}, "seed", "seed 1.5 is not a whole number")
+    bad({"seed": "7"}, "seed", "not a whole number")
+    drawn = {resolve({}).seed for _ in range(20)}
+    assert len(drawn) > 1 and all(0 <= d < settings.RANDOM_SEEDS for d in drawn)
+
+
+def test_every_field_is_checked_and_named():
+    bad({"steps": 0}, "steps", "steps 0 is out of range: use 1 to 1000")
+    bad({"steps": 1001}, "steps", "steps 1001")
+    bad({"steps": True}, "steps", "not a whole number")
+    bad({"guidance": -1.0}, "guidance", "guidance -1.0 is not allowed")
+    bad({"guidance": float("nan")}, "guidance", "guidance nan")
+    bad({"scheduler": "heun"}, "scheduler", "'heun'", ", ".join(SCHEDULERS))
+    bad({"width": 4096}, "width", "width 4096 is out of range: use at most 2048 pixels")
+    bad({"height": 0}, "height", "height 0 is out of range")
+    bad({"num_images": 0}, "num_images", "num_images 0 is out of range: use 1 to 16")
+    bad({"num_images": 1_000_000}, "num_images", "num_images 1000000")
+    bad({"clip_skip": -1}, "clip_skip", "clip_skip -1")
+    bad({"precision": "int8"}, "precision", "'int8'", "fp16")
+    bad({"variant": "a/b"}, "variant", "variant 'a/b'")
+    bad({"backend": "cuda"}, "backend", "'cuda'", "auto, numpy or webgpu")
+    bad({"preview_every": 0}, "preview_every", "preview_every 0 is out of range: use 1 to 1000")
+    bad({"preview_every": -2}, "preview_every", "preview_every -2")
+    bad({"prompt": 3}, "prompt", "prompt should be text")
+    bad({"stpes": 3}, "stpes", "unknown setting 'stpes'")
+    # "" and None mean the default, as an empty form field does
+    assert resolve({"steps": "", "seed": None, "scheduler": ""}).scheduler is None
+
+
+def test_resolving_twice_changes_nothing():
+    info = real_info("stable-diffusion-v1-5", weight_bytes=2_132_605_510)
+    first = resolve({"model": "stable-diffusion-v1-5/stable-diffusion-v1-5", "variant": "fp16", "backend": "auto"},
+                    webgpu=(False, "no adapter"))
+    assert first.width is None and first.scheduler is None and first.precision is None and first.backend == "numpy"
+    full = resolve(first.as_request(), info)
+    assert full == dataclasses.replace(first, width=512, height=512, scheduler="pndm", precision="fp16")
+    assert resolve(full.as_request(), info) == full
+
+
+def test_precision_follows_the_files_backend_and_size():
+    small, big = real_info("stable-diffusion-v1-5", 100 << 20), real_info("stable-diffusion-v1-5", 2_000_000_000)
+    assert resolve({"variant": "fp16"}, small).precision == "fp32"  # tiny: upcast once, faster on NumPy
+    assert resolve({"variant": "fp16"}, big).precision == "fp16"
+    assert resolve({"variant": "fp16", "backend": "webgpu"}, small).precision == "fp16"
+    assert resolve({"backend": "webgpu"}, big).precision == "fp32"  # the plain files
+    assert resolve({"variant": "fp16", "precision": "bf16"}, big).precision == "bf16"
+    assert resolve({"variant": "fp16"}).precision is None  # not known before the weights' size is
+
+
+def test_backend_choice():
+    assert resolve({}).backend == "numpy"
+    assert resolve({"backend": "auto"}).backend == "auto"  # not decided without knowing the host
+    assert resolve({"backend": "auto"}, webgpu=(True, "")).backend == "webgpu"
+    s = resolve({"backend": "auto"}, webgpu=(False, "no adapter"))
+    assert s.backend == "numpy" and s.notes == ()
+    s = resolve({"backend": "webgpu"}, webgpu=lambda: (False, "the `wgpu` package is missing"))
+    assert s.backend == "numpy" and s.notes == ("WebGPU is not available here (the `wgpu` package is missing); "
+                                                "falling back to the NumPy backend",)
+    asked = []
+    resolve({"backend": "numpy"}, webgpu=lambda: asked.append(1) or (True, ""))
+    assert not asked  # the host is only probed when WebGPU may be used
+
+
+def test_preview_cadence():
+    assert [resolve({"steps": n}).preview_every for n in (1, 4, 5, 14, 15, 25, 50, 1000)] == \
+        [1, 1, 1, 1, 2, 3, 5, 100]
+    assert resolve({"steps": 50, "preview_every": 7}).preview_every == 7
