@@ -7,7 +7,7 @@
 Every folder is what `StableDiffusionPipeline.from_pretrained(folder)` loads: `model_index.json`,
 `text_encoder/`, `tokenizer/`, `unet/`, `vae/`, `scheduler/`. The three tiny models differ on purpose
 in the ways real checkpoints differ (real configs: tests/data/real-configs/; what the real weight
-files hold: ../shared/data/model-configs/TENSOR_NAMES.md):
+files hold: tests/data/real-configs/TENSOR_NAMES.md):
 
   sd1-tiny    SD 1.x: quick_gelu CLIP whose file names tensors `text_model.*` and carries
               `text_model.embeddings.position_ids` (I64 [1, 77]), as the Hub's SD 1.5 does; UNet with an

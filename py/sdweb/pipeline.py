@@ -6,7 +6,7 @@
     latents / scaling_factor ──vae.decode──► image (N, 3, H, W) ──► uint8 (N, H, W, 3)
 
 Stages load one component, use it and let it go (unless `keep_loaded`), so peak memory holds one
-big component at a time. The noise contract (DESIGN.md): image k of a run with seed S starts from
+big component at a time. The noise contract: image k of a run with seed S starts from
 `default_rng(S + k).standard_normal((1, C, h, w), float32) * init_noise_sigma`, and stochastic
 samplers draw their later noise from the same generators, in step order.
 """
