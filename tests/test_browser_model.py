@@ -53,9 +53,11 @@ def test_browser_model_generates_what_model_folder_does(sd1_tiny, variant):
                                       scheduler="euler-a", guidance=7.5, preview_every=2), progress=events.append)
     ref = Pipeline(ModelFolder(sd1_tiny), precision="fp32", variant=variant).generate(
         "a red cube", steps=4, seed=5, width=TINY, height=TINY, scheduler="euler-a", guidance=7.5)
-    got = np.asarray(Image.open(io.BytesIO(out["png"])).convert("RGB"))
+    [image] = out["images"]
+    got = np.asarray(Image.open(io.BytesIO(image["png"])).convert("RGB"))
     np.testing.assert_array_equal(got, ref.images[0])
-    params = json.loads(Image.open(io.BytesIO(out["png"])).text["parameters"])
+    params = json.loads(Image.open(io.BytesIO(image["png"])).text["sdweb"])
+    assert params == image["settings"]
     assert params["seed"] == 5 and params["model"] == "test/sd1-tiny" and params["variant"] == variant
     # weights came through the byte sources, tensor by tensor, never as one whole-file read
     used = [s for p, s in sources.items() if (".fp16." in p) == bool(variant)]
@@ -149,3 +151,41 @@ def test_resolve_json_checks_the_form_before_and_after_the_configs(sd1_tiny):
 def test_catalogue_json_is_the_catalogue():
     assert json.loads(browser.catalogue_json()) == catalogue.load()
     assert sum(bool(m.get("default")) for m in catalogue.models()) == 1
+
+
+def test_resolve_json_holds_the_page_to_its_batch_limit():
+    from sdweb.settings import MAX_PAGE_IMAGES
+
+    ok = json.loads(browser.resolve_json(json.dumps({"request": {"num_images": MAX_PAGE_IMAGES}})))
+    assert ok["settings"]["num_images"] == MAX_PAGE_IMAGES
+    r = json.loads(browser.resolve_json(json.dumps({"request": {"num_images": MAX_PAGE_IMAGES + 1}})))
+    assert r["error"] == "ConfigError" and r["field"] == "num_images" and f"1 to {MAX_PAGE_IMAGES}" in r["message"]
+
+
+def test_a_batch_gives_each_image_its_seed_and_settings(sd1_tiny):
+    """Image k of a batch is the image its own settings (seed + k, one image) make alone, and its PNG says so."""
+    from PIL import Image
+
+    texts, sources = _browser_inputs(sd1_tiny)
+    pipe = Pipeline(browser.BrowserModel("test/sd1-tiny", texts, sources), keep_loaded=True)
+    out = browser.generate(pipe, dict(prompt="a red cube", steps=2, seed=40, width=TINY, height=TINY, num_images=3))
+    assert [i["seed"] for i in out["images"]] == [40, 41, 42]
+    third = out["images"][2]
+    assert json.loads(Image.open(io.BytesIO(third["png"])).text["sdweb"]) == third["settings"]
+    assert third["settings"]["num_images"] == 1
+    alone = browser.generate(pipe, third["settings"])["images"][0]
+    a, b = (np.asarray(Image.open(io.BytesIO(x["png"])).convert("RGB"), dtype=np.float64) for x in (third, alone))
+    assert np.abs(a - b).max() <= 1  # batched and single matmuls may round differently in the last bit
+
+
+def test_png_settings_json_reads_what_the_page_writes_and_names_a_bad_file(sd1_tiny):
+    texts, sources = _browser_inputs(sd1_tiny)
+    pipe = Pipeline(browser.BrowserModel("test/sd1-tiny", texts, sources))
+    image = browser.generate(pipe, dict(prompt="a red cube", negative_prompt="fog", steps=1, seed=9, width=TINY,
+                                        height=TINY, scheduler="dpm++2m-karras"))["images"][0]
+    r = json.loads(browser.png_settings_json(image["png"]))
+    assert r["source"] == "sdweb" and r["notes"] == []
+    assert r["request"] == {k: v for k, v in image["settings"].items()
+                            if k not in ("backend", "preview_every") and v is not None}
+    r = json.loads(browser.png_settings_json(b"GIF89a not a png"))
+    assert r["error"] == "ConfigError" and "not a PNG" in r["message"]

@@ -51,8 +51,11 @@ def test_generate_writes_the_pipeline_image(sd1_tiny, tmp_path, capsys):
                                                    scheduler="ddim")
     assert np.array_equal(img, want.images[0])
     assert sorted(p.name for p in inter.iterdir()) == ["step-0001.png", "step-0002.png"]
-    params = json.loads(Image.open(out).text["parameters"])
-    assert params["seed"] == 4 and params["prompt"] == "a red fox in snow"
+    text = Image.open(out).text
+    params = json.loads(text["sdweb"])
+    assert params["seed"] == 4 and params["prompt"] == "a red fox in snow" and params["scheduler"] == "ddim"
+    assert text["parameters"] == ("a red fox in snow\nSteps: 2, Sampler: DDIM, Schedule type: Automatic, CFG scale: "
+                                  f"7.5, Seed: 4, Size: 64x48, Model: {sd1_tiny}")
     assert "timings:" in err and "unet" in err
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
 

@@ -20,7 +20,8 @@ wasm heap.
 The worker decides nothing itself; it calls, in order: `catalogue_json` (the model picker, on
 start), `resolve_json` (settings.resolve on the form: before anything is fetched, and again with
 the model's configs before its weights are), `plan_json` (layout.plan over what web/hub.js has
-found of the repo, round by round) and `worker_generate` (one image). Nothing here imports `js` at
+found of the repo, round by round) and `worker_generate` (one run: 1 to MAX_PAGE_IMAGES images);
+`png_settings_json` reads the settings of a PNG dropped on the page. Nothing here imports `js` at
 module level: the module runs (and is tested) in CPython as well.
 """
 
@@ -36,9 +37,10 @@ import numpy as np
 
 from . import catalogue, layout
 from .backends.bridges.js import JsDeviceBridge, settle
-from .errors import ModelError, SdwebError
+from .errors import ConfigError, ModelError, SdwebError
+from .infotext import image_settings, png_text, read_png
 from .model import FolderFiles, ModelFolder
-from .settings import ModelInfo, resolve
+from .settings import MAX_PAGE_IMAGES, ModelInfo, resolve
 from .weights import WeightStore, open_store
 
 
@@ -144,12 +146,13 @@ class Session:
 
 
 def generate(pipe, request: dict, *, progress=None, cancel=None) -> dict:
-    """One image from `request` (settings.FIELDS; absent -> the default; precision, variant and
-    backend are the pipeline's) -> {png: bytes, seed, timings, settings, truncated_tokens}.
+    """The images of `request` (settings.FIELDS; absent -> the default; precision, variant and
+    backend are the pipeline's) -> {images: [{png: bytes, seed, settings}], seed, timings, settings,
+    truncated_tokens}: image k has seed + k, and its PNG carries its own settings (infotext.png_text).
 
     `progress(event: dict)` gets {stage, step, total, elapsed, component?, timestep?} and, every
-    `preview_every` UNet steps, `preview` (PNG bytes of the latents through preview.latents_to_rgb);
-    `cancel()` returning true stops the run between steps with errors.Cancelled.
+    `preview_every` UNet steps, `preview` (PNG bytes of the first image's latents through
+    preview.latents_to_rgb); `cancel()` returning true stops the run between steps with errors.Cancelled.
     """
     from .preview import latents_to_rgb
 
@@ -171,10 +174,13 @@ def generate(pipe, request: dict, *, progress=None, cancel=None) -> dict:
 
     t0 = time.perf_counter()
     result = pipe.generate(**s.run_args(), progress=on_progress, cancel=cancel)
-    out = dict(result.settings, seed=result.seeds[0], model=pipe.folder.name)
-    png = png_bytes(result.images[0], {"parameters": json.dumps(out)})
+    run = dict(s.as_request(), **result.settings, model=pipe.folder.name)
+    images = []
+    for k, image in enumerate(result.images):
+        own = image_settings(run, k)
+        images.append({"png": png_bytes(image, png_text(own)), "seed": own["seed"], "settings": own})
     timings = dict(result.timings, png=time.perf_counter() - t0 - result.timings["total"])
-    return {"png": png, "seed": result.seeds[0], "timings": timings, "settings": out,
+    return {"images": images, "seed": result.seeds[0], "timings": timings, "settings": run,
             "truncated_tokens": result.truncated_tokens}
 
 
@@ -191,6 +197,16 @@ def _error(e: SdwebError) -> dict:
 def catalogue_json() -> str:
     """models.json, for the page's model picker."""
     return json.dumps(catalogue.load())
+
+
+def png_settings_json(data) -> str:
+    """A PNG dropped on the page (its bytes) -> {"request": {settings.FIELDS found}, "notes": [...],
+    "source": "sdweb" | "parameters"} (infotext.read_png) or {"error", "message", "field"}."""
+    try:
+        r = read_png(data.to_bytes() if hasattr(data, "to_bytes") else data)
+        return json.dumps({"request": r.request, "notes": list(r.notes), "source": r.source})
+    except SdwebError as e:
+        return json.dumps(_error(e))
 
 
 def plan_json(job_json: str) -> str:
@@ -233,6 +249,9 @@ def resolve_json(job_json: str, texts=None) -> str:
                 c: _config(texts, repo, c) for c in ("unet", "vae", "scheduler", "text_encoder")})
         webgpu = job.get("webgpu")
         s = resolve(request, model, webgpu=None if webgpu is None else tuple(webgpu))
+        if s.num_images > MAX_PAGE_IMAGES:
+            raise ConfigError(f"num_images {s.num_images} is too many for the page: use 1 to {MAX_PAGE_IMAGES} "
+                              "(every image of a batch is held in memory at once)", "num_images")
         return json.dumps({"settings": s.as_request(), "notes": list(s.notes)})
     except SdwebError as e:
         return json.dumps(_error(e))
@@ -263,7 +282,7 @@ def worker_generate(job_json: str, texts, sources, post, cancel, bridge=None):
 
     job_json: {key, device, settings} with settings as resolve_json returned them; texts: JS object
     path -> text; sources: JS Map path -> {size, name, key, read(offset, length)}; post(event):
-    progress sink; cancel() -> bool. Returns a JS object: {png, seed, timings, settings} or {error,
+    progress sink; cancel() -> bool. Returns a JS object: generate's {images, seed, timings, settings} or {error,
     message, field} or {cancelled: true}. Never raises: the page must stay usable whatever happens here.
     """
     from .errors import Cancelled

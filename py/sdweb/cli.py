@@ -52,10 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     g = sub.add_parser("generate", help="make an image from a prompt")
-    g.add_argument("--model", required=True, help="model folder, or Hub repo id found under ./weights/")
-    g.add_argument("--prompt", required=True)
+    g.add_argument("--model", help="model folder, or Hub repo id found under ./weights/ (required unless "
+                                    "--settings-from names one)")
+    g.add_argument("--prompt", help="the prompt (required unless --settings-from)")
     # Defaults and limits are settings.py's: a flag left out is None, which means "the default".
-    g.add_argument("--negative-prompt", default="")
+    g.add_argument("--negative-prompt", default=None)
     g.add_argument("--steps", type=_int, default=None,
                    help=f"denoising steps, 1 to {settings.MAX_STEPS} (default by model kind: {_by_kind('steps')})")
     g.add_argument("--guidance", type=float, default=None,
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-intermediates", metavar="DIR", default=None,
                    help="write a preview PNG of the latents every --preview-every steps into DIR")
     g.add_argument("--preview-every", type=_int, default=None, help="steps between previews (default: about ten a run)")
+    g.add_argument("--settings-from", metavar="FILE.png", default=None,
+                   help="start from the settings a PNG carries (sdweb's, or AUTOMATIC1111's `parameters`); "
+                        "flags given as well override them")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     i = sub.add_parser("info", help="check a model folder and summarise its components")
@@ -200,14 +204,38 @@ def _webgpu_available() -> tuple[bool, str]:
 
 
 def _request(args) -> dict:
-    """The generate flags as a settings request (settings.FIELDS)."""
-    return dict(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
-                guidance=args.guidance, seed=args.seed, scheduler=args.scheduler, width=args.width,
-                height=args.height, num_images=args.num_images, clip_skip=args.clip_skip, precision=args.precision,
-                variant=args.variant, backend=args.backend, preview_every=args.preview_every)
+    """The generate flags as a settings request (settings.FIELDS), over the settings of
+    --settings-from's PNG where a flag is left out."""
+    flags = dict(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
+                 guidance=args.guidance, seed=args.seed, scheduler=args.scheduler, width=args.width,
+                 height=args.height, num_images=args.num_images, clip_skip=args.clip_skip, precision=args.precision,
+                 variant=args.variant, backend=args.backend, preview_every=args.preview_every)
+    request = {}
+    if args.settings_from is not None:
+        from .infotext import read_png
+
+        path = Path(args.settings_from)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"--settings-from {path}: {e.strerror or e}") from None
+        try:
+            restored = read_png(data)
+        except ConfigError as e:
+            raise ConfigError(f"--settings-from {path}: {e}", e.field) from None
+        for note in restored.notes:
+            print(f"sdweb: {path}: {note}", file=sys.stderr)
+        request = dict(restored.request)
+    request.update({k: v for k, v in flags.items() if v is not None})
+    if not request.get("model"):
+        raise ConfigError("--model is required (or --settings-from a PNG that names a model)", "model")
+    if request.get("prompt") is None:
+        raise ConfigError("--prompt is required (or --settings-from a PNG that carries one)", "prompt")
+    return request
 
 
 def cmd_generate(args) -> int:
+    from .infotext import image_settings, png_text
     from .model import resolve_model
     from .pipeline import Pipeline
     from .preview import latents_to_rgb
@@ -222,7 +250,7 @@ def cmd_generate(args) -> int:
             raise ConfigError(f"--save-intermediates {inter} exists and is not a folder")
         _check_writable_dir(inter if inter.is_dir() else (inter.parent if str(inter.parent) else Path(".")),
                             f"--save-intermediates {inter}")
-    folder = resolve_model(args.model)
+    folder = resolve_model(s.model)
     info = ModelInfo.of(folder, weight_bytes=folder.weight_bytes(s.variant))
     s = resolve(s.as_request(), info, webgpu=_webgpu_available)
     for note in s.notes:
@@ -250,8 +278,8 @@ def cmd_generate(args) -> int:
     result = pipe.generate(**s.run_args(), progress=progress)
     bar.close()
     for k, path in enumerate(outputs):
-        params = dict(result.settings, seed=result.seeds[k], model=folder.name)
-        _save_image(result.images[k], path, {"parameters": json.dumps(params)})
+        # the model as it was named (a repo id stays a repo id, which other machines can resolve)
+        _save_image(result.images[k], path, png_text(image_settings(dict(result.settings, model=s.model), k)))
         print(f"wrote {path} (seed {result.seeds[k]})", file=sys.stderr)
     if result.truncated_tokens:
         print(f"note: the prompt was cut to 75 tokens; {result.truncated_tokens} tokens were dropped",

@@ -21,7 +21,7 @@ Defaults and limits:
     scheduler         the model's own (its scheduler_config.json); one of schedulers.SCHEDULERS
     width, height     the model's (UNet sample_size x VAE scale factor: 512 for SD 1.5); a multiple
                       of ModelInfo.size_multiple (64 for SD) up to 2048
-    num_images        1; 1 to 16
+    num_images        1; 1 to 16 (the page: 1 to MAX_PAGE_IMAGES, 8, checked by browser.resolve_json)
     clip_skip         0; 0 to the text encoder's layer count - 1
     variant           the plain files, falling back to fp16 (layout.variant_order); "plain"/"fp32"
                       name the plain files
@@ -56,6 +56,7 @@ BACKENDS = ("numpy", "webgpu")
 MAX_STEPS = 1000
 MAX_SIDE = 2048  # pixels; beyond this a 64x64-trained UNet makes tiled nonsense and memory explodes
 MAX_IMAGES = 16
+MAX_PAGE_IMAGES = 8  # the page's batch: every image is held (and drawn) at once, in a 4 GiB wasm heap
 MAX_SEED = 2**32 - 1
 RANDOM_SEEDS = 2**31  # a random seed is drawn below this: short to read and to type back
 FP16_ABOVE = 256 << 20  # bytes of fp16 weights above which NumPy holds them as fp16
