@@ -10,7 +10,9 @@ Writes (all gitignored):
     web/vendor/pyodide/    pyodide.js/.mjs, pyodide.asm.js/.wasm, python_stdlib.zip, pyodide-lock.json
                            (from npm pyodide@0.27.7) and the wheels numpy, pillow, micropip, packaging
     web/vendor/wheels/     sdweb-<version>-py3-none-any.whl (with sdweb/shaders/*.wgsl, models.json) and
-                           manifest.json naming it
+                           manifest.json: the wheel's name and sha256, the Pyodide version, and `files`,
+                           every vendored file the page loads (web/sw.js caches them for offline use,
+                           under a cache named after the Pyodide version and the wheel's sha256)
 
 Sources, in order: the npm package comes from `node_modules/pyodide` when `npm install` put it there,
 else `npm pack pyodide@0.27.7`. The four wheels come from the official Pyodide CDN when it answers,
@@ -208,7 +210,8 @@ def build_sdweb_wheel(force: bool = False):
     stamp = _sources_stamp()
     try:
         old = json.loads(manifest.read_text())
-        if not force and old.get("sources") == stamp and (WHEELS_DIR / old["sdweb"]).is_file():
+        if not force and old.get("sources") == stamp and (WHEELS_DIR / old["sdweb"]).is_file() and \
+                old.get("files") == vendored_files(old["sdweb"]):
             return
     except (OSError, ValueError, KeyError):
         pass
@@ -232,8 +235,20 @@ def build_sdweb_wheel(force: bool = False):
             old_wheel.unlink()
         shutil.copyfile(wheels[0], WHEELS_DIR / wheels[0].name)
         digest = sha256(WHEELS_DIR / wheels[0].name)
-    manifest.write_text(json.dumps({"sdweb": wheels[0].name, "sha256": digest, "sources": stamp}, indent=1) + "\n")
+    manifest.write_text(json.dumps({"sdweb": wheels[0].name, "sha256": digest, "sources": stamp,
+                                    "pyodide": PYODIDE_VERSION, "files": vendored_files(wheels[0].name)}, indent=1) + "\n")
     log(f"built {wheels[0].name}")
+
+
+def vendored_files(wheel: str) -> list[str]:
+    """What the page loads from web/vendor/, as paths relative to web/: Pyodide's runtime files, the
+    wheels of PACKAGES and the sdweb wheel (the service worker caches exactly these)."""
+    files = [f"vendor/pyodide/{f}" for f in CORE_FILES if f != "package.json"]
+    try:
+        files += sorted(f"vendor/pyodide/{e['file_name']}" for e in lock_entries().values())
+    except (OSError, ValueError):  # Pyodide not vendored yet: `check` says so
+        pass
+    return files + [f"vendor/wheels/{wheel}"]
 
 
 def check() -> list[str]:

@@ -159,27 +159,35 @@ class Page:
         for k, v in fields.items():
             self.page.fill(f"#{k.replace('_', '-')}", str(v))
 
-    def generate(self, timeout=90_000, **fields) -> dict:
-        """Fill the form, click Generate, wait for a new history entry or an error. Returns
-        {"ok": True, "png": ndarray, "settings": {...}} or {"ok": False, "kind", "text"}."""
+    def generate(self, timeout=90_000, key=None, **fields) -> dict:
+        """Fill the form, click Generate (or press `key`), wait for a new result or an error. Returns
+        {"ok": True, "png": ndarray, "bytes": the PNG file, "settings": {...}} or {"ok": False, "kind", "text"}."""
         defaults = dict(prompt="a red cube on a table", steps=4, guidance=7.5, seed=1234, width=TINY, height=TINY)
         self.fill(**dict(defaults, **fields))
-        n = self.page.locator("#history figure").count()
-        self.page.click("#generate")
+        n = int(self.page.get_attribute("#result", "data-run") or 0)
+        if key:
+            self.page.keyboard.press(key)
+        else:
+            self.page.click("#generate")
         self.page.wait_for_function(
-            f"document.querySelectorAll('#history figure').length > {n} || !document.getElementById('error').hidden",
+            f"Number(document.getElementById('result').dataset.run || 0) > {n} || !document.getElementById('error').hidden",
             timeout=timeout)
         if not self.page.locator("#error").is_hidden():
             return {"ok": False, "kind": self.page.get_attribute("#error", "data-kind"),
                     "text": self.page.inner_text("#error")}
-        src = self.page.get_attribute("#result", "src")
-        assert src.startswith("data:image/png;base64,")
+        return dict(self.shown(), ok=True)
+
+    def shown(self) -> dict:
+        """The image the page shows: {"png": ndarray, "bytes": its PNG file, "settings": {...}}."""
         import base64
 
         from PIL import Image
 
-        img = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
-        return {"ok": True, "png": img, "settings": json.loads(self.page.get_attribute("#result", "data-settings"))}
+        src = self.page.get_attribute("#result", "src")
+        assert src.startswith("data:image/png;base64,")
+        data = base64.b64decode(src.split(",", 1)[1])
+        return {"png": np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), "bytes": data,
+                "settings": json.loads(self.page.get_attribute("#result", "data-settings"))}
 
     def close(self):
         self.page.close()
@@ -245,11 +253,11 @@ def test_page_image_equals_cli(shared_context, page_server, page_hub, tmp_path):
         ref = cli_image(page_hub.repo_dir(repo), s, tmp_path)
         assert r["png"].shape == ref.shape == (s["height"], s["width"], 3)
         assert psnr(r["png"], ref) >= 40, f"{repo} {s['scheduler']}: PSNR {psnr(r['png'], ref):.1f} dB"
-    # the page shows seed and timings, a download link and the session's history
+    # the page shows seed and timings, a download link and the gallery
     info = p.page.inner_text("#result-info")
     assert "seed 1234" in info and "denoise" in info
-    assert p.page.get_attribute("#download-png", "href").startswith("data:image/png")
-    assert p.page.locator("#history figure").count() == 3
+    assert p.page.get_attribute("#download-png", "href").startswith("blob:")
+    assert p.page.locator("#gallery figure").count() == 3
     assert "test/sd2-tiny" in p.page.inner_text("#cache")
     # on NumPy the weights are read into Python: the worker's count of bytes handed over sees them
     io = p.page.workers[0].evaluate("self.sdweb.last.io")

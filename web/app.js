@@ -1,9 +1,12 @@
 // The page's thread: the form, progress, results, history and the stored-models panel. All the
 // work (Python, downloads, storage writes) happens in worker.js, so this thread never blocks. It
 // decides no setting: an empty field means "the default", and Python (sdweb.settings, through the
-// worker) fills in and checks every one; the model picker is Python's catalogue (models.json).
+// worker) fills in and checks every one; the model picker is Python's catalogue (models.json). The
+// workspace around a run (gallery, reuse, share links, seeds, dropped PNGs, keys) is workspace.js.
 
 import { ChunkStore, fmtBytes } from "./store.js";
+import { Workspace } from "./workspace.js";
+import { registerOffline } from "./offline.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -11,9 +14,10 @@ const DEFAULT_ENDPOINT = "https://huggingface.co";
 
 const state = {
   worker: null, ready: false, busy: false, runId: 0, cancelTimer: null, cancelFlag: null,
-  env: {}, gpu: null, catalogue: null, backend: null, resolveId: 0, localModels: [], history: [], started: 0,
-  stageStart: {}, lastTimings: null, pending: null,
+  env: {}, gpu: null, catalogue: null, backend: null, resolveId: 0, localModels: [], started: 0,
+  stageStart: {}, lastTimings: null, pending: null, results: 0,
 };
+let workspace = null;
 
 // --- environment -----------------------------------------------------------------------------------
 
@@ -24,7 +28,7 @@ function request() {
     model: $("model").value.trim().replace(/^https?:\/\/huggingface\.co\//, "").replace(/\/+$/, ""),
     prompt: $("prompt").value, negative_prompt: $("negative-prompt").value, steps: num("steps"),
     guidance: num("guidance"), seed: num("seed"), scheduler: $("scheduler").value, width: num("width"),
-    height: num("height"), variant: $("variant").value, backend: $("backend").value,
+    height: num("height"), num_images: num("num-images"), variant: $("variant").value, backend: $("backend").value,
   };
 }
 
@@ -107,6 +111,7 @@ function onWorkerMessage(m) {
       state.env = m;
       state.gpu = m.gpu;
       if (!state.catalogue) showCatalogue(m.catalogue);
+      $("num-images").max = m.maxImages;
       showDefaults(m.resolved);
       setEnv(`Ready · Python ${m.pyodide} · NumPy ${m.numpy} · ${m.seconds.toFixed(1)} s to start`, "ready");
       if (!state.busy) $("status").textContent = "";
@@ -131,6 +136,7 @@ function onWorkerMessage(m) {
       $("status").textContent = "Cancelled. Nothing was lost: downloaded files are kept.";
       break;
     case "error": fail(m); break;
+    case "png-settings": workspace.onPngSettings(m); break;
   }
 }
 
@@ -301,24 +307,27 @@ async function onResult(m) {
   const load = Object.entries(m.timings).filter(([k]) => k.startsWith("load_")).reduce((a, [, v]) => a + v, 0);
   document.querySelector('#progress [data-stage="load"] .detail').textContent = fmtTime(load);
   finish();
-  const url = await dataUrl(m.png);
-  const img = $("result");
-  img.src = url;
-  img.hidden = false;
-  $("preview").hidden = true;
-  $("placeholder").hidden = true;
-  const t = m.timings;
   const total = (performance.now() - state.started) / 1000;
-  const s = m.settings;
-  const entry = { url, seed: m.seed, settings: s, timings: t, total, when: new Date(), gpu: m.gpu };
-  state.history.unshift(entry);
-  img.dataset.settings = JSON.stringify(s);
-  img.classList.toggle("small", Math.max(s.width, s.height) < 256);
-  showInfo(entry);
-  renderHistory(0);
+  // every image of the run goes into the gallery (IndexedDB) and the run's grid; the first is shown
+  const entries = await workspace.addRun(m.images, { timings: m.timings, total, gpu: m.gpu || null });
+  await showImage(entries[0]);
+  state.results += 1;
+  $("result").dataset.run = state.results;
   $("status").textContent = m.truncated_tokens
     ? `Done. Note: the prompt was cut to 75 tokens (${m.truncated_tokens} dropped).` : "Done.";
-  state.lastTimings = t;
+  state.lastTimings = m.timings;
+}
+
+// A gallery entry ({png: Blob, seed, settings, timings, total, gpu}) as the big image, with its info.
+async function showImage(e) {
+  const img = $("result");
+  img.src = await dataUrl(e.png);
+  img.hidden = false;
+  img.dataset.settings = JSON.stringify(e.settings);
+  img.classList.toggle("small", Math.max(e.settings.width, e.settings.height) < 256);
+  $("preview").hidden = true;
+  $("placeholder").hidden = true;
+  showInfo(e);
 }
 
 function showInfo(e) {
@@ -332,31 +341,11 @@ function showInfo(e) {
     `total ${fmtTime(e.total)} · load ${fmtTime(load)} · text encoder ${fmtTime(t.text_encoder)} · ` +
     `denoise ${fmtTime(t.unet)} (${fmtTime(t.unet / Math.max(1, steps))}/step) · decode ${fmtTime(t.vae)}`;
   const a = $("download-png");
-  a.href = e.url;
+  if (a.href.startsWith("blob:")) URL.revokeObjectURL(a.href);
+  a.href = URL.createObjectURL(e.png);
   a.download = `sdweb-${e.seed}.png`;
   a.hidden = false;
-}
-
-function renderHistory(current) {
-  const h = $("history");
-  h.innerHTML = "";
-  state.history.forEach((e, i) => {
-    const fig = document.createElement("figure");
-    if (i === current) fig.className = "current";
-    const img = document.createElement("img");
-    img.src = e.url;
-    img.alt = e.settings.prompt;
-    const cap = document.createElement("figcaption");
-    cap.textContent = `${e.seed} · ${e.settings.prompt || "(no prompt)"}`;
-    fig.title = `${e.settings.prompt}\nseed ${e.seed}, ${e.settings.steps} steps, ${e.settings.scheduler}`;
-    fig.append(img, cap);
-    fig.onclick = () => {
-      $("result").src = e.url; $("result").hidden = false;
-      $("result").classList.toggle("small", Math.max(e.settings.width, e.settings.height) < 256); $("preview").hidden = true; $("placeholder").hidden = true;
-      showInfo(e); renderHistory(i);
-    };
-    h.append(fig);
-  });
+  workspace.shown(e);
 }
 
 // --- errors ----------------------------------------------------------------------------------------
@@ -419,7 +408,10 @@ async function refreshCache() {
     if (!models.length) tb.innerHTML = `<tr><td class="hint">No models stored yet: the first Generate downloads one.</td></tr>`;
     if (navigator.storage && navigator.storage.estimate) {
       const est = await navigator.storage.estimate();
-      $("storage").textContent = `This site uses ${fmtBytes(est.usage)} of ${fmtBytes(est.quota)} the browser allows it.`;
+      const weights = models.reduce((a, m) => a + m.bytes, 0);
+      const g = await workspace.usage();
+      $("storage").textContent = `Models ${fmtBytes(weights)} · gallery ${g.count} image${g.count === 1 ? "" : "s"}, ` +
+        `${fmtBytes(g.bytes)} · this site uses ${fmtBytes(est.usage)} of ${fmtBytes(est.quota)} the browser allows it.`;
     }
   } catch (e) {
     $("storage").textContent = `Browser storage is unavailable: ${e.message || e}`;
@@ -480,7 +472,7 @@ async function loadLocalModels() {
 
 function init() {
   // URL parameters preset the form: ?model= ?endpoint= ?backend= (and any other field by its id)
-  for (const id of ["prompt", "negative-prompt", "steps", "guidance", "seed", "scheduler", "width", "height", "variant"]) {
+  for (const id of ["prompt", "negative-prompt", "steps", "guidance", "seed", "scheduler", "width", "height", "num-images", "variant"]) {
     if (params.has(id)) $(id).value = params.get(id);
   }
   if (params.has("model")) $("model").value = params.get("model");
@@ -488,7 +480,6 @@ function init() {
   if (params.has("backend")) $("backend").value = ["webgpu", "numpy"].includes(params.get("backend")) ? params.get("backend") : "auto";
   if (params.has("endpoint") || params.has("backend")) $("form").querySelector("details").open = true;
 
-  $("seed-random").onclick = () => { $("seed").value = ""; };
   $("generate").onclick = generate;
   $("cancel").onclick = cancel;
   // a new model brings its own defaults: the fields it sets go back to empty (= the model's)
@@ -500,11 +491,16 @@ function init() {
   $("endpoint").addEventListener("input", updateModelNote);
   $("backend").addEventListener("change", askDefaults);
   $("variant").addEventListener("change", askDefaults);
-  $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate(); });
+  workspace = new Workspace({
+    generate, cancel, showImage, refreshStorage: refreshCache, askDefaults, updateModelNote,
+    busy: () => state.busy,
+    readPng: (bytes, rid) => state.worker.postMessage({ type: "png-settings", rid, bytes }, [bytes]),
+  });
   updateModelNote();
   startWorker();
   loadLocalModels();
   refreshCache();
+  registerOffline();
 }
 
 init();

@@ -11,11 +11,14 @@
 //                {type: "generate", id, request (settings.FIELDS as typed), endpoint, revision, token}
 //                {type: "cancel"}   (the shared flag is what a busy Python loop sees; this message
 //                                    covers the download phase where the page is not isolated)
-// Messages out:  status {text}, ready {...environment, gpu {ok, adapter, why}, catalogue, resolved},
+//                {type: "png-settings", rid, bytes}   the settings a PNG dropped on the page carries
+// Messages out:  status {text}, ready {...environment, gpu {ok, adapter, why}, catalogue, maxImages, resolved},
 //                resolved {rid, settings, notes | error, message, field}, plan {...}, download {...},
 //                progress {stage, step, total, elapsed, component?, timestep?, preview?}, result {...},
-//                error {kind, message, field?}, cancelled {}, fatal {message}
-// A result carries timings (seconds: Python's load_*, text_encoder, unet, vae, total, png, plus
+//                error {kind, message, field?}, cancelled {}, fatal {message},
+//                png-settings {rid, request, notes, source | error, message}
+// A result carries images [{png, seed, settings}] (image k: seed + k; its PNG holds its settings) and
+// timings (seconds: Python's load_*, text_encoder, unet, vae, total, png, plus
 // download and per-UNet-step unet_step_first, unet_step, unet_step_gpu_wait, unet_step_python),
 // profile {steps: [{ms, gpuWaitMs}]}, io {pythonBytes, pythonReads (weight-file bytes handed to
 // Python), directBytes, directUploads (copied store -> GPU by the bridge), weightFileBytes,
@@ -34,7 +37,7 @@ let gpu = null, gpuGeneration = 0, gpuCap = {}, gpuFacts = { ok: false, why: "no
 // For the console and tests (Playwright's worker.evaluate): the live objects.
 // `last`: the last finished run's {timings, profile, io, gpu} (scripts/bench_browser.py reads it).
 self.sdweb = { get gpu() { return gpu; }, get store() { return store; }, get py() { return py; }, last: null };
-let cancelFlag = null, localCancel = false, busy = false;
+let cancelFlag = null, localCancel = false, busy = false, pngQueue = [];
 const jspi = typeof WebAssembly.Suspending === "function";
 
 const post = (type, data = {}, transfer = []) => self.postMessage({ type, ...data }, transfer);
@@ -59,7 +62,9 @@ async function boot(msg) {
   gpuFacts = await detectGpu();
   post("ready", { seconds: (performance.now() - t0) / 1000, jspi, isolated: self.crossOriginIsolated,
     pyodide: py.version, numpy: py.runPython("import numpy; numpy.__version__"), gpu: gpuFacts,
-    catalogue: JSON.parse(browser.catalogue_json()), resolved: resolveSettings({ request: msg.request }) });
+    catalogue: JSON.parse(browser.catalogue_json()), maxImages: browser.MAX_PAGE_IMAGES,
+    resolved: resolveSettings({ request: msg.request }) });
+  pngSettings();
 }
 
 // Whether the WebGPU backend can run here: an adapter answers, and Python can wait for the GPU
@@ -226,6 +231,7 @@ async function generate(msg) {
       return pyError(id, out);
     }
     out.settings.endpoint = endpoint;
+    for (const image of out.images) image.settings.endpoint = endpoint;
     io.wasmHeapBefore = heap0;
     io.wasmHeap = py._module.HEAP8.length;
     io.weightFileBytes = weightBytes;
@@ -240,7 +246,7 @@ async function generate(msg) {
     out.profile = { steps };
     Object.assign(out.timings, { download: downloadSeconds }, stepSummary(steps));
     self.sdweb.last = { timings: out.timings, profile: out.profile, io, gpu: out.gpu || null, settings: out.settings };
-    post("result", { id, ...out, storeStats: { ...store.stats } }, [out.png.buffer]);
+    post("result", { id, ...out, storeStats: { ...store.stats } }, out.images.map((i) => i.png.buffer));
   } catch (e) {
     if (e instanceof StoreError) {
       if (e.kind === "cancelled") return post("cancelled", { id });
@@ -250,6 +256,17 @@ async function generate(msg) {
     post("error", { id, kind: "internal", message: String(e && e.message || e) });
   } finally {
     busy = false;
+    pngSettings();
+  }
+}
+
+// The PNGs dropped on the page, read by Python (sdweb.infotext through browser.png_settings_json) once
+// it is up and not in a run (a run may be suspended awaiting the GPU: Python must not be re-entered).
+function pngSettings(msg) {
+  if (msg) pngQueue.push(msg);
+  if (!browser || busy) return;
+  for (const m of pngQueue.splice(0)) {
+    post("png-settings", { rid: m.rid, ...JSON.parse(browser.png_settings_json(new Uint8Array(m.bytes))) });
   }
 }
 
@@ -281,5 +298,7 @@ self.onmessage = async (ev) => {
     await generate(msg);
   } else if (msg.type === "cancel") {
     localCancel = true;
+  } else if (msg.type === "png-settings") {
+    pngSettings(msg);
   }
 };
