@@ -511,3 +511,261 @@ def test_webgpu_limits_too_small_are_named(gpu_context, page_server, page_hub):
     assert not r["ok"] and r["kind"] == "limits", r
     assert "token_embedding" in r["text"] and "maxStorageBufferBindingSize" in r["text"], r
     p.close()
+
+
+# --- the workspace: gallery, reuse, PNG settings, share links, batches, keys, offline, static build ------
+
+def _png_settings(data: bytes) -> dict:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).text
+
+
+def _drop(page, data: bytes, name: str):
+    """Drop a file on the page as a person would (a DragEvent with a DataTransfer holding it)."""
+    import base64
+
+    page.evaluate("""([b64, name]) => {
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const dt = new DataTransfer();
+      dt.items.add(new File([bytes], name, { type: "image/png" }));
+      document.body.dispatchEvent(new DragEvent("dragover", { dataTransfer: dt, bubbles: true, cancelable: true }));
+      document.body.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+    }""", [base64.b64encode(data).decode(), name])
+    page.wait_for_function("document.getElementById('status').textContent.includes('Settings restored from') || "
+                           "document.getElementById('status').textContent.includes(': ')", timeout=30_000)
+
+
+def test_gallery_keeps_images_across_reloads_and_restores_them(fresh_context, page_server, page_hub, tmp_path):
+    """Two images (one with a random seed, made with Ctrl+Enter), a reload: both are in the gallery with
+    their settings; "restore" on the older one gives the same image again; its PNG carries A1111's
+    parameters (read by sd-parsers too) and sdweb's JSON; dropping it, or an A1111 PNG, fills the form;
+    Escape cancels; delete and clear empty the gallery but keep the models."""
+    from sdweb import infotext
+
+    p = Page(fresh_context, page_server, page_hub, model="test/sd1-tiny")
+    p.page.select_option("#scheduler", "euler-a")
+    first = p.generate(prompt="a red cube, on a table", negative_prompt="blurry", seed=321, key="Control+Enter")
+    assert first["ok"], first
+    # an empty seed: a new random one, shown with the result; the lock then keeps it
+    p.page.click("#seed-lock")  # unlock: the field empties
+    assert p.page.input_value("#seed") == "" and p.page.inner_text("#seed-lock") == "random"
+    second = p.generate(prompt="a green sphere", seed="")
+    assert second["ok"], second
+    seed2 = second["settings"]["seed"]
+    assert seed2 != 321 and f"seed {seed2}" in p.page.inner_text("#result-info")
+    assert p.page.input_value("#seed") == ""  # still random for the next Generate
+    p.page.click("#seed-lock")
+    assert p.page.input_value("#seed") == str(seed2) and p.page.inner_text("#seed-lock") == "locked"
+
+    p.reload()
+    p.page.wait_for_function("document.querySelectorAll('#gallery figure').length === 2")
+    titles = [p.page.get_attribute(f"#gallery figure:nth-child({i})", "title") for i in (1, 2)]
+    assert "a green sphere" in titles[0] and f"seed {seed2}" in titles[0]  # newest first
+    assert "a red cube, on a table" in titles[1] and "seed 321" in titles[1] and "euler-a" in titles[1]
+    assert "gallery 2 images" in p.page.inner_text("#storage")
+
+    # restore the older image's settings into a changed form: Generate makes the same image
+    p.fill(prompt="something else", steps=2, seed=5)
+    p.page.select_option("#scheduler", "ddim")
+    p.page.locator("#gallery figure").nth(1).locator("button[data-action=restore]").click()
+    assert p.page.input_value("#prompt") == "a red cube, on a table" and p.page.input_value("#seed") == "321"
+    assert p.page.input_value("#scheduler") == "euler-a" and p.page.inner_text("#seed-lock") == "locked"
+    p.page.click("#generate")
+    p.page.wait_for_function("Number(document.getElementById('result').dataset.run) === 1", timeout=90_000)
+    again = p.shown()
+    np.testing.assert_array_equal(again["png"], first["png"])
+    # "seed" takes only the seed
+    p.page.fill("#prompt", "kept")
+    p.page.locator("#gallery figure").nth(1).locator("button[data-action=seed]").click()
+    assert p.page.input_value("#seed") == str(seed2) and p.page.input_value("#prompt") == "kept"
+
+    # the PNG the page made carries A1111's parameters and sdweb's exact settings
+    text = _png_settings(first["bytes"])
+    assert infotext.parse_parameters(text["parameters"]).request == {
+        "prompt": "a red cube, on a table", "negative_prompt": "blurry", "steps": 4, "scheduler": "euler-a",
+        "guidance": 7.5, "seed": 321, "width": TINY, "height": TINY, "model": "test/sd1-tiny"}
+    assert json.loads(text["sdweb"])["seed"] == 321
+    sd_parsers = pytest.importorskip("sd_parsers")
+    (tmp_path / "page.png").write_bytes(first["bytes"])
+    info = sd_parsers.ParserManager().parse(str(tmp_path / "page.png"))
+    assert info.generator.name == "AUTOMATIC1111"
+    [sampler] = info.samplers
+    assert [x.value for x in sampler.prompts] == ["a red cube, on a table"]
+    assert [x.value for x in sampler.negative_prompts] == ["blurry"]
+    assert (sampler.name, sampler.parameters["seed"], sampler.parameters["steps"], sampler.parameters["cfg_scale"]) == \
+        ("Euler a", "321", "4", "7.5")
+    assert info.metadata["Size"] == f"{TINY}x{TINY}"
+
+    # dropping that PNG restores the form; so does an A1111 PNG (its checkpoint name is not a repo id)
+    p.fill(prompt="x", negative_prompt="", steps=9, seed=1)
+    _drop(p.page, first["bytes"], "first.png")
+    assert "sdweb's settings" in p.page.inner_text("#status")
+    assert (p.page.input_value("#prompt"), p.page.input_value("#negative-prompt"), p.page.input_value("#steps"),
+            p.page.input_value("#seed"), p.page.input_value("#scheduler")) == \
+        ("a red cube, on a table", "blurry", "4", "321", "euler-a")
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cabin in the woods\nNegative prompt: people\nSteps: 3, Sampler: DPM++ 2M, "
+                  "Schedule type: Karras, CFG scale: 5, Seed: 777, Size: 128x64, Model hash: 6ce0161689, Model: "
+                  "v1-5-pruned-emaonly, Version: v1.10.1")
+    buf = io.BytesIO()
+    Image.new("RGB", (128, 64)).save(buf, format="PNG", pnginfo=info)
+    _drop(p.page, buf.getvalue(), "a1111.png")
+    status = p.page.inner_text("#status")
+    assert "AUTOMATIC1111" in status and "v1-5-pruned-emaonly" in status, status
+    assert (p.page.input_value("#prompt"), p.page.input_value("#steps"), p.page.input_value("#width"),
+            p.page.input_value("#height"), p.page.input_value("#seed"), p.page.input_value("#scheduler"),
+            p.page.input_value("#model")) == ("a cabin in the woods", "3", "128", "64", "777", "dpm++2m-karras",
+                                              "test/sd1-tiny")
+
+    # Escape cancels a run
+    p.fill(prompt="slow", steps=200, width=TINY, height=TINY)
+    p.page.keyboard.press("Control+Enter")
+    p.page.wait_for_function("/step [1-9]/.test(document.querySelector('#progress [data-stage=unet] .detail').textContent)",
+                             timeout=60_000)
+    p.page.keyboard.press("Escape")
+    p.page.wait_for_function("document.getElementById('status').textContent.startsWith('Cancelled')", timeout=10_000)
+
+    # delete one, then clear all (after a confirmation); the stored model stays
+    p.page.locator("#gallery figure").first.locator("button[data-action=delete]").click()
+    p.page.wait_for_function("document.querySelectorAll('#gallery figure').length === 2")
+    p.page.once("dialog", lambda d: d.accept())
+    p.page.click("#gallery-clear")
+    p.page.wait_for_function("document.querySelectorAll('#gallery figure').length === 0")
+    p.reload()
+    assert p.page.locator("#gallery figure").count() == 0 and "test/sd1-tiny" in p.page.inner_text("#cache")
+    assert not [c for c in p.console if c.startswith("pageerror")], p.console
+    p.close()
+
+
+def test_share_link_reproduces_the_image_elsewhere(chromium, page_server, page_hub):
+    """The link holds the image's settings and never the token; opened in another browser profile (no
+    shared storage: another machine, as far as the page can tell) it makes the same image."""
+    a = chromium.new_context()
+    b = chromium.new_context()
+    try:
+        p = Page(a, page_server, page_hub, model="test/sd1-tiny")
+        p.page.fill("#token", "hf_secretSecretSecret")
+        p.page.select_option("#scheduler", "dpm++2m")
+        r = p.generate(prompt="a small boat, at sea", negative_prompt="storm", seed=2024, guidance=4.5, steps=3)
+        assert r["ok"], r
+        p.page.click("#share")
+        link = p.page.input_value("#share-link")
+        assert "secret" not in link and "token" not in link
+        from urllib.parse import parse_qs, urlsplit
+
+        q = {k: v[0] for k, v in parse_qs(urlsplit(link).query).items()}
+        assert q == {"model": "test/sd1-tiny", "prompt": "a small boat, at sea", "negative-prompt": "storm",
+                     "steps": "3", "guidance": "4.5", "seed": "2024", "scheduler": "dpm++2m", "width": str(TINY),
+                     "height": str(TINY), "variant": "fp16", "endpoint": page_hub.url}
+        other = b.new_page()
+        other.goto(link)
+        other.wait_for_function("document.getElementById('env').classList.contains('ready')", timeout=60_000)
+        assert other.input_value("#seed") == "2024" and other.inner_text("#seed-lock") == "locked"
+        other.click("#generate")
+        other.wait_for_function("Number(document.getElementById('result').dataset.run) === 1", timeout=90_000)
+        import base64
+
+        from PIL import Image
+
+        src = other.get_attribute("#result", "src")
+        img = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
+        np.testing.assert_array_equal(img, r["png"])
+    finally:
+        a.close()
+        b.close()
+
+
+def test_batch_of_three_each_with_its_seed(fresh_context, page_server, page_hub, tmp_path):
+    """One Generate, three images in a grid, seeds S, S+1, S+2, each the CLI's image for its seed; the
+    README's screenshot of the page is taken here (tests/artifacts/page-workspace.png)."""
+    p = Page(fresh_context, page_server, page_hub, model="test/sd2-tiny")
+    p.page.select_option("#scheduler", "euler")
+    r = p.generate(prompt="a lighthouse on a cliff at dusk, oil painting", negative_prompt="blurry", seed=500,
+                   **{"num_images": 3})
+    assert r["ok"], r
+    tiles = p.page.locator("#batch figure")
+    assert tiles.count() == 3 and p.page.locator("#gallery figure").count() == 3
+    assert [tiles.nth(k).inner_text() for k in range(3)] == ["seed 500", "seed 501", "seed 502"]
+    for k in range(3):
+        tiles.nth(k).locator("img").click()
+        p.page.wait_for_function(f"JSON.parse(document.getElementById('result').dataset.settings).seed === {500 + k}")
+        shown = p.shown()
+        assert shown["settings"]["num_images"] == 1
+        ref = cli_image(page_hub.repo_dir("test/sd2-tiny"), shown["settings"], tmp_path)
+        assert psnr(shown["png"], ref) >= 40, f"image {k}: PSNR {psnr(shown['png'], ref):.1f} dB"
+    ARTIFACTS.mkdir(exist_ok=True)
+    p.page.screenshot(path=str(ARTIFACTS / "page-workspace.png"), full_page=True)
+    r = p.generate(num_images=9)
+    assert not r["ok"] and r["kind"] == "input" and "1 to 8" in r["text"], r
+    p.close()
+
+
+@pytest.fixture()
+def dist_server(tmp_path):
+    """`npm run build`'s dist/ (scripts/build.py) served by Python's plain static file server, which
+    sends no cross-origin isolation headers; yields (url, stop)."""
+    _load_script("build").build(tmp_path / "dist")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory",
+                             str(tmp_path / "dist")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+
+    def stop():
+        proc.terminate()
+        proc.wait(10)
+
+    yield f"http://127.0.0.1:{port}", stop
+    if proc.poll() is None:
+        stop()
+
+
+def test_dist_served_statically_works_installs_and_reopens_offline(chromium, dist_server, page_hub):
+    """dist/ on a plain static server: the page generates from the (local) Hub, is installable (manifest,
+    service worker), is cross-origin isolated once the service worker serves it, and after the server is
+    gone and the browser is offline it opens again and makes the same image from the stored weights."""
+    url, stop = dist_server
+    ctx = chromium.new_context()
+    try:
+        p = Page(ctx, url, page_hub, model="test/sd1-tiny")
+        assert p.page.evaluate("self.crossOriginIsolated") is False  # no headers, no service worker yet
+        r = p.generate(seed=4242)
+        assert r["ok"], r
+        p.page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+        caches = p.page.evaluate("caches.keys()")
+        manifest = json.loads((ROOT / "web" / "vendor" / "wheels" / "manifest.json").read_text())
+        assert caches == [f"sdweb-{manifest['pyodide']}-{manifest['sha256'][:16]}"]
+        cdp = ctx.new_cdp_session(p.page)
+        app = cdp.send("Page.getAppManifest")
+        assert not app["errors"] and json.loads(app["data"])["short_name"] == "sdweb"
+        errors = [e["errorId"] for e in cdp.send("Page.getInstallabilityErrors")["installabilityErrors"]]
+        # Playwright's contexts are incognito profiles, where Chrome installs nothing: the only objection
+        assert errors == ["in-incognito"], errors
+
+        p.reload()  # now served by the service worker, which adds the isolation headers
+        assert p.page.evaluate("navigator.serviceWorker.controller !== null")
+        assert p.page.evaluate("self.crossOriginIsolated") is True
+
+        stop()
+        ctx.set_offline(True)
+        page_hub.clear_log()
+        p.reload()
+        again = p.generate(seed=4242)
+        assert again["ok"], again
+        np.testing.assert_array_equal(again["png"], r["png"])
+        assert page_hub.requests() == []
+        assert p.page.locator("#gallery figure").count() == 2
+        assert not [c for c in p.console if c.startswith("pageerror")], p.console
+    finally:
+        ctx.close()
