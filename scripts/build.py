@@ -28,6 +28,7 @@ import vendor_pyodide  # noqa: E402
 def build(out: Path) -> Path:
     vendor_pyodide.vendor_core()
     vendor_pyodide.vendor_wheels()
+    vendor_pyodide.vendor_hash_wasm()
     vendor_pyodide.build_sdweb_wheel()
     problems = vendor_pyodide.check()
     if problems:
