@@ -9,6 +9,7 @@ the same plan for the same repo.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -205,8 +206,10 @@ def test_shards_must_be_plain_names_that_exist():
     with pytest.raises(ModelError, match=r"o/n/text_encoder/model-00002-of-00002.safetensors not found: "
                                          r"model.safetensors.index.json lists it as a shard"):
         drive(repo({"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}), None, False)
-    with pytest.raises(ModelError, match="shard '../unet/diffusion_pytorch_model.safetensors' should be a plain file"):
-        drive(repo({"a": "../unet/diffusion_pytorch_model.safetensors"}), None, True)
+    for bad in ("../unet/diffusion_pytorch_model.safetensors", "/abs.safetensors", "a\\b.safetensors", "x\n.safetensors",
+                "config.json", ".."):
+        with pytest.raises(ModelError, match=re.escape(f"shard {bad!r} should be a plain .safetensors file name")):
+            drive(repo({"a": bad}), None, True)
     with pytest.raises(ModelError, match="weight_map should be a non-empty object"):
         drive(repo({}), None, True)
     files = repo({"a": "model-00001-of-00002.safetensors"})
