@@ -4,13 +4,12 @@
 // worker) fills in and checks every one; the model picker is Python's catalogue (models.json). The
 // workspace around a run (gallery, reuse, share links, seeds, dropped PNGs, keys) is workspace.js.
 
-import { ChunkStore, fmtBytes } from "./store.js";
+import { ChunkStore, HUB, fmtBytes } from "./store.js";
 import { Workspace } from "./workspace.js";
 import { registerOffline } from "./offline.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const DEFAULT_ENDPOINT = "https://huggingface.co";
 
 const state = {
   worker: null, ready: false, busy: false, runId: 0, cancelTimer: null, cancelFlag: null,
@@ -185,6 +184,8 @@ function onDownload(m) {
     const fileEta = m.rate > 0 ? (m.fileTotal - m.fileLoaded) / m.rate : null;
     $("status").textContent = `Downloading ${m.file}: ${fmtBytes(m.fileLoaded)} / ${fmtBytes(m.fileTotal)}` +
       (fileEta != null ? ` · ${fmtTime(fileEta)} left` : "") + "…";
+  } else if (m.phase === "verify") {
+    $("status").textContent = `Checking ${m.file} (sha256): ${Math.floor(100 * m.hashed / Math.max(1, m.fileTotal))} %…`;
   } else if (m.phase === "done") {
     stage("download", 1, m.downloaded ? `${fmtBytes(m.total)} stored` : `${fmtBytes(m.total)} from storage`);
   }
@@ -242,11 +243,11 @@ function generate() {
   if (state.busy) return;
   clearError();
   const req = request();
-  let endpoint = $("endpoint").value.trim().replace(/\/+$/, "");
+  let endpoint = typedEndpoint();
   let local = false;
   if (!endpoint) {
     if (state.localModels.includes(req.model)) { endpoint = `${location.origin}/hub`; local = true; }
-    else endpoint = DEFAULT_ENDPOINT;
+    else endpoint = HUB;
   }
   try { new URL(endpoint); } catch (_) {
     fail({ kind: "input", message: `"${endpoint}" is not a URL.`, field: "endpoint" });
@@ -262,7 +263,10 @@ function generate() {
   setEnv(state.ready ? "Working…" : "Loading Python…", "busy");
   $("status").textContent = local ? `Using the copy of ${req.model} in ./weights/…` : `Starting ${req.model || "the default model"}…`;
   Atomics.store(state.cancelFlag, 0, 0);
-  const msg = { type: "generate", id: state.runId, request: req, endpoint, token: $("token").value.trim() };
+  // The token goes to https://huggingface.co, or to the endpoint the box under it was ticked for (by
+  // the user: no URL parameter ticks it); store.js authFor/authHeaders hold it to that.
+  const msg = { type: "generate", id: state.runId, request: req, endpoint, token: $("token").value.trim(),
+    tokenEndpoint: local ? null : confirmedEndpoint(endpoint) };
   if (state.fatal) { state.fatal = false; startWorker(); }
   if (state.ready) send(msg);
   else state.pending = msg;
@@ -367,8 +371,9 @@ function fail(m) {
   box.dataset.kind = m.kind;
   $("status").textContent = "";
   // a setting's name (sdweb.settings.FIELDS) is its input's id with - for _
-  const field = m.kind === "auth" ? "token" : (m.field && m.field.replace(/_/g, "-")) ||
+  const field = (m.field && m.field.replace(/_/g, "-")) || (m.kind === "auth" ? "token" : null) ||
     (m.kind === "notfound" || m.kind === "model" ? "model" : null);
+  if (field === "endpoint-token") $("form").querySelector("details").open = true;
   if (field && $(field)) {
     const el = $(field);
     el.classList.remove("attention"); void el.offsetWidth; el.classList.add("attention");
@@ -451,6 +456,23 @@ function addLocalModel(repo) {
   $("model-list").append(o);
 }
 
+// A Hub endpoint other than huggingface.co gets the token only once the user ticks the box under it,
+// and only while the field still names the endpoint it was ticked for; typing in the field unticks it.
+function confirmedEndpoint(endpoint) {
+  const box = $("endpoint-token");
+  return box.checked && box.dataset.endpoint === endpoint ? endpoint : null;
+}
+
+const typedEndpoint = () => $("endpoint").value.trim().replace(/\/+$/, "");
+
+function updateEndpointToken() {
+  const typed = typedEndpoint();
+  let other = false;
+  try { other = !!typed && new URL(typed).origin !== HUB; } catch (_) { other = !!typed; }
+  $("endpoint-token").checked = false;
+  $("endpoint-token-row").hidden = !other;
+}
+
 function updateModelNote() {
   const repo = $("model").value.trim();
   const note = $("model-note");
@@ -488,7 +510,8 @@ function init() {
     updateModelNote();
     askDefaults();
   });
-  $("endpoint").addEventListener("input", updateModelNote);
+  $("endpoint").addEventListener("input", () => { updateModelNote(); updateEndpointToken(); });
+  $("endpoint-token").addEventListener("change", () => { $("endpoint-token").dataset.endpoint = typedEndpoint(); });
   $("backend").addEventListener("change", askDefaults);
   $("variant").addEventListener("change", askDefaults);
   workspace = new Workspace({
@@ -497,6 +520,7 @@ function init() {
     readPng: (bytes, rid) => state.worker.postMessage({ type: "png-settings", rid, bytes }, [bytes]),
   });
   updateModelNote();
+  updateEndpointToken();
   startWorker();
   loadLocalModels();
   refreshCache();

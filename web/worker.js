@@ -8,7 +8,8 @@
 //                 gpuMaxBinding (cap the device's buffer limits: ?gpu-max-binding=, simulates a small GPU),
 //                 request (the form's settings, resolved once Python is up for `ready`)}
 //                {type: "resolve", rid, request}   the form's defaults and backend, for the page to show
-//                {type: "generate", id, request (settings.FIELDS as typed), endpoint, revision, token}
+//                {type: "generate", id, request (settings.FIELDS as typed), endpoint, revision, token,
+//                 tokenEndpoint (the endpoint the user confirmed for the token in the page, or null)}
 //                {type: "cancel"}   (the shared flag is what a busy Python loop sees; this message
 //                                    covers the download phase where the page is not isolated)
 //                {type: "png-settings", rid, bytes}   the settings a PNG dropped on the page carries
@@ -24,10 +25,11 @@
 // Python), directBytes, directUploads (copied store -> GPU by the bridge), weightFileBytes,
 // wasmHeap, wasmHeapBefore} and, on WebGPU, gpu {adapter, dispatches, submits, reads, readWait,
 // storeReadWait}.
-// The token is only ever put in an Authorization header: never in a URL, a message back, or the log.
+// The token is only ever put in an Authorization header, for https://huggingface.co or tokenEndpoint
+// (store.js authFor): never in a URL, a message back, or the log.
 
 import { loadPyodide } from "./vendor/pyodide/pyodide.mjs";
-import { ChunkStore, StoreError } from "./store.js";
+import { ChunkStore, StoreError, authFor } from "./store.js";
 import { planModel, fetchModel, modelKey } from "./hub.js";
 import { DeviceBridge } from "./bridge/device.js";
 
@@ -126,7 +128,8 @@ async function ensureGpu() {
 }
 
 async function generate(msg) {
-  const { id, endpoint, revision = "main", token, request } = msg;
+  const { id, endpoint, revision = "main", request } = msg;
+  const auth = authFor(msg.token, msg.tokenEndpoint);
   localCancel = false;
   busy = true;
   try {
@@ -137,7 +140,7 @@ async function generate(msg) {
     const repo = first.settings.model;
     const variant = first.settings.variant;
     const tDownload = performance.now();
-    const plan = await planModel({ store, endpoint, repo, revision, variant, token, plan: planFiles, cancelled,
+    const plan = await planModel({ store, endpoint, repo, revision, variant, auth, plan: planFiles, cancelled,
       onStatus: (text) => post("status", { id, text }) });
     post("plan", { id, files: plan.files.map((f) => ({ path: f.path, size: f.size })), bytes: plan.bytes });
     // ... and again with the model's configs (sizes, scheduler, precision by the weights' size) before
@@ -150,7 +153,8 @@ async function generate(msg) {
     const checked = resolveSettings({ request: first.settings, weight_bytes: planned }, texts);
     if (checked.error) return pyError(id, checked);
     const settings = checked.settings;
-    await fetchModel({ store, plan, token, cancelled, onProgress: (p) => post("download", { id, ...p }) });
+    await fetchModel({ store, plan, auth, cancelled, onProgress: (p) => post("download", { id, ...p }) });
+    store.setAuth(auth);  // a damaged chunk found while reading is fetched again with it
     if (cancelled()) return post("cancelled", { id });
     const downloadSeconds = (performance.now() - tDownload) / 1000;
 
