@@ -68,6 +68,28 @@ def test_browser_model_generates_what_model_folder_does(sd1_tiny, variant):
     assert previews == [2] and all(e["preview"].startswith(b"\x89PNG") for e in events if "preview" in e)
 
 
+def test_a_lazy_model_reads_only_the_heads_the_worker_handed_over(sd1_tiny):
+    """On WebGPU a store is lazy: opening it reads each file's 8-byte length and JSON header and
+    nothing else, so with those bytes handed over as the source's `head` no read reaches the
+    source (which, without JSPI, could not be waited for)."""
+    texts, sources = _browser_inputs(sd1_tiny)
+    for s in sources.values():
+        s.head = s.data[:8 + int.from_bytes(s.data[:8], "little")]
+    model = browser.BrowserModel("test/sd1-tiny", texts, sources, lazy=True)
+    for component in layout.WEIGHT_COMPONENTS:
+        store = model.weights(component, "fp16", "fp16")
+        name = store.keys()[0]
+        ref = store.prefix("").get(name, store.shape(name))
+        assert ref.nbytes > 0 and ref.source.key is None  # a place in the file, not its bytes
+        store.close()
+    assert not any(s.reads for s in sources.values())
+    # without a head the same reads go to the source
+    for s in sources.values():
+        del s.head
+    model.weights("unet", "fp16", "fp16").close()
+    assert sources["unet/diffusion_pytorch_model.fp16.safetensors"].reads == 2
+
+
 def test_browser_model_refuses_what_is_not_sd(sd1_tiny):
     texts, sources = _browser_inputs(sd1_tiny)
     with pytest.raises(ModelError, match="model_index.json"):

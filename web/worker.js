@@ -69,12 +69,10 @@ async function boot(msg) {
   pngSettings();
 }
 
-// Whether the WebGPU backend can run here: an adapter answers, and Python can wait for the GPU
-// (JSPI). A fact for Python's settings, which choose the backend.
+// Whether the WebGPU backend can run here: an adapter answers. A fact for Python's settings, which
+// choose the backend. (JavaScript Promise Integration is not needed: Python awaits the GPU between
+// steps, see `generate`.)
 async function detectGpu() {
-  if (!jspi) {
-    return { ok: false, why: "this browser lacks JavaScript Promise Integration (Chrome 137+), which lets Python wait for the GPU" };
-  }
   if (!(self.navigator && navigator.gpu)) return { ok: false, why: "this browser has no WebGPU (navigator.gpu is missing)" };
   try {
     const adapter = await navigator.gpu.requestAdapter();
@@ -159,8 +157,10 @@ async function generate(msg) {
     const downloadSeconds = (performance.now() - tDownload) / 1000;
 
     // The Python side: small files as text, weights as byte sources over the store. Every byte a
-    // source hands Python is counted (io.pythonBytes); on WebGPU Python reads only the headers and
-    // the bridge copies the tensors from `direct` (the same store, by the source's key) to the GPU.
+    // source hands Python is counted (io.pythonBytes); on WebGPU Python reads only the headers (each
+    // source's `head`, read here) and the bridge copies the tensors from `direct` (the same store,
+    // by the source's key) to the GPU.
+    const backend = settings.backend;
     const sources = new Map();
     const direct = new Map();
     const io = { pythonReads: 0, pythonBytes: 0 };
@@ -169,17 +169,20 @@ async function generate(msg) {
       if (f.kind !== "weights") continue;
       const rec = await store.file(f.url);
       weightBytes += rec.size;
-      let fromStore = (o, n) => store.read(f.url, o, n);
-      if (!jspi) {
-        // No JSPI: Python cannot wait for IndexedDB, so the file is read into memory first.
+      const fromStore = (o, n) => store.read(f.url, o, n);
+      let forPython = fromStore;
+      if (!jspi && backend === "numpy") {
+        // Without JSPI Python cannot wait for IndexedDB, and on NumPy it reads every tensor: the
+        // file goes into JS memory first (not the wasm heap; Python copies one tensor at a time).
         const all = await store.read(f.url, 0, rec.size);
-        fromStore = (o, n) => all.subarray(o, o + n);
+        forPython = (o, n) => all.subarray(o, o + n);
       }
-      const read = (o, n) => { io.pythonReads++; io.pythonBytes += n; return fromStore(o, n); };
-      sources.set(f.path, { size: rec.size, name: `${repo}/${f.path}`, key: f.path, read });
+      const read = (o, n) => { io.pythonReads++; io.pythonBytes += n; return forPython(o, n); };
+      const head = await safetensorsHead(store, f.url, rec.size);
+      io.pythonBytes += head.length;
+      sources.set(f.path, { size: rec.size, name: `${repo}/${f.path}`, key: f.path, read, head });
       direct.set(f.path, fromStore);
     }
-    const backend = settings.backend;
     let bridge = null;
     if (backend === "webgpu") {
       post("status", { id, text: "Starting the GPU…" });
@@ -206,12 +209,14 @@ async function generate(msg) {
       const transfer = e.preview ? [e.preview.buffer] : [];
       post("progress", { id, ...e }, transfer);
     };
+    // An async Python function: it awaits the GPU at each readback (read_ahead), so it runs with or
+    // without JSPI; with JSPI a read outside the headers (the NumPy backend's tensors) may await
+    // IndexedDB too.
     const fn = browser.worker_generate;
     const pyTexts = py.toPy(texts);
-    const args = [JSON.stringify(job), pyTexts, sources, onProgress, () => cancelled(), bridge];
     let r;
     try {
-      r = jspi ? await fn.callPromising(...args) : fn(...args);
+      r = await fn(JSON.stringify(job), pyTexts, sources, onProgress, () => cancelled(), bridge);
     } finally {
       fn.destroy();
       pyTexts.destroy();
@@ -227,6 +232,13 @@ async function generate(msg) {
       return post("error", { id, kind: "lost", message: `The GPU device was lost during the run (${bridge.lost}). ` +
         "A new one is made on the next Generate; if it happens again, try a smaller size or model, close other " +
         "GPU-heavy tabs, or use the NumPy backend." });
+    }
+    if (bridge && bridge.failed) {
+      // a queued weight upload failed (a store read): the run stopped there; the next run starts a fresh device
+      const e = bridge.failed;
+      gpu.lost = gpu.lost || "an upload failed";
+      if (e instanceof StoreError) return post("error", { id, kind: e.kind, message: e.message, status: e.status, field: e.field });
+      return post("error", { id, kind: "internal", message: String(e && e.message || e) });
     }
     if (out.error) {
       if (out.traceback) console.error(out.traceback);
@@ -273,6 +285,17 @@ function pngSettings(msg) {
     post("png-settings", { rid: m.rid, ...JSON.parse(browser.png_settings_json(new Uint8Array(m.bytes))) });
   }
 }
+
+// The first bytes of a .safetensors file up to the end of its JSON header (8-byte length + header),
+// or just the 8 bytes when the length is not plausible (Python's reader then says what is wrong):
+// all Python reads of a file on WebGPU, handed over with the source so no read has to wait.
+async function safetensorsHead(store, url, size) {
+  if (size < 8) return new Uint8Array(0);
+  const first = await store.read(url, 0, 8);
+  const n = Number(new DataView(first.buffer, first.byteOffset, 8).getBigUint64(0, true));
+  return n > 0 && n <= HEAD_MAX && 8 + n <= size ? store.read(url, 0, 8 + n) : first;
+}
+const HEAD_MAX = 100_000_000;  // the longest header sdweb.safetensors reads (MAX_HEADER_BYTES)
 
 // Seconds per UNet step (the first, which also compiles the pipelines, apart) and how much of a
 // step after the first was spent awaiting the GPU vs in the worker itself.

@@ -3,11 +3,11 @@
 The page's Web Worker (web/worker.js) downloads a model's files into IndexedDB, then hands this module
 
     texts    {path: str}           the small files: model_index.json, configs, tokenizer tables
-    sources  {path: byte source}   each .safetensors file (and none of its bytes yet): `size` and
-                                   `read(offset, length)`, which returns bytes, a Uint8Array, or a
-                                   JS Promise of one (then it is awaited with pyodide's `run_sync`,
-                                   which needs JSPI; the worker falls back to synchronous reads
-                                   where the browser lacks it)
+    sources  {path: byte source}   each .safetensors file: `size`, `head` (its first bytes, up to the
+                                   end of its header) and `read(offset, length)`, which returns
+                                   bytes, a Uint8Array, or a JS Promise of one (awaited with
+                                   pyodide's `run_sync`, which needs JavaScript Promise Integration;
+                                   without it the worker hands over sources that answer at once)
 
 and `BrowserModel` makes them look like `model.ModelFolder`: the small files are written to a real
 folder (Pyodide's in-memory file system, a temp dir in CPython) so the tokenizer and configs load as
@@ -23,6 +23,14 @@ the model's configs before its weights are), `plan_json` (layout.plan over what 
 found of the repo, round by round) and `worker_generate` (one run: 1 to MAX_PAGE_IMAGES images);
 `png_settings_json` reads the settings of a PNG dropped on the page. Nothing here imports `js` at
 module level: the module runs (and is tested) in CPython as well.
+
+Waiting for the GPU: `worker_generate` is an async function that drives `Pipeline.stages` (`drive`):
+at each readback (after a UNet step, after the decode) it awaits the JS bridge's `read_ahead`,
+which lets the queued weight uploads and the step's work finish and copies the tensor to the host;
+the pipeline's own synchronous readback then finds the bytes there. Model code never reads back
+within a step, so Python waits only at step boundaries and needs no JavaScript Promise Integration
+(JSPI): the WebGPU backend runs wherever WebGPU does. With JSPI, a byte source may also return a
+Promise (the NumPy backend's tensor reads from IndexedDB).
 """
 
 from __future__ import annotations
@@ -37,9 +45,11 @@ import numpy as np
 
 from . import catalogue, layout
 from .backends.bridges.js import JsDeviceBridge, settle
+from .backends.webgpu.device import GPUTensor
 from .errors import ConfigError, ModelError, SdwebError
 from .infotext import image_settings, png_text, read_png
 from .model import FolderFiles, ModelFolder
+from .pipeline import run as run_stages
 from .settings import MAX_PAGE_IMAGES, ModelInfo, resolve
 from .weights import WeightStore, open_store
 
@@ -94,8 +104,10 @@ class BrowserModel(ModelFolder):
 
 class ByteSource:
     """Adapts a JS byte source (or any object with `size` and `read`) to what SafetensorsFile wants:
-    `read(offset, length) -> bytes`, awaiting a returned Promise with `run_sync`. `key` (None when
-    the source has none) is the name the JS device bridge reads the same bytes by (upload_span)."""
+    `read(offset, length) -> bytes`: from the source's `head` (the bytes the worker read up front:
+    the file's header) when the span lies within it, else from `read`, awaiting a returned Promise
+    with `run_sync`. `key` (None when the source has none) is the name the JS device bridge reads
+    the same bytes by (upload_span)."""
 
     def __init__(self, source):
         self._src = source
@@ -103,11 +115,15 @@ class ByteSource:
         self.name = str(getattr(source, "name", "<browser store>"))
         key = getattr(source, "key", None)
         self.key = None if key is None else str(key)
+        head = getattr(source, "head", None)
+        self._head = b"" if head is None else head.to_bytes() if hasattr(head, "to_bytes") else bytes(head)
         self.reads = 0
         self.bytes_read = 0
 
     def read(self, offset: int, length: int) -> bytes:
-        r = settle(self._src.read(offset, length))
+        if offset + length <= len(self._head):
+            return self._head[offset:offset + length]
+        r = settle(self._src.read(offset, length), f"{length} bytes of {self.name} from the browser's storage")
         if hasattr(r, "to_bytes"):  # a JsProxy of a Uint8Array
             r = r.to_bytes()
         self.reads += 1
@@ -154,6 +170,12 @@ def generate(pipe, request: dict, *, progress=None, cancel=None) -> dict:
     `preview_every` UNet steps, `preview` (PNG bytes of the first image's latents through
     preview.latents_to_rgb); `cancel()` returning true stops the run between steps with errors.Cancelled.
     """
+    return run_stages(generation(pipe, request, progress=progress, cancel=cancel))
+
+
+def generation(pipe, request: dict, *, progress=None, cancel=None):
+    """`generate` as Pipeline.stages is the pipeline's run: a generator yielding each tensor about to
+    be read back, returning generate's dict."""
     from .preview import latents_to_rgb
 
     s = resolve(dict(request, model=pipe.folder.name, precision=pipe.precision, variant=pipe.variant,
@@ -173,7 +195,7 @@ def generate(pipe, request: dict, *, progress=None, cancel=None) -> dict:
         progress(ev)
 
     t0 = time.perf_counter()
-    result = pipe.generate(**s.run_args(), progress=on_progress, cancel=cancel)
+    result = yield from pipe.stages(**s.run_args(), progress=on_progress, cancel=cancel)
     run = dict(s.as_request(), **result.settings, model=pipe.folder.name)
     images = []
     for k, image in enumerate(result.images):
@@ -277,11 +299,25 @@ def _to_js(x):
     return to_js(x, dict_converter=Object.fromEntries)
 
 
-def worker_generate(job_json: str, texts, sources, post, cancel, bridge=None):
-    """Called by web/worker.js (through callPromising, so byte-source reads may await IndexedDB).
+async def drive(stages, bridge=None):
+    """Run Pipeline.stages (or `generation`) to its return value, awaiting `bridge.read_ahead` (the
+    JS bridge's, a Promise) for every GPU tensor it is about to read back, so that the synchronous
+    readback that follows finds the bytes on the host. Host arrays (the NumPy backend) pass."""
+    while True:
+        try:
+            t = next(stages)
+        except StopIteration as done:
+            return done.value
+        if bridge is not None and isinstance(t, GPUTensor) and t.nbytes:
+            await bridge.read_ahead(t.buffer, t.offset, t.nbytes)
+
+
+async def worker_generate(job_json: str, texts, sources, post, cancel, bridge=None):
+    """Called by web/worker.js, which awaits it (a Promise in JS): `drive` waits for the GPU at each
+    readback, and only there.
 
     job_json: {key, device, settings} with settings as resolve_json returned them; texts: JS object
-    path -> text; sources: JS Map path -> {size, name, key, read(offset, length)}; post(event):
+    path -> text; sources: JS Map path -> {size, name, key, head, read(offset, length)}; post(event):
     progress sink; cancel() -> bool. Returns a JS object: generate's {images, seed, timings, settings} or {error,
     message, field} or {cancelled: true}. Never raises: the page must stay usable whatever happens here.
     """
@@ -297,7 +333,8 @@ def worker_generate(job_json: str, texts, sources, post, cancel, bridge=None):
         pipe = _SESSION.pipeline((job["key"], s.variant, s.precision, backend.name, job.get("device")),
                                  s.model, texts_py, sources_py, backend, s.precision, s.variant,
                                  keep_loaded=size < KEEP_LOADED_BYTES)
-        out = generate(pipe, s.as_request(), progress=lambda ev: post(_to_js(ev)), cancel=lambda: bool(cancel()))
+        stages = generation(pipe, s.as_request(), progress=lambda ev: post(_to_js(ev)), cancel=lambda: bool(cancel()))
+        out = await drive(stages, backend.context().bridge if backend.name == "webgpu" else None)
         return _to_js(out)
     except Cancelled:
         return _to_js({"cancelled": True})

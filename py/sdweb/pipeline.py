@@ -9,13 +9,19 @@ Stages load one component, use it and let it go (unless `keep_loaded`), so peak 
 big component at a time. The noise contract: image k of a run with seed S starts from
 `default_rng(S + k).standard_normal((1, C, h, w), float32) * init_noise_sigma`, and stochastic
 samplers draw their later noise from the same generators, in step order.
+
+`Pipeline.stages` is the run as a generator that stops at each readback (after every UNet step and
+after the decode) and yields the backend tensor about to be read, so a driver can wait for the GPU
+there with `await` (the page's worker without JavaScript Promise Integration: sdweb.browser); the
+model code in between never reads back. `Pipeline.generate` runs it to the end, each readback
+blocking (`run`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from typing import Callable, Generator
 
 import numpy as np
 
@@ -128,12 +134,17 @@ class Pipeline:
         x = np.concatenate([g.standard_normal(shape, dtype=np.float32) for g in gens])
         return x * np.float32(init_noise_sigma), gens
 
-    def generate(self, prompt: str, negative_prompt: str = "", *, steps: int | None = None,
-                 guidance: float | None = None, seed: int | None = None, scheduler: str | None = None,
-                 width: int | None = None, height: int | None = None, num_images: int = 1, clip_skip: int = 0,
-                 progress: Callable[[Progress], None] | None = None,
-                 cancel: Callable[[], bool] | None = None) -> Result:
-        """None -> the default (settings.resolve: by model kind, random seed, the model's own
+    def generate(self, *args, **kwargs) -> Result:
+        """One run with `stages`' arguments, to the end: each readback waits where it stands."""
+        return run(self.stages(*args, **kwargs))
+
+    def stages(self, prompt: str, negative_prompt: str = "", *, steps: int | None = None,
+               guidance: float | None = None, seed: int | None = None, scheduler: str | None = None,
+               width: int | None = None, height: int | None = None, num_images: int = 1, clip_skip: int = 0,
+               progress: Callable[[Progress], None] | None = None,
+               cancel: Callable[[], bool] | None = None) -> Generator[object, None, Result]:
+        """The run, yielding each backend tensor just before it is read back; returns the Result.
+        None -> the default (settings.resolve: by model kind, random seed, the model's own
         scheduler and size); ConfigError naming the first bad setting, before anything is loaded."""
         s = resolve(dict(model=self.folder.name, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                          guidance=guidance, seed=seed, scheduler=scheduler, width=width, height=height,
@@ -188,7 +199,10 @@ class Pipeline:
         for i, t in enumerate(timesteps):
             xin = sched.scale_model_input(x, t)
             xin = np.concatenate([xin, xin]) if cfg else xin
-            eps = backend.numpy(unet(backend.tensor(xin), t, context))
+            out = unet(backend.tensor(xin), t, context)
+            yield out  # the step's end: its only readback
+            eps = backend.numpy(out)
+            del out  # its buffer back to the pool now, as the next step's first tensor wants one
             if cfg:
                 uncond, cond = np.split(eps, 2)
                 eps = uncond + np.float32(guidance) * (cond - uncond)
@@ -206,7 +220,10 @@ class Pipeline:
         shift = vae.config.get("shift_factor")
         if shift:
             z = z + np.float32(shift)
-        images = backend.numpy(vae.decode(backend.tensor(z)))
+        decoded = vae.decode(backend.tensor(z))
+        yield decoded
+        images = backend.numpy(decoded)
+        del decoded
         timings["vae"] = time.perf_counter() - s
         self.release("vae")
         report("vae", 1, 1)
@@ -218,6 +235,16 @@ class Pipeline:
                                     guidance=guidance, seed=seed, scheduler=scheduler, width=width,
                                     height=height, num_images=num_images, clip_skip=clip_skip,
                                     precision=self.precision, variant=self.variant, backend=backend.name))
+
+
+def run(stages: Generator[object, None, Result]) -> Result:
+    """Drive Pipeline.stages to its Result where a readback can simply block (CPython, or the page's
+    worker with JavaScript Promise Integration)."""
+    while True:
+        try:
+            next(stages)
+        except StopIteration as done:
+            return done.value
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
