@@ -135,6 +135,12 @@ class AheadDeviceJs(FakeDeviceJs):
         done.set_result(None)
         return done
 
+    def flush(self):
+        self.log.append(("flush",))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
     def read_buffer(self, bid, offset, nbytes):
         assert self.ahead == (bid, offset, nbytes), "a readback the driver did not fetch ahead"
         self.ahead = None
@@ -155,3 +161,5 @@ def test_the_async_driver_waits_only_at_readbacks(sd1_tiny):
     # the step's readback ends it: between two progress reports there is exactly one
     for a, b in zip(steps, steps[1:]):
         assert sum(a <= i < b for i in reads) == 1
+    # and each component, once built, waits for its weights (three: text encoder, UNet, VAE)
+    assert sum(e[0] == "flush" for e in js.log) == 3

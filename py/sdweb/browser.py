@@ -25,9 +25,10 @@ found of the repo, round by round) and `worker_generate` (one run: 1 to MAX_PAGE
 module level: the module runs (and is tested) in CPython as well.
 
 Waiting for the GPU: `worker_generate` is an async function that drives `Pipeline.stages` (`drive`):
-at each readback (after a UNet step, after the decode) it awaits the JS bridge's `read_ahead`,
-which lets the queued weight uploads and the step's work finish and copies the tensor to the host;
-the pipeline's own synchronous readback then finds the bytes there. Model code never reads back
+once a component is built it awaits the JS bridge's `flush` (the weight uploads device.js queued),
+and at each readback (after a UNet step, after the decode) its `read_ahead`, which lets the step's
+work finish and copies the tensor to the host; the pipeline's own synchronous readback then finds
+the bytes there. Model code never reads back
 within a step, so Python waits only at step boundaries and needs no JavaScript Promise Integration
 (JSPI): the WebGPU backend runs wherever WebGPU does. With JSPI, a byte source may also return a
 Promise (the NumPy backend's tensor reads from IndexedDB).
@@ -302,13 +303,18 @@ def _to_js(x):
 async def drive(stages, bridge=None):
     """Run Pipeline.stages (or `generation`) to its return value, awaiting `bridge.read_ahead` (the
     JS bridge's, a Promise) for every GPU tensor it is about to read back, so that the synchronous
-    readback that follows finds the bytes on the host. Host arrays (the NumPy backend) pass."""
+    readback that follows finds the bytes on the host, and `bridge.flush` once a component is built
+    (None), so its weight uploads count as loading it. Host arrays (the NumPy backend) pass."""
     while True:
         try:
             t = next(stages)
         except StopIteration as done:
             return done.value
-        if bridge is not None and isinstance(t, GPUTensor) and t.nbytes:
+        if bridge is None:
+            continue
+        if t is None:
+            await bridge.flush()
+        elif isinstance(t, GPUTensor) and t.nbytes:
             await bridge.read_ahead(t.buffer, t.offset, t.nbytes)
 
 

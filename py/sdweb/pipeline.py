@@ -12,9 +12,10 @@ samplers draw their later noise from the same generators, in step order.
 
 `Pipeline.stages` is the run as a generator that stops at each readback (after every UNet step and
 after the decode) and yields the backend tensor about to be read, so a driver can wait for the GPU
-there with `await` (the page's worker without JavaScript Promise Integration: sdweb.browser); the
-model code in between never reads back. `Pipeline.generate` runs it to the end, each readback
-blocking (`run`).
+there with `await` (the page's worker, with or without JavaScript Promise Integration:
+sdweb.browser.drive); the model code in between never reads back. It also yields None once each
+component is built, where the driver may wait for its weights to reach the GPU. `Pipeline.generate`
+runs it to the end, each readback blocking (`run`).
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ class Pipeline:
                width: int | None = None, height: int | None = None, num_images: int = 1, clip_skip: int = 0,
                progress: Callable[[Progress], None] | None = None,
                cancel: Callable[[], bool] | None = None) -> Generator[object, None, Result]:
-        """The run, yielding each backend tensor just before it is read back; returns the Result.
+        """The run, yielding each backend tensor just before it is read back (and None after each
+        component is built); returns the Result.
         None -> the default (settings.resolve: by model kind, random seed, the model's own
         scheduler and size); ConfigError naming the first bad setting, before anything is loaded."""
         s = resolve(dict(model=self.folder.name, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
@@ -167,13 +169,14 @@ class Pipeline:
             report("load", 0, 1, component=component)
             s = time.perf_counter()
             model = self.load(component)
+            yield None  # built; a GPU bridge may still be taking its weights: a place to wait for them
             timings[f"load_{component}"] = timings.get(f"load_{component}", 0.0) + time.perf_counter() - s
             return model
 
         cfg = guidance > 1.0  # diffusers: do_classifier_free_guidance = guidance_scale > 1
 
         # 1. text encoder
-        timed_load("text_encoder")
+        yield from timed_load("text_encoder")
         report("text_encoder", 0, 1)
         s = time.perf_counter()
         context, dropped = self.encode_prompt(prompt, negative_prompt, num_images, cfg, clip_skip)
@@ -191,7 +194,7 @@ class Pipeline:
             return np.concatenate([g.standard_normal(per, dtype=np.float32) for g in gens])
 
         # 3. denoising loop
-        unet = timed_load("unet")
+        unet = yield from timed_load("unet")
         s = time.perf_counter()
         x = x0
         timesteps = sched.timesteps
@@ -213,7 +216,7 @@ class Pipeline:
         del unet, context  # the last references: on a GPU the UNet's weights must go before the VAE's activations come
 
         # 4. VAE decode
-        vae = timed_load("vae")
+        vae = yield from timed_load("vae")
         report("vae", 0, 1)
         s = time.perf_counter()
         z = x / np.float32(vae.scaling_factor)

@@ -17,6 +17,8 @@
 //                                          and Python goes on building the model meanwhile. Any offset
 //                                          and size: the span is read into its own array.
 //   setSources(map)                        Map key -> async (offset, nbytes) => Uint8Array
+//   flush()                                -> Promise: every queued call done (the worker awaits it
+//                                          once a component is built: its weights are on the GPU)
 //   read_ahead(id, offset, nbytes)         -> Promise: submits pending work, waits for the GPU and
 //                                          keeps the bytes for the read_buffer that follows (the
 //                                          worker awaits this at each of the pipeline's readbacks)
@@ -184,6 +186,10 @@ export class DeviceBridge {
       this.spanBytes += nbytes;
     });
     this.tail = run.catch((e) => { this.failed = this.failed || e; }).finally(() => { this.queued--; });
+  }
+
+  flush() {
+    return Promise.resolve(this._inOrder(() => {})).then(() => { if (this.failed) throw this.failed; });
   }
 
   read_ahead(id, offset, nbytes) {

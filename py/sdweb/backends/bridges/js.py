@@ -4,8 +4,8 @@ sdweb.backends.webgpu in Pyodide in the page's worker (sdweb.browser installs it
 The bind-group cache (groups.BindGroupCache) lives on this, the Python, side: from the second
 denoising step on a dispatch crosses into JS as five integers, with no conversion of lists or bytes.
 Nothing here waits: device.js queues weight uploads (they read IndexedDB) behind the calls before
-them, and a readback is fetched ahead by `read_ahead`, which the page's async driver awaits
-(sdweb.browser.drive), so `read_buffer` then answers at once. Only a readback nobody fetched ahead
+them, and the page's async driver (sdweb.browser.drive) awaits `flush` once a component is built
+and `read_ahead` before each readback, so `read_buffer` then answers at once. Only a readback nobody fetched ahead
 returns a JS Promise, awaited with pyodide's `run_sync` where the browser has JavaScript Promise
 Integration. Nothing here imports `js` or `pyodide` at module level, so the module also loads (and
 is tested with a fake bridge) in CPython.
@@ -61,6 +61,10 @@ class JsDeviceBridge:
             self.write_buffer(bid, 0, data.to_bytes() if hasattr(data, "to_bytes") else bytes(data))
             return
         self._js.upload_span(bid, key, int(offset), int(nbytes))
+
+    def flush(self):
+        """A JS Promise: every queued call (the weight uploads) done."""
+        return self._js.flush()
 
     def read_ahead(self, bid: int, offset: int, nbytes: int):
         """A JS Promise: the queued work done and these bytes fetched, for the read_buffer that follows."""
