@@ -176,7 +176,13 @@ export async function fetchModel({ store, plan, auth = null, cancelled = () => f
   plan.complete = true;
   plan.used = Date.now();
   plan.bytes = total;
-  await store.putModel(plan);
+  try {
+    await store.putModel(plan);
+  } catch (e) {
+    // with nothing new stored, only the model's last-used time was to change: a full disk must not
+    // keep a stored model from running
+    if (todo.length || e.kind !== "quota") throw e;
+  }
   onProgress({ phase: "done", loaded: total, total, downloaded: todo.length });
   return plan;
 }

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { ENDPOINT, FakeHub, ROOT, bytes, openStore, pythonPlanner, sha256 } from "./helpers.mjs";
 import { fetchModel, modelKey, planModel } from "../../web/hub.js";
-import { authFor } from "../../web/store.js";
+import { StoreError, authFor } from "../../web/store.js";
 
 const plan = pythonPlanner();
 after(() => plan.close());
@@ -145,6 +145,9 @@ test("a download that will not fit the browser's quota is refused before it star
   const events = [];
   await fetchModel({ store, plan: p, storage: { estimate: async () => ({ quota: 1e9, usage: 0 }) }, onProgress: (e) => events.push(e) });
   assert.deepEqual(events[0], { phase: "estimate", need: 6750, free: 1e9, total: p.bytes });
+  // a model already stored still runs when the browser will store nothing more (not even its last use)
+  store.putModel = async () => { throw new StoreError("quota", "Out of storage space while saving the model list"); };
+  assert.equal((await fetchModel({ store, plan: p, storage: null })).complete, true);
 });
 
 test("shard names from an index are held to the layout's rule before anything is asked for", async () => {
