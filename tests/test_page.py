@@ -7,18 +7,24 @@ tests/hub_server.py (a Hub serving the tiny test models, with a request log and 
 They check that the page's image equals `sdweb generate` in CPython (PSNR >= 40 dB) for the same
 model, seed, scheduler and settings; that Cancel stops a run between steps and the page works after;
 that a reload reads the weights from IndexedDB without one request to the Hub; that a cut download
-resumes with Range and a corrupted one is rejected; and that 404, gated (401/403), not-a-diffusers
-and out-of-quota are each shown in words, with the page usable after. On the WebGPU path (the JS
-device bridge on SwiftShader) the image equals the CLI's too, a device lost mid-run is explained and
-the next run makes a new device, and a buffer over the adapter's limits is named. A screenshot of
-the finished page goes to tests/artifacts/page.png.
+resumes with Range and a corrupted one is rejected; that a download cut three times and a reload
+while its sha256 is being checked end with a verified model, the check resumed; that 404, gated
+(401/403), not-a-diffusers and out-of-quota are each shown in words, with the page usable after;
+that the token goes to no endpoint the user did not confirm in the page; that a small quota set
+through the DevTools Protocol refuses a second model without damaging the first, and a private
+window's out-of-space error says what such a window keeps. On the WebGPU path (the JS device bridge
+on SwiftShader) the image equals the CLI's too, with JavaScript Promise Integration and without it,
+a device lost mid-run is explained and the next run makes a new device, a buffer over the adapter's
+limits is named, and twenty runs in one page leave GPU buffers, the wasm heap and the JS heap where
+the first left them. A screenshot of the finished page goes to tests/artifacts/page.png.
 
-They skip, saying why, when chromium, Playwright or the vendored Pyodide is missing
-(scripts/test.sh installs and vendors all three).
+They skip, saying why, when chromium, Playwright or the vendored Pyodide or hash-wasm is missing
+(scripts/test.sh installs and vendors them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -66,27 +72,19 @@ def _browser_skip_reason() -> str | None:
     if importlib.util.find_spec("playwright") is None:
         return "the playwright Python package is not installed (pip install playwright)"
     problems = _load_script("vendor_pyodide").check()
-    if problems and any("pyodide" in p for p in problems):
-        return f"vendored Pyodide missing ({problems[0]}): run python scripts/vendor_pyodide.py"
+    if problems and any("pyodide" in p or "hash-wasm" in p for p in problems):
+        return f"vendored Pyodide or hash-wasm missing ({problems[0]}): run python scripts/vendor_pyodide.py"
     return None
 
 
-@pytest.fixture(scope="module")
-def page_server(tmp_path_factory, test_models_dir):
-    """scripts/serve.py's app under uvicorn on a free port, in a thread; yields its base URL. Its
-    ./weights/ holds sd1-tiny as test/prefetched (what `sdweb download` would leave there)."""
-    reason = _browser_skip_reason()
-    if reason:
-        pytest.skip(reason)
+@contextlib.contextmanager
+def _serving(weights: Path, web_dir: Path = ROOT / "web"):
+    """scripts/serve.py's app for `web_dir` under uvicorn on a free port, in a thread: its base URL."""
     import uvicorn
 
-    vendor = _load_script("vendor_pyodide")
-    vendor.build_sdweb_wheel()  # the page must run the sdweb of this checkout
-    weights = tmp_path_factory.mktemp("weights")
-    shutil.copytree(test_models_dir / "sd1-tiny", weights / "test" / "prefetched")
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    app = _load_script("serve").make_app(weights, port=sock.getsockname()[1])
+    app = _load_script("serve").make_app(weights, web_dir, port=sock.getsockname()[1])
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -94,9 +92,26 @@ def page_server(tmp_path_factory, test_models_dir):
     while not server.started and time.time() < deadline:
         time.sleep(0.05)
     assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def page_server(tmp_path_factory, test_models_dir):
+    """scripts/serve.py's app on a free port; yields its base URL. Its ./weights/ holds sd1-tiny as
+    test/prefetched (what `sdweb download` would leave there)."""
+    reason = _browser_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    vendor = _load_script("vendor_pyodide")
+    vendor.build_sdweb_wheel()  # the page must run the sdweb of this checkout
+    weights = tmp_path_factory.mktemp("weights")
+    shutil.copytree(test_models_dir / "sd1-tiny", weights / "test" / "prefetched")
+    with _serving(weights) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +124,9 @@ def page_hub(tmp_path_factory, test_models_dir):
         hub.add_repo("test/cancel", test_models_dir / "sd1-tiny")
         hub.add_repo("test/resume", test_models_dir / "sd1-tiny")
         hub.add_repo("test/quota", test_models_dir / "sd1-tiny")
+        hub.add_repo("test/quota-kept", test_models_dir / "sd1-tiny")
+        hub.add_repo("test/private", test_models_dir / "sd1-tiny")
+        hub.add_repo("test/interrupted", test_models_dir / "sd1-tiny")
         hub.add_repo("test/gated", test_models_dir / "sd1-tiny", gated=True)
         hub.add_repo("test/tiny-turbo", test_models_dir / "sd1-tiny")  # a model sdweb.settings calls "turbo"
         d = hub.add_repo("test/clip-only")  # a transformers model: config.json + weights, no pipeline
@@ -384,7 +402,10 @@ STORED_SHA256 = """async (suffix) => {
 
 
 def test_errors_are_explained_and_the_page_recovers(fresh_context, page_server, page_hub):
-    p = Page(fresh_context, page_server, page_hub, model="test/sd1-tiny")
+    # (a link cannot tick the box that lets the token go to its endpoint: no URL parameter does)
+    p = Page(fresh_context, page_server, page_hub, model="test/sd1-tiny", **{"endpoint-token": "on"})
+    assert p.page.is_visible("#endpoint-token") and not p.page.is_checked("#endpoint-token")
+    assert "https://huggingface.co only" in p.page.inner_text("#token-hint")
 
     p.page.fill("#model", "test/no-such-model")
     r = p.generate()
@@ -406,11 +427,19 @@ def test_errors_are_explained_and_the_page_recovers(fresh_context, page_server, 
     r = p.generate(width=100)
     assert not r["ok"] and r["kind"] == "input" and "width" in r["text"], r
 
-    # gated: no token -> asked for one (and the token field gets the focus); a wrong one -> 403
+    # gated: no token -> asked for one (and the token field gets the focus)
     p.page.fill("#model", "test/gated")
     r = p.generate()
     assert not r["ok"] and r["kind"] == "auth" and "token" in r["text"], r
     assert p.page.evaluate("document.activeElement.id") == "token"
+    # a token typed for the endpoint the link set stays home: the error says so and shows the box
+    p.page.fill("#token", DEFAULT_TOKEN)
+    r = p.generate()
+    assert not r["ok"] and r["kind"] == "auth" and "sent only to https://huggingface.co" in r["text"], r
+    assert p.page.evaluate("document.activeElement.id") == "endpoint-token"
+    assert {q.auth for q in page_hub.requests("/test/gated/")} == {"none"}
+    # ticked in the page, the token goes there: a wrong one -> 403, the right one works
+    p.page.check("#endpoint-token")
     p.page.fill("#token", "hf_wrongWrongWrong")
     r = p.generate()
     assert not r["ok"] and r["kind"] == "auth" and "refused" in r["text"], r
@@ -425,24 +454,129 @@ def test_errors_are_explained_and_the_page_recovers(fresh_context, page_server, 
     p.close()
 
 
-def test_out_of_quota_is_explained(fresh_context, page_server, page_hub):
-    p = Page(fresh_context, page_server, page_hub, model="test/quota")
+FP16_WEIGHTS = ("text_encoder/model.fp16.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+                "vae/diffusion_pytorch_model.fp16.safetensors")
+
+
+def stored_matches_hub(p: Page, hub, repo: str) -> bool:
+    """Every weight file of `repo` in the page's IndexedDB is byte for byte the Hub's."""
+    for path in FP16_WEIGHTS:
+        want = hashlib.sha256((hub.repo_dir(repo) / path).read_bytes()).hexdigest()
+        if p.page.evaluate(STORED_SHA256, f"/{repo}/resolve/main/{path}") != want:
+            return False
+    return True
+
+
+def delete_stored(p: Page, repo: str):
+    """The stored-models panel's delete button for `repo`."""
+    p.page.locator("#cache tr", has_text=repo).locator("button").click()
+    p.page.wait_for_function(f"!document.getElementById('cache').textContent.includes({json.dumps(repo)})")
+
+
+def test_storage_quota_set_through_the_devtools_protocol(fresh_context, page_server, page_hub):
+    """A small origin quota (Storage.overrideQuotaForOrigin, set before the origin stores anything:
+    Chromium keeps the quota it first used): room for one tiny model, not two. The second gets the
+    quota message, the first is not damaged, and once it is deleted the second fits."""
+    p = Page(fresh_context, page_server, page_hub, model="test/quota-kept")
     cdp = fresh_context.new_cdp_session(p.page)
-    cdp.send("Storage.overrideQuotaForOrigin", {"origin": page_server, "quotaSize": 3_000_000})
+    cdp.send("Storage.overrideQuotaForOrigin", {"origin": page_server, "quotaSize": 11_000_000})
+    assert p.generate()["ok"]  # 7.1 MB stored
+    p.page.fill("#model", "test/quota")
     r = p.generate()
-    assert not r["ok"] and r["kind"] == "quota" and "storage" in r["text"], r
-    cdp.send("Storage.overrideQuotaForOrigin", {"origin": page_server})  # back to the real quota
+    assert not r["ok"] and r["kind"] == "quota" and "Out of storage space" in r["text"], r
+    assert "delete a cached model" in r["text"] and "private (incognito) window" in r["text"], r
+    # what was stored is intact, and runs without a request
+    assert stored_matches_hub(p, page_hub, "test/quota-kept")
+    page_hub.clear_log()
+    p.page.fill("#model", "test/quota-kept")
+    r = p.generate()
+    assert r["ok"] and page_hub.requests("test/quota-kept") == [], r
+    # deleted in the stored-models panel, under the same quota: the other model now fits
+    delete_stored(p, "test/quota-kept")
+    p.page.fill("#model", "test/quota")
     r = p.generate()
     assert r["ok"], r
-    # the stored-models panel deletes a model: the next run downloads it again
-    row = p.page.locator("#cache tr", has_text="test/quota")
-    row.locator("button").click()
-    p.page.wait_for_function("!document.getElementById('cache').textContent.includes('test/quota')")
+    assert stored_matches_hub(p, page_hub, "test/quota")
+    p.close()
+
+
+def test_a_private_window_running_out_of_space_is_told_so(fresh_context, page_server, page_hub):
+    """A Playwright context is an off-the-record profile, as a private window is, and its storage
+    estimate promises gigabytes it need not keep (as measured in an incognito window: a 4.3 GB model
+    stopped at the UNet with 11 GB shown free). The page says up front what a private window keeps;
+    when a write is refused, the error says it too. The DevTools Protocol holds the real quota to 3 MB."""
+    p = Page(fresh_context, page_server, page_hub, model="test/private", chunk=65536)
+    cdp = fresh_context.new_cdp_session(p.page)
+    cdp.send("Storage.overrideQuotaForOrigin", {"origin": page_server, "quotaSize": 3_000_000})
+    assert "private (incognito) window keeps only a little" in p.page.inner_text("#private-note")
+    estimate = p.page.workers[0].evaluate("navigator.storage.estimate()")
+    assert estimate["quota"] - estimate["usage"] > 1e9, estimate
+    r = p.generate()
+    assert not r["ok"] and r["kind"] == "quota", r
+    assert "refused to store more" in r["text"] and "private (incognito) window" in r["text"], r
+    # what was stored is kept: with room again, the download goes on from there
+    cdp.send("Storage.overrideQuotaForOrigin", {"origin": page_server})
     page_hub.clear_log()
     r = p.generate()
     assert r["ok"], r
-    assert [q for q in page_hub.requests("repo=test/quota&path=unet/") if q.method == "GET"]
+    assert any(q.range for q in page_hub.requests("repo=test/private&") if q.method == "GET")
+    assert stored_matches_hub(p, page_hub, "test/private")
     p.close()
+
+
+def test_cut_downloads_and_a_reload_while_verifying_end_verified(fresh_context, page_server, page_hub):
+    """The UNet's download is cut three times (each resumed with Range in the same run), then the
+    page is reloaded while the UNet's sha256 is being checked; the next Generate resumes that check
+    from its saved state, asks the Hub for nothing of the UNet, and ends with a verified model."""
+    repo, unet, chunk = "test/interrupted", "unet/diffusion_pytorch_model.fp16.safetensors", 65536
+    size = (page_hub.repo_dir(repo) / unet).stat().st_size
+    page_hub.cut(repo, unet, after=300_000, times=3, each_response=True)
+    page_hub.slow(4_000_000, repo)  # so the bytes before a cut reach the page (see the resume test above)
+    p = Page(fresh_context, page_server, page_hub, model=repo, chunk=chunk)
+    # the worker stops for good once the UNet's check has saved its first state (as a page that is
+    # closed or reloaded then would)
+    p.page.workers[0].evaluate("""() => {
+      const store = self.sdweb.store, save = store._putRec.bind(store);
+      store._putRec = async (rec) => {
+        await save(rec);
+        if (rec.key.includes("/unet/") && rec.hashed > 0 && rec.hashed < rec.size) {
+          self.sdweb.frozenAt = rec.hashed;
+          await new Promise(() => {});
+        }
+      };
+    }""")
+    p.fill(prompt="x", steps=1, seed=5, width=TINY, height=TINY)
+    p.page.click("#generate")
+    p.page.wait_for_function("document.getElementById('status').textContent.startsWith('Checking unet/')", timeout=60_000)
+    deadline = time.time() + 30
+    while not (frozen := p.page.workers[0].evaluate("self.sdweb.frozenAt")):
+        assert time.time() < deadline, "the UNet's check saved no state"
+        p.page.wait_for_timeout(20)
+    assert 0 < frozen < size and frozen % chunk == 0
+    gets = [q for q in page_hub.requests(f"repo={repo}&path={unet}") if q.method == "GET"]
+    assert [q.cut for q in gets] == [True, True, True, False], gets
+    starts = [int(q.range.removeprefix("bytes=").removesuffix("-")) if q.range else 0 for q in gets]
+    # each resumed from its last whole chunk (a cut can lose the bytes in flight, so not always a new one)
+    assert starts == sorted(starts) and starts[-1] > 0 and all(s % chunk == 0 for s in starts), starts
+    assert gets[-1].range, gets  # the request that completed it resumed
+    page_hub.reset_faults()
+    page_hub.clear_log()
+    p.reload()
+    r = p.generate(prompt="x", steps=1, seed=5)
+    assert r["ok"], r
+    assert page_hub.requests(unet) == [], [(q.path, q.range) for q in page_hub.requests(unet)]
+    rec = p.page.evaluate(STORED_RECORD, f"/{repo}/resolve/main/{unet}")
+    assert rec["done"] and rec["verified"] and "hashState" not in rec, rec
+    assert stored_matches_hub(p, page_hub, repo)
+    p.close()
+
+
+# a file's record in the store's IndexedDB (web/store.js layout)
+STORED_RECORD = """async (suffix) => {
+  const db = await new Promise((ok, no) => { const r = indexedDB.open("sdweb-weights"); r.onsuccess = () => ok(r.result); r.onerror = () => no(r.error); });
+  const files = await new Promise((ok, no) => { const r = db.transaction("files").objectStore("files").getAll(); r.onsuccess = () => ok(r.result); r.onerror = () => no(r.error); });
+  return files.find((f) => f.key.endsWith(suffix)) || null;
+}"""
 
 
 def test_prefetched_model_is_read_from_the_dev_server(fresh_context, page_server, page_hub):
@@ -466,17 +600,25 @@ def gpu_context(chromium):
     ctx.close()
 
 
-def test_webgpu_image_equals_cli_and_survives_device_loss(gpu_context, page_server, page_hub, tmp_path):
-    p = Page(gpu_context, page_server, page_hub, model="test/sd1-tiny", backend="webgpu")
+def webgpu_equals_cli(p: Page, hub, tmp_path) -> dict:
+    """A tiny run on the page's WebGPU backend, its image checked against `sdweb generate` on NumPy
+    with the same held precision (PSNR >= 40 dB)."""
     p.page.wait_for_function("document.getElementById('notice').textContent.includes('WebGPU')")
     p.page.select_option("#scheduler", "euler")
     r = p.generate(steps=2, seed=21, timeout=180_000)
     assert r["ok"], r
     s = r["settings"]
     assert s["backend"] == "webgpu" and s["precision"] == "fp16"
-    ref = cli_image(page_hub.repo_dir("test/sd1-tiny"), s, tmp_path)  # NumPy in CPython, same held precision
+    ref = cli_image(hub.repo_dir("test/sd1-tiny"), s, tmp_path)
     assert psnr(r["png"], ref) >= 40, f"PSNR {psnr(r['png'], ref):.1f} dB"
     assert "swiftshader" in p.page.inner_text("#result-info").lower()
+    return r
+
+
+def test_webgpu_image_equals_cli_and_survives_device_loss(gpu_context, page_server, page_hub, tmp_path):
+    p = Page(gpu_context, page_server, page_hub, model="test/sd1-tiny", backend="webgpu")
+    assert p.page.workers[0].evaluate("typeof WebAssembly.Suspending") == "function"  # the JSPI path
+    webgpu_equals_cli(p, page_hub, tmp_path)
     # weight bytes went IndexedDB -> GPU in JS (upload_span), not through the wasm heap: Python was
     # handed each file's 8-byte length and JSON header, and nothing else
     last = p.page.workers[0].evaluate("self.sdweb.last")
@@ -769,3 +911,99 @@ def test_dist_served_statically_works_installs_and_reopens_offline(chromium, dis
         assert not [c for c in p.console if c.startswith("pageerror")], p.console
     finally:
         ctx.close()
+
+
+# --- WebGPU without JavaScript Promise Integration -------------------------------------------------
+
+# Chromium 156 has no switch that turns JSPI off: its V8 has no --experimental-wasm-jspi flag any more
+# (JSPI shipped), and --disable-features= / --disable-blink-features=WebAssemblyJSPromiseIntegration
+# leave WebAssembly.Suspending in place (Playwright's request routing cannot stand in either: with a
+# route set, the worker's cross-origin fetches fail). So a second server serves a copy of web/ whose
+# worker.js first imports a module that removes JSPI's two entry points before anything else runs,
+# as a browser without JSPI (Safari, Firefox) never has them: Pyodide then starts without stack
+# switching, and the page's `jspi` is false.
+NO_JSPI = "delete WebAssembly.Suspending;\ndelete WebAssembly.promising;\n"
+
+
+@pytest.fixture(scope="module")
+def nojspi_server(page_server, tmp_path_factory):
+    web = tmp_path_factory.mktemp("web-nojspi") / "web"
+    shutil.copytree(ROOT / "web", web)
+    (web / "no-jspi.js").write_text(NO_JSPI)
+    (web / "worker.js").write_text('import "./no-jspi.js";\n' + (web / "worker.js").read_text())
+    with _serving(tmp_path_factory.mktemp("no-weights"), web) as url:
+        yield url
+
+
+class WorkerHeap:
+    """The page worker's JS heap through the DevTools Protocol (a worker has no performance.memory):
+    garbage-collect, then Runtime.getHeapUsage's usedSize, in bytes."""
+
+    def __init__(self, context, page):
+        self.page = page
+        self.cdp = context.new_cdp_session(page)
+        worker = next(t for t in self.cdp.send("Target.getTargets")["targetInfos"] if t["type"] == "worker")
+        self.session = self.cdp.send("Target.attachToTarget", {"targetId": worker["targetId"], "flatten": False})["sessionId"]
+        self.answers, self.next_id = {}, 0
+        self.cdp.on("Target.receivedMessageFromTarget", self._answer)
+
+    def _answer(self, ev):
+        msg = json.loads(ev["message"])
+        if "id" in msg:
+            self.answers[msg["id"]] = msg
+
+    def _call(self, method):
+        self.next_id += 1
+        self.cdp.send("Target.sendMessageToTarget", {"sessionId": self.session,
+                                                     "message": json.dumps({"id": self.next_id, "method": method})})
+        deadline = time.time() + 30
+        while self.next_id not in self.answers:
+            assert time.time() < deadline, f"no answer to {method}"
+            self.page.wait_for_timeout(10)
+        return self.answers.pop(self.next_id)["result"]
+
+    def used(self) -> int:
+        self._call("HeapProfiler.collectGarbage")
+        return int(self._call("Runtime.getHeapUsage")["usedSize"])
+
+
+@pytest.mark.slow
+def test_webgpu_without_jspi_equals_cli_and_holds_steady_for_twenty_runs(gpu_context, nojspi_server, page_hub, tmp_path):
+    """Without JSPI the page still chooses WebGPU (auto) and makes the CLI's image: Python waits for
+    the GPU only between steps, awaiting the bridge's read_ahead. Then twenty runs in the same page:
+    after each, the GPU buffers the bridge holds (count, bytes, bind groups), the wasm heap and the
+    worker's JS heap (after a collection) are measured; after the first they stay where it left them
+    (the JS heap within 1 MB). The figures go to tests/artifacts/twenty-runs.json. Last, the NumPy
+    backend without JSPI makes the CLI's image too."""
+    p = Page(gpu_context, nojspi_server, page_hub, model="test/sd1-tiny", backend="auto")
+    worker = p.page.workers[0]
+    assert worker.evaluate("[typeof WebAssembly.Suspending, typeof WebAssembly.promising]") == ["undefined", "undefined"]
+    webgpu_equals_cli(p, page_hub, tmp_path)
+    # weights still went store -> GPU a tensor at a time, never whole files, never through Python
+    io = worker.evaluate("self.sdweb.last.io")
+    assert io["pythonBytes"] < 0.05 * io["weightFileBytes"] and io["directBytes"] >= 0.9 * io["weightFileBytes"], io
+
+    heap = WorkerHeap(gpu_context, p.page)
+    rows = []
+    for i in range(20):
+        r = p.generate(prompt=f"a red cube, take {i}", steps=1, guidance=1, seed=100 + i, width=32, height=32,
+                       timeout=120_000)
+        assert r["ok"], r
+        row = worker.evaluate("({ gpu: self.sdweb.gpu.memory(), wasm: self.sdweb.py._module.HEAP8.length, "
+                              "seconds: self.sdweb.last.timings.total })")
+        row["js"] = heap.used()
+        rows.append(row)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "twenty-runs.json").write_text(json.dumps(rows, indent=1))
+    first = rows[0]
+    for n, row in enumerate(rows[1:], 2):
+        assert row["gpu"] == first["gpu"] and row["wasm"] == first["wasm"], (n, row, first)
+        assert row["js"] <= first["js"] + 1_000_000, (n, row, first)
+
+    # NumPy without JSPI: Python cannot wait for IndexedDB, so each weight file is read into JS
+    # memory first and Python copies its tensors from there
+    p.page.select_option("#backend", "numpy")
+    r = p.generate(seed=8)
+    assert r["ok"] and r["settings"]["backend"] == "numpy", r
+    assert psnr(r["png"], cli_image(page_hub.repo_dir("test/sd1-tiny"), r["settings"], tmp_path)) >= 40
+    p.close()
