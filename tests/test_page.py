@@ -226,6 +226,15 @@ def fresh_context(chromium):
     ctx.close()
 
 
+@pytest.fixture()
+def no_sw_context(chromium):
+    """A fresh profile without the service worker, whose cache of the page and Pyodide (some 20 MB)
+    would count against a small origin quota too: the quota tests hold the models' storage alone."""
+    ctx = chromium.new_context(viewport={"width": 1280, "height": 1000}, service_workers="block")
+    yield ctx
+    ctx.close()
+
+
 def cli_image(folder: Path, settings: dict, tmp_path: Path) -> np.ndarray:
     """`sdweb generate` in CPython with the settings the page reports for its image."""
     from PIL import Image
@@ -473,12 +482,12 @@ def delete_stored(p: Page, repo: str):
     p.page.wait_for_function(f"!document.getElementById('cache').textContent.includes({json.dumps(repo)})")
 
 
-def test_storage_quota_set_through_the_devtools_protocol(fresh_context, page_server, page_hub):
+def test_storage_quota_set_through_the_devtools_protocol(no_sw_context, page_server, page_hub):
     """A small origin quota (Storage.overrideQuotaForOrigin, set before the origin stores anything:
     Chromium keeps the quota it first used): room for one tiny model, not two. The second gets the
     quota message, the first is not damaged, and once it is deleted the second fits."""
-    p = Page(fresh_context, page_server, page_hub, model="test/quota-kept")
-    cdp = fresh_context.new_cdp_session(p.page)
+    p = Page(no_sw_context, page_server, page_hub, model="test/quota-kept")
+    cdp = no_sw_context.new_cdp_session(p.page)
     cdp.send("Storage.overrideQuotaForOrigin", {"origin": page_server, "quotaSize": 11_000_000})
     assert p.generate()["ok"]  # 7.1 MB stored
     p.page.fill("#model", "test/quota")
@@ -500,13 +509,13 @@ def test_storage_quota_set_through_the_devtools_protocol(fresh_context, page_ser
     p.close()
 
 
-def test_a_private_window_running_out_of_space_is_told_so(fresh_context, page_server, page_hub):
+def test_a_private_window_running_out_of_space_is_told_so(no_sw_context, page_server, page_hub):
     """A Playwright context is an off-the-record profile, as a private window is, and its storage
     estimate promises gigabytes it need not keep (as measured in an incognito window: a 4.3 GB model
     stopped at the UNet with 11 GB shown free). The page says up front what a private window keeps;
     when a write is refused, the error says it too. The DevTools Protocol holds the real quota to 3 MB."""
-    p = Page(fresh_context, page_server, page_hub, model="test/private", chunk=65536)
-    cdp = fresh_context.new_cdp_session(p.page)
+    p = Page(no_sw_context, page_server, page_hub, model="test/private", chunk=65536)
+    cdp = no_sw_context.new_cdp_session(p.page)
     cdp.send("Storage.overrideQuotaForOrigin", {"origin": page_server, "quotaSize": 3_000_000})
     assert "private (incognito) window keeps only a little" in p.page.inner_text("#private-note")
     estimate = p.page.workers[0].evaluate("navigator.storage.estimate()")
