@@ -175,8 +175,9 @@ def generate(pipe, request: dict, *, progress=None, cancel=None) -> dict:
 
 
 def generation(pipe, request: dict, *, progress=None, cancel=None):
-    """`generate` as Pipeline.stages is the pipeline's run: a generator yielding each tensor about to
-    be read back, returning generate's dict."""
+    """`generate` as a generator, as Pipeline.stages is the pipeline's run: it yields what stages
+    yields (each tensor about to be read back, None once a component is built) and returns
+    generate's dict."""
     from .preview import latents_to_rgb
 
     s = resolve(dict(request, model=pipe.folder.name, precision=pipe.precision, variant=pipe.variant,
