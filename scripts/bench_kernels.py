@@ -54,7 +54,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "py"))
 
-import matmul_ladder  # noqa: E402  (beside this script)
+import kernel_ladder  # noqa: E402  (beside this script)
 from sdweb.backends import numpy as nb  # noqa: E402
 from sdweb.errors import SdwebError  # noqa: E402
 from sdweb.weights import WeightStore, f32_to_bf16  # noqa: E402
@@ -95,7 +95,7 @@ def _linear_case(op, name, M, Din, Dout, act=None, dtype="f32", version=None, M_
         tx, tw, tb = ctx.upload(x), webgpu.weight(w), webgpu.weight(b)
         if version is None:
             return (lambda: matmul.linear(ctx, tx, tw, tb, act)), (lambda: nb.linear(x, w, b, act))
-        return (lambda: matmul_ladder.linear(ctx, tx, tw, tb, act, version)), (lambda: nb.linear(x, w, b, act))
+        return (lambda: kernel_ladder.linear(ctx, tx, tw, tb, act, version)), (lambda: nb.linear(x, w, b, act))
 
     out = f" -> {Dout // 2} geglu" if act == "geglu" else (f" {act}" if act else "")
     return Case(op, name, lambda s: f"({m(s)}, {Din}) x ({Dout}, {Din}) {dtype}{out}",

@@ -1,39 +1,42 @@
-// attention.wgsl: fused multi-head attention, flash-style (online softmax over key tiles).
-// Mirrors backends/numpy.py `attention`; host side in py/sdweb/backends/webgpu/ops/attention.py.
+// attention.wgsl: fused multi-head attention, flash-style (online softmax over key steps), after
+// ONNX Runtime Web's flash_attention.wgsl.template: one query per invocation with its row of Q in
+// registers, the keys walked KSTEP at a time through workgroup memory, each query's running max and
+// sum kept by its own invocation. Mirrors backends/numpy.py `attention`; host side in
+// py/sdweb/backends/webgpu/ops/attention.py.
 //
 //   out[n, i, h*d + c] = sum_j softmax_j(q[n, i, h*d:] . k[n, j, h*d:] / sqrt(d)) v[n, j, h*d + c]
 //   with key j hidden from query i when causal and j > i (CLIP's text encoder).
 //
 // Entry point `main`
 //   bindings  0  var<uniform>             p: Params
-//             1  var<storage, read>       q: array<f32>   (N, Lq, heads*d) rows q_stride apart
-//             2  var<storage, read>       k: array<f32>   (N, Lk, heads*d) rows k_stride apart
-//             3  var<storage, read>       v: array<f32>   (N, Lk, heads*d) rows v_stride apart
-//             4  var<storage, read_write> o: array<f32>   (N, Lq, heads*d) rows o_stride apart
-//   uniform   struct Params { batch, heads, lq, lk, d, nch, causal: u32, scale: f32,
-//                             q_stride, k_stride, v_stride, o_stride,
-//                             q_off, k_off, v_off, o_off: u32 }
+//             1  var<storage, read>       q: (N, Lq, heads*d) rows q_stride apart   (T)
+//             2  var<storage, read>       k: (N, Lk, heads*d) rows k_stride apart
+//             3  var<storage, read>       v: (N, Lk, heads*d) rows v_stride apart
+//             4  var<storage, read_write> o: (N, Lq, heads*d) rows o_stride apart
+//   uniform   struct Params { heads, lq, lk, d, causal: u32, scale: f32, q_stride, k_stride,
+//                             v_stride, o_stride, q_off, k_off, v_off, o_off: u32 }
 //             element (n, t, h*d + c) of q is q[q_off + (n*lq + t)*q_stride + h*d + c] (likewise
-//             k, v with lk, and o with lq); nch = ceil(d / D_CHUNK); scale = log2(e) / sqrt(d).
-//   constants D_CHUNK   head-dim chunk staged in shared memory, a multiple of 8 (8 .. 40)
-//             V_CHUNKS  output chunks of D_CHUNK columns held in registers by one workgroup (host: <= 160 columns)
-//   dispatch  (ceil(lq / 32), batch * heads, ceil(nch / V_CHUNKS)), workgroup 64 = 8 x 8 threads
+//             k, v with lk, and o with lq); scale = log2(e) / sqrt(d) (exp2 then gives e^x).
+//   constants D4       vec4s of a head row, ceil(d / 4) (columns past d read as zeros)
+//             OD4      output vec4s per workgroup: D4, or a slice of it (the grid's z) for big d
+//             KSTEP    keys per step (both the K rows and the V slice rows fit workgroup memory)
+//             WG       queries (invocations) per workgroup
+//             VEC      rows load and store as whole vec4s (d, the strides and offsets multiples of 4)
+//   dispatch  (ceil(lq / WG), N * heads, ceil(D4 / OD4)), workgroup (WG)
 //
-// One workgroup owns 32 queries of one (n, h) and D_CHUNK * V_CHUNKS output columns of them. It
-// walks the keys in tiles of 32: S = Q K^T for the tile (the head dim taken D_CHUNK at a time through
-// shared memory, so any d works), the running row max m and the rescale alpha = 2^(m_old - m_new),
-// P = 2^(S - m) into shared memory, then O = alpha O + P V and l = alpha l + rowsum P in registers.
-// Only a 32 x 32 tile of scores ever exists. When d needs more than V_CHUNKS chunks (the VAE's
-// d = 512), the z workgroups each recompute S and keep their own slice of O.
-// Shared memory stays under WebGPU's default 16 KiB limit for D_CHUNK <= 40.
+// Per key step: two barriers around the cooperative load of KSTEP K rows and V slices (vec4s),
+// then each invocation scores its query against the KSTEP keys (reading the same K vec4 as every
+// other invocation: a broadcast), updates its max m and sum l (rescale alpha = 2^(m_old - m_new))
+// and O += P V in f32. Scores, softmax and O are f32 in any T; with T = f16 Q, K and V are f16 and
+// the q . k products are f16 four at a time. No score matrix exists, so memory is the output's at
+// any Lq, Lk. When d needs more than one slice of OD4 (the VAE's d = 512), the z workgroups each
+// recompute the scores and keep their own slice of O.
 
 struct Params {
-    batch: u32,
     heads: u32,
     lq: u32,
     lk: u32,
     d: u32,
-    nch: u32,
     causal: u32,
     scale: f32,
     q_stride: u32,
@@ -47,212 +50,134 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<f32>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
-@group(0) @binding(4) var<storage, read_write> o: array<f32>;
+#if VEC
+@group(0) @binding(1) var<storage, read> q4: array<vec4<T>>;
+@group(0) @binding(2) var<storage, read> k4: array<vec4<T>>;
+@group(0) @binding(3) var<storage, read> v4: array<vec4<T>>;
+@group(0) @binding(4) var<storage, read_write> o4: array<vec4<T>>;
+#else
+@group(0) @binding(1) var<storage, read> q: array<T>;
+@group(0) @binding(2) var<storage, read> k: array<T>;
+@group(0) @binding(3) var<storage, read> v: array<T>;
+@group(0) @binding(4) var<storage, read_write> o: array<T>;
+#endif
+// @defaults D4=10u OD4=10u KSTEP=16u WG=64u VEC=true
 
-const BQ: u32 = 32u;            // queries per workgroup
-const BK: u32 = 32u;            // keys per tile
-const DC: u32 = D_CHUNK;        // head-dim chunk
-const NV: u32 = V_CHUNKS;       // output chunks per workgroup
-const DC4: u32 = DC / 4u;
-const BK4: u32 = BK / 4u;
-const KROW: u32 = DC4 + 1u;     // K tile row pitch in vec4s; the pad spreads a row's reads over banks
-const VROW: u32 = BK4 + 1u;     // V^T tile row pitch in vec4s
-const CJ: u32 = DC / 8u;        // output columns per thread per chunk: tx + 8 * c
-const KV_SIZE: u32 = max(BK * KROW, DC * VROW);
-const NEG: f32 = -3.0e38;       // finite "minus infinity": exp2(NEG - m) is 0 and NEG - NEG is not NaN
+const D4_: u32 = D4;
+const OD4_: u32 = OD4;
+const KSTEP_: u32 = KSTEP;
+const WG_: u32 = WG;
+const NEG: f32 = -3.0e38;  // finite "minus infinity": exp2(NEG - m) is 0 and NEG - NEG is not NaN
 
-var<workgroup> qs: array<vec4<f32>, BQ * DC4>;     // Q chunk, row-major, pre-scaled
-var<workgroup> kvs: array<vec4<f32>, KV_SIZE>;      // K chunk (row-major) or V^T chunk (column-major)
-var<workgroup> ps: array<vec4<f32>, BQ * BK4>;     // P tile, row-major
-var<workgroup> red: array<f32, BQ * 8u>;           // per-thread partial row maxima
-var<workgroup> row_m: array<f32, BQ>;              // running row max (log2 domain)
-var<workgroup> row_a: array<f32, BQ>;              // this tile's rescale of O and l
+var<workgroup> ks: array<vec4<T>, KSTEP * D4>;   // K rows of this step
+var<workgroup> vs: array<vec4<T>, KSTEP * OD4>;  // V rows of this step, this workgroup's slice
 
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let tx = lid % 8u;  // key / output column lane
-    let ty = lid / 8u;  // query row lane: rows ty + 8 * i
-    let q0 = wg.x * BQ;
+// The vec4 at column 4 c of the row starting at element `base` (zeros past d)
+#if VEC
+fn load_q(base: u32, c: u32) -> vec4<T> { return q4[base / 4u + c]; }
+fn load_k(base: u32, c: u32) -> vec4<T> { return k4[base / 4u + c]; }
+fn load_v(base: u32, c: u32) -> vec4<T> { return v4[base / 4u + c]; }
+fn store_o(base: u32, c: u32, x: vec4<f32>) { o4[base / 4u + c] = vec4<T>(x); }
+#else
+fn load_q(base: u32, c: u32) -> vec4<T> {
+    var x = vec4<T>(0.0);
+    for (var e = 0u; e < 4u; e++) { if (4u * c + e < p.d) { x[e] = q[base + 4u * c + e]; } }
+    return x;
+}
+fn load_k(base: u32, c: u32) -> vec4<T> {
+    var x = vec4<T>(0.0);
+    for (var e = 0u; e < 4u; e++) { if (4u * c + e < p.d) { x[e] = k[base + 4u * c + e]; } }
+    return x;
+}
+fn load_v(base: u32, c: u32) -> vec4<T> {
+    var x = vec4<T>(0.0);
+    for (var e = 0u; e < 4u; e++) { if (4u * c + e < p.d) { x[e] = v[base + 4u * c + e]; } }
+    return x;
+}
+fn store_o(base: u32, c: u32, x: vec4<f32>) {
+    for (var e = 0u; e < 4u; e++) { if (4u * c + e < p.d) { o[base + 4u * c + e] = T(x[e]); } }
+}
+#endif
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let n = wg.y / p.heads;
-    let h = wg.y % p.heads;
-    let col0 = h * p.d;
-    let q_base = p.q_off + n * p.lq * p.q_stride + col0;
+    let col0 = (wg.y % p.heads) * p.d;
+    let qi = wg.x * WG_ + li;
+    let valid = qi < p.lq;
+    let c_lo = wg.z * OD4_;  // first output vec4 of this workgroup's slice
     let k_base = p.k_off + n * p.lk * p.k_stride + col0;
     let v_base = p.v_off + n * p.lk * p.v_stride + col0;
-    let o_base = p.o_off + n * p.lq * p.o_stride + col0;
     let causal = p.causal != 0u;
 
-    if (lid < BQ) {
-        row_m[lid] = NEG;
+    var qr: array<vec4<T>, D4>;
+    if (valid) {
+        let base = p.q_off + (n * p.lq + qi) * p.q_stride + col0;
+        for (var c = 0u; c < D4_; c++) {
+            qr[c] = load_q(base, c) * T(p.scale);
+        }
     }
-    var acc: array<f32, 4u * NV * CJ>;  // O[ty + 8i, chunk (wg.z * NV + cv), tx + 8c] at (i*NV + cv)*CJ + c
-    var l: array<f32, 4>;               // row sums of P, kept by each of a row's 8 threads
-    for (var i = 0u; i < 4u * NV * CJ; i++) {
-        acc[i] = 0.0;
-    }
-    for (var i = 0u; i < 4u; i++) {
-        l[i] = 0.0;
-    }
+    var acc: array<vec4<f32>, OD4>;
+    var m = NEG;
+    var l = 0.0;
 
-    // with a causal mask, keys past the block's last query are hidden from every row of the block
+    // with a causal mask, keys past the workgroup's last query are hidden from every query in it
     var k_end = p.lk;
     if (causal) {
-        k_end = min(p.lk, q0 + BQ);
+        k_end = min(p.lk, wg.x * WG_ + WG_);
     }
-    for (var k0 = 0u; k0 < k_end; k0 += BK) {
-        // 1. S = (Q scale) K^T over the head dim, one chunk at a time
-        var s: array<f32, 16>;  // S[ty + 8i, tx + 8j] at i*4 + j
-        for (var i = 0u; i < 16u; i++) {
-            s[i] = 0.0;
+    for (var k0 = 0u; k0 < k_end; k0 += KSTEP_) {
+        workgroupBarrier();  // the previous step's K and V are read
+        for (var e = li; e < KSTEP_ * D4_; e += WG_) {
+            let j = k0 + e / D4_;
+            var x = vec4<T>(0.0);
+            if (j < p.lk) { x = load_k(k_base + j * p.k_stride, e % D4_); }
+            ks[e] = x;
         }
-        for (var ch = 0u; ch < p.nch; ch++) {
-            let c0 = ch * DC;
-            workgroupBarrier();  // the previous readers of qs / kvs are done
-            if (p.nch > 1u || k0 == 0u) {  // a single chunk of Q stays in shared memory throughout
-                for (var u = lid; u < BQ * DC4; u += 64u) {
-                    let r = u / DC4;
-                    let c = c0 + (u % DC4) * 4u;
-                    let t = q0 + r;
-                    var x = vec4<f32>(0.0);
-                    if (t < p.lq) {
-                        let base = q_base + t * p.q_stride + c;
-                        for (var e = 0u; e < 4u; e++) {
-                            if (c + e < p.d) {
-                                x[e] = q[base + e] * p.scale;
-                            }
-                        }
-                    }
-                    qs[u] = x;
-                }
-            }
-            for (var u = lid; u < BK * DC4; u += 64u) {
-                let r = u / DC4;
-                let c4 = u % DC4;
-                let c = c0 + c4 * 4u;
-                let t = k0 + r;
-                var x = vec4<f32>(0.0);
-                if (t < p.lk) {
-                    let base = k_base + t * p.k_stride + c;
-                    for (var e = 0u; e < 4u; e++) {
-                        if (c + e < p.d) {
-                            x[e] = k[base + e];
-                        }
-                    }
-                }
-                kvs[r * KROW + c4] = x;
-            }
-            workgroupBarrier();
-            for (var c4 = 0u; c4 < DC4; c4++) {
-                var kv: array<vec4<f32>, 4>;
-                for (var j = 0u; j < 4u; j++) {
-                    kv[j] = kvs[(tx + 8u * j) * KROW + c4];
-                }
-                for (var i = 0u; i < 4u; i++) {
-                    let qv = qs[(ty + 8u * i) * DC4 + c4];
-                    for (var j = 0u; j < 4u; j++) {
-                        s[i * 4u + j] += dot(qv, kv[j]);
-                    }
-                }
-            }
-        }
-
-        // 2. mask, then the tile's row max, combined with the running max
-        for (var i = 0u; i < 4u; i++) {
-            let t = q0 + ty + 8u * i;
-            var mx = NEG;
-            for (var j = 0u; j < 4u; j++) {
-                let kj = k0 + tx + 8u * j;
-                if (kj >= p.lk || (causal && kj > t)) {
-                    s[i * 4u + j] = NEG;
-                }
-                mx = max(mx, s[i * 4u + j]);
-            }
-            red[(ty + 8u * i) * 8u + tx] = mx;
-        }
-        workgroupBarrier();
-        if (lid < BQ) {
-            var mx = row_m[lid];
-            for (var x = 0u; x < 8u; x++) {
-                mx = max(mx, red[lid * 8u + x]);
-            }
-            row_a[lid] = exp2(row_m[lid] - mx);
-            row_m[lid] = mx;
+        for (var e = li; e < KSTEP_ * OD4_; e += WG_) {
+            let j = k0 + e / OD4_;
+            let c = c_lo + e % OD4_;
+            var x = vec4<T>(0.0);
+            if (j < p.lk && c < D4_) { x = load_v(v_base + j * p.v_stride, c); }
+            vs[e] = x;
         }
         workgroupBarrier();
 
-        // 3. P = 2^(S - m) (hidden keys exactly 0), and rescale what was accumulated so far
-        for (var i = 0u; i < 4u; i++) {
-            let r = ty + 8u * i;
-            let m = row_m[r];
-            let a = row_a[r];
-            for (var j = 0u; j < 4u; j++) {
-                let sv = s[i * 4u + j];
-                let c = tx + 8u * j;
-                ps[r * BK4 + c / 4u][c % 4u] = select(exp2(sv - m), 0.0, sv == NEG);
+        var s: array<f32, KSTEP>;
+        var mx = m;
+        for (var j = 0u; j < KSTEP_; j++) {
+            var dotv = 0.0;
+            for (var c = 0u; c < D4_; c++) {
+                dotv += f32(dot(qr[c], ks[j * D4_ + c]));
             }
-            l[i] *= a;
-            for (var x = 0u; x < NV * CJ; x++) {
-                acc[i * NV * CJ + x] *= a;
+            let key = k0 + j;
+            if (key >= p.lk || (causal && key > qi)) {
+                dotv = NEG;
+            }
+            s[j] = dotv;
+            mx = max(mx, dotv);
+        }
+        let alpha = exp2(m - mx);
+        l *= alpha;
+        for (var c = 0u; c < OD4_; c++) {
+            acc[c] *= alpha;
+        }
+        for (var j = 0u; j < KSTEP_; j++) {
+            let pj = select(exp2(s[j] - mx), 0.0, s[j] == NEG);
+            l += pj;
+            for (var c = 0u; c < OD4_; c++) {
+                acc[c] += pj * vec4<f32>(vs[j * OD4_ + c]);
             }
         }
-
-        // 4. O += P V, one chunk of output columns at a time, V staged transposed
-        for (var cv = 0u; cv < NV; cv++) {
-            let ch = wg.z * NV + cv;
-            if (ch < p.nch) {
-                let c0 = ch * DC;
-                workgroupBarrier();  // K (or the previous V chunk) is no longer read
-                for (var u = lid; u < DC * BK4; u += 64u) {
-                    let c = u % DC;   // consecutive threads read consecutive columns of a V row
-                    let j4 = u / DC;
-                    var x = vec4<f32>(0.0);
-                    if (c0 + c < p.d) {
-                        for (var e = 0u; e < 4u; e++) {
-                            let t = k0 + j4 * 4u + e;
-                            if (t < p.lk) {
-                                x[e] = v[v_base + t * p.v_stride + c0 + c];
-                            }
-                        }
-                    }
-                    kvs[c * VROW + j4] = x;
-                }
-                workgroupBarrier();  // V^T and P are in place
-                for (var j4 = 0u; j4 < BK4; j4++) {
-                    var vv: array<vec4<f32>, CJ>;
-                    for (var c = 0u; c < CJ; c++) {
-                        vv[c] = kvs[(tx + 8u * c) * VROW + j4];
-                    }
-                    for (var i = 0u; i < 4u; i++) {
-                        let pv = ps[(ty + 8u * i) * BK4 + j4];
-                        if (cv == 0u) {
-                            l[i] += pv.x + pv.y + pv.z + pv.w;
-                        }
-                        for (var c = 0u; c < CJ; c++) {
-                            acc[(i * NV + cv) * CJ + c] += dot(pv, vv[c]);
-                        }
-                    }
-                }
-            }
-        }
-        workgroupBarrier();  // P and V^T are read before the next tile overwrites them
+        m = mx;
     }
 
-    // 5. O / l
-    for (var i = 0u; i < 4u; i++) {
-        let t = q0 + ty + 8u * i;
-        if (t < p.lq) {
-            let inv = 1.0 / l[i];  // l >= 1: the row's max key contributes 2^0
-            for (var cv = 0u; cv < NV; cv++) {
-                let c0 = (wg.z * NV + cv) * DC;
-                for (var c = 0u; c < CJ; c++) {
-                    let col = c0 + tx + 8u * c;
-                    if (col < p.d) {
-                        o[o_base + t * p.o_stride + col] = acc[(i * NV + cv) * CJ + c] * inv;
-                    }
-                }
+    if (valid) {
+        let base = p.o_off + (n * p.lq + qi) * p.o_stride + col0;
+        let inv = 1.0 / l;  // l >= 1: the row's max key contributes 2^0
+        for (var c = 0u; c < OD4_; c++) {
+            if (c_lo + c < D4_) {
+                store_o(base, c_lo + c, acc[c] * inv);
             }
         }
     }

@@ -12,7 +12,13 @@
 //   for a 16-bit DST (an odd n leaves the last word's high half zero). A 1-D grid of
 //   G = ceil(words / 256) workgroups folded into (x, y) (include/grid.wgsl).
 //
-// Constants: SRC, DST = 0 (f32) | 1 (f16) | 2 (bf16), SRC != DST.
+//   place    n, out_offset             src: n elements of SRC; dst (the same dtype): elements
+//                                      out_offset .. out_offset + n set to them, the rest kept
+//   @workgroup_size(256), one destination u32 per invocation over the words those elements touch
+//   (a 16-bit piece may start or end inside a word, whose other half belongs to a neighbour): the
+//   parts of a fused weight (upload.fuse), one dispatch per part, in order.
+//
+// Constants: SRC, DST = 0 (f32) | 1 (f16) | 2 (bf16), SRC != DST for convert, SRC == DST for place.
 // @defaults SRC=0 DST=1
 //
 // Every conversion works on bit patterns with integer ops: WGSL leaves the rounding of f32 -> f16
@@ -131,4 +137,29 @@ fn convert(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3
         word = word | (store_half(load_bits(j + 1u)) << 16u);
     }
     dst[p.out_offset + w] = word;
+}
+
+@compute @workgroup_size(256)
+fn place(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+         @builtin(local_invocation_id) lid: vec3u) {
+    let w = flat_index(wid, nwg, lid);
+    if (SRC_KIND == 0u) {
+        if (w >= p.n) { return; }
+        dst[p.out_offset + w] = src[w];
+        return;
+    }
+    let first = p.out_offset;
+    let w0 = first / 2u;
+    if (w >= (first + p.n + 1u) / 2u - w0) { return; }
+    let dw = w0 + w;
+    var word = dst[dw];
+    for (var h = 0u; h < 2u; h++) {
+        let e = 2u * dw + h;
+        if (e >= first && e < first + p.n) {
+            let j = e - first;
+            let half = (src[j >> 1u] >> ((j & 1u) * 16u)) & 0xffffu;
+            word = (word & ~(0xffffu << (16u * h))) | (half << (16u * h));
+        }
+    }
+    dst[dw] = word;
 }

@@ -9,7 +9,6 @@
 //   entry        uniform (in order)                              bindings 1.. (last one written)
 //   add          n                                               a, b, y             y = a + b
 //   mul          n, s: f32                                       x, y                y = x * s
-//   add_channel  n, hw                                           x (NC, hw), v (NC), y
 //   upsample2x   n, h, w                                         x (NC, h, w), y (NC, 2h, 2w)
 //   pad2d        n, h, w, ho, wo, top, left                      x (NC, h, w), y (NC, ho, wo)
 //   copy_rows    n = rows*inner, inner, dst_stride, dst_off,     x, y: y[r*dst_stride + dst_off + j]
@@ -20,7 +19,8 @@
 //   transpose_tiles b, r, c                                        x (b, r, c), y (b, c, r)
 //                @workgroup_size(16, 16); groups (ceil(c / 16), ceil(r / 16), b)
 //
-// Weight dtype (gather's table): W_TYPE / W_LOAD (shaders.py); f32 for activations.
+// Weight dtype (gather's table): W_TYPE / W_LOAD (shaders.py); activations T (f32 | f16), gather's
+// table read as f32 and stored as T.
 
 #include "include/grid.wgsl"
 
@@ -28,9 +28,9 @@
 
 struct AddParams { n: u32 }
 @group(0) @binding(0) var<uniform> pa: AddParams;
-@group(0) @binding(1) var<storage, read> aa: array<f32>;
-@group(0) @binding(2) var<storage, read> ab: array<f32>;
-@group(0) @binding(3) var<storage, read_write> ay: array<f32>;
+@group(0) @binding(1) var<storage, read> aa: array<T>;
+@group(0) @binding(2) var<storage, read> ab: array<T>;
+@group(0) @binding(3) var<storage, read_write> ay: array<T>;
 
 @compute @workgroup_size(256)
 fn add(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -44,39 +44,23 @@ fn add(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 
 struct MulParams { n: u32, s: f32 }
 @group(0) @binding(0) var<uniform> pm: MulParams;
-@group(0) @binding(1) var<storage, read> mx: array<f32>;
-@group(0) @binding(2) var<storage, read_write> my: array<f32>;
+@group(0) @binding(1) var<storage, read> mx: array<T>;
+@group(0) @binding(2) var<storage, read_write> my: array<T>;
 
 @compute @workgroup_size(256)
 fn mul(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
        @builtin(local_invocation_id) lid: vec3u) {
     let i = flat_index(wid, nwg, lid);
     if (i >= pm.n) { return; }
-    my[i] = mx[i] * pm.s;
-}
-
-// --- add_channel: x (N*C, hw) + v (N*C) broadcast over hw ---
-
-struct ChannelParams { n: u32, hw: u32 }
-@group(0) @binding(0) var<uniform> pc: ChannelParams;
-@group(0) @binding(1) var<storage, read> cx: array<f32>;
-@group(0) @binding(2) var<storage, read> cv: array<f32>;
-@group(0) @binding(3) var<storage, read_write> cy: array<f32>;
-
-@compute @workgroup_size(256)
-fn add_channel(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-               @builtin(local_invocation_id) lid: vec3u) {
-    let i = flat_index(wid, nwg, lid);
-    if (i >= pc.n) { return; }
-    cy[i] = cx[i] + cv[i / pc.hw];
+    my[i] = T(f32(mx[i]) * pm.s);
 }
 
 // --- upsample2x: nearest, (NC, h, w) -> (NC, 2h, 2w) ---
 
 struct UpParams { n: u32, h: u32, w: u32 }
 @group(0) @binding(0) var<uniform> pup: UpParams;
-@group(0) @binding(1) var<storage, read> upx: array<f32>;
-@group(0) @binding(2) var<storage, read_write> upy: array<f32>;
+@group(0) @binding(1) var<storage, read> upx: array<T>;
+@group(0) @binding(2) var<storage, read_write> upy: array<T>;
 
 @compute @workgroup_size(256)
 fn upsample2x(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -95,8 +79,8 @@ fn upsample2x(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: v
 
 struct PadParams { n: u32, h: u32, w: u32, ho: u32, wo: u32, top: u32, left: u32 }
 @group(0) @binding(0) var<uniform> pp: PadParams;
-@group(0) @binding(1) var<storage, read> px: array<f32>;
-@group(0) @binding(2) var<storage, read_write> py: array<f32>;
+@group(0) @binding(1) var<storage, read> px: array<T>;
+@group(0) @binding(2) var<storage, read_write> py: array<T>;
 
 @compute @workgroup_size(256)
 fn pad2d(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -110,7 +94,7 @@ fn pad2d(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     // unsigned wrap-around makes x < left (or y < top) land far above w (h)
     let sx = ox - pp.left;
     let sy = oy - pp.top;
-    var v = 0.0;
+    var v = T(0.0);
     if (sx < pp.w && sy < pp.h) {
         v = px[(nc * pp.h + sy) * pp.w + sx];
     }
@@ -121,8 +105,8 @@ fn pad2d(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 
 struct CopyParams { n: u32, inner: u32, dst_stride: u32, dst_off: u32, src_stride: u32, src_off: u32 }
 @group(0) @binding(0) var<uniform> pcp: CopyParams;
-@group(0) @binding(1) var<storage, read> cpx: array<f32>;
-@group(0) @binding(2) var<storage, read_write> cpy: array<f32>;
+@group(0) @binding(1) var<storage, read> cpx: array<T>;
+@group(0) @binding(2) var<storage, read_write> cpy: array<T>;
 
 @compute @workgroup_size(256)
 fn copy_rows(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -140,7 +124,7 @@ struct GatherParams { n: u32, d: u32 }
 @group(0) @binding(0) var<uniform> pgt: GatherParams;
 @group(0) @binding(1) var<storage, read> gids: array<u32>;
 @group(0) @binding(2) var<storage, read> gtable: array<W_TYPE>;
-@group(0) @binding(3) var<storage, read_write> gty: array<f32>;
+@group(0) @binding(3) var<storage, read_write> gty: array<T>;
 
 @compute @workgroup_size(256)
 fn gather(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -149,7 +133,7 @@ fn gather(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
     if (i >= pgt.n) { return; }
     let r = i / pgt.d;
     let j = i % pgt.d;
-    gty[i] = W_LOAD(gtable, gids[r] * pgt.d + j);
+    gty[i] = T(W_LOAD(gtable, gids[r] * pgt.d + j));
 }
 
 // --- transpose: (b, r, c) -> (b, c, r) through a 16x16 tile in workgroup memory, so both the
@@ -157,10 +141,10 @@ fn gather(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
 
 struct TransposeParams { b: u32, r: u32, c: u32 }
 @group(0) @binding(0) var<uniform> pt: TransposeParams;
-@group(0) @binding(1) var<storage, read> tx: array<f32>;
-@group(0) @binding(2) var<storage, read_write> ty: array<f32>;
+@group(0) @binding(1) var<storage, read> tx: array<T>;
+@group(0) @binding(2) var<storage, read_write> ty: array<T>;
 
-var<workgroup> tile: array<array<f32, 17>, 16>;  // 17: no bank conflicts on the column reads
+var<workgroup> tile: array<array<T, 17>, 16>;  // 17: no bank conflicts on the column reads
 
 @compute @workgroup_size(16, 16)
 fn transpose_tiles(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {

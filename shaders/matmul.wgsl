@@ -1,214 +1,197 @@
-// matmul.wgsl: Y = X . W^T (+ bias) (+ fused activation): the linear layers of CLIP, the UNet and
-// the VAE. Host side: py/sdweb/backends/webgpu/ops/matmul.py; reference: backends/numpy.py `linear`.
+// matmul.wgsl: Y = act(X . W^T + bias) + R: the linear layers of CLIP, the UNet and the VAE.
+// Host side: py/sdweb/backends/webgpu/ops/matmul.py (configurations: ops/gemm.py); reference:
+// backends/numpy.py `linear`.
 //
 // Shapes:
-//   X (M, K) f32, row-major (a linear layer's batch and token axes folded into M)
-//   W (N, K) row-major, a linear layer's weight; dtype f32, f16 or bf16 through W_TYPE / W_LOAD,
-//     always accumulated in f32
-//   Y (M, N) f32; with ACT = geglu, W and bias have 2N rows and Y = value * gelu(gate), value from
-//     rows [0, N) and gate from rows [N, 2N) (diffusers' GEGLU), so the 2N-wide product never lands
-//     in memory
+//   X (M, K) T, row-major (a linear layer's batch and token axes folded into M)
+//   W (Nw, K) row-major, a linear layer's weight as the checkpoint stores it; dtype f32, f16 or
+//     bf16 through W_TYPE / W_LOAD (shaders.py), tiles loaded as vec4 along K
+//   Y (M, N) T; R (M, N) T, the residual (HAS_RES); Nw = N, or 2N with ACT = geglu: Y = value *
+//     gelu(gate), value from rows [0, N) of W and gate from rows [N, 2N) (diffusers' GEGLU), so the
+//     2N-wide product never lands in memory
 //
-// Bindings (every entry point):
-//   0 p: Params (uniform)   1 x: X (read)   2 w: W (read)   3 bias: (N,) or (2N,) W_TYPE (read; a
-//   dummy buffer when HAS_BIAS is false)   4 y: Y (read_write)
+// The GEMM is include/gemm.wgsl's C[p, q] with P = X (p = m) and Q = W (q = a row of W): a tile
+// column is a row of W, so neighbouring invocations store neighbouring columns of Y. Under geglu a
+// tile's W rows alternate value and gate per invocation (j even: value row, j odd: the gate row of
+// the same output), so each invocation holds both halves of its outputs and a tile covers BN / 2
+// columns of Y.
 //
-// Host constants (textual, substituted before compiling; the pipeline cache key):
-//   ACT       the fused activation, include/activations.wgsl's codes (geglu included)
-//   HAS_BIAS  true | false
-//   VEC_TM, VEC_TN   outputs per invocation of matmul_vec4 (4u; the benchmark's ladder also runs 8u)
-//   W_TYPE, W_LOAD   weight dtype (shaders.py)
-// @defaults HAS_BIAS=false VEC_TM=4u VEC_TN=4u
+// Entry points
+//   main      workgroup (WGX, WGY); dispatch (ceil(N / BNY), ceil(M / BM), S) with BNY = BN, or
+//             BN / 2 under geglu; S = 1, or the split-K slices (SPLIT)
+//     bindings without SPLIT: 0 p: Params (uniform)  1 x: X  2 w: W  3 bias: (Nw,) W_TYPE (a dummy
+//                             when HAS_BIAS is false)  4 res: R (a dummy when HAS_RES is false)  5 y: Y
+//     bindings with SPLIT:    0 p  1 x  2 w  3 part: f32 (S, M, Nw): slice z's sums, by W row
+//   reduce    (SPLIT) one output per invocation, @workgroup_size(256), a 1-D grid of ceil(M N / 256)
+//             folded into (x, y) (include/grid.wgsl): Y = epilogue(sum over S of part)
+//     bindings: 0 p  1 part  2 bias  3 res  4 y
+// Uniform Params { M, N, K, k_split (K per slice, a multiple of BK; K when not split), S }.
 //
-// Entry points, the two the host picks from (ops/matmul.py): matmul_vec4 where K % 4 == 0, else
-// matmul_tiled. Both use workgroup (16, 16) and dispatch (ceil(N / BN), ceil(M / BM), 1) with
-// BM x BN the tile of Y per workgroup (under geglu a tile holds value and gate columns side by side,
-// so BN is half the tile's width):
-//   matmul_tiled  64x64 tiles, 4x4 outputs per invocation           BM = 64, BN = 64 (geglu 32)
-//   matmul_vec4   the same with vec4 loads and vec4 accumulators     BM = BN = 16 VEC_TM (geglu 8 VEC_TN)
-// Every edge is bounds-checked: M, N, K need not be multiples of any tile. The kernel ladder these
-// were chosen from (naive, 16x16 tiles, 8x8 outputs per invocation) is scripts/matmul_ladder.wgsl,
-// which includes this file; scripts/bench_kernels.py times every rung.
-
-struct Params {
-  M: u32,
-  N: u32,          // columns of Y (geglu: half the rows of W)
-  K: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;  // matmul_vec4's view of X
-@group(0) @binding(2) var<storage, read> w: array<W_TYPE>;
-@group(0) @binding(3) var<storage, read> bias: array<W_TYPE>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+// Host constants: ACT (include/activations.wgsl's codes, geglu included), HAS_BIAS, HAS_RES,
+// VEC_K (K % 4 == 0: X and W rows load as whole vec4s, else element by element), SPLIT, the tile
+// shape of include/gemm.wgsl (WGX, WGY, TM, TN, BK), W_TYPE / W_LOAD, T.
+// @defaults HAS_BIAS=false HAS_RES=false VEC_K=true SPLIT=false
+// Every edge is bounds-checked: M, N, K need not be multiples of any tile.
 
 #include "include/activations.wgsl"
+#include "include/gemm.wgsl"
+#include "include/grid.wgsl"
 
-const has_bias: bool = HAS_BIAS;
-
-fn bias_at(i: u32) -> f32 { return W_LOAD(bias, i); }
-
-// W[n, k], zero outside the matrix (rows: N, or 2N for geglu)
-fn w_get(n: u32, k: u32) -> f32 {
-  let rows = select(p.N, 2u * p.N, ACT_KIND == ACT_GEGLU);
-  if (n >= rows || k >= p.K) { return 0.0; }
-  return W_LOAD(w, n * p.K + k);
+struct Params {
+    M: u32,
+    N: u32,          // columns of Y (geglu: half the rows of W)
+    K: u32,
+    k_split: u32,
+    S: u32,
 }
 
-fn x_get(m: u32, k: u32) -> f32 {
-  if (m >= p.M || k >= p.K) { return 0.0; }
-  return x[m * p.K + k];
+const GEGLU: bool = ACT_KIND == ACT_GEGLU;
+
+@group(0) @binding(0) var<uniform> p: Params;
+#if VEC_K
+@group(0) @binding(1) var<storage, read> x4: array<vec4<T>>;
+@group(0) @binding(2) var<storage, read> w4: array<W_TYPE4>;
+#else
+@group(0) @binding(1) var<storage, read> x: array<T>;
+@group(0) @binding(2) var<storage, read> w: array<W_TYPE>;
+#endif
+#if SPLIT
+@group(0) @binding(3) var<storage, read_write> part_out: array<f32>;
+// the reduce entry's bindings (an entry point uses one set, so the numbers may repeat)
+@group(0) @binding(1) var<storage, read> part: array<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<W_TYPE>;
+@group(0) @binding(3) var<storage, read> res: array<T>;
+@group(0) @binding(4) var<storage, read_write> y: array<T>;
+#else
+@group(0) @binding(3) var<storage, read> bias: array<W_TYPE>;
+@group(0) @binding(4) var<storage, read> res: array<T>;
+@group(0) @binding(5) var<storage, read_write> y: array<T>;
+#endif
+
+// rows of W: N, or 2N under geglu
+fn w_rows() -> u32 {
+    return select(p.N, 2u * p.N, GEGLU);
 }
 
-// Y[m, n] from the accumulated value (and, for geglu, gate) sums: bias, then the activation
+// X[m, k .. k+3], zero past M or the slice's end ke (under VEC_K, k < ke means all four are inside)
+fn x_vec(m: u32, k: u32, ke: u32) -> vec4<T> {
+    if (m >= p.M) { return vec4<T>(0.0); }
+#if VEC_K
+    if (k >= ke) { return vec4<T>(0.0); }
+    return x4[(m * p.K + k) / 4u];
+#else
+    var v = vec4<T>(0.0);
+    for (var c = 0u; c < 4u; c++) {
+        if (k + c < ke) { v[c] = x[m * p.K + k + c]; }
+    }
+    return v;
+#endif
+}
+
+// W[n, k .. k+3] as T, zero past the rows or the slice's end ke
+fn w_vec(n: u32, k: u32, ke: u32) -> vec4<T> {
+    if (n >= w_rows()) { return vec4<T>(0.0); }
+#if VEC_K
+    if (k >= ke) { return vec4<T>(0.0); }
+    return vec4<T>(W_LOAD4(w4, (n * p.K + k) / 4u));
+#else
+    var v = vec4<T>(0.0);
+    for (var c = 0u; c < 4u; c++) {
+        if (k + c < ke) { v[c] = T(W_LOAD(w, n * p.K + k + c)); }
+    }
+    return v;
+#endif
+}
+
+// The W row held in tile row r = tx + WGX j of the tile whose first output column is n0: row n0 + r,
+// or under geglu the value (j even) or gate (j odd) row of output n0 + tx + WGX (j / 2).
+fn w_row(n0: u32, r: u32) -> u32 {
+    if (!GEGLU) { return n0 + r; }
+    let j = r / WGX_;
+    let o = n0 + r % WGX_ + WGX_ * (j / 2u);
+    if (o >= p.N) { return 0xffffffffu; }
+    return select(o, p.N + o, j % 2u == 1u);
+}
+
+// Y[m, n] from the summed value (and, for geglu, gate): bias, the activation, then the residual
 fn store(m: u32, n: u32, value: f32, gate: f32) {
-  if (m >= p.M || n >= p.N) { return; }
-  var v = value;
-  var g = gate;
-  if (has_bias) {
-    v += bias_at(n);
-    if (ACT_KIND == ACT_GEGLU) { g += bias_at(p.N + n); }
-  }
-  if (ACT_KIND == ACT_GEGLU) {
-    v = geglu(v, g);
-  } else {
-    v = activate(v);
-  }
-  y[m * p.N + n] = v;
-}
-
-// --- matmul_tiled: 64x64 tiles, 4x4 outputs per invocation (2D register blocking) ---------------
-// Invocation (tx, ty) owns rows ty + 16 i and tile columns tx + 16 j: neighbours read neighbouring
-// words of workgroup memory. Tile column c holds W row n0 + c; under geglu the 64 tile columns are
-// 32 output columns, value and gate interleaved so that each invocation holds both halves of its
-// outputs: c = t + 16 j is output n0 + t + 16 (j / 2), value for even j, gate for odd j.
-
-const T_BK: u32 = 16u;
-var<workgroup> t2_x: array<f32, 1024>;  // [k][m], 16 x 64
-var<workgroup> t2_w: array<f32, 1024>;  // [k][c], 16 x 64
-
-fn tiled_w_col(n0: u32, c: u32, k: u32) -> f32 {
-  if (ACT_KIND != ACT_GEGLU) { return w_get(n0 + c, k); }
-  let j = c / 16u;
-  let o = n0 + c % 16u + 16u * (j / 2u);
-  if (o >= p.N) { return 0.0; }
-  return w_get(select(o, p.N + o, j % 2u == 1u), k);
-}
-
-@compute @workgroup_size(16, 16)
-fn matmul_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-                @builtin(local_invocation_index) li: u32) {
-  let tn = select(64u, 32u, ACT_KIND == ACT_GEGLU);
-  let m0 = wg.y * 64u;
-  let n0 = wg.x * tn;
-  var acc: array<array<f32, 4>, 4>;
-  for (var k0 = 0u; k0 < p.K; k0 += T_BK) {
-    for (var r = 0u; r < 4u; r++) {
-      let e = li + 256u * r;   // element of the 64 x 16 tiles, k fastest: coalesced reads along K
-      let k = e % T_BK;
-      let row = e / T_BK;
-      t2_x[k * 64u + row] = x_get(m0 + row, k0 + k);
-      t2_w[k * 64u + row] = tiled_w_col(n0, row, k0 + k);
+    if (m >= p.M || n >= p.N) { return; }
+    var v = value;
+    var g = gate;
+    if (HAS_BIAS) {
+        v += W_LOAD(bias, n);
+        if (GEGLU) { g += W_LOAD(bias, p.N + n); }
     }
-    workgroupBarrier();
-    for (var k = 0u; k < T_BK; k++) {
-      var a: array<f32, 4>;
-      var b: array<f32, 4>;
-      for (var i = 0u; i < 4u; i++) { a[i] = t2_x[k * 64u + lid.y + 16u * i]; }
-      for (var j = 0u; j < 4u; j++) { b[j] = t2_w[k * 64u + lid.x + 16u * j]; }
-      for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) { acc[i][j] += a[i] * b[j]; }
-      }
-    }
-    workgroupBarrier();
-  }
-  for (var i = 0u; i < 4u; i++) {
-    let m = m0 + lid.y + 16u * i;
-    if (ACT_KIND == ACT_GEGLU) {
-      store(m, n0 + lid.x, acc[i][0], acc[i][1]);
-      store(m, n0 + lid.x + 16u, acc[i][2], acc[i][3]);
+    if (GEGLU) {
+        v = geglu(v, g);
     } else {
-      for (var j = 0u; j < 4u; j++) { store(m, n0 + lid.x + 16u * j, acc[i][j], 0.0); }
+        v = activate(v);
     }
-  }
+    let i = m * p.N + n;
+    if (HAS_RES) { v += f32(res[i]); }
+    y[i] = T(v);
 }
 
-// --- matmul_vec4: matmul_tiled with vec4 loads: X read as vec4 along K, vec4 tiles and accumulators
-// Invocation (tx, ty) owns TM x TN outputs: rows 4 (16 i + ty) + 0..3 and tile columns
-// 4 (16 j + tx) + 0..3, each group of 4 read as one vec4 from the k-major tiles (16 neighbours read
-// 16 neighbouring vec4s). TM = TN = 4: a 64x64 tile (the ladder's 8 makes 128x128 tiles, twice
-// the multiply-adds per workgroup-memory read and per global load). Under geglu each column group is
-// (value n, value n+1, gate n, gate n+1) for output n = n0 + 2 (16 j + tx). Needs K % 4 == 0 (so X's
-// rows are whole vec4s).
-
-const TM: u32 = VEC_TM;
-const TN: u32 = VEC_TN;
-const BM: u32 = 16u * TM;
-const BN: u32 = 16u * TN;
-var<workgroup> tv_x: array<vec4<f32>, 4u * BM>;  // [k][m / 4], 16 x BM/4 vec4
-var<workgroup> tv_w: array<vec4<f32>, 4u * BN>;  // [k][c / 4]
-
-fn vec_w_col(n0: u32, c: u32, k: u32) -> f32 {
-  if (ACT_KIND != ACT_GEGLU) { return w_get(n0 + c, k); }
-  let o = n0 + 2u * (c / 4u) + c % 2u;
-  if (o >= p.N) { return 0.0; }
-  return w_get(select(o, p.N + o, c % 4u >= 2u), k);
+@compute @workgroup_size(WGX, WGY)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+    let m0 = wg.y * BM;
+    let n0 = wg.x * select(BN, BN / 2u, GEGLU);
+    let kr = k_range(wg.z, p.K, p.k_split);
+    var acc: array<vec4<f32>, TM * TN4>;
+    for (var k0 = kr.x; k0 < kr.y; k0 += BK_) {
+        for (var e = li; e < BM * BK4; e += NT) {
+            let r = e / BK4;
+            tile_p[r * PITCH + e % BK4] = x_vec(m0 + r, k0 + 4u * (e % BK4), kr.y);
+        }
+        for (var e = li; e < BN * BK4; e += NT) {
+            let r = e / BK4;
+            tile_q[r * PITCH + e % BK4] = w_vec(w_row(n0, r), k0 + 4u * (e % BK4), kr.y);
+        }
+        workgroupBarrier();
+        gemm_step(lid.x, lid.y, &acc);
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < TM_; i++) {
+        let m = m0 + lid.y + WGY_ * i;
+        for (var j4 = 0u; j4 < TN4; j4++) {
+            let v = acc[i * TN4 + j4];
+#if SPLIT
+            if (m < p.M) {
+                for (var c = 0u; c < 4u; c++) {
+                    let n = w_row(n0, lid.x + WGX_ * (4u * j4 + c));
+                    if (n < w_rows()) { part_out[(wg.z * p.M + m) * w_rows() + n] = v[c]; }
+                }
+            }
+#else
+            if (GEGLU) {
+                store(m, n0 + lid.x + WGX_ * (2u * j4), v.x, v.y);
+                store(m, n0 + lid.x + WGX_ * (2u * j4 + 1u), v.z, v.w);
+            } else {
+                for (var c = 0u; c < 4u; c++) {
+                    store(m, n0 + lid.x + WGX_ * (4u * j4 + c), v[c], 0.0);
+                }
+            }
+#endif
+        }
+    }
 }
 
-@compute @workgroup_size(16, 16)
-fn matmul_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-               @builtin(local_invocation_index) li: u32) {
-  let tn = select(BN, BN / 2u, ACT_KIND == ACT_GEGLU);
-  let m0 = wg.y * BM;
-  let n0 = wg.x * tn;
-  let K4 = p.K / 4u;
-  var acc: array<vec4<f32>, TM * TN / 4u>;  // [i (row)][j (column group)]
-  for (var k0 = 0u; k0 < p.K; k0 += 16u) {
-    // X tile: 4 consecutive k of one row per load, scattered into the k-major tile
-    for (var r = 0u; r < TM / 4u; r++) {
-      let e = li + 256u * r;
-      let xm = e / 4u;
-      let xk = e % 4u;
-      var xv = vec4<f32>(0.0);
-      if (m0 + xm < p.M && k0 + 4u * xk < p.K) {
-        xv = x4[(m0 + xm) * K4 + k0 / 4u + xk];
-      }
-      for (var t = 0u; t < 4u; t++) { tv_x[(4u * xk + t) * (BM / 4u) + xm / 4u][xm % 4u] = xv[t]; }
+#if SPLIT
+@compute @workgroup_size(256)
+fn reduce(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+          @builtin(local_invocation_id) lid: vec3u) {
+    let i = flat_index(wid, nwg, lid);
+    if (i >= p.M * p.N) { return; }
+    let m = i / p.N;
+    let n = i % p.N;
+    var v = 0.0;
+    var g = 0.0;
+    for (var z = 0u; z < p.S; z++) {
+        let row = (z * p.M + m) * w_rows();
+        v += part[row + n];
+        if (GEGLU) { g += part[row + p.N + n]; }
     }
-    // W tile: 4 tile columns (one vec4) at one k per load, k fastest: coalesced along W's rows
-    for (var r = 0u; r < TN / 4u; r++) {
-      let e = li + 256u * r;
-      let wk = e % 16u;
-      let wc = (e / 16u) * 4u;
-      let k = k0 + wk;
-      tv_w[wk * (BN / 4u) + wc / 4u] = vec4<f32>(vec_w_col(n0, wc, k), vec_w_col(n0, wc + 1u, k),
-                                                  vec_w_col(n0, wc + 2u, k), vec_w_col(n0, wc + 3u, k));
-    }
-    workgroupBarrier();
-    for (var k = 0u; k < 16u; k++) {
-      var a: array<vec4<f32>, TM / 4u>;
-      var b: array<vec4<f32>, TN / 4u>;
-      for (var i = 0u; i < TM / 4u; i++) { a[i] = tv_x[k * (BM / 4u) + 16u * i + lid.y]; }
-      for (var j = 0u; j < TN / 4u; j++) { b[j] = tv_w[k * (BN / 4u) + 16u * j + lid.x]; }
-      for (var i = 0u; i < TM; i++) {
-        let av = a[i / 4u][i % 4u];
-        for (var j = 0u; j < TN / 4u; j++) { acc[i * (TN / 4u) + j] += av * b[j]; }
-      }
-    }
-    workgroupBarrier();
-  }
-  for (var i = 0u; i < TM; i++) {
-    let m = m0 + 4u * (16u * (i / 4u) + lid.y) + i % 4u;
-    for (var j = 0u; j < TN / 4u; j++) {
-      let g = 16u * j + lid.x;
-      let v = acc[i * (TN / 4u) + j];
-      if (ACT_KIND == ACT_GEGLU) {
-        store(m, n0 + 2u * g, v.x, v.z);
-        store(m, n0 + 2u * g + 1u, v.y, v.w);
-      } else {
-        for (var t = 0u; t < 4u; t++) { store(m, n0 + 4u * g + t, v[t], 0.0); }
-      }
-    }
-  }
+    store(m, n, v, g);
 }
+#endif

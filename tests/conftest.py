@@ -50,9 +50,10 @@ def make_test_models():
 
 
 @pytest.fixture(scope="session")
-def matmul_ladder():
-    """scripts/matmul_ladder.py: the kernel ladder's `linear(ctx, x, weight, bias, act, version)`."""
-    return load_script("matmul_ladder")
+def kernel_ladder():
+    """scripts/kernel_ladder.py: the kernels production ran before (linear by version, conv2d_v1,
+    attention_v1, group_norm_v1)."""
+    return load_script("kernel_ladder")
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,12 @@
 """shaders/attention.wgsl (through webgpu/ops/attention.py) against backends/numpy.py `attention` and a
 float64 softmax written out here, on lavapipe or whatever adapter wgpu finds.
 
-Shapes cover token counts that are not multiples of the 32-query / 32-key tiles, every head dim the
-SD 1.x/2.x family, CLIP and the VAEs use (several chunks of the head dim, and z-split workgroups at
-d = 512), causal masks, batch 2, and scores large enough that softmax without a running max would
-overflow. Bound: max |gpu - ref| <= 1e-4 * max |ref| (f32 throughout).
+Shapes cover token counts that are not multiples of the query and key steps, every head dim the SD
+1.x/2.x family, CLIP and the VAEs use (40 to 160, 512 split over z workgroups, and the test models'
+4 to 16), a head dim that is not a multiple of 4 (scalar loads), causal masks, batch 2, scores large
+enough that softmax without a running max would overflow, every configuration the tuner picks from,
+f16 compute, and the ladder's older kernel. Bound: max |gpu - ref| <= 1e-4 * max |ref| in f32; f16
+compute as gpu_checks.py says.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ if not webgpu.available():
     pytest.skip("no WebGPU adapter (install mesa-vulkan-drivers for lavapipe)", allow_module_level=True)
 
 from sdweb.backends.webgpu.ops import attention as gpu_attention  # noqa: E402
+from gpu_checks import as_computed, computing, tol  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +45,16 @@ def naive(q, k, v, heads, causal):
     return out.transpose(0, 2, 1, 3).reshape(N, Lq, D)
 
 
-def run(ctx, q, k, v, heads, causal=False):
-    out = gpu_attention.attention(ctx, ctx.upload(q), ctx.upload(k), ctx.upload(v), heads, causal)
+def run(ctx, q, k, v, heads, causal=False, config=None):
+    out = gpu_attention.attention(ctx, ctx.upload(q), ctx.upload(k), ctx.upload(v), heads, causal, config)
     return ctx.read(out)
 
 
-def check(got, q, k, v, heads, causal):
+def check(got, q, k, v, heads, causal, t="f32"):
+    q, k, v = (as_computed(a, t) for a in (q, k, v))
     for ref in (nb.attention(q, k, v, heads, causal), naive(q, k, v, heads, causal)):
         err = np.abs(got - ref).max() / np.abs(ref).max()
-        assert err <= 1e-4, f"max error {err:.2e} x max|ref|"
+        assert err <= tol(t), f"max error {err:.2e} x max|ref|"
 
 
 # (N, Lq, Lk, heads, d, causal): every d in use, Lq / Lk off the tiles, heads 1..8
@@ -63,7 +67,8 @@ CASES = [
     (2, 33, 130, 1, 80, False),   # SD 1.x 32x32 level, more keys than queries
     (1, 40, 45, 2, 160, True),    # SD 1.x 16x16 level: four chunks of d in one workgroup
     (2, 37, 33, 1, 512, False),   # VAE mid-block: d split over z workgroups
-    (1, 35, 40, 1, 164, False),   # 7 chunks of 24 (the last partial) over 2 z groups of 4: one idle slot
+    (1, 35, 40, 1, 164, False),   # 41 vec4s over 3 z slices of 14: the last slice partial
+    (1, 35, 40, 2, 6, True),      # d % 4 != 0: scalar loads and stores
 ]
 
 
@@ -135,10 +140,51 @@ def test_bad_shapes_are_refused(ctx):
 
 
 def test_plan_covers_every_head_dim():
-    """The chunking the host picks: d is padded by less than one chunk and every workgroup keeps at
-    most 160 output columns in registers."""
+    """The head dim as vec4s: padded by less than one vec4, each invocation accumulating at most
+    MAX_OUT4 of them, over the fewest z slices."""
     for d in list(range(1, 200)) + [256, 320, 512, 640]:
-        dc, nch, nv, z = gpu_attention.plan(d)
-        assert dc % 8 == 0 and dc <= 40
-        assert (nch - 1) * dc < d <= nch * dc
-        assert nv * dc <= 160 and (z - 1) * nv < nch <= z * nv
+        d4, od4, z = gpu_attention.plan(d)
+        assert d4 * 4 - 4 < d <= d4 * 4
+        assert od4 <= gpu_attention.MAX_OUT4 and (z - 1) * od4 < d4 <= z * od4
+        assert z == -(-d4 // gpu_attention.MAX_OUT4)
+
+
+@pytest.mark.parametrize("t", ["f32", "f16"])
+def test_every_configuration(ctx, t):
+    """64 or 128 queries per workgroup, 8, 16 or 32 keys per step, at SD's 80-wide and CLIP's causal
+    64-wide heads, with the token counts off every step."""
+    for N, Lq, Lk, heads, d, causal in [(2, 70, 77, 2, 80, False), (1, 77, 77, 2, 64, True)]:
+        rng = np.random.default_rng(d)
+        q, k, v = (rng.standard_normal((N, L, heads * d), dtype=np.float32) for L in (Lq, Lk, Lk))
+        with computing(ctx, t):
+            configs = gpu_attention.candidates(ctx, d, t)
+            assert len(configs) == 6
+            for c in configs:
+                check(run(ctx, q, k, v, heads, causal, c), q, k, v, heads, causal, t)
+
+
+@pytest.mark.parametrize("N,Lq,Lk,heads,d,causal", [CASES[0], CASES[3], CASES[6], CASES[7], CASES[9]])
+def test_f16_compute(ctx, N, Lq, Lk, heads, d, causal):
+    rng = np.random.default_rng(d + 5)
+    q, k, v = (rng.standard_normal((N, L, heads * d), dtype=np.float32) for L in (Lq, Lk, Lk))
+    with computing(ctx, "f16"):
+        check(run(ctx, q, k, v, heads, causal), q, k, v, heads, causal, "f16")
+
+
+def test_rule(ctx):
+    """ONNX Runtime's 64 queries and 16 keys per step, fewer keys where the rows would not fit 16 KiB
+    of workgroup storage (the VAE's single head of 512 in f32)."""
+    assert gpu_attention.pick(ctx, 40, "f32") == gpu_attention.Attn(64, 16)
+    small = type(ctx)(ctx.bridge)
+    small.limits = dict(ctx.limits, maxComputeWorkgroupStorageSize=16384)
+    assert gpu_attention.pick(small, 512, "f32").kstep == 4
+    assert gpu_attention.pick(small, 512, "f16").kstep == 8
+
+
+def test_ladder(ctx, kernel_ladder):
+    """The kernel production ran before (scripts/ladder/attention.wgsl), at SD's 40 and CLIP's causal 64."""
+    for N, Lq, Lk, heads, d, causal in [CASES[3], CASES[4]]:
+        rng = np.random.default_rng(d + 9)
+        q, k, v = (rng.standard_normal((N, L, heads * d), dtype=np.float32) for L in (Lq, Lk, Lk))
+        got = ctx.read(kernel_ladder.attention_v1(ctx, ctx.upload(q), ctx.upload(k), ctx.upload(v), heads, causal))
+        check(got, q, k, v, heads, causal)

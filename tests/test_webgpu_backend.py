@@ -2,8 +2,9 @@
 backends/numpy.py, on lavapipe or whatever adapter wgpu finds.
 
 Shapes are random-ish and deliberately not multiples of the workgroup sizes (256 flat, 16x16
-transpose tiles, 4096-element group-norm chunks). Bounds: max |gpu - ref| <= 1e-4 * max |ref|
-whenever both sides use the same weights. f16 and bf16 weights are unpacked exactly in the shader
+transpose tiles, vec4s). The norms run with and without subgroups, in f32 and f16 compute. Bounds:
+max |gpu - ref| <= 1e-4 * max |ref| whenever both sides use the same weights (f16 compute: as
+gpu_checks.py says). f16 and bf16 weights are unpacked exactly in the shader
 (as numpy.py upcasts them), so the same bound holds against the reference given the same held
 weights; against the original f32 weights the bound is the weight rounding: 2^-11 relative for f16
 (tested at 2e-3 x max|ref|) and 2^-8 for bf16 (tested at 1.6e-2 x max|ref|).
@@ -20,7 +21,7 @@ import pytest
 
 from sdweb.backends import numpy as nb
 from sdweb.errors import SdwebError
-from gpu_checks import TOL, check, held  # noqa: E402
+from gpu_checks import TOL, as_computed, check, computing, held, tol  # noqa: E402
 
 webgpu = pytest.importorskip("sdweb.backends.webgpu", reason="the WebGPU backend needs the wgpu package")
 if not webgpu.available():
@@ -104,11 +105,9 @@ def test_add_mul(shape):
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 5, 3, 7), (2, 33, 19, 17)])
-def test_add_channel_upsample_pad(shape):
+def test_upsample_pad(shape):
     x = rng(3).standard_normal(shape).astype(np.float32)
-    v = rng(4).standard_normal(shape[:2]).astype(np.float32)
     t = webgpu.tensor(x)
-    check(webgpu.add_channel(t, webgpu.tensor(v)), nb.add_channel(x, v))
     check(webgpu.upsample_nearest2x(t), nb.upsample_nearest2x(x))
     check(webgpu.pad2d(t, 0, 1, 0, 1), nb.pad2d(x, 0, 1, 0, 1))
     check(webgpu.pad2d(t, 2, 0, 3, 1), nb.pad2d(x, 2, 0, 3, 1))
@@ -152,35 +151,71 @@ def test_embedding_and_slice_tokens(dtype):
 # --- normalisation --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
-@pytest.mark.parametrize("shape,groups,act", [
+GN_CASES = [
     ((1, 4, 3, 5), 2, None),
-    ((2, 12, 9, 13), 3, "silu"),
-    ((1, 8, 70, 70), 4, "silu"),  # rows of 9,800: three statistics chunks, the last partial
+    ((2, 12, 9, 13), 3, "silu"),  # S = 117: the scalar apply
+    ((1, 8, 70, 70), 4, "silu"),  # rows of 9,800: 39 per invocation of the statistics
     ((2, 6, 77), 3, None),  # (N, C, L)
     ((1, 6, 5, 7), 2, "gelu"),  # every activation fuses the same way (include/activations.wgsl)
     ((1, 6, 5, 7), 3, "quick_gelu"),
-])
-def test_group_norm(dtype, shape, groups, act):
-    r = rng(9)
+]
+
+
+def gn_case(shape, dtype, seed=9):
+    r = rng(seed)
     x = (r.standard_normal(shape) * 2 + 3).astype(np.float32)
     C = shape[1]
     weight = (1 + 0.5 * r.standard_normal(C)).astype(np.float32)
     bias = r.standard_normal(C).astype(np.float32)
-    w, b = held(weight, dtype), held(bias, dtype)
+    return x, weight, bias, held(weight, dtype), held(bias, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("shape,groups,act", GN_CASES)
+def test_group_norm(dtype, shape, groups, act):
+    x, weight, bias, w, b = gn_case(shape, dtype)
     got = webgpu.group_norm(webgpu.tensor(x), groups, webgpu.weight(w), webgpu.weight(b), 1e-6, act)
     check(got, nb.group_norm(x, groups, w, b, 1e-6, act))
     check(got, nb.group_norm(x, groups, weight, bias, 1e-6, act), ROUNDING[dtype])
 
 
+@pytest.mark.parametrize("subgroups", [True, False])
+@pytest.mark.parametrize("t", ["f32", "f16"])
+def test_norms_subgroups_and_f16(t, subgroups):
+    """The statistics' sums through subgroups (where the adapter has them) and through workgroup
+    memory alone, in f32 and f16 compute; group norm stored as tokens (the transformer's input,
+    (N, H*W, C) through a 16x16 tile) and as an image, layer norm on rows of 1280."""
+    ctx = webgpu.context()
+    with computing(ctx, t, subgroups):
+        assert ctx.subgroups == (subgroups and "subgroups" in ctx.features)
+        for (shape, groups, act), tokens in zip(GN_CASES[:3], (True, False, True)):
+            x, _, _, w, b = gn_case(shape, "f16", seed=shape[1])
+            got = webgpu.group_norm(webgpu.tensor(x), groups, webgpu.weight(w), webgpu.weight(b), 1e-6, act, tokens)
+            check(got, nb.group_norm(as_computed(x, t), groups, w, b, 1e-6, act, tokens), tol(t))
+        x = (rng(12).standard_normal((3, 5, 1280)) + 1).astype(np.float32)
+        g, b = (1 + rng(13).standard_normal(1280)).astype(np.float32), rng(14).standard_normal(1280).astype(np.float32)
+        got = webgpu.layer_norm(webgpu.tensor(x), webgpu.weight(g), webgpu.weight(b), 1e-5)
+        check(got, nb.layer_norm(as_computed(x, t), g, b, 1e-5), tol(t))
+
+
 def test_group_norm_large_mean():
-    """Two-pass statistics: a mean of 500 with a spread of 0.01 would lose the variance to
-    cancellation in a one-pass sum of squares."""
+    """One-pass statistics shifted by the row's first element: a mean of 500 with a spread of 0.01
+    would lose the variance to cancellation in a plain one-pass sum of squares. Against float64 (the
+    f32 reference itself is off by 1.4e-3 x max here)."""
     x = (500 + 0.01 * rng(10).standard_normal((1, 4, 50, 90))).astype(np.float32)
     gamma, beta = np.ones(4, np.float32), np.zeros(4, np.float32)
     got = webgpu.group_norm(webgpu.tensor(x), 2, webgpu.weight(gamma), webgpu.weight(beta), 1e-6)
-    ref = nb.group_norm(x, 2, gamma, beta, 1e-6)
-    check(got, ref, 1e-3)  # f32 rounding of x - 500 itself is ~3e-5 of 0.01
+    x64 = x.astype(np.float64).reshape(2, -1)
+    exact = ((x64 - x64.mean(1, keepdims=True)) / np.sqrt(x64.var(1, keepdims=True) + 1e-6)).reshape(x.shape)
+    check(got, exact, 3e-4)  # f32 rounding of x - 500 itself is ~3e-5 of 0.01
+
+
+def test_group_norm_ladder(kernel_ladder):
+    """The three-dispatch group norm production ran before (scripts/ladder/group_norm.wgsl)."""
+    ctx = webgpu.context()
+    x, _, _, w, b = gn_case((1, 8, 70, 70), "f16")
+    got = kernel_ladder.group_norm_v1(ctx, webgpu.tensor(x), 4, webgpu.weight(w), webgpu.weight(b), 1e-6, "silu")
+    check(got, nb.group_norm(x, 4, w, b, 1e-6, "silu"))
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])

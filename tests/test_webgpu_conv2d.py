@@ -1,10 +1,12 @@
-"""shaders/conv2d.wgsl (through webgpu/ops/conv2d.py) against backends/numpy.py `conv2d`, on lavapipe or
-whatever adapter wgpu finds: 3x3 and 1x1 kernels, stride 1 and 2, padding 0 and 1, bias or none, the
-fused residual add, every weight dtype, odd sizes (5x7 images, 3 input channels, 33 or 70 output
-channels, so tiles of 64 channels x 64 pixels are partly empty and span two images of a batch).
+"""shaders/conv2d.wgsl (through webgpu/ops/conv2d.py, its tiles from ops/gemm.py) against
+backends/numpy.py `conv2d`, on lavapipe or whatever adapter wgpu finds: 3x3 and 1x1 kernels, stride 1
+and 2, padding 0 and 1, bias or none, the fused time-embedding add and residual, every tile
+configuration (8x8 per invocation in three tile shapes, 4x4, split-K), every weight dtype, f16
+compute, odd sizes (5x7 images, 3 input channels so K % 4 != 0, 33 or 70 output channels, so tiles
+are partly empty and span two images of a batch), and the ladder's older kernel.
 
-Bound: max |gpu - ref| <= 1e-4 x max |ref| for every dtype: f16 / bf16 weights are compared with the
-reference given the same held bits, which both sides upcast exactly to f32.
+Bound: max |gpu - ref| <= 1e-4 x max |ref| in f32 for every weight dtype (compared with the
+reference given the same held bits); f16 compute as gpu_checks.py says.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ if not webgpu.available():
     pytest.skip("no WebGPU adapter (install mesa-vulkan-drivers for lavapipe)", allow_module_level=True)
 
 from sdweb.backends.webgpu.ops import conv2d as cv  # noqa: E402  (imports wgpu-dependent modules)
-from gpu_checks import TOL, check, held  # noqa: E402
+from sdweb.backends.webgpu.ops import gemm  # noqa: E402
+from gpu_checks import as_computed, check, computing, held, tol  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,20 +39,21 @@ def case(N, C, H, W, Co, k, dtype="f32", bias=True, seed=0):
     return x, w, b
 
 
-def run(ctx, x, w, b, stride, padding, residual=None):
+def run(ctx, x, w, b, stride, padding, residual=None, temb=None, config=None):
+    t = lambda a: None if a is None else webgpu.tensor(a)  # noqa: E731
     return cv.conv2d(ctx, webgpu.tensor(x), webgpu.weight(w), None if b is None else webgpu.weight(b),
-                     stride, padding, residual=None if residual is None else webgpu.tensor(residual))
+                     stride, padding, residual=t(residual), temb=t(temb), config=config)
 
 
 # (N, Cin, H, W, Cout, k, stride, padding)
 SHAPES = [
-    (2, 3, 5, 7, 5, 3, 1, 1),     # conv_in-like: 3 channels, odd image, batch in one pixel tile
+    (2, 3, 5, 7, 5, 3, 1, 1),     # conv_in-like: 3 channels (K = 27), odd image, batch in one pixel tile
     (1, 3, 5, 7, 70, 3, 2, 1),    # stride 2 with padding (the UNet's downsamplers), two channel tiles
     (1, 20, 11, 13, 9, 3, 2, 0),  # stride 2 without padding (the VAE's, after its own pad)
-    (2, 7, 9, 6, 33, 1, 1, 0),    # 1x1 (shortcuts, conv_out of attention proj_in/out)
+    (2, 7, 9, 6, 33, 1, 1, 0),    # 1x1 (shortcuts), K = 7
     (1, 9, 6, 5, 4, 1, 2, 0),     # 1x1 stride 2
-    (2, 5, 40, 36, 3, 3, 1, 1),   # a wide image: many pixel tiles, the reference's shift-and-add path
-    (1, 13, 8, 8, 66, 3, 1, 0),   # valid conv (no padding), K = 117 crosses eight K tiles
+    (2, 8, 40, 36, 3, 3, 1, 1),   # a wide image: many pixel tiles, the reference's shift-and-add path
+    (1, 13, 8, 8, 66, 3, 1, 0),   # valid conv (no padding), K = 117 crosses several K tiles
 ]
 
 
@@ -60,27 +64,45 @@ def test_conv2d(ctx, shape):
     check(run(ctx, x, w, b, stride, padding), nb.conv2d(x, w, b, stride, padding))
 
 
+@pytest.mark.parametrize("t", ["f32", "f16"])
+def test_every_configuration(ctx, t):
+    """Each tile configuration on a conv with a time embedding and a residual: 40 output channels,
+    2 x 6 x 7 pixels, K = 32 x 9 = 288 (split-K slices of 2 and 4)."""
+    x, w, b = case(2, 32, 6, 7, 40, 3, seed=7)
+    rng = np.random.default_rng(8)
+    r = rng.standard_normal((2, 40, 6, 7)).astype(np.float32)
+    e = rng.standard_normal((2, 40)).astype(np.float32)
+    with computing(ctx, t):
+        ref = nb.conv2d(as_computed(x, t), w, b, 1, 1, residual=as_computed(r, t), temb=as_computed(e, t))
+        configs = gemm.candidates(ctx, 40, 84, 288, t)
+        assert {c.split for c in configs} == {1, 2, 4}
+        for c in configs:
+            check(run(ctx, x, w, b, 1, 1, r, e, c), ref, tol(t))
+
+
 @pytest.mark.parametrize("dtype", ["f16", "bf16"])
 @pytest.mark.parametrize("k, stride", [(3, 1), (1, 1), (3, 2)])
 def test_weight_dtypes(ctx, dtype, k, stride):
-    """Half-size weights and biases (odd element counts: 5 x 3 x 3 x 3) through W_LOAD."""
-    x, w, b = case(2, 3, 7, 5, 5, k, dtype, seed=k)
-    check(run(ctx, x, w, b, stride, k // 2), nb.conv2d(x, w, b, stride, k // 2))
+    """Half-size weights and biases (odd element counts: 5 x 3 x 3 x 3) through W_LOAD, and whole
+    words of them (W_LOAD4) where K % 4 == 0."""
+    for C in (3, 4):
+        x, w, b = case(2, C, 7, 5, 5, k, dtype, seed=k + C)
+        check(run(ctx, x, w, b, stride, k // 2), nb.conv2d(x, w, b, stride, k // 2))
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("dtype", ["f32", "f16"])
-def test_residual(ctx, bias, dtype):
-    """conv(x) + b + residual in one pass (the resnet's skip), with and without bias."""
-    x, w, b = case(2, 6, 5, 7, 70, 3, dtype, bias=bias, seed=1)
-    ref = nb.conv2d(x, w, b, 1, 1)
-    r = np.random.default_rng(2).standard_normal(ref.shape).astype(np.float32)
-    check(run(ctx, x, w, b, 1, 1, residual=r), ref + r)
-
-
-def test_no_bias(ctx):
-    x, w, _ = case(1, 4, 6, 6, 8, 3, bias=False)
-    check(run(ctx, x, w, None, 1, 1), nb.conv2d(x, w, None, 1, 1))
+@pytest.mark.parametrize("t", ["f32", "f16"])
+def test_epilogue(ctx, bias, t):
+    """conv(x) + b + temb[n, co] + residual in one pass (a resnet's time embedding and skip), with and
+    without bias, f16 weights."""
+    x, w, b = case(2, 6, 5, 7, 70, 3, "f16", bias=bias, seed=1)
+    rng = np.random.default_rng(2)
+    r = rng.standard_normal((2, 70, 5, 7)).astype(np.float32)
+    e = rng.standard_normal((2, 70)).astype(np.float32)
+    with computing(ctx, t):
+        xs, rs, es = (as_computed(a, t) for a in (x, r, e))
+        check(run(ctx, x, w, b, 1, 1, residual=r), nb.conv2d(xs, w, b, 1, 1, residual=rs), tol(t))
+        check(run(ctx, x, w, b, 1, 1, temb=e), nb.conv2d(xs, w, b, 1, 1, temb=es), tol(t))
 
 
 def test_errors(ctx):
@@ -92,6 +114,8 @@ def test_errors(ctx):
         cv.conv2d(ctx, webgpu.tensor(np.zeros((1, 3, 1, 1), np.float32)), tw, tb)
     with pytest.raises(SdwebError, match="residual"):
         cv.conv2d(ctx, tx, tw, tb, 1, 1, residual=webgpu.tensor(np.zeros((1, 4, 3, 3), np.float32)))
+    with pytest.raises(SdwebError, match=r"temb \(1, 3\) must be \(N, Cout\)"):
+        cv.conv2d(ctx, tx, tw, tb, 1, 1, temb=webgpu.tensor(np.zeros((1, 3), np.float32)))
     with pytest.raises(SdwebError, match="mixed dtypes"):
         cv.conv2d(ctx, tx, tw, webgpu.weight(b.astype(np.float16)))
     with pytest.raises(SdwebError, match="GPU tensor"):
@@ -102,3 +126,15 @@ def test_backend_conv2d(ctx):
     """The models' entry point, webgpu.conv2d, runs this kernel."""
     x, w, b = case(2, 3, 5, 7, 6, 3, "f16", seed=5)
     check(webgpu.conv2d(webgpu.tensor(x), webgpu.weight(w), webgpu.weight(b), 2, 1), nb.conv2d(x, w, b, 2, 1))
+
+
+def test_ladder(ctx, kernel_ladder):
+    """The kernel production ran before (scripts/ladder/conv2d.wgsl), 3x3 with a residual and 1x1
+    stride 2, f16 weights."""
+    x, w, b = case(2, 6, 5, 7, 70, 3, "f16", seed=3)
+    r = np.random.default_rng(4).standard_normal((2, 70, 5, 7)).astype(np.float32)
+    got = kernel_ladder.conv2d_v1(ctx, webgpu.tensor(x), webgpu.weight(w), webgpu.weight(b), 1, 1, webgpu.tensor(r))
+    check(got, nb.conv2d(x, w, b, 1, 1, residual=r))
+    x, w, b = case(1, 9, 6, 5, 4, 1, seed=5)
+    check(kernel_ladder.conv2d_v1(ctx, webgpu.tensor(x), webgpu.weight(w), webgpu.weight(b), 2, 0),
+          nb.conv2d(x, w, b, 2, 0))

@@ -1,11 +1,12 @@
-"""shaders/matmul.wgsl (through webgpu/ops/matmul.py) against backends/numpy.py `linear`, on lavapipe
-or whatever adapter wgpu finds: both kernels production picks and every rung of the benchmark's kernel
-ladder (scripts/matmul_ladder.py, which includes the production shader), every fused activation, every
-weight dtype, batched inputs, and sizes that are not multiples of any tile (M = 77, K = 40, N = 33 ...).
+"""shaders/matmul.wgsl (through webgpu/ops/matmul.py, its tiles from ops/gemm.py) against
+backends/numpy.py `linear`, on lavapipe or whatever adapter wgpu finds: every tile configuration the
+rule and the tuner choose from (8x8 per invocation in three tile shapes, 4x4, split-K), every fused
+activation, the fused residual, tokens stored as an image (conv2d.wgsl's token entry), every weight
+dtype, f16 compute, batched inputs, sizes that are not multiples of any tile (M = 77, K = 40, N = 33
+...), K % 4 != 0, fused weights, and the benchmark ladder's older kernels (scripts/kernel_ladder.py).
 
-Bound: max |gpu - ref| <= 1e-4 x max |ref| for every dtype. f16 and bf16 weights are unpacked exactly in
-the shader, as numpy.py upcasts them, so given the same held weights both sides multiply the same f32
-numbers and differ only by f32 summation order (measured ~3e-7 relative here).
+Bound: max |gpu - ref| <= 1e-4 x max |ref| in f32 for every weight dtype (f16 and bf16 weights are
+unpacked exactly, as numpy.py upcasts them); f16 compute as gpu_checks.py says.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ webgpu = pytest.importorskip("sdweb.backends.webgpu", reason="the WebGPU backend
 if not webgpu.available():
     pytest.skip("no WebGPU adapter (install mesa-vulkan-drivers for lavapipe)", allow_module_level=True)
 
-from sdweb.backends.webgpu.ops import matmul as mm  # noqa: E402  (imports wgpu-dependent modules)
-from gpu_checks import TOL, check, held  # noqa: E402
+from sdweb.backends.webgpu.ops import gemm  # noqa: E402  (imports wgpu-dependent modules)
+from sdweb.backends.webgpu.ops import matmul as mm  # noqa: E402
+from gpu_checks import as_computed, check, computing, held, tol  # noqa: E402
 
 ACTS = [None, "silu", "gelu", "quick_gelu", "geglu"]
-LADDER = range(5)  # scripts/matmul_ladder.py VERSIONS: 2 and 3 are production's kernels
 
 
 @pytest.fixture(scope="module")
@@ -42,59 +43,48 @@ def case(M, K, N, act=None, dtype="f32", bias=True, seed=0):
     return x, w, b
 
 
-def run_linear(ctx, x, w, b, act, ladder=None, version=None):
-    """Production's linear, or with `ladder` the ladder's rung `version`."""
-    args = (ctx, webgpu.tensor(x), webgpu.weight(w), None if b is None else webgpu.weight(b), act)
-    return mm.linear(*args) if ladder is None else ladder.linear(*args, version=version)
+def run_linear(ctx, x, w, b, act=None, residual=None, config=None):
+    return mm.linear(ctx, webgpu.tensor(x), webgpu.weight(w), None if b is None else webgpu.weight(b), act,
+                     None if residual is None else webgpu.tensor(residual), config=config)
+
+
+@pytest.mark.parametrize("t", ["f32", "f16"])
+def test_every_configuration(ctx, t):
+    """Each tile configuration of the rule and the tuner, on M = 130, N = 70 (straddling every tile),
+    K = 300 (split-K slices of 2 and 4, the last one short), with geglu and a residual."""
+    x, w, b = case(130, 300, 35, "geglu", seed=1)
+    r = np.random.default_rng(2).standard_normal((130, 35)).astype(np.float32)
+    with computing(ctx, t):
+        ref = nb.linear(as_computed(x, t), w, b, "geglu") + as_computed(r, t)
+        configs = gemm.candidates(ctx, 130, 70, 300, t)
+        assert {c.split for c in configs} == {1, 2, 4} and {c.tm for c in configs} == {4, 8}
+        for c in configs:
+            check(run_linear(ctx, x, w, b, "geglu", r, c), ref, tol(t))
 
 
 @pytest.mark.parametrize("act", ACTS)
-@pytest.mark.parametrize("version", LADDER)
-def test_ladder_every_act(ctx, matmul_ladder, version, act):
-    """Each kernel of the ladder, with bias and each fused activation. M = 130, N = 70 straddle
-    the 16, 64 and 128 tiles (and geglu's 32/64-column ones); K = 68 leaves a 4-wide last K tile."""
-    x, w, b = case(130, 68, 70, act)
-    check(run_linear(ctx, x, w, b, act, matmul_ladder, version), nb.linear(x, w, b, act))
+def test_every_act(ctx, act):
+    x, w, b = case(77, 68, 33, act, seed=3)
+    check(run_linear(ctx, x, w, b, act), nb.linear(x, w, b, act))
 
 
-@pytest.mark.parametrize("M, K, N", [(77, 40, 33), (1, 4, 1), (64, 16, 64), (3, 300, 5)])
-def test_default_shapes(ctx, M, K, N):
-    """The default kernel on CLIP's 77 tokens, degenerate and exact-tile sizes, and a long K."""
+@pytest.mark.parametrize("M, K, N", [(77, 40, 33), (1, 4, 1), (64, 16, 64), (3, 300, 5), (77, 7, 33), (5, 13, 3)])
+def test_shapes(ctx, M, K, N):
+    """CLIP's 77 tokens, degenerate and exact-tile sizes, a long K, and K % 4 != 0 (scalar loads)."""
     for act in (None, "geglu"):
         x, w, b = case(M, K, N, act, seed=M)
         check(run_linear(ctx, x, w, b, act), nb.linear(x, w, b, act))
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, None])
-def test_odd_inner_size(ctx, matmul_ladder, version):
-    """K not a multiple of 4: the scalar kernels; production falls back to matmul_tiled."""
-    assert mm.pick(7) == mm.TILED and mm.pick(8) == mm.VEC4
-    for M, K, N in [(77, 7, 33), (5, 13, 3)]:
-        x, w, b = case(M, K, N, "gelu", seed=K)
-        ladder = None if version is None else matmul_ladder
-        check(run_linear(ctx, x, w, b, "gelu", ladder, version), nb.linear(x, w, b, "gelu"))
-
-
-def test_vec4_needs_k_multiple_of_4(ctx, matmul_ladder):
-    x, w, b = case(8, 7, 8)
-    for version in (3, 4):
-        with pytest.raises(SdwebError, match="K % 4"):
-            run_linear(ctx, x, w, b, None, matmul_ladder, version)
-
-
 @pytest.mark.parametrize("dtype", ["f16", "bf16"])
-@pytest.mark.parametrize("version", LADDER)
-def test_weight_dtypes(ctx, matmul_ladder, version, dtype):
-    """Half-size weights through W_LOAD in every kernel, against the reference given the same held
-    bits (odd element counts exercise the zero half padding the last u32)."""
-    x, w, b = case(77, 40, 33, None, dtype)
-    check(run_linear(ctx, x, w, b, None, matmul_ladder, version), nb.linear(x, w, b))
-
-
-@pytest.mark.parametrize("dtype", ["f16", "bf16"])
-def test_weight_dtypes_geglu(ctx, dtype):
-    x, w, b = case(70, 36, 45, "geglu", dtype)
-    check(run_linear(ctx, x, w, b, "geglu"), nb.linear(x, w, b, "geglu"))
+@pytest.mark.parametrize("t", ["f32", "f16"])
+def test_weight_dtypes(ctx, dtype, t):
+    """Half-size weights read as whole words (two halves per u32; odd element counts pad the last),
+    under f32 and f16 compute, against the reference given the same held bits."""
+    for K in (40, 13):
+        x, w, b = case(77, K, 33, "geglu", dtype, seed=K)
+        with computing(ctx, t):
+            check(run_linear(ctx, x, w, b, "geglu"), nb.linear(as_computed(x, t), w, b, "geglu"), tol(t))
 
 
 @pytest.mark.parametrize("act", ACTS)
@@ -122,7 +112,55 @@ def test_activation_tails(ctx, act):
     check(got, ref)
 
 
-def test_errors(ctx, matmul_ladder):
+@pytest.mark.parametrize("t", ["f32", "f16"])
+@pytest.mark.parametrize("conv1x1", [False, True])
+def test_tokens_to_image_with_residual(ctx, t, conv1x1):
+    """image=(H, W): (N, H*W, Din) tokens -> (N, Dout, H, W) plus an NCHW residual in one dispatch
+    (a spatial transformer's proj_out), with a linear's weight or a 1x1 conv's."""
+    rng = np.random.default_rng(4)
+    N, H, W, Din, Dout = 2, 5, 7, 12, 10
+    x = rng.standard_normal((N, H * W, Din)).astype(np.float32)
+    w = (rng.standard_normal((Dout, Din) + ((1, 1) if conv1x1 else ())) / 4).astype(np.float32)
+    b = rng.standard_normal(Dout).astype(np.float32)
+    r = rng.standard_normal((N, Dout, H, W)).astype(np.float32)
+    with computing(ctx, t):
+        args = (webgpu.tensor(x), webgpu.weight(w), webgpu.weight(b))
+        before = ctx.dispatches
+        got = webgpu.linear(*args, residual=webgpu.tensor(r), image=(H, W))
+        assert ctx.dispatches - before == 1
+        ref = nb.linear(as_computed(x, t), w, b, residual=as_computed(r, t), image=(H, W))
+        assert ref.shape == (N, Dout, H, W)
+        check(got, ref, tol(t))
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+def test_fused_weights(ctx, dtype):
+    """fuse_weights: the parts' rows in one weight, copied on the GPU whatever the parts' sizes (odd
+    element counts start 16-bit parts inside a word); one GEMM gives the three projections."""
+    rng = np.random.default_rng(5)
+    parts = [held(rng.standard_normal((rows, 5)), dtype) for rows in (3, 4, 5)]
+    fused = webgpu.fuse_weights([webgpu.weight(p) for p in parts])
+    assert fused.shape == (12, 5) and fused.dtype == dtype
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    ref = nb.linear(x, nb.fuse_weights(parts))
+    check(webgpu.linear(webgpu.tensor(x), fused), ref)
+    np.testing.assert_array_equal(ref, np.concatenate([nb.linear(x, p) for p in parts], axis=1))
+    with pytest.raises(SdwebError, match="differ"):
+        webgpu.fuse_weights([webgpu.weight(parts[0]), webgpu.weight(rng.standard_normal((2, 4)).astype(np.float32))])
+
+
+def test_rule(ctx):
+    """The rule (ops/gemm.py): 8x8 per invocation where its tiles fill a GPU, in the shape that pads
+    least; 4x4 where they do not; split-K only for GEMMs too big to leave units idle."""
+    assert gemm.pick(ctx, 8192, 1280, 320, "f32").tm == 8  # SD's 64x64-level feed-forward
+    assert gemm.pick(ctx, 320, 8192, 2880, "f32").bm == 64  # conv, 320 channels: 64-row tiles pad none
+    assert gemm.pick(ctx, 2048, 640, 5760, "f32") == gemm.config(ctx, 16, 16, 4, 4, "f32")  # 32x32 level
+    split = gemm.pick(ctx, 1280, 128, 11520, "f32")  # an 8x8-latent conv: 40 tiles of 64x64
+    assert split.split == 4 and split.tiles(1280, 128) * split.split >= gemm.MIN_TILES
+    assert gemm.pick(ctx, 2, 1280, 1280, "f32").split == 1  # a time embedding's projection
+
+
+def test_errors(ctx):
     x, w, b = case(4, 8, 6)
     tx, tw, tb = webgpu.tensor(x), webgpu.weight(w), webgpu.weight(b)
     with pytest.raises(SdwebError, match="does not match weight"):
@@ -133,12 +171,25 @@ def test_errors(ctx, matmul_ladder):
         mm.linear(ctx, tx, tw, tb, "relu")
     with pytest.raises(SdwebError, match="mixed dtypes"):
         mm.linear(ctx, tx, tw, webgpu.weight(b.astype(np.float16)))
-    with pytest.raises(SdwebError, match="version 7"):
-        matmul_ladder.linear(ctx, tx, tw, tb, version=7)
+    with pytest.raises(SdwebError, match="residual"):
+        mm.linear(ctx, tx, tw, tb, residual=webgpu.tensor(np.zeros((4, 5), np.float32)))
+    with computing(ctx, "f16"):
+        half = webgpu.tensor(np.zeros((4, 6), np.float32))
+    with pytest.raises(SdwebError, match="f16 tensor"):
+        mm.linear(ctx, tx, tw, tb, residual=half)
 
 
-def test_backend_linear(ctx):
-    """The models' entry point, webgpu.linear, runs this kernel (production's choice)."""
-    x, w, b = case(2 * 7, 40, 24, "geglu", "bf16")
-    x = x.reshape(2, 7, 40)
-    check(webgpu.linear(webgpu.tensor(x), webgpu.weight(w), webgpu.weight(b), "geglu"), nb.linear(x, w, b, "geglu"))
+# --- the ladder (scripts/kernel_ladder.py): the kernels production ran before ------------------------
+
+@pytest.mark.parametrize("act", [None, "geglu"])
+@pytest.mark.parametrize("version", range(5))
+def test_ladder(ctx, kernel_ladder, version, act):
+    """Each older rung with bias and a fused activation, f16 weights: M = 130, N = 70 straddle the 16,
+    64 and 128 tiles; K = 68 leaves a 4-wide last K tile."""
+    x, w, b = case(130, 68, 35 if act else 70, act, "f16" if version % 2 else "f32")
+    check(kernel_ladder.linear(ctx, webgpu.tensor(x), webgpu.weight(w), webgpu.weight(b), act, version),
+          nb.linear(x, w, b, act))
+    if version >= 3:
+        x, w, b = case(8, 7, 8)
+        with pytest.raises(SdwebError, match="K % 4"):
+            kernel_ladder.linear(ctx, webgpu.tensor(x), webgpu.weight(w), webgpu.weight(b), None, version)

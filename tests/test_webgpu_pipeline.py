@@ -1,6 +1,7 @@
-"""Whole text-to-image runs of the three tiny test models on the WebGPU backend against the NumPy
-backend (the reference): images at PSNR >= 40 dB, for two schedulers per model, every weight
-precision, CFG with two images, and `sdweb generate --backend webgpu` through the CLI.
+"""Whole text-to-image runs of the three tiny test models on the WebGPU backend in f32 compute against
+the NumPy backend (the reference): images at PSNR >= 40 dB, for two schedulers per model, every
+weight precision, CFG with two images, and `sdweb generate --backend webgpu --compute f32` through
+the CLI. (f16 compute against diffusers: tests/test_webgpu_f16.py.)
 
 Sizes and step counts are small so the file runs in seconds on lavapipe."""
 
@@ -47,7 +48,7 @@ def test_pipeline_matches_numpy(request, fixture, scheduler, precision, kw):
     args = dict(steps=3, seed=11, width=64, height=64, scheduler=scheduler) | kw
     ref = Pipeline(folder, nb, precision=precision).generate(PROMPT, **args)
     latents = []
-    got = Pipeline(folder, webgpu, precision=precision).generate(
+    got = Pipeline(folder, webgpu, precision=precision, compute="f32").generate(
         PROMPT, progress=lambda p: p.stage == "unet" and p.step and latents.append(p.latents), **args)
     # Progress.latents is a host array on every backend, the last one the result's latents
     assert latents and all(isinstance(x, np.ndarray) and x.dtype == np.float32 for x in latents)
@@ -55,7 +56,7 @@ def test_pipeline_matches_numpy(request, fixture, scheduler, precision, kw):
     assert got.images.shape == ref.images.shape
     for g, r in zip(got.images, ref.images):
         assert psnr(g, r) >= 40, f"PSNR {psnr(g, r):.1f} dB"
-    assert got.settings["backend"] == "webgpu"
+    assert got.settings["backend"] == "webgpu" and got.settings["compute"] == "f32"
 
 
 def test_components_free_their_gpu_memory(sd2_tiny):
@@ -76,7 +77,8 @@ def test_components_free_their_gpu_memory(sd2_tiny):
 def test_cli_generate_on_webgpu(sd1_tiny, tmp_path, capsys):
     out = tmp_path / "gpu.png"
     code = main(["generate", "--prompt", PROMPT, "--steps", "2", "--seed", "5", "-q", "--model", str(sd1_tiny),
-                 "--width", "64", "--height", "64", "--scheduler", "ddim", "--backend", "webgpu", "-o", str(out)])
+                 "--width", "64", "--height", "64", "--scheduler", "ddim", "--backend", "webgpu", "--compute", "f32",
+                 "-o", str(out)])
     err = capsys.readouterr().err
     assert code == 0, err
     assert "falling back" not in err

@@ -28,6 +28,7 @@ function request() {
     prompt: $("prompt").value, negative_prompt: $("negative-prompt").value, steps: num("steps"),
     guidance: num("guidance"), seed: num("seed"), scheduler: $("scheduler").value, width: num("width"),
     height: num("height"), num_images: num("num-images"), variant: $("variant").value, backend: $("backend").value,
+    compute: $("compute").value,
   };
 }
 
@@ -494,7 +495,8 @@ async function loadLocalModels() {
 
 function init() {
   // URL parameters preset the form: ?model= ?endpoint= ?backend= (and any other field by its id)
-  for (const id of ["prompt", "negative-prompt", "steps", "guidance", "seed", "scheduler", "width", "height", "num-images", "variant"]) {
+  for (const id of ["prompt", "negative-prompt", "steps", "guidance", "seed", "scheduler", "width", "height", "num-images",
+    "variant", "compute"]) {
     if (params.has(id)) $(id).value = params.get(id);
   }
   if (params.has("model")) $("model").value = params.get("model");

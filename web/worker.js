@@ -78,7 +78,8 @@ async function detectGpu() {
     const adapter = await navigator.gpu.requestAdapter();
     if (!adapter) return { ok: false, why: "no WebGPU adapter is available (GPU blocklisted or disabled)" };
     const info = adapter.info || {};
-    return { ok: true, why: "", adapter: [info.vendor, info.architecture, info.description].filter(Boolean).join(" ") || "WebGPU adapter" };
+    return { ok: true, why: "", adapter: [info.vendor, info.architecture, info.description].filter(Boolean).join(" ") || "WebGPU adapter",
+      features: [...adapter.features].sort() };
   } catch (e) {
     return { ok: false, why: `WebGPU failed to start (${e.message || e})` };
   }
@@ -89,7 +90,7 @@ async function detectGpu() {
 function resolveSettings(job, texts) {
   const pyTexts = texts ? py.toPy(texts) : null;
   try {
-    return JSON.parse(browser.resolve_json(JSON.stringify({ ...job, webgpu: [gpuFacts.ok, gpuFacts.why] }), pyTexts));
+    return JSON.parse(browser.resolve_json(JSON.stringify({ ...job, webgpu: [gpuFacts.ok, gpuFacts.why, gpuFacts.features || []] }), pyTexts));
   } finally {
     if (pyTexts) pyTexts.destroy();
   }

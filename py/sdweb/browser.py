@@ -151,20 +151,21 @@ class Session:
         self.key = None
         self.pipe = None
 
-    def pipeline(self, key, repo, texts, sources, backend, precision, variant, keep_loaded=False):
+    def pipeline(self, key, repo, texts, sources, backend, precision, variant, keep_loaded=False, compute="auto"):
         from .pipeline import Pipeline
 
         if self.key != key or self.pipe is None:
             self.pipe = None
             model = BrowserModel(repo, texts, sources, lazy=getattr(backend, "name", "") == "webgpu")
-            self.pipe = Pipeline(model, backend, precision=precision, variant=variant, keep_loaded=keep_loaded)
+            self.pipe = Pipeline(model, backend, precision=precision, variant=variant, keep_loaded=keep_loaded,
+                                 compute=compute)
             self.key = key
         return self.pipe
 
 
 def generate(pipe, request: dict, *, progress=None, cancel=None) -> dict:
-    """The images of `request` (settings.FIELDS; absent -> the default; precision, variant and
-    backend are the pipeline's) -> {images: [{png: bytes, seed, settings}], seed, timings, settings,
+    """The images of `request` (settings.FIELDS; absent -> the default; precision, variant, backend
+    and compute are the pipeline's) -> {images: [{png: bytes, seed, settings}], seed, timings, settings,
     truncated_tokens}: image k has seed + k, and its PNG carries its own settings (infotext.png_text).
 
     `progress(event: dict)` gets {stage, step, total, elapsed, component?, timestep?} and, every
@@ -181,7 +182,7 @@ def generation(pipe, request: dict, *, progress=None, cancel=None):
     from .preview import latents_to_rgb
 
     s = resolve(dict(request, model=pipe.folder.name, precision=pipe.precision, variant=pipe.variant,
-                     backend=pipe.backend.name), pipe.info)
+                     backend=pipe.backend.name, compute=pipe.compute), pipe.info)
 
     def on_progress(p):
         if progress is None:
@@ -255,8 +256,9 @@ def resolve_json(job_json: str, texts=None) -> str:
     """The page's form -> checked settings (settings.resolve), before anything is fetched and again
     once the model's small files are in the store, before its weights are.
 
-    job: {request: {settings.FIELDS}, webgpu: [ok, why] (an adapter answers and Python can wait for
-    it), weight_bytes (of the planned weight files, once known)}; texts: the model's small files by
+    job: {request: {settings.FIELDS}, webgpu: [ok, why, features] (an adapter answers and Python can
+    wait for it; the adapter's WebGPU features), weight_bytes (of the planned weight files, once
+    known)}; texts: the model's small files by
     repo path (a JS object or dict), or None before they are fetched. -> {"settings": {...}, "notes":
     [...]} or {"error", "message", "field"}.
     """
@@ -337,9 +339,9 @@ async def worker_generate(job_json: str, texts, sources, post, cancel, bridge=No
         sources_py = sources.to_py(depth=1) if hasattr(sources, "to_py") else dict(sources)
         backend = _backend(s.backend, bridge, int(job.get("device") or 0))
         size = sum(int(src.size) for src in sources_py.values())
-        pipe = _SESSION.pipeline((job["key"], s.variant, s.precision, backend.name, job.get("device")),
+        pipe = _SESSION.pipeline((job["key"], s.variant, s.precision, backend.name, job.get("device"), s.compute),
                                  s.model, texts_py, sources_py, backend, s.precision, s.variant,
-                                 keep_loaded=size < KEEP_LOADED_BYTES)
+                                 keep_loaded=size < KEEP_LOADED_BYTES, compute=s.compute)
         stages = generation(pipe, s.as_request(), progress=lambda ev: post(_to_js(ev)), cancel=lambda: bool(cancel()))
         out = await drive(stages, backend.context().bridge if backend.name == "webgpu" else None)
         return _to_js(out)

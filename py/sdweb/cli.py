@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--variant", default=None, help="weight file variant to read, e.g. fp16 (default: plain, "
                                                    "else fp16)")
     g.add_argument("--backend", default=None, help=f"{', '.join(settings.BACKENDS)} or auto (default numpy)")
+    g.add_argument("--compute", default=None,
+                   help="activations' dtype on WebGPU: f32, f16 (needs shader-f16) or auto (default: f16 where the "
+                        "adapter has it; the VAE follows its config's force_upcast)")
     g.add_argument("--output", "-o", default="out.png", help="image file (.png); several images get -0, -1, ...")
     g.add_argument("--save-intermediates", metavar="DIR", default=None,
                    help="write a preview PNG of the latents every --preview-every steps into DIR")
@@ -194,13 +197,15 @@ class _Bar:
             self.bar = None
 
 
-def _webgpu_available() -> tuple[bool, str]:
-    """Whether the WebGPU backend has an adapter here (imported only when asked for)."""
+def _webgpu_available() -> tuple[bool, str, tuple]:
+    """Whether the WebGPU backend has an adapter here, and its features (imported only when asked for)."""
     try:
         from .backends import webgpu
     except ImportError:
-        return False, "the `wgpu` package is missing"
-    return (True, "") if webgpu.available() else (False, "no adapter was found")
+        return False, "the `wgpu` package is missing", ()
+    if not webgpu.available():
+        return False, "no adapter was found", ()
+    return True, "", tuple(webgpu.context().features)
 
 
 def _request(args) -> dict:
@@ -209,7 +214,8 @@ def _request(args) -> dict:
     flags = dict(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                  guidance=args.guidance, seed=args.seed, scheduler=args.scheduler, width=args.width,
                  height=args.height, num_images=args.num_images, clip_skip=args.clip_skip, precision=args.precision,
-                 variant=args.variant, backend=args.backend, preview_every=args.preview_every)
+                 variant=args.variant, backend=args.backend, preview_every=args.preview_every,
+                 compute=args.compute)
     request = {}
     if args.settings_from is not None:
         from .infotext import read_png
@@ -259,7 +265,7 @@ def cmd_generate(args) -> int:
         from .backends import webgpu as backend
     else:
         from .backends import numpy as backend
-    pipe = Pipeline(folder, backend, precision=s.precision, variant=s.variant)
+    pipe = Pipeline(folder, backend, precision=s.precision, variant=s.variant, compute=s.compute)
     if inter is not None:
         inter.mkdir(exist_ok=True)
 

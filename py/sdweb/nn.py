@@ -7,12 +7,14 @@ computed from those numbers, so a checkpoint that disagrees with its config is r
 under the tensor's full name. `__call__` is the forward. Attribute names follow torch, so
 `self.weight` is the tensor `<prefix>.weight`.
 
-    Linear(din, dout, w, backend, bias=True)  x: (..., din) -> (..., dout); __call__(x, act=None)
+    Linear(din, dout, w, backend, bias=True, conv1x1=False)
+                                              x: (..., din) -> (..., dout);
+                                              __call__(x, act=None, residual=None, image=None)
     Conv2d(cin, cout, k, w, backend, stride=1, padding=0, bias=True)
                                               x: (N, cin, H, W) -> (N, cout, Ho, Wo), torch padding;
-                                              __call__(x, residual=None)
+                                              __call__(x, residual=None, temb=None)
     GroupNorm(groups, C, w, backend, eps=1e-6)
-                                              x: (N, C, ...) -> same; __call__(x, act=None)
+                                              x: (N, C, ...) -> same; __call__(x, act=None, tokens=False)
     LayerNorm(D, w, backend, eps=1e-5)        x: (..., D) -> same
 
 Defaults are the torch.nn ones except GroupNorm's eps, which is 1e-6 in every diffusers block that
@@ -23,20 +25,23 @@ from __future__ import annotations
 
 
 class Linear:
-    """torch.nn.Linear: weight (dout, din), bias (dout,). `act` fuses an activation into the op."""
+    """torch.nn.Linear: weight (dout, din), bias (dout,). `act` fuses an activation into the op,
+    `residual` an add after it; image=(H, W) takes tokens (N, H*W, din) to (N, dout, H, W).
+    conv1x1: the checkpoint holds a 1x1 Conv2d's weight (dout, din, 1, 1), the same map on tokens."""
 
-    def __init__(self, din: int, dout: int, w, backend, bias: bool = True):
+    def __init__(self, din: int, dout: int, w, backend, bias: bool = True, conv1x1: bool = False):
         self.backend = backend
-        self.weight = backend.weight(w.get("weight", (dout, din)))
+        self.weight = backend.weight(w.get("weight", (dout, din, 1, 1) if conv1x1 else (dout, din)))
         self.bias = backend.weight(w.get("bias", (dout,))) if bias else None
 
-    def __call__(self, x, act: str | None = None):
-        return self.backend.linear(x, self.weight, self.bias, act)  # (..., din) -> (..., dout)
+    def __call__(self, x, act: str | None = None, residual=None, image=None):
+        return self.backend.linear(x, self.weight, self.bias, act, residual, image)  # (..., din) -> (..., dout)
 
 
 class Conv2d:
     """torch.nn.Conv2d with a square kernel and symmetric padding: weight (cout, cin, k, k).
-    `residual` (a tensor of the output's shape) is added to the output in the same op."""
+    `temb` (N, cout) per image and channel and `residual` (a tensor of the output's shape) are added
+    to the output in the same op."""
 
     def __init__(self, cin: int, cout: int, k: int, w, backend, stride: int = 1, padding: int = 0,
                  bias: bool = True):
@@ -44,21 +49,21 @@ class Conv2d:
         self.weight = backend.weight(w.get("weight", (cout, cin, k, k)))
         self.bias = backend.weight(w.get("bias", (cout,))) if bias else None
 
-    def __call__(self, x, residual=None):
-        return self.backend.conv2d(x, self.weight, self.bias, self.stride, self.padding, residual)
+    def __call__(self, x, residual=None, temb=None):
+        return self.backend.conv2d(x, self.weight, self.bias, self.stride, self.padding, residual, temb)
 
 
 class GroupNorm:
     """torch.nn.GroupNorm(groups, C, eps, affine=True); `act="silu"` fuses the SiLU that follows it
-    in resnets and before conv_out."""
+    in resnets and before conv_out; tokens=True gives (N, H*W, C) (a spatial transformer's input)."""
 
     def __init__(self, groups: int, channels: int, w, backend, eps: float = 1e-6):
         self.backend, self.groups, self.eps = backend, groups, eps
         self.weight = backend.weight(w.get("weight", (channels,)))
         self.bias = backend.weight(w.get("bias", (channels,)))
 
-    def __call__(self, x, act: str | None = None):
-        return self.backend.group_norm(x, self.groups, self.weight, self.bias, self.eps, act)
+    def __call__(self, x, act: str | None = None, tokens: bool = False):
+        return self.backend.group_norm(x, self.groups, self.weight, self.bias, self.eps, act, tokens)
 
 
 class LayerNorm:

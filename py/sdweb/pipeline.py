@@ -30,7 +30,7 @@ from .backends import numpy as numpy_backend
 from .clip import CLIPTextModel
 from .errors import Cancelled
 from .schedulers import make_scheduler
-from .settings import ModelInfo, resolve
+from .settings import ModelInfo, resolve, stage_compute
 from .tokenizer import CLIPTokenizer
 from .unet import UNet2DConditionModel
 from .vae import AutoencoderKL
@@ -66,10 +66,14 @@ class Pipeline:
     """A model folder + a backend. Components are loaded when a stage needs them."""
 
     def __init__(self, folder, backend=numpy_backend, precision: str = "fp32", variant: str | None = None,
-                 keep_loaded: bool = False):
-        checked = resolve({"precision": precision, "variant": variant})
+                 keep_loaded: bool = False, compute: str = "auto"):
+        """compute: the activations' dtype, auto | f32 | f16 (settings.py: auto is f16 where the
+        backend can compute in it)."""
+        features = ("shader-f16",) if "f16" in backend.compute_dtypes() else ()
+        checked = resolve({"precision": precision, "variant": variant, "compute": compute, "backend": backend.name},
+                          webgpu=(True, "", features))
         self.folder, self.backend, self.precision = folder, backend, checked.precision
-        self.variant, self.keep_loaded = checked.variant, keep_loaded
+        self.variant, self.keep_loaded, self.compute = checked.variant, keep_loaded, checked.compute
         # Defaults and limits (size, scheduler, clip_skip) are settings.py's, from these configs.
         self.info = ModelInfo.of(folder)
         self.unet_config = folder.config("unet")
@@ -139,19 +143,28 @@ class Pipeline:
         """One run with `stages`' arguments, to the end: each readback waits where it stands."""
         return run(self.stages(*args, **kwargs))
 
-    def stages(self, prompt: str, negative_prompt: str = "", *, steps: int | None = None,
-               guidance: float | None = None, seed: int | None = None, scheduler: str | None = None,
-               width: int | None = None, height: int | None = None, num_images: int = 1, clip_skip: int = 0,
-               progress: Callable[[Progress], None] | None = None,
-               cancel: Callable[[], bool] | None = None) -> Generator[object, None, Result]:
+    def stages(self, *args, **kwargs) -> Generator[object, None, Result]:
         """The run, yielding each backend tensor just before it is read back (and None after each
-        component is built); returns the Result.
-        None -> the default (settings.resolve: by model kind, random seed, the model's own
+        component is built); returns the Result. Arguments: `_stages`'. Each stage computes in its
+        dtype (settings.stage_compute); the backend's compute dtype is what it was before afterwards,
+        whatever happens (a driver closing the generator included)."""
+        previous = self.backend.set_compute("f32")
+        try:
+            return (yield from self._stages(*args, **kwargs))
+        finally:
+            self.backend.set_compute(previous)
+
+    def _stages(self, prompt: str, negative_prompt: str = "", *, steps: int | None = None,
+                guidance: float | None = None, seed: int | None = None, scheduler: str | None = None,
+                width: int | None = None, height: int | None = None, num_images: int = 1, clip_skip: int = 0,
+                progress: Callable[[Progress], None] | None = None,
+                cancel: Callable[[], bool] | None = None) -> Generator[object, None, Result]:
+        """None -> the default (settings.resolve: by model kind, random seed, the model's own
         scheduler and size); ConfigError naming the first bad setting, before anything is loaded."""
         s = resolve(dict(model=self.folder.name, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                          guidance=guidance, seed=seed, scheduler=scheduler, width=width, height=height,
                          num_images=num_images, clip_skip=clip_skip, precision=self.precision,
-                         variant=self.variant, backend=self.backend.name), self.info)
+                         variant=self.variant, backend=self.backend.name, compute=self.compute), self.info)
         steps, guidance, seed, scheduler = s.steps, s.guidance, s.seed, s.scheduler
         width, height, num_images, clip_skip = s.width, s.height, s.num_images, s.clip_skip
         prompt, negative_prompt = s.prompt, s.negative_prompt
@@ -179,6 +192,7 @@ class Pipeline:
         yield from timed_load("text_encoder")
         report("text_encoder", 0, 1)
         s = time.perf_counter()
+        backend.set_compute(stage_compute(self.compute, "text_encoder"))
         context, dropped = self.encode_prompt(prompt, negative_prompt, num_images, cfg, clip_skip)
         timings["text_encoder"] = time.perf_counter() - s
         self.release("text_encoder")
@@ -195,6 +209,7 @@ class Pipeline:
 
         # 3. denoising loop
         unet = yield from timed_load("unet")
+        backend.set_compute(stage_compute(self.compute, "unet"))
         s = time.perf_counter()
         x = x0
         timesteps = sched.timesteps
@@ -218,6 +233,7 @@ class Pipeline:
         # 4. VAE decode
         vae = yield from timed_load("vae")
         report("vae", 0, 1)
+        backend.set_compute(stage_compute(self.compute, "vae", self.vae_config))
         s = time.perf_counter()
         z = x / np.float32(vae.scaling_factor)
         shift = vae.config.get("shift_factor")
@@ -237,7 +253,8 @@ class Pipeline:
                       settings=dict(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                                     guidance=guidance, seed=seed, scheduler=scheduler, width=width,
                                     height=height, num_images=num_images, clip_skip=clip_skip,
-                                    precision=self.precision, variant=self.variant, backend=backend.name))
+                                    precision=self.precision, variant=self.variant, backend=backend.name,
+                                    compute=self.compute))
 
 
 def run(stages: Generator[object, None, Result]) -> Result:

@@ -18,8 +18,9 @@ class ResnetBlock2D:
     a 1x1 conv_shortcut when the channel count changes), divided by output_scale_factor.
 
     The UNet's resnets take a time embedding (temb_channels); the VAE's do not (temb_channels=None,
-    no time_emb_proj). The skip goes into conv2 as its residual: the backend adds it in the conv's
-    epilogue, so the sum costs no pass of its own. Dropout is 0 at inference."""
+    no time_emb_proj). The projected time embedding goes into conv1 and the skip into conv2: the
+    backend adds both in the convs' epilogues, so neither sum costs a pass of its own. Dropout is 0
+    at inference."""
 
     def __init__(self, cin: int, cout: int, groups: int, eps: float, w, backend, temb_channels: int | None = None,
                  output_scale_factor: float = 1.0):
@@ -35,9 +36,8 @@ class ResnetBlock2D:
     def __call__(self, x, temb=None):
         """temb: SiLU(the time embedding) (N, temb_channels); the UNet applies that SiLU once for
         every resnet, where diffusers applies it in each."""
-        h = self.conv1(self.norm1(x, act="silu"))
-        if self.time_emb_proj is not None:
-            h = self.backend.add_channel(h, self.time_emb_proj(temb))
+        t = self.time_emb_proj(temb) if self.time_emb_proj is not None else None  # (N, cout)
+        h = self.conv1(self.norm1(x, act="silu"), temb=t)
         skip = self.conv_shortcut(x) if self.conv_shortcut else x
         y = self.conv2(self.norm2(h, act="silu"), residual=skip)
         if self.output_scale_factor != 1:

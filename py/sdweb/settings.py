@@ -9,8 +9,9 @@ browser.resolve_json), Pipeline.generate its keyword arguments; none of them dec
 limit itself. Called without `model`, resolve checks everything it can before a model is read or a
 weight is downloaded, and leaves what only the model can say (size, scheduler, sometimes precision)
 None; called again with the model's ModelInfo, it fills those in and checks sizes against the model.
-`webgpu` is whether a WebGPU adapter answers here: (ok, why) or a function returning it; None when
-the caller does not know, and then "auto" stays "auto".
+`webgpu` is whether a WebGPU adapter answers here: (ok, why) or (ok, why, features) (the adapter's
+WebGPU feature names, e.g. "shader-f16"), or a function returning it; None when the caller does not
+know, and then "auto" stays "auto" (the backend's, and the compute dtype's when features are unknown).
 
 Defaults and limits:
     model             the catalogue's default model (models.json "default": SD 1.5)
@@ -30,6 +31,11 @@ Defaults and limits:
     precision         weights held as fp16 when reading the fp16 variant on WebGPU, or on NumPy when
                       those weights exceed 256 MB (NumPy upcasts per layer: slower, half the memory);
                       else fp32
+    compute           the activations' dtype, auto | f32 | f16: auto is f16 on a WebGPU adapter with
+                      shader-f16, else f32; f16 needs that feature, and NumPy computes in f32 only.
+                      Per stage (stage_compute): the text encoder and the UNet compute in it, the VAE
+                      in f32 when its config says force_upcast (diffusers' default, as SD 1.5's VAE
+                      overflows f16)
     preview_every     about ten previews a run: round(steps / 10) steps, at least 1; 1 to 1000
 
 The model kind: a model the catalogue (models.json) lists has its kind there; any other is "turbo"
@@ -51,8 +57,9 @@ from .schedulers import SCHEDULERS, scheduler_for
 from .weights import PRECISIONS
 
 FIELDS = ("model", "prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width", "height",
-          "num_images", "clip_skip", "precision", "variant", "backend", "preview_every")
+          "num_images", "clip_skip", "precision", "variant", "backend", "preview_every", "compute")
 BACKENDS = ("numpy", "webgpu")
+COMPUTE = ("auto", "f32", "f16")
 MAX_STEPS = 1000
 MAX_SIDE = 2048  # pixels; beyond this a 64x64-trained UNet makes tiled nonsense and memory explodes
 MAX_IMAGES = 16
@@ -111,6 +118,7 @@ class Settings:
     variant: str | None
     backend: str
     preview_every: int
+    compute: str = "auto"
     notes: tuple[str, ...] = ()
 
     def as_request(self) -> dict:
@@ -148,17 +156,43 @@ def _text(field: str, value) -> str:
     return value
 
 
-def _backend(asked: str, webgpu) -> tuple[str, list[str]]:
+def _backend(asked: str, webgpu) -> tuple[str, list[str], tuple | None]:
+    """-> (backend, notes, the adapter's features or None when unknown)."""
     if asked not in ("auto",) + BACKENDS:
         raise ConfigError(f"unknown backend {asked!r}; use auto, numpy or webgpu", "backend")
     if asked == "numpy" or webgpu is None:
-        return asked, []
-    ok, why = webgpu() if callable(webgpu) else webgpu
+        return asked, [], None
+    ok, why, *features = webgpu() if callable(webgpu) else webgpu
     if ok:
-        return "webgpu", []
+        return "webgpu", [], tuple(features[0]) if features else None
     if asked == "auto":
-        return "numpy", []
-    return "numpy", [f"WebGPU is not available here ({why}); falling back to the NumPy backend"]
+        return "numpy", [], None
+    return "numpy", [f"WebGPU is not available here ({why}); falling back to the NumPy backend"], None
+
+
+def _compute(asked: str, backend: str, features) -> str:
+    if asked not in COMPUTE:
+        raise ConfigError(f"unknown compute dtype {asked!r}; use auto, f32 or f16", "compute")
+    if backend == "numpy":
+        if asked == "f16":
+            raise ConfigError("compute f16 needs the WebGPU backend (NumPy computes in f32); use f32 or auto", "compute")
+        return "f32"
+    if backend != "webgpu" or features is None:
+        return asked  # decided once the adapter is known
+    if "shader-f16" not in features:
+        if asked == "f16":
+            raise ConfigError("compute f16 needs a GPU with the shader-f16 feature, which this WebGPU adapter "
+                              "lacks; use f32 or auto", "compute")
+        return "f32"
+    return "f16" if asked == "auto" else asked
+
+
+def stage_compute(compute: str, stage: str, vae_config: dict | None = None) -> str:
+    """The activation dtype a stage ("text_encoder", "unet", "vae") computes in, given the resolved
+    compute: the VAE computes in f32 when its config's force_upcast (default true) says so."""
+    if stage == "vae" and (vae_config or {}).get("force_upcast", True):
+        return "f32"
+    return compute
 
 
 def resolve(request: Mapping, model: ModelInfo | None = None,
@@ -221,7 +255,8 @@ def resolve(request: Mapping, model: ModelInfo | None = None,
                            f"use 0 to {model.text_layers - 1} (this text encoder has {model.text_layers} layers)")
 
     variant = variant_of(get("variant"))
-    backend, notes = _backend(get("backend") or "numpy", webgpu)
+    backend, notes, features = _backend(get("backend") or "numpy", webgpu)
+    compute = _compute(get("compute") or "auto", backend, features)
     precision = get("precision")
     if precision is not None and precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}", "precision")
@@ -239,4 +274,4 @@ def resolve(request: Mapping, model: ModelInfo | None = None,
                     negative_prompt=_text("negative_prompt", get("negative_prompt") or ""), steps=steps,
                     guidance=float(guidance), seed=seed, scheduler=scheduler, width=sizes["width"],
                     height=sizes["height"], num_images=num_images, clip_skip=clip_skip, precision=precision,
-                    variant=variant, backend=backend, preview_every=preview, notes=tuple(notes))
+                    variant=variant, backend=backend, preview_every=preview, compute=compute, notes=tuple(notes))

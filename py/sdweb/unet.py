@@ -156,85 +156,93 @@ class TimestepEmbedding:
 
 
 class CrossAttention:
-    """diffusers Attention with heads of size dim_head: x (N, L, C), context (N, Lc, Cc) -> (N, L, C).
-    to_q/to_k/to_v have no bias; to_out.0 does."""
+    """diffusers Attention with heads of size dim_head: x (N, L, C), context (N, Lc, Cc) -> (N, L, C),
+    plus `residual` (the block's input) added by to_out.0. to_q/to_k/to_v have no bias; to_out.0
+    does. The projections run fused: self-attention's q, k and v as one GEMM over to_qkv (the rows of
+    to_q, to_k and to_v), cross-attention's k and v as one over to_kv, whose result is kept for as
+    long as the same context comes back (every denoising step of a run), and attention reads q, k
+    and v as column ranges of those results."""
 
-    def __init__(self, dim, context_dim, heads, w, backend):
-        self.backend, self.heads = backend, heads
-        self.to_q = Linear(dim, dim, w.prefix("to_q"), backend, bias=False)
-        self.to_k = Linear(context_dim, dim, w.prefix("to_k"), backend, bias=False)
-        self.to_v = Linear(context_dim, dim, w.prefix("to_v"), backend, bias=False)
+    def __init__(self, dim, context_dim, heads, w, backend, cross: bool):
+        self.backend, self.heads, self.dim, self.cross = backend, heads, dim, cross
+
+        def proj(name, din):
+            return backend.weight(w.get(f"{name}.weight", (dim, din)))
+
+        if cross:
+            self.to_q = proj("to_q", dim)
+            self.to_kv = backend.fuse_weights([proj("to_k", context_dim), proj("to_v", context_dim)])
+        else:
+            self.to_qkv = backend.fuse_weights([proj("to_q", dim), proj("to_k", dim), proj("to_v", dim)])
         self.to_out = [Linear(dim, dim, w.prefix("to_out.0"), backend)]
+        self._kv = None  # (context, its k|v projection (N, Lc, 2C))
 
-    def __call__(self, x, context=None):
-        c = x if context is None else context
-        h = self.backend.attention(self.to_q(x), self.to_k(c), self.to_v(c), self.heads)  # (N, L, C)
-        return self.to_out[0](h)
+    def __call__(self, x, context=None, residual=None):
+        backend, C = self.backend, self.dim
+        if not self.cross:
+            qkv = backend.linear(x, self.to_qkv)  # (N, L, 3C)
+            q, k, v = (qkv, 0), (qkv, C), (qkv, 2 * C)
+        else:
+            if self._kv is None or self._kv[0] is not context:
+                self._kv = (context, backend.linear(context, self.to_kv))  # (N, Lc, 2C)
+            q, k, v = backend.linear(x, self.to_q), (self._kv[1], 0), (self._kv[1], C)
+        h = backend.attention(q, k, v, self.heads)  # (N, L, C)
+        return self.to_out[0](h, residual=residual)
 
 
 class FeedForward:
-    """GEGLU feed-forward: net.0.proj (C -> 2*4C), a * gelu(gate), net.2 (4C -> C)."""
+    """GEGLU feed-forward: net.0.proj (C -> 2*4C), a * gelu(gate), net.2 (4C -> C) plus `residual`."""
 
     def __init__(self, dim, w, backend):
         inner = 4 * dim
         self.proj = Linear(dim, 2 * inner, w.prefix("net.0.proj"), backend)
         self.out = Linear(inner, dim, w.prefix("net.2"), backend)
 
-    def __call__(self, x):
-        return self.out(self.proj(x, act="geglu"))
+    def __call__(self, x, residual=None):
+        return self.out(self.proj(x, act="geglu"), residual=residual)
 
 
 class BasicTransformerBlock:
-    """Pre-norm self-attention, cross-attention and GEGLU feed-forward, each with a residual:
-    x (N, L, C), context (N, Lc, Cc) -> (N, L, C)."""
+    """Pre-norm self-attention, cross-attention and GEGLU feed-forward, each with a residual (added by
+    the sublayer's last linear): x (N, L, C), context (N, Lc, Cc) -> (N, L, C)."""
 
     def __init__(self, dim, context_dim, heads, w, backend):
-        self.backend = backend
         self.norm1 = LayerNorm(dim, w.prefix("norm1"), backend)
-        self.attn1 = CrossAttention(dim, dim, heads, w.prefix("attn1"), backend)
+        self.attn1 = CrossAttention(dim, dim, heads, w.prefix("attn1"), backend, cross=False)
         self.norm2 = LayerNorm(dim, w.prefix("norm2"), backend)
-        self.attn2 = CrossAttention(dim, context_dim, heads, w.prefix("attn2"), backend)
+        self.attn2 = CrossAttention(dim, context_dim, heads, w.prefix("attn2"), backend, cross=True)
         self.norm3 = LayerNorm(dim, w.prefix("norm3"), backend)
         self.ff = FeedForward(dim, w.prefix("ff"), backend)
 
     def __call__(self, x, context):
-        backend = self.backend
-        x = backend.add(self.attn1(self.norm1(x)), x)
-        x = backend.add(self.attn2(self.norm2(x), context), x)
-        return backend.add(self.ff(self.norm3(x)), x)
+        x = self.attn1(self.norm1(x), residual=x)
+        x = self.attn2(self.norm2(x), context, residual=x)
+        return self.ff(self.norm3(x), residual=x)
 
 
 class Transformer2DModel:
     """Spatial transformer: (N, C, H, W), context -> (N, C, H, W).
-    group norm (eps 1e-6) -> proj_in (1x1 conv, or linear when use_linear_projection) -> tokens
-    -> transformer_blocks -> proj_out -> + input (a 1x1 proj_out adds it in its own epilogue)."""
+    group norm (eps 1e-6), stored as tokens (N, H*W, C) -> proj_in -> transformer_blocks -> proj_out,
+    stored back as an image plus the input. proj_in/proj_out are 1x1 convs, or linears when
+    use_linear_projection: on tokens both are the same linear map, so the transformer has no
+    transpose of its own (group_norm writes tokens, proj_out writes the image)."""
 
     def __init__(self, channels, context_dim, heads, depth, groups, linear_proj, w, backend):
-        self.backend, self.linear_proj = backend, linear_proj
+        self.backend = backend
+        conv = not linear_proj
         self.norm = GroupNorm(groups, channels, w.prefix("norm"), backend, 1e-6)
-        if linear_proj:
-            self.proj_in = Linear(channels, channels, w.prefix("proj_in"), backend)
-            self.proj_out = Linear(channels, channels, w.prefix("proj_out"), backend)
-        else:
-            self.proj_in = Conv2d(channels, channels, 1, w.prefix("proj_in"), backend)
-            self.proj_out = Conv2d(channels, channels, 1, w.prefix("proj_out"), backend)
+        self.proj_in = Linear(channels, channels, w.prefix("proj_in"), backend, conv1x1=conv)
+        self.proj_out = Linear(channels, channels, w.prefix("proj_out"), backend, conv1x1=conv)
         self.transformer_blocks = [
             BasicTransformerBlock(channels, context_dim, heads, w.prefix(f"transformer_blocks.{i}"), backend)
             for i in range(depth)]
 
     def __call__(self, x, context):
-        backend = self.backend
-        _, _, H, W = backend.shape(x)
-        h = self.norm(x)
-        if self.linear_proj:
-            h = self.proj_in(backend.nchw_to_nlc(h))  # (N, H*W, C)
-        else:
-            h = backend.nchw_to_nlc(self.proj_in(h))
+        _, _, H, W = self.backend.shape(x)
+        h = self.proj_in(self.norm(x, tokens=True))  # (N, H*W, C)
         for block in self.transformer_blocks:
             h = block(h, context)
-        if self.linear_proj:
-            return backend.add(backend.nlc_to_nchw(self.proj_out(h), H, W), x)
-        return self.proj_out(backend.nlc_to_nchw(h, H, W), residual=x)
+        return self.proj_out(h, residual=x, image=(H, W))  # (N, C, H, W)
 
 
 class DownBlock:

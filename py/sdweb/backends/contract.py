@@ -9,8 +9,18 @@ op (the three that text-to-image itself never calls are in NOT_IN_TEXT_TO_IMAGE,
 
 Tensors: activations are backend tensors (`.shape` a tuple of ints) from `tensor` to `numpy`;
 weights are what `weight` returned for an array (or a WeightRef) from a WeightStore in its held
-precision (float32, float16, or bfloat16 bits as uint16); arithmetic is float32 on both backends.
+precision (float32, float16, or bfloat16 bits as uint16), or what `fuse_weights` made of several.
+Arithmetic is float32 (the reference, and the NumPy backend's only choice); a backend that offers
+"f16" in `compute_dtypes` computes in it after `set_compute("f16")`: tensors made from then on
+(`tensor`, `embedding`) hold f16, every op gives its output its input's dtype, and the kernels keep
+f32 where accuracy needs it (softmax and norm statistics, GEMM sums across K tiles).
 Shape legend: N batch, C channels, H/W height/width, L tokens, D features, h heads, d head dim.
+
+Several ops fuse what would otherwise be a pass of its own on a GPU: `linear` and `conv2d` add a
+residual in their epilogue (and conv2d a per-image channel vector: a resnet's time embedding),
+`linear` with image=(H, W) stores tokens back as an image and `group_norm` with tokens=True stores an
+image as tokens (the spatial transformer's way in and out, with no transpose of its own), and
+`attention` reads q, k and v as column ranges of one fused projection's output.
 
 The fused activation is spelled `act` everywhere: None, or a name in ACTIVATIONS; linear also takes
 "geglu", which halves the width. Which function each name is: backends/numpy.py `_silu`, `_gelu`
@@ -32,6 +42,7 @@ NOT_IN_TEXT_TO_IMAGE = {
     "slice_tokens": "clip.CLIPTextModel.pooled (transformers' pooler_output)",
     "mul": "resnet.ResnetBlock2D with output_scale_factor != 1 (a UNet's mid_block_scale_factor)",
 }
+COMPUTE_DTYPES = ("f32", "f16")
 
 
 def check_act(op: str, act, geglu: bool = False) -> None:
@@ -59,6 +70,17 @@ class Backend(Protocol):
         """A held weight array (or, when takes_weight_refs, a WeightRef) -> what ops take as a weight.
         Called once per tensor when a model is built."""
 
+    def fuse_weights(self, weights):
+        """Weights (rows_i, *rest) of one dtype with the same trailing shape -> one weight equal to
+        their concatenation along axis 0 (a fused QKV projection); the parts may be dropped after."""
+
+    def compute_dtypes(self) -> tuple:
+        """The activation dtypes this backend computes in, "f32" first (COMPUTE_DTYPES)."""
+
+    def set_compute(self, dtype):
+        """Make `dtype` (one of compute_dtypes()) the dtype of tensors made from now on; -> the
+        previous one."""
+
     def check_weights(self, store) -> None:
         """Raise before a WeightStore's first tensor is uploaded if one cannot be held (a GPU's buffer
         limits), naming the tensor."""
@@ -68,24 +90,30 @@ class Backend(Protocol):
 
     # --- linear algebra ---
 
-    def linear(self, x, weight, bias=None, act=None):
-        """x: (..., Din), weight: (Dout, Din), bias: (Dout,) -> (..., Dout), then act. With act="geglu"
-        weight has 2F rows and the result is (..., F): first half * gelu(second half)."""
+    def linear(self, x, weight, bias=None, act=None, residual=None, image=None):
+        """x: (..., Din), weight: (Dout, Din) or a 1x1 conv's (Dout, Din, 1, 1), bias: (Dout,) ->
+        (..., Dout), then act, then + residual (the output's shape). With act="geglu" weight has 2F
+        rows and the result is (..., F): first half * gelu(second half). With image=(H, W), x is
+        (N, H*W, Din) tokens and the result (N, Dout, H, W) (and residual is that shape); no act."""
 
-    def conv2d(self, x, weight, bias=None, stride=1, padding=0, residual=None):
+    def conv2d(self, x, weight, bias=None, stride=1, padding=0, residual=None, temb=None):
         """x: (N, Cin, H, W), weight: (Cout, Cin, k, k), bias: (Cout,) -> (N, Cout, Ho, Wo), zero padding
-        on every side, Ho = (H + 2 padding - k) // stride + 1; plus `residual` (a tensor of the
-        output's shape: a resnet's skip) when given."""
+        on every side, Ho = (H + 2 padding - k) // stride + 1; plus temb (N, Cout) per image and
+        channel (a resnet's projected time embedding), plus `residual` (a tensor of the output's
+        shape: a resnet's skip), when given."""
 
     def attention(self, q, k, v, heads, causal=False):
         """q: (N, Lq, h*d), k/v: (N, Lk, h*d) -> (N, Lq, h*d): softmax(q k^T / sqrt(d)) v per head, key
-        j hidden from query i > j when causal. Never materialises the (Lq, Lk) scores whole."""
+        j hidden from query i > j when causal. Never materialises the (Lq, Lk) scores whole. Each of
+        q, k, v may be (tensor, col0): columns col0 .. col0 + h*d of a wider (N, L, S) tensor (a
+        fused projection's output); h*d is then the narrowest operand's width past its col0."""
 
     # --- normalisation ---
 
-    def group_norm(self, x, groups, weight, bias, eps, act=None):
+    def group_norm(self, x, groups, weight, bias, eps, act=None, tokens=False):
         """x: (N, C, *spatial) -> same shape, normalised per (image, group of C/groups channels),
-        then * weight + bias per channel, then act (one of ACTIVATIONS)."""
+        then * weight + bias per channel, then act (one of ACTIVATIONS). tokens=True: x is
+        (N, C, H, W) and the result (N, H*W, C)."""
 
     def layer_norm(self, x, weight, bias, eps):
         """x: (..., D) normalised over D, then * weight + bias."""
@@ -97,9 +125,6 @@ class Backend(Protocol):
 
     def mul(self, x, s):
         """x * s, s a Python float."""
-
-    def add_channel(self, x, v):
-        """x: (N, C, H, W) + v: (N, C) broadcast over H, W (a resnet's time embedding)."""
 
     def upsample_nearest2x(self, x):
         """x: (N, C, H, W) -> (N, C, 2H, 2W), each pixel repeated 2x2."""

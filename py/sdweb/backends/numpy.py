@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from ..errors import SdwebError
 from .contract import check_act
 
 name = "numpy"
@@ -44,6 +45,22 @@ def weight(w: np.ndarray):
 
 def check_weights(store) -> None:
     """Nothing to check: host memory has no per-array limit (running out of it raises MemoryError)."""
+
+
+def fuse_weights(weights):
+    """Held weights of one dtype -> their concatenation along axis 0 (a fused projection)."""
+    return np.concatenate(weights)
+
+
+def compute_dtypes() -> tuple:
+    """NumPy computes in float32 only: the reference."""
+    return ("f32",)
+
+
+def set_compute(dtype: str) -> str:
+    if dtype != "f32":
+        raise SdwebError(f"the NumPy backend computes in f32 only, not {dtype!r}")
+    return "f32"
 
 
 def _f32(w: np.ndarray) -> np.ndarray:
@@ -86,9 +103,19 @@ def _blocks(rows: int, cols: int):
 # --- linear algebra  (shaders/matmul.wgsl) --------------------------------------------------------
 
 
-def linear(x, weight, bias=None, act: str | None = None):
-    """x: (..., Din), weight: (Dout, Din), bias: (Dout,) -> (..., Dout), then optional fused activation
-    (silu, gelu, quick_gelu, or geglu, which halves the width: (..., 2F) -> (..., F))."""
+def linear(x, weight, bias=None, act: str | None = None, residual=None, image=None):
+    """x: (..., Din), weight: (Dout, Din) or (Dout, Din, 1, 1), bias: (Dout,) -> (..., Dout), then
+    optional fused activation (silu, gelu, quick_gelu, or geglu, which halves the width: (..., 2F) ->
+    (..., F)), then + residual. image=(H, W): x (N, H*W, Din) -> (N, Dout, H, W) (residual alike)."""
+    y = _linear(x, weight.reshape(weight.shape[0], -1), bias, act)
+    if image is not None:
+        y = nlc_to_nchw(y, *image)
+    if residual is not None:
+        y += residual
+    return y
+
+
+def _linear(x, weight, bias, act):
     check_act("linear", act, geglu=True)
     w = _f32(weight)
     Dout, Din = w.shape
@@ -108,9 +135,10 @@ def linear(x, weight, bias=None, act: str | None = None):
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
-def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None):
-    """x: (N, Cin, H, W), weight: (Cout, Cin, kh, kw), bias: (Cout,) -> (N, Cout, Ho, Wo), plus
-    `residual` (a tensor of the output's shape: a resnet's skip) when given. Implicit GEMM on the GPU
+def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None, temb=None):
+    """x: (N, Cin, H, W), weight: (Cout, Cin, kh, kw), bias: (Cout,) -> (N, Cout, Ho, Wo), plus temb
+    (N, Cout) per image and channel, plus `residual` (a tensor of the output's shape: a resnet's
+    skip), when given. Implicit GEMM on the GPU
     (shaders/conv2d.wgsl). Here, by shape:
       1x1: one (Cout, Cin) @ (Cin, H*W) matmul per image;
       stride 1, wide rows (Wo >= 32): shift and accumulate. In the zero-padded image flattened to
@@ -121,6 +149,8 @@ def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=Non
         image writes NCHW directly, in row chunks that bound the column matrix (~64 MB).
     Both keep the GEMMs large: measured on 2 cores they run at about torch's (oneDNN) speed."""
     y = _conv2d(x, _f32(weight), None if bias is None else _f32(bias)[:, None], stride, padding)
+    if temb is not None:
+        y += temb[:, :, None, None]
     if residual is not None:
         y += residual
     return y
@@ -189,8 +219,9 @@ def pad2d(x, left: int, right: int, top: int, bottom: int):
 # --- normalisation  (shaders/norm.wgsl) -----------------------------------------------------------
 
 
-def group_norm(x, groups: int, weight, bias, eps: float, act: str | None = None):
-    """x: (N, C, *spatial) -> same shape; optional fused activation after the affine.
+def group_norm(x, groups: int, weight, bias, eps: float, act: str | None = None, tokens: bool = False):
+    """x: (N, C, *spatial) -> same shape, or with tokens=True (N, C, H, W) -> (N, H*W, C); optional
+    fused activation after the affine.
     Two-pass statistics in f32 (mean, then the sum of squared deviations accumulated per block in
     f64), then (x - mean) * (weight * rstd) + bias [-> act] per block: 3 passes over memory in all."""
     check_act("group_norm", act)
@@ -218,7 +249,7 @@ def group_norm(x, groups: int, weight, bias, eps: float, act: str | None = None)
         yb += shift[r]
         if act:
             _KERNELS[act](yb, out=yb)
-    return y
+    return nchw_to_nlc(y) if tokens else y
 
 
 def layer_norm(x, weight, bias, eps: float):
@@ -245,13 +276,18 @@ _SCORES = 1 << 20  # score floats per block (4 MB): (heads per block) x (query r
 
 
 def attention(q, k, v, heads: int, causal: bool = False):
-    """q: (N, Lq, h*d), k/v: (N, Lk, h*d) -> (N, Lq, h*d); softmax(q k^T / sqrt(d)) v per head.
+    """q: (N, Lq, h*d), k/v: (N, Lk, h*d) -> (N, Lq, h*d); softmax(q k^T / sqrt(d)) v per head. Each of
+    q, k, v may be (x, col0): columns col0 .. col0 + h*d of a wider x, h*d the narrowest width past
+    its col0 (a fused projection's output).
 
     The GPU kernel is flash-style (online softmax over key tiles); here queries (and heads, when Lk
     is short) are taken in blocks of about _SCORES scores, so the (Lq, Lk) matrix of a 64x64 latent
     never exists whole and each block's softmax runs in cache. The 1/sqrt(d) scale is folded into q;
     v gets a column of ones, so the second matmul also yields each row's sum of exp(scores), and the
     softmax's division is done on the (rows, d) output instead of the (rows, Lk) scores."""
+    views = [x if isinstance(x, tuple) else (x, 0) for x in (q, k, v)]
+    width = min(x.shape[2] - c for x, c in views)
+    q, k, v = (x[..., c:c + width] for x, c in views)
     N, Lq, D = q.shape
     Lk = k.shape[1]
     d = D // heads
@@ -354,11 +390,6 @@ def add(x, y):
 def mul(x, s: float):
     """Scale by a Python float."""
     return x * np.float32(s)
-
-
-def add_channel(x, v):
-    """x: (N, C, H, W) + v: (N, C) broadcast over H, W (the resnet's time embedding)."""
-    return x + v[:, :, None, None]
 
 
 def upsample_nearest2x(x):

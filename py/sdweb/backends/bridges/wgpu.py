@@ -20,6 +20,12 @@ _LIMITS = ("maxStorageBufferBindingSize", "maxBufferSize", "maxComputeWorkgroups
            "minStorageBufferOffsetAlignment", "minUniformBufferOffsetAlignment")
 
 
+# Optional features the backend uses where the adapter has them: wgpu-native's name -> WebGPU's.
+# shader-f16: f16 compute; subgroups: reductions and shuffles; timestamp-query: --profile and tuning.
+_FEATURES = {"shader-f16": "shader-f16", "subgroup": "subgroups", "subgroups": "subgroups",
+             "timestamp-query": "timestamp-query"}
+
+
 def _kebab(name: str) -> str:
     return "".join("-" + c.lower() if c.isupper() else c for c in name)
 
@@ -38,7 +44,9 @@ def adapter(power_preference: str = "high-performance"):
 
 
 class WgpuBridge:
-    """A device on the best adapter, with the adapter's maximum limits and shader-f16 if offered."""
+    """A device on the best adapter, with the adapter's maximum limits and its optional features
+    (shader-f16, subgroups, timestamp-query) where offered; limits()["features"] spells them as
+    WebGPU does."""
 
     def __init__(self, adapter_=None):
         self.adapter = adapter_ or adapter()
@@ -46,13 +54,14 @@ class WgpuBridge:
             raise RuntimeError("no WebGPU adapter found")
         lim = self.adapter.limits
         required = {_kebab(k): lim[_kebab(k)] for k in _LIMITS if _kebab(k) in lim}
-        features = [f for f in ("shader-f16",) if f in self.adapter.features]
+        features = [f for f in _FEATURES if f in self.adapter.features]
         self.device = self.adapter.request_device_sync(required_features=features, required_limits=required)
         self.queue = self.device.queue
         self._limits = {k: int(self.device.limits[_kebab(k)]) for k in _LIMITS if _kebab(k) in self.device.limits}
-        self._limits["features"] = sorted(self.device.features)
+        self._limits["features"] = sorted({_FEATURES[f] for f in self.device.features if f in _FEATURES})
         info = self.adapter.info
         self._limits["adapter"] = f"{info.get('device', '?')} ({info.get('backend_type', '?')})"
+        self._limits["adapterType"] = str(info.get("adapter_type", ""))
         self._buffers: dict[int, object] = {}
         self._next_id = 1
         self._pipelines: dict[str, tuple] = {}  # key -> (id, pipeline, bind group layout)
@@ -109,6 +118,9 @@ class WgpuBridge:
     def pipeline(self, key: str, wgsl: str, entry: str) -> int:
         hit = self._pipelines.get(key)
         if hit is None:
+            # wgpu-native's WGSL front end (naga) has subgroup operations without the standard's
+            # `enable subgroups;` and refuses the directive, which Chrome requires
+            wgsl = wgsl.replace("enable subgroups;\n", "")
             module = self.device.create_shader_module(code=wgsl, label=key)
             pipe = self.device.create_compute_pipeline(layout="auto", label=key,
                                                        compute={"module": module, "entry_point": entry})

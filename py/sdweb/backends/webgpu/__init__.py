@@ -34,7 +34,7 @@ takes_weight_refs = True  # weight() takes a lazy store's WeightRef: its bytes g
 
 
 def tensor(a) -> GPUTensor:
-    """Host array -> backend tensor (f32). A GPUTensor passes through."""
+    """Host array -> backend tensor (of the compute dtype, set_compute). A GPUTensor passes through."""
     if isinstance(a, GPUTensor):
         return a
     return context().upload(a)
@@ -58,6 +58,22 @@ def check_weights(store) -> None:
     upload.check_weights(context(), store)
 
 
+def fuse_weights(weights) -> GPUWeight:
+    """GPUWeights of one dtype, (rows_i, *rest) -> one GPUWeight of their rows (a fused projection),
+    copied on the GPU (upload.py)."""
+    return upload.fuse(context(), weights)
+
+
+def compute_dtypes() -> tuple:
+    """("f32", "f16") where the adapter has shader-f16, else ("f32",)."""
+    return ("f32", "f16") if "shader-f16" in context().features else ("f32",)
+
+
+def set_compute(dtype: str) -> str:
+    """Tensors made from now on (tensor, embedding) hold `dtype`; -> the previous dtype."""
+    return context().set_compute(dtype)
+
+
 def shape(x) -> tuple:
     return tuple(x.shape)
 
@@ -65,14 +81,16 @@ def shape(x) -> tuple:
 # --- linear algebra (ops/matmul.py, ops/conv2d.py, ops/attention.py) -------------------------------
 
 
-def linear(x, weight, bias=None, act: str | None = None):
-    """x: (..., Din), weight: (Dout, Din), bias: (Dout,) -> (..., Dout), optional fused activation."""
-    return _matmul.linear(context(), x, weight, bias, act)
+def linear(x, weight, bias=None, act: str | None = None, residual=None, image=None):
+    """x: (..., Din), weight: (Dout, Din[, 1, 1]), bias: (Dout,) -> (..., Dout), optional fused
+    activation, then + residual; image=(H, W): tokens in, (N, Dout, H, W) out."""
+    return _matmul.linear(context(), x, weight, bias, act, residual, image)
 
 
-def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None):
-    """x: (N, Cin, H, W), weight: (Cout, Cin, k, k) -> (N, Cout, Ho, Wo), plus `residual` when given."""
-    return _conv2d.conv2d(context(), x, weight, bias, stride, padding, residual)
+def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None, temb=None):
+    """x: (N, Cin, H, W), weight: (Cout, Cin, k, k) -> (N, Cout, Ho, Wo), plus temb (N, Cout) and
+    `residual` when given."""
+    return _conv2d.conv2d(context(), x, weight, bias, stride, padding, residual, temb)
 
 
 def attention(q, k, v, heads: int, causal: bool = False):
@@ -83,9 +101,9 @@ def attention(q, k, v, heads: int, causal: bool = False):
 # --- normalisation (ops/norm.py) ------------------------------------------------------------------
 
 
-def group_norm(x, groups: int, weight, bias, eps: float, act: str | None = None):
-    """x: (N, C, *spatial) -> same shape; optional fused activation after the affine."""
-    return _norm.group_norm(context(), x, groups, weight, bias, eps, act)
+def group_norm(x, groups: int, weight, bias, eps: float, act: str | None = None, tokens: bool = False):
+    """x: (N, C, *spatial) -> same shape (tokens=True: (N, H*W, C)); optional fused activation."""
+    return _norm.group_norm(context(), x, groups, weight, bias, eps, act, tokens)
 
 
 def layer_norm(x, weight, bias, eps: float):
@@ -104,11 +122,6 @@ def add(x, y):
 def mul(x, s: float):
     """Scale by a Python float."""
     return _elementwise.mul(context(), x, s)
-
-
-def add_channel(x, v):
-    """x: (N, C, H, W) + v: (N, C) broadcast over H, W."""
-    return _elementwise.add_channel(context(), x, v)
 
 
 def upsample_nearest2x(x):

@@ -6,11 +6,15 @@ Context API (what ops/*.py use)
 ctx = context()                  the process-wide context, made on first use over bridges/wgpu.py
                                  (`use_bridge(bridge)` installs another, e.g. the browser's;
                                  `with using(bridge_or_context) as ctx:` installs one for a block)
-ctx.empty(shape) -> GPUTensor    uninitialised f32 tensor, its buffer from the pool
-ctx.upload(array, dtype="f32")   host array -> new tensor ("u32" for index tensors); ctx.read(t) back
+ctx.compute                      the activation dtype new tensors get: "f32" (the default) or "f16"
+                                 (needs the adapter's shader-f16); ops give their output the dtype
+                                 of their input, so one setting decides a whole stage
+ctx.empty(shape, dtype=None)     uninitialised tensor (dtype: ctx.compute), its buffer from the pool
+ctx.upload(array, dtype=None)    host array -> new tensor of dtype (ctx.compute; "u32" for index
+                                 tensors); ctx.read(t) -> a host float32 (or uint32) array
 ctx.view(t, shape, offset_elems) a tensor sharing t's buffer (the offset must meet
                                  limits["minStorageBufferOffsetAlignment"] to be bound)
-ctx.run(shader, entry, buffers, params, groups, constants=None, w_dtype=None)
+ctx.run(shader, entry, buffers, params, groups, constants=None, w_dtype=None, t_dtype=None)
     shader     file stem in shaders/ ("matmul" -> shaders/matmul.wgsl), or a Path to a .wgsl file
                elsewhere (the benchmark's kernel ladder); see shaders.py for includes and constants
     entry      the @compute entry point
@@ -23,14 +27,19 @@ ctx.run(shader, entry, buffers, params, groups, constants=None, w_dtype=None)
     constants  {"NAME": "text"}: host constants substituted before compiling (shaders.py)
     w_dtype    "f32" | "f16" | "bf16" (None: "f32"): the weight dtype the shader is compiled for;
                every GPUWeight in `buffers` must hold this dtype
-    Pipelines are compiled once per (shader, entry, constants, w_dtype). Dispatches are recorded and
+    t_dtype    "f32" | "f16" (None: "f32"): the activation type T the shader is compiled for; every
+               f32/f16 GPUTensor in `buffers` must hold it
+    The shader is compiled with SUBGROUPS = ctx.subgroups (shaders.py).
+    Pipelines are compiled once per (shader, entry, constants, w_dtype, t_dtype, subgroups). Dispatches are recorded and
     submitted in batches of SUBMIT_EVERY; reads and host writes submit what is pending first.
     An entry point must statically use every binding it is given (layouts are "auto").
 ctx.grid(n_groups) -> (x, y, 1)  a 1-D grid of n_groups workgroups folded into x and y; the shader
                                  reads its group with shaders/include/grid.wgsl
 ctx.dummy(w_dtype) -> GPUWeight  a 16-byte placeholder to bind where an optional input is absent
 ctx.limits                       the adapter's limits (WebGPU camelCase names) and "features" list
-ctx.features                     set of feature names, e.g. {"shader-f16", ...}
+ctx.features                     set of feature names (WebGPU's), e.g. {"shader-f16", "subgroups"}
+ctx.subgroups                    whether kernels use subgroup operations: the adapter has "subgroups"
+                                 (a test or benchmark may turn it off to run the fallbacks)
 ctx.bytes_in_use                 bytes of GPU buffers held by live tensors and weights
 ctx.bytes_weights                the part of bytes_in_use held by weights (GPUWeight)
 ctx.bytes_pooled                 bytes of idle buffers kept in the pool
@@ -43,8 +52,9 @@ ctx.check_size(nbytes, what)     raise GPULimitError("<what> needs N MB but this
                                  maxStorageBufferBindingSize is M MB") when a buffer cannot be bound
 ctx.dispatches                   dispatches recorded so far
 
-GPUTensor: .shape, .nbytes, .buffer (bridge buffer id), .offset (bytes), .dtype ("f32"; "u32" for
-           index tensors); freed back to the pool when garbage-collected (or by .release()).
+GPUTensor: .shape, .nbytes (bytes bound: the elements' bytes rounded up to whole u32s), .buffer
+           (bridge buffer id), .offset (bytes), .dtype ("f32" | "f16"; "u32" for index tensors);
+           freed back to the pool when garbage-collected (or by .release()).
 GPUWeight: .shape, .dtype ("f32"|"f16"|"bf16"), .buffer, .nbytes, .offset (0); one buffer of its
            own, made by upload.py (16-bit dtypes packed two per u32, little-endian).
 
@@ -99,14 +109,23 @@ class _Buffer:
         self.finalizer = weakref.finalize(self, ctx._release, bid, size)
 
 
+ITEMSIZE = {"f32": 4, "f16": 2, "u32": 4}  # bytes per element of a GPUTensor dtype
+_HOST = {"f32": np.float32, "f16": np.float16, "u32": np.uint32}
+
+
+def tensor_bytes(shape, dtype: str) -> int:
+    """Bytes a tensor binds: its elements' bytes rounded up to whole u32s (WebGPU binds multiples of 4)."""
+    return -(-ITEMSIZE[dtype] * math.prod(shape) // 4) * 4
+
+
 class GPUTensor:
-    """An f32 (or u32 index) tensor in a GPU buffer: `shape`, bytes [offset, offset + nbytes)."""
+    """An f32 or f16 (or u32 index) tensor in a GPU buffer: `shape`, bytes [offset, offset + nbytes)."""
 
     __slots__ = ("shape", "nbytes", "offset", "dtype", "_buf")
 
     def __init__(self, shape, buf: _Buffer, offset: int = 0, dtype: str = "f32"):
         self.shape = tuple(int(s) for s in shape)
-        self.nbytes = 4 * math.prod(self.shape)
+        self.nbytes = tensor_bytes(self.shape, dtype)
         self.offset, self.dtype, self._buf = offset, dtype, buf
 
     @property
@@ -159,6 +178,11 @@ class Context:
         self.bridge = bridge
         self.limits = bridge.limits()
         self.features = set(self.limits.get("features", ()))
+        self.subgroups = "subgroups" in self.features
+        self.compute = "f32"
+        self.tuning = None  # tuning.Tuning: the autotuned kernel choices for this adapter, when loaded
+        self.plans: dict = {}  # the ops' kernel choices by (op, shape key), as made (ops/gemm.py, attention.py)
+        self.profiler = None  # profile.Profiler while --profile records timestamps
         self.max_groups = int(self.limits.get("maxComputeWorkgroupsPerDimension", 65535))
         self.max_binding = int(self.limits.get("maxStorageBufferBindingSize", 1 << 27))
         self.max_buffer = int(self.limits.get("maxBufferSize", 1 << 28))
@@ -250,28 +274,43 @@ class Context:
 
     # -- tensors --
 
-    def empty(self, shape, dtype: str = "f32") -> GPUTensor:
-        shape = tuple(int(s) for s in shape)
-        return GPUTensor(shape, self._alloc(4 * math.prod(shape), f"activation {shape}"), 0, dtype)
+    def set_compute(self, dtype: str) -> str:
+        """Make `dtype` ("f32" | "f16") the activation dtype of new tensors; -> the previous one."""
+        if dtype not in ("f32", "f16"):
+            raise SdwebError(f"compute dtype {dtype!r}: use f32 or f16")
+        if dtype == "f16" and "shader-f16" not in self.features:
+            raise SdwebError(f"f16 compute needs the adapter's shader-f16 feature, which "
+                             f"{self.limits.get('adapter', 'this adapter')} lacks; use f32")
+        previous, self.compute = self.compute, dtype
+        return previous
 
-    def upload(self, a: np.ndarray, dtype: str = "f32") -> GPUTensor:
-        """Host array -> new tensor (f32, or u32 for index tensors)."""
-        a = np.ascontiguousarray(a, dtype=np.float32 if dtype == "f32" else np.uint32)
-        t = self.empty(a.shape, dtype)
+    def empty(self, shape, dtype: str | None = None) -> GPUTensor:
+        shape = tuple(int(s) for s in shape)
+        dt = dtype or self.compute
+        return GPUTensor(shape, self._alloc(tensor_bytes(shape, dt), f"activation {shape}"), 0, dt)
+
+    def upload(self, a: np.ndarray, dtype: str | None = None) -> GPUTensor:
+        """Host array -> new tensor of dtype (ctx.compute by default; "u32" for index tensors)."""
+        dt = dtype or self.compute
+        a = np.ascontiguousarray(a, dtype=_HOST[dt])
+        t = self.empty(a.shape, dt)
         if a.size:
-            self.bridge.write_buffer(t.buffer, t.offset, a.tobytes())
+            data = a.tobytes()
+            self.bridge.write_buffer(t.buffer, t.offset, data + bytes(-len(data) % 4))
         return t
 
     def view(self, t: GPUTensor, shape, offset_elems: int = 0) -> GPUTensor:
         """A tensor sharing t's buffer (no copy); the caller checks the offset's alignment."""
-        return GPUTensor(shape, t._buf, t.offset + 4 * offset_elems, t.dtype)
+        return GPUTensor(shape, t._buf, t.offset + ITEMSIZE[t.dtype] * offset_elems, t.dtype)
 
     def read(self, t) -> np.ndarray:
-        """The readback: submits pending work, waits, copies t's bytes to the host."""
+        """The readback: submits pending work, waits, copies t's bytes to the host (f16 widened to
+        float32)."""
         data = self.bridge.read_buffer(t.buffer, t.offset, t.nbytes) if t.nbytes else b""
         self._pending = 0  # read_buffer submitted them
         self._bury()
-        return np.frombuffer(data, np.float32 if t.dtype == "f32" else np.uint32).reshape(t.shape).copy()
+        a = np.frombuffer(data, _HOST[t.dtype], count=t.size).reshape(t.shape)
+        return a.astype(np.float32) if t.dtype == "f16" else a.copy()
 
     def dummy(self, w_dtype: str | None = None) -> GPUWeight:
         dt = w_dtype or "f32"
@@ -286,21 +325,27 @@ class Context:
         x = min(n, self.max_groups)
         return x, -(-n // x), 1
 
-    def pipeline(self, shader, entry: str, constants: dict | None = None, w_dtype: str | None = None) -> int:
-        key = (str(shader), entry, tuple(sorted((constants or {}).items())), w_dtype or "f32")
+    def pipeline(self, shader, entry: str, constants: dict | None = None, w_dtype: str | None = None,
+                 t_dtype: str | None = None) -> int:
+        key = (str(shader), entry, tuple(sorted((constants or {}).items())), w_dtype or "f32", t_dtype or "f32",
+               self.subgroups)
         pid = self._pipelines.get(key)
         if pid is None:
-            src = shaders.source(shader, constants, w_dtype)
+            src = shaders.source(shader, constants, w_dtype, t_dtype, self.subgroups)
             pid = self._pipelines[key] = self.bridge.pipeline(repr(key), src, entry)
         return pid
 
-    def run(self, shader, entry: str, buffers, params, groups, constants=None, w_dtype=None):
-        pid = self.pipeline(shader, entry, constants, w_dtype)
-        dt = w_dtype or "f32"
+    def run(self, shader, entry: str, buffers, params, groups, constants=None, w_dtype=None, t_dtype=None,
+            op: str | None = None, flop: int = 0):
+        pid = self.pipeline(shader, entry, constants, w_dtype, t_dtype)
+        dt, tt = w_dtype or "f32", t_dtype or "f32"
         for t in buffers:
             if isinstance(t, GPUWeight) and t.dtype != dt:
                 raise SdwebError(f"{shader}.{entry}: a {t.dtype} weight bound where {dt} weights were "
                                  f"compiled for (pass w_dtype={t.dtype!r})")
+            if isinstance(t, GPUTensor) and t.dtype == "f16" != tt:  # (f32 scratch, e.g. split-K sums, binds anywhere)
+                raise SdwebError(f"{shader}.{entry}: an f16 tensor bound where {tt} activations were "
+                                 f"compiled for (pass t_dtype='f16')")
         if any(g > self.max_groups for g in groups):
             raise SdwebError(f"{shader}.{entry}: dispatch {tuple(groups)} exceeds "
                              f"maxComputeWorkgroupsPerDimension {self.max_groups}; fold it (ctx.grid)")
@@ -309,6 +354,8 @@ class Context:
         uniform = b"".join(struct.pack("<" + {"u32": "I", "i32": "i", "f32": "f"}[kind], v) for kind, v in params)
         uniform += bytes(-len(uniform) % 16 if uniform else 16)  # padded to 16 bytes, never empty
         self.bridge.dispatch(pid, [(t.buffer, t.offset, t.nbytes) for t in buffers], uniform, tuple(groups))
+        if self.profiler is not None:
+            self.profiler.dispatched(op or f"{shader}.{entry}", flop, sum(t.nbytes for t in buffers))
         self.dispatches += 1
         self._pending += 1
         if self._pending >= SUBMIT_EVERY:

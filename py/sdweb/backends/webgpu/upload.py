@@ -3,6 +3,7 @@ made before a component's first upload.
 
     weight(ctx, w, what=None) -> GPUWeight     w: an array as the store holds it (float32, float16,
                                                or bf16 bits as uint16), or a WeightRef
+    fuse(ctx, weights) -> GPUWeight            several GPUWeights' rows in one (a fused projection)
     check_weights(ctx, store)                  GPULimitError naming the first tensor that cannot be bound
 
 A held array is packed as the shaders read it (16-bit dtypes two per u32, little-endian, an odd
@@ -19,6 +20,7 @@ import math
 
 import numpy as np
 
+from ...errors import SdwebError
 from ...weights import WeightRef
 from .device import GPUWeight
 from .ops import convert
@@ -80,6 +82,26 @@ def _upload_converted(ctx, w: GPUWeight, ref, src: str):
             convert.convert(ctx, tmp, cnt, src, w, e0)
     finally:
         ctx.drop_scratch(tmp, tmp_bytes)
+
+
+def fuse(ctx, weights) -> GPUWeight:
+    """GPUWeights (rows_i, *rest) of one dtype -> one GPUWeight (sum rows_i, *rest) holding their rows
+    in order, copied on the GPU (convert.wgsl `place`): a fused QKV projection is one GEMM."""
+    weights = list(weights)
+    dts = {w.dtype for w in weights}
+    rest = {tuple(w.shape[1:]) for w in weights}
+    if len(dts) != 1 or len(rest) != 1:
+        raise SdwebError(f"fuse_weights: parts {[f'{w.shape}:{w.dtype}' for w in weights]} differ in dtype or "
+                         "in their trailing shape")
+    dt = dts.pop()
+    shape = (sum(w.shape[0] for w in weights), *rest.pop())
+    n = math.prod(shape)
+    fused = GPUWeight(ctx, shape, dt, None, "a fused weight", 4 * n if dt == "f32" else 4 * -(-n // 2))
+    first = 0
+    for w in weights:
+        convert.place(ctx, w, fused, first)
+        first += w.size
+    return fused
 
 
 def check_weights(ctx, store) -> None:

@@ -26,6 +26,14 @@ def check_tensor(x, op: str, what: str = "x", ndim: int | None = None):
         raise SdwebError(f"webgpu {op}: {what} must have {ndim} axes, got shape {x.shape}")
 
 
+def check_same_dtype(op: str, x, *others):
+    """Every activation an op combines must have x's dtype (f32 or f16)."""
+    for t in others:
+        if t.dtype != x.dtype:
+            raise SdwebError(f"webgpu {op}: a {t.dtype} tensor {t.shape} combined with a {x.dtype} one {x.shape}; "
+                             f"compute a stage in one dtype")
+
+
 def w_dtype(op: str, *ws) -> str:
     """The common dtype of the weights ws (a GPUTensor counts as f32)."""
     dts = {getattr(w, "dtype", "f32") for w in ws}

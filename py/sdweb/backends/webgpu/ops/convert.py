@@ -30,3 +30,13 @@ def convert(ctx, src_buffer: int, n: int, src: str, dst, first: int):
     ctx.run("convert", "convert", [_Span(src_buffer, 0, -(-n * isz // 4) * 4), _Span(dst.buffer, 0, dst.nbytes)],
             [("u32", n), ("u32", out_word)], ctx.grid(-(-words // WG)),
             {"SRC": _KIND[src], "DST": _KIND[dst.dtype]})
+
+
+def place(ctx, src, dst, first: int):
+    """Elements first .. first + src.size of GPUWeight `dst` = the elements of GPUWeight `src` (one
+    dtype): a part of a fused weight."""
+    n = src.size
+    words = n if dst.dtype == "f32" else (first + n + 1) // 2 - first // 2
+    k = _KIND[dst.dtype]
+    ctx.run("convert", "place", [_Span(src.buffer, 0, src.nbytes), _Span(dst.buffer, 0, dst.nbytes)],
+            [("u32", n), ("u32", first)], ctx.grid(-(-words // WG)), {"SRC": k, "DST": k})

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from ....errors import SdwebError
-from .common import check_tensor, flat_groups
+from .common import check_same_dtype, check_tensor, flat_groups
 
 _SHADER = "elementwise"
 
@@ -20,28 +20,18 @@ def add(ctx, x, y):
     check_tensor(y, "add", "y")
     if x.shape != y.shape:
         raise SdwebError(f"webgpu add: shapes {x.shape} and {y.shape} differ (same-shape add only)")
-    out = ctx.empty(x.shape)
-    ctx.run(_SHADER, "add", [x, y, out], [("u32", x.size)], flat_groups(ctx, x.size))
+    check_same_dtype("add", x, y)
+    out = ctx.empty(x.shape, x.dtype)
+    ctx.run(_SHADER, "add", [x, y, out], [("u32", x.size)], flat_groups(ctx, x.size), t_dtype=x.dtype, op="add")
     return out
 
 
 def mul(ctx, x, s: float):
     """x * s, s a Python float."""
     check_tensor(x, "mul")
-    y = ctx.empty(x.shape)
-    ctx.run(_SHADER, "mul", [x, y], [("u32", x.size), ("f32", float(s))], flat_groups(ctx, x.size))
-    return y
-
-
-def add_channel(ctx, x, v):
-    """x: (N, C, H, W) + v: (N, C) broadcast over H, W."""
-    check_tensor(x, "add_channel", "x", 4)
-    check_tensor(v, "add_channel", "v", 2)
-    N, C, H, W = x.shape
-    if v.shape != (N, C):
-        raise SdwebError(f"webgpu add_channel: v has shape {v.shape}, expected {(N, C)} for x {x.shape}")
-    y = ctx.empty(x.shape)
-    ctx.run(_SHADER, "add_channel", [x, v, y], [("u32", x.size), ("u32", H * W)], flat_groups(ctx, x.size))
+    y = ctx.empty(x.shape, x.dtype)
+    ctx.run(_SHADER, "mul", [x, y], [("u32", x.size), ("f32", float(s))], flat_groups(ctx, x.size), t_dtype=x.dtype,
+            op="mul")
     return y
 
 
@@ -49,8 +39,9 @@ def upsample_nearest2x(ctx, x):
     """(N, C, H, W) -> (N, C, 2H, 2W)."""
     check_tensor(x, "upsample_nearest2x", "x", 4)
     N, C, H, W = x.shape
-    y = ctx.empty((N, C, 2 * H, 2 * W))
-    ctx.run(_SHADER, "upsample2x", [x, y], [("u32", y.size), ("u32", H), ("u32", W)], flat_groups(ctx, y.size))
+    y = ctx.empty((N, C, 2 * H, 2 * W), x.dtype)
+    ctx.run(_SHADER, "upsample2x", [x, y], [("u32", y.size), ("u32", H), ("u32", W)], flat_groups(ctx, y.size),
+            t_dtype=x.dtype, op="upsample")
     return y
 
 
@@ -61,9 +52,9 @@ def pad2d(ctx, x, left: int, right: int, top: int, bottom: int):
         raise SdwebError(f"webgpu pad2d: paddings must be >= 0, got {(left, right, top, bottom)}")
     N, C, H, W = x.shape
     Ho, Wo = top + H + bottom, left + W + right
-    y = ctx.empty((N, C, Ho, Wo))
+    y = ctx.empty((N, C, Ho, Wo), x.dtype)
     params = [("u32", y.size), ("u32", H), ("u32", W), ("u32", Ho), ("u32", Wo), ("u32", top), ("u32", left)]
-    ctx.run(_SHADER, "pad2d", [x, y], params, flat_groups(ctx, y.size))
+    ctx.run(_SHADER, "pad2d", [x, y], params, flat_groups(ctx, y.size), t_dtype=x.dtype, op="pad")
     return y
 
 
@@ -71,7 +62,7 @@ def _copy_rows(ctx, src, dst, rows, inner, dst_stride, dst_off, src_stride, src_
     n = rows * inner
     params = [("u32", n), ("u32", inner), ("u32", dst_stride), ("u32", dst_off),
               ("u32", src_stride), ("u32", src_off)]
-    ctx.run(_SHADER, "copy_rows", [src, dst], params, flat_groups(ctx, n))
+    ctx.run(_SHADER, "copy_rows", [src, dst], params, flat_groups(ctx, n), t_dtype=dst.dtype, op="concat")
 
 
 def concat(ctx, xs, axis: int = 1):
@@ -84,8 +75,9 @@ def concat(ctx, xs, axis: int = 1):
     for x in xs[1:]:
         if len(x.shape) != nd or x.shape[:axis] != xs[0].shape[:axis] or x.shape[axis + 1:] != xs[0].shape[axis + 1:]:
             raise SdwebError(f"webgpu concat: shapes {[x.shape for x in xs]} differ off axis {axis}")
+    check_same_dtype("concat", *xs)
     out_shape = xs[0].shape[:axis] + (sum(x.shape[axis] for x in xs),) + xs[0].shape[axis + 1:]
-    y = ctx.empty(out_shape)
+    y = ctx.empty(out_shape, xs[0].dtype)
     rows = math.prod(out_shape[:axis])  # each input is (rows, inner_i); the output (rows, sum inner_i)
     stride = math.prod(out_shape[axis:])
     off = 0
@@ -98,9 +90,10 @@ def concat(ctx, xs, axis: int = 1):
 
 def _transpose(ctx, x, batch: int, r: int, c: int, out_shape):
     """x viewed as (batch, r, c) -> (batch, c, r), returned with out_shape."""
-    y = ctx.empty(out_shape)
+    y = ctx.empty(out_shape, x.dtype)
     groups = (-(-c // 16), -(-r // 16), batch)
-    ctx.run(_SHADER, "transpose_tiles", [x, y], [("u32", batch), ("u32", r), ("u32", c)], groups)
+    ctx.run(_SHADER, "transpose_tiles", [x, y], [("u32", batch), ("u32", r), ("u32", c)], groups, t_dtype=x.dtype,
+            op="transpose")
     return y
 
 
@@ -120,12 +113,13 @@ def nlc_to_nchw(ctx, x, H: int, W: int):
     return _transpose(ctx, x, N, L, C, (N, C, H, W))
 
 
-def _gather(ctx, rows: np.ndarray, table, D: int, w_dtype: str):
-    """y (len(rows), D) = table viewed as (V, D), rows picked by the host index array `rows`."""
+def _gather(ctx, rows: np.ndarray, table, D: int, w_dtype: str, t_dtype: str):
+    """y (len(rows), D) of dtype t_dtype = table viewed as (V, D), rows picked by the host index array
+    `rows`."""
     ids = ctx.upload(np.asarray(rows, dtype=np.uint32).reshape(-1), dtype="u32")
-    y = ctx.empty((ids.size, D))
+    y = ctx.empty((ids.size, D), t_dtype)
     ctx.run(_SHADER, "gather", [ids, table, y], [("u32", y.size), ("u32", D)], flat_groups(ctx, y.size),
-            w_dtype=w_dtype)
+            w_dtype=w_dtype, t_dtype=t_dtype, op="gather")
     return y
 
 
@@ -135,7 +129,7 @@ def embedding(ctx, ids, table):
     V, D = table.shape
     if ids.size and (ids.min() < 0 or ids.max() >= V):
         raise SdwebError(f"webgpu embedding: ids must be in [0, {V}), got range [{ids.min()}, {ids.max()}]")
-    y = _gather(ctx, ids, table, D, getattr(table, "dtype", "f32"))
+    y = _gather(ctx, ids, table, D, getattr(table, "dtype", "f32"), ctx.compute)
     return ctx.view(y, ids.shape + (D,))
 
 
@@ -146,4 +140,4 @@ def slice_tokens(ctx, x, index):
     index = np.asarray(index).reshape(-1)
     if index.shape != (N,) or (N and (index.min() < 0 or index.max() >= L)):
         raise SdwebError(f"webgpu slice_tokens: index must be {N} ints in [0, {L}), got {index.tolist()}")
-    return _gather(ctx, np.arange(N) * L + index, x, D, "f32")
+    return _gather(ctx, np.arange(N) * L + index, x, D, x.dtype, x.dtype)

@@ -1,10 +1,11 @@
 """Linear layers on the GPU: shaders/matmul.wgsl (reference: backends/numpy.py `linear`).
 
-One GEMM, Y (M, N) = X (M, K) . W^T + bias with a fused activation, serves every linear layer: the
-batch and token axes of x fold into M, so W is read once per tile of 64 tokens. Of the kernel
-ladder scripts/bench_kernels.py times (scripts/matmul_ladder.py), production runs two rungs:
-matmul_vec4 (vec4 loads, 4x4 outputs per invocation) where K % 4 == 0, else matmul_tiled (the same
-tiling with scalar loads). Both handle any M and N.
+One GEMM, Y (M, N) = act(X (M, K) . W^T + bias) + residual, serves every linear layer: the batch and
+token axes of x fold into M, so W is read once per tile of tokens. The tile shape is ops/gemm.py's
+(the rule, or the autotuned choice for this shape on this adapter); with split-K a second dispatch
+(`reduce`) adds the slices and applies the epilogue. A linear whose output is an image, (N, H*W, K)
+tokens -> (N, Dout, H, W) (the transformer's proj_out), is conv2d.wgsl's token entry: its epilogue
+stores NCHW and adds an NCHW residual, so no transpose kernel runs.
 """
 
 from __future__ import annotations
@@ -12,50 +13,68 @@ from __future__ import annotations
 import math
 
 from ....errors import SdwebError
-from .common import act_constant, check_tensor, w_dtype
-
-# A kernel: (shader, entry, outputs per invocation along rows and along columns); workgroups are 16x16.
-TILED = ("matmul", "matmul_tiled", 4)
-VEC4 = ("matmul", "matmul_vec4", 4)
+from . import gemm
+from .common import act_constant, check_same_dtype, check_tensor, w_dtype
 
 
-def pick(K: int) -> tuple:
-    """The kernel production runs for an inner size K."""
-    return VEC4 if K % 4 == 0 else TILED
+def weight_matrix(weight, what: str = "linear") -> tuple[int, int]:
+    """(Dout, Din) of a linear weight (Dout, Din) or a 1x1 conv's (Dout, Din, 1, 1)."""
+    shape = tuple(weight.shape)
+    if len(shape) == 4 and shape[2:] == (1, 1):
+        return shape[0], shape[1]
+    if len(shape) != 2:
+        raise SdwebError(f"{what}: weight {shape} is neither (Dout, Din) nor a 1x1 conv's (Dout, Din, 1, 1)")
+    return shape
 
 
-def linear(ctx, x, weight, bias=None, act: str | None = None, kernel: tuple | None = None):
-    """x: (..., Din) f32, weight: (Dout, Din) (f32 | f16 | bf16), bias: (Dout,) -> (..., Dout), with an
-    optional fused activation: silu, gelu (erf), quick_gelu, or geglu, which halves the width:
-    (..., 2F) -> (..., F) = first half * gelu(second half), computed in the GEMM's epilogue so the
-    2F-wide product is never stored. `kernel` overrides pick(Din) (the benchmark's ladder)."""
+def linear(ctx, x, weight, bias=None, act: str | None = None, residual=None, image=None, config=None):
+    """x: (..., Din) (f32 | f16), weight: (Dout, Din) or (Dout, Din, 1, 1) (f32 | f16 | bf16), bias:
+    (Dout,) -> (..., Dout), with an optional fused activation: silu, gelu (erf), quick_gelu, or
+    geglu, which halves the width: (..., 2F) -> (..., F) = first half * gelu(second half), computed in
+    the GEMM's epilogue so the 2F-wide product is never stored; then + residual (the output's shape).
+    image=(H, W): x is (N, H*W, Din) and the result (N, Dout, H, W) (residual likewise).
+    `config` overrides the tile choice (an ops/gemm.py Gemm: the benchmark, the tuner, tests)."""
     check_tensor(x, "linear")
     act_code = act_constant("linear", act, geglu=True)
-    Dout, Din = weight.shape
+    Dout, Din = weight_matrix(weight)
     if x.shape[-1] != Din:
         raise SdwebError(f"linear input {tuple(x.shape)} does not match weight (Dout, Din) = {tuple(weight.shape)}")
     if bias is not None and tuple(bias.shape) != (Dout,):
         raise SdwebError(f"linear bias {tuple(bias.shape)} does not match weight rows ({Dout},)")
     if act == "geglu" and Dout % 2:
         raise SdwebError(f"geglu needs an even number of weight rows, got {Dout}")
-    shader, entry, per = kernel or pick(Din)
-    if entry == "matmul_vec4" and Din % 4:
-        raise SdwebError(f"linear: {entry} needs K % 4 == 0 (vec4 rows), got K={Din}")
+    if image is not None:
+        if act is not None:
+            raise SdwebError("linear: an activation cannot be fused with image=(H, W)")
+        from .conv2d import tokens_to_image
+
+        return tokens_to_image(ctx, x, weight, bias, residual, image, config)
     N = Dout // 2 if act == "geglu" else Dout
     M = math.prod(x.shape[:-1])
-    y = ctx.empty((*x.shape[:-1], N))
-    tm = tn = 16 * per
-    if act == "geglu" and per > 1:
-        tn //= 2  # value and gate columns share the tile
+    out_shape = (*x.shape[:-1], N)
+    if residual is not None:
+        check_tensor(residual, "linear", "residual")
+        if tuple(residual.shape) != out_shape:
+            raise SdwebError(f"linear residual {tuple(residual.shape)} does not match the output {out_shape}")
+        check_same_dtype("linear", x, residual)
     dt = w_dtype("linear", weight, *([] if bias is None else [bias]))
-    vec = max(per, 4)  # VEC_TM/TN only shape matmul_vec4; the other entries compile with any
-    ctx.run(
-        shader, entry,
-        [x, weight, bias if bias is not None else ctx.dummy(dt), y],
-        [("u32", M), ("u32", N), ("u32", Din)],
-        (math.ceil(N / tn), math.ceil(M / tm), 1),
-        constants={"ACT": act_code, "HAS_BIAS": str(bias is not None).lower(),
-                   "VEC_TM": f"{vec}u", "VEC_TN": f"{vec}u"},
-        w_dtype=dt,
-    )
+    t = x.dtype
+    c = config or gemm.choose(ctx, "linear", (M, Dout, Din, act == "geglu", t, dt), M, Dout, Din, t)
+    y = ctx.empty(out_shape, t)
+    consts = {"ACT": act_code, "HAS_BIAS": str(bias is not None).lower(), "HAS_RES": str(residual is not None).lower(),
+              "VEC_K": str(Din % 4 == 0).lower(), **c.constants()}
+    ks = c.k_split(Din)
+    params = [("u32", M), ("u32", N), ("u32", Din), ("u32", ks), ("u32", c.slices(Din))]
+    cols = c.bn // 2 if act == "geglu" else c.bn
+    groups = (math.ceil(N / cols), math.ceil(M / c.bm), c.slices(Din))
+    flop = 2 * M * Dout * Din
+    dummy = ctx.dummy(dt)
+    b = bias if bias is not None else dummy
+    r = residual if residual is not None else dummy
+    if c.split == 1:
+        ctx.run("matmul", "main", [x, weight, b, r, y], params, groups, consts, dt, t, op="linear", flop=flop)
+        return y
+    part = ctx.empty((groups[2], M, Dout), "f32")
+    ctx.run("matmul", "main", [x, weight, part], params, groups, consts, dt, t, op="linear", flop=flop)
+    ctx.run("matmul", "reduce", [part, b, r, y], params, ctx.grid(-(-M * N // 256)), consts, dt, t, op="linear")
     return y
