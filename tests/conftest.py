@@ -43,6 +43,22 @@ def load_script(name: str):
     return sys.modules[name]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory):
+    """$XDG_CACHE_HOME in a temporary folder for the whole session: the CLI's autotuning cache
+    (backends/webgpu/tuning.py) must never read or write the user's."""
+    import os
+
+    path = tmp_path_factory.mktemp("xdg-cache")
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved
+
+
 @pytest.fixture(scope="session")
 def make_test_models():
     """The make_test_models module (specs, `build`, `make_tiny_modules`, `is_complete`)."""

@@ -7,6 +7,7 @@
 import { ChunkStore, HUB, fmtBytes } from "./store.js";
 import { Workspace } from "./workspace.js";
 import { registerOffline } from "./offline.js";
+import { showPerf, tuningText } from "./perf.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -200,6 +201,10 @@ function onProgress(m) {
     $("status").textContent = `Loading the ${m.component.replace("_", " ")} weights…`;
     return;
   }
+  if (m.stage === "tuning") {
+    $("status").textContent = tuningText(m);
+    return;
+  }
   if (m.stage === "text_encoder") {
     stage("text_encoder", m.step / m.total, m.step ? "done" : "encoding the prompt");
     if (m.step === m.total) markLoaded();
@@ -267,7 +272,9 @@ function generate() {
   // The token goes to https://huggingface.co, or to the endpoint the box under it was ticked for (by
   // the user: no URL parameter ticks it); store.js authFor/authHeaders hold it to that.
   const msg = { type: "generate", id: state.runId, request: req, endpoint, token: $("token").value.trim(),
-    tokenEndpoint: local ? null : confirmedEndpoint(endpoint) };
+    tokenEndpoint: local ? null : confirmedEndpoint(endpoint), profile: $("profile").checked,
+    autotune: $("autotune").checked };
+  $("autotune").checked = false;  // once: the new choices are remembered
   if (state.fatal) { state.fatal = false; startWorker(); }
   if (state.ready) send(msg);
   else state.pending = msg;
@@ -321,6 +328,7 @@ async function onResult(m) {
   $("status").textContent = m.truncated_tokens
     ? `Done. Note: the prompt was cut to 75 tokens (${m.truncated_tokens} dropped).` : "Done.";
   state.lastTimings = m.timings;
+  showPerf(m.perf || null);
 }
 
 // A gallery entry ({png: Blob, seed, settings, timings, total, gpu}) as the big image, with its info.
@@ -502,6 +510,7 @@ function init() {
   if (params.has("model")) $("model").value = params.get("model");
   if (params.has("endpoint")) $("endpoint").value = params.get("endpoint");
   if (params.has("backend")) $("backend").value = ["webgpu", "numpy"].includes(params.get("backend")) ? params.get("backend") : "auto";
+  if (params.has("profile")) $("profile").checked = params.get("profile") !== "0";
   if (params.has("endpoint") || params.has("backend")) $("form").querySelector("details").open = true;
 
   $("generate").onclick = generate;

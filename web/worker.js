@@ -9,7 +9,8 @@
 //                 request (the form's settings, resolved once Python is up for `ready`)}
 //                {type: "resolve", rid, request}   the form's defaults and backend, for the page to show
 //                {type: "generate", id, request (settings.FIELDS as typed), endpoint, revision, token,
-//                 tokenEndpoint (the endpoint the user confirmed for the token in the page, or null)}
+//                 tokenEndpoint (the endpoint the user confirmed for the token in the page, or null), profile (time the GPU per op
+//                 kind: result.perf), autotune (time the kernels again)}
 //                {type: "cancel"}   (the shared flag is what a busy Python loop sees; this message
 //                                    covers the download phase where the page is not isolated)
 //                {type: "png-settings", rid, bytes}   the settings a PNG dropped on the page carries
@@ -32,6 +33,7 @@ import { loadPyodide } from "./vendor/pyodide/pyodide.mjs";
 import { ChunkStore, StoreError, authFor } from "./store.js";
 import { planModel, fetchModel, modelKey } from "./hub.js";
 import { DeviceBridge } from "./bridge/device.js";
+import { loadTuning, saveTuning } from "./tuning.js";
 
 const base = new URL("./", import.meta.url);
 let py = null, browser = null, store = null, manifest = null;
@@ -127,7 +129,7 @@ async function ensureGpu() {
 }
 
 async function generate(msg) {
-  const { id, endpoint, revision = "main", request } = msg;
+  const { id, endpoint, revision = "main", request, profile = false, autotune = false } = msg;
   const auth = authFor(msg.token, msg.tokenEndpoint);
   localCancel = false;
   busy = true;
@@ -192,7 +194,8 @@ async function generate(msg) {
     }
     const span0 = bridge ? { n: bridge.spanUploads, bytes: bridge.spanBytes, wait: bridge.spanWait, read: bridge.readWait } : null;
     const heap0 = py._module.HEAP8.length;
-    const job = { key: modelKey(endpoint, repo, revision, variant), settings, device: backend === "webgpu" ? gpuGeneration : 0 };
+    const job = { key: modelKey(endpoint, repo, revision, variant), settings, device: backend === "webgpu" ? gpuGeneration : 0,
+      profile, autotune, tuning: backend === "webgpu" && !autotune ? await loadTuning(gpu.description) : null };
     post("status", { id, text: backend === "numpy" ? `Running ${repo} on NumPy (wasm)…`
       : `Running ${repo} on WebGPU (${gpu.description})…` });
     // Per UNet step: wall time between progress reports and the part of it spent awaiting the GPU
@@ -247,6 +250,8 @@ async function generate(msg) {
       if (out.error === "GPULimitError") return post("error", { id, kind: "limits", message: out.message });
       return pyError(id, out);
     }
+    if (bridge && out.tuning) await saveTuning(gpu.description, out.tuning);
+    delete out.tuning;
     out.settings.endpoint = endpoint;
     for (const image of out.images) image.settings.endpoint = endpoint;
     io.wasmHeapBefore = heap0;

@@ -163,19 +163,20 @@ class Session:
         return self.pipe
 
 
-def generate(pipe, request: dict, *, progress=None, cancel=None) -> dict:
+def generate(pipe, request: dict, *, progress=None, cancel=None, watch=None) -> dict:
     """The images of `request` (settings.FIELDS; absent -> the default; precision, variant, backend
     and compute are the pipeline's) -> {images: [{png: bytes, seed, settings}], seed, timings, settings,
     truncated_tokens}: image k has seed + k, and its PNG carries its own settings (infotext.png_text).
 
     `progress(event: dict)` gets {stage, step, total, elapsed, component?, timestep?} and, every
     `preview_every` UNet steps, `preview` (PNG bytes of the first image's latents through
-    preview.latents_to_rgb); `cancel()` returning true stops the run between steps with errors.Cancelled.
+    preview.latents_to_rgb); `cancel()` returning true stops the run between steps with errors.Cancelled;
+    `watch(p)` sees every pipeline.Progress first (the GPU profile's laps).
     """
-    return run_stages(generation(pipe, request, progress=progress, cancel=cancel))
+    return run_stages(generation(pipe, request, progress=progress, cancel=cancel, watch=watch))
 
 
-def generation(pipe, request: dict, *, progress=None, cancel=None):
+def generation(pipe, request: dict, *, progress=None, cancel=None, watch=None):
     """`generate` as a generator, as Pipeline.stages is the pipeline's run: it yields what stages
     yields (each tensor about to be read back, None once a component is built) and returns
     generate's dict."""
@@ -185,6 +186,8 @@ def generation(pipe, request: dict, *, progress=None, cancel=None):
                      backend=pipe.backend.name, compute=pipe.compute), pipe.info)
 
     def on_progress(p):
+        if watch is not None:
+            watch(p)
         if progress is None:
             return
         ev = {"stage": p.stage, "step": p.step, "total": p.total, "elapsed": p.elapsed}
@@ -342,8 +345,16 @@ async def worker_generate(job_json: str, texts, sources, post, cancel, bridge=No
         pipe = _SESSION.pipeline((job["key"], s.variant, s.precision, backend.name, job.get("device"), s.compute),
                                  s.model, texts_py, sources_py, backend, s.precision, s.variant,
                                  keep_loaded=size < KEEP_LOADED_BYTES, compute=s.compute)
-        stages = generation(pipe, s.as_request(), progress=lambda ev: post(_to_js(ev)), cancel=lambda: bool(cancel()))
-        out = await drive(stages, backend.context().bridge if backend.name == "webgpu" else None)
+        gpu = GpuRun(backend.context(), job, lambda ev: post(_to_js(ev))) if backend.name == "webgpu" else None
+        try:
+            stages = generation(pipe, s.as_request(), progress=lambda ev: post(_to_js(ev)),
+                                cancel=lambda: bool(cancel()), watch=gpu.progress if gpu else None)
+            out = await drive(stages, backend.context().bridge if backend.name == "webgpu" else None)
+        finally:
+            if gpu is not None:
+                gpu.stop()
+        if gpu is not None:
+            out.update(gpu.result(pipe))
         return _to_js(out)
     except Cancelled:
         return _to_js({"cancelled": True})
@@ -359,6 +370,57 @@ async def worker_generate(job_json: str, texts, sources, post, cancel, bridge=No
         _SESSION.pipe = None
         return _to_js({"error": "internal", "message": f"{type(e).__name__}: {e}",
                        "traceback": traceback.format_exc()})
+
+
+class GpuRun:
+    """A WebGPU run's autotuning and profile (backends/webgpu/tuning.py, profile.py): job["tuning"] is
+    the adapter's entry the page remembered (IndexedDB, web/tuning.js; null with job["autotune"]),
+    job["profile"] asks for the Performance panel's GPU time per op kind. Tuning progress goes to
+    `post` as {stage: "tuning", ...} events."""
+
+    def __init__(self, ctx, job: dict, post):
+        from .backends.webgpu import profile, tuning
+
+        self.ctx, self.asked = ctx, bool(job.get("profile"))
+        # timing waits for the GPU in the middle of a step: without JSPI only remembered choices count
+        self.waits = getattr(ctx.bridge, "can_wait", lambda: True)()
+        self.tuning = tuning.Tuning(ctx, job.get("tuning"), None if self.waits else 0.0,
+                                    report=lambda r: post({"stage": "tuning", **r}))
+        ctx.set_tuning(self.tuning)
+        self.run = profile.RunProfile(ctx) if self.asked and self.waits else None
+        self.profiling = bool(self.run and self.run.start())
+
+    def progress(self, p):
+        if self.profiling:
+            self.run.progress(p)
+
+    def stop(self):
+        if self.profiling:
+            self.run.stop()
+        self.ctx.set_tuning(None)
+
+    def result(self, pipe) -> dict:
+        """{"tuning": the entry to remember, "perf": the panel's data or None}."""
+        from .backends.webgpu import peak
+        from .backends.webgpu.tuning import adapter_name, is_emulated
+        from .settings import stage_compute
+
+        perf = None
+        if self.asked:
+            perf = {"requested": True, "available": self.profiling, "adapter": adapter_name(self.ctx),
+                    "emulated": is_emulated(self.ctx), "tuning": self.tuning.summary() if self.tuning.choices else None}
+            if self.profiling:
+                perf["peaks"] = self.tuning.peaks or peak.measure_peaks(self.ctx, max_s=1.0)
+                perf["computes"] = {st: stage_compute(pipe.compute, st, pipe.vae_config)
+                                    for st in ("text_encoder", "unet", "vae")}
+                perf["stages"] = self.run.report(perf["peaks"], perf["computes"])
+            elif not self.waits:
+                perf["why"] = ("this browser cannot wait for the GPU in the middle of a step (it lacks JavaScript "
+                               "Promise Integration), which reading the GPU's timestamps needs")
+            else:
+                perf["why"] = (f"this adapter ({adapter_name(self.ctx)}) has no timestamp-query feature, so the "
+                               "GPU time of each dispatch cannot be measured")
+        return {"tuning": self.tuning.to_entry(), "perf": perf}
 
 
 _DEVICE: dict = {}  # the device generation the webgpu backend's context was made for

@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--settings-from", metavar="FILE.png", default=None,
                    help="start from the settings a PNG carries (sdweb's, or AUTOMATIC1111's `parameters`); "
                         "flags given as well override them")
+    g.add_argument("--profile", action="store_true",
+                   help="WebGPU: time every GPU dispatch (timestamp-query) and print ms, GFLOP/s and %% of the measured "
+                        "peak per op kind, per stage and per UNet step")
+    g.add_argument("--autotune", action="store_true",
+                   help="WebGPU: time the kernel configurations for this adapter again (otherwise the choices "
+                        "remembered in $XDG_CACHE_HOME/sdweb/autotune.json are used, and new shapes tuned)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     i = sub.add_parser("info", help="check a model folder and summarise its components")
@@ -271,8 +277,11 @@ def cmd_generate(args) -> int:
 
     bar = _Bar(args.quiet)
     f = pipe.vae_scale_factor
+    gpu = _GpuExtras(backend, args, bar) if s.backend == "webgpu" else None
 
     def progress(p):
+        if gpu is not None:
+            gpu.progress(p)
         bar(p)
         if inter is not None and p.stage == "unet" and p.step and (
                 p.step % s.preview_every == 0 or p.step == p.total):
@@ -281,7 +290,11 @@ def cmd_generate(args) -> int:
                 name = f"step-{p.step:04d}.png" if lat.shape[0] == 1 else f"step-{p.step:04d}-{k}.png"
                 _save_image(latents_to_rgb(lat[k], upscale=f), inter / name)
 
-    result = pipe.generate(**s.run_args(), progress=progress)
+    try:
+        result = pipe.generate(**s.run_args(), progress=progress)
+    finally:
+        if gpu is not None:
+            gpu.close()
     bar.close()
     for k, path in enumerate(outputs):
         # the model as it was named (a repo id stays a repo id, which other machines can resolve)
@@ -294,7 +307,60 @@ def cmd_generate(args) -> int:
     parts = [f"{k} {v:.2f}s" for k, v in t.items() if k != "total"]
     print(f"timings: {', '.join(parts)}; total {t['total']:.2f}s "
           f"({t['unet'] / s.steps:.2f}s per step)", file=sys.stderr)
+    if gpu is not None:
+        gpu.print_report(pipe)
     return 0
+
+
+class _GpuExtras:
+    """On WebGPU: autotuning (remembered per adapter in the cache file) and, with --profile, the GPU
+    time per op kind (backends/webgpu/tuning.py, profile.py)."""
+
+    def __init__(self, backend, args, bar):
+        from .backends.webgpu import profile, tuning
+
+        self.ctx, self.bar, self.quiet = backend.context(), bar, args.quiet
+        self.told = False
+        self.tuning = tuning.start(self.ctx, redo=args.autotune, report=self._tuned)
+        self.run = None
+        if args.profile:
+            self.run = profile.RunProfile(self.ctx)
+            if not self.run.start():
+                print(f"sdweb: --profile: this adapter ({self.ctx.limits.get('adapter', '?')}) has no timestamp-query "
+                      "feature, so GPU time per dispatch cannot be measured", file=sys.stderr)
+                self.run = None
+
+    def _tuned(self, r):
+        if not self.told and not self.quiet:
+            self.bar.close()
+            print("tuning kernels for this GPU (first use of these shapes; remembered for next time) ...",
+                  file=sys.stderr, flush=True)
+            self.told = True
+
+    def progress(self, p):
+        if self.run is not None:
+            self.run.progress(p)
+
+    def close(self):
+        from .backends.webgpu import tuning
+
+        if self.run is not None:
+            self.run.stop()
+        tuning.finish(self.ctx)
+        self.ctx.set_tuning(None)
+
+    def print_report(self, pipe):
+        from .backends.webgpu import peak
+        from .settings import stage_compute
+
+        if self.tuning.tuned and not self.quiet:
+            print(f"autotuning: {self.tuning.summary()}", file=sys.stderr)
+        if self.run is None:
+            return
+        peaks = self.tuning.peaks or peak.measure_peaks(self.ctx)
+        computes = {st: stage_compute(pipe.compute, st, pipe.vae_config) for st in ("text_encoder", "unet", "vae")}
+        print(f"GPU time per op kind ({self.ctx.limits.get('adapter', '?')}, timestamp-query):\n", file=sys.stderr)
+        print(self.run.text(peaks, computes), file=sys.stderr)
 
 
 # --- info -----------------------------------------------------------------------------------------

@@ -30,6 +30,9 @@
 //   drop_groups(ids)                       forget bind groups (their buffers are being destroyed)
 //   dispatch(pipeline, group, x, y, z)     recorded into the open compute pass
 //   submit()
+//   timestamps(on) -> bool                 time every dispatch from now on (each in a compute pass of
+//                                          its own with timestampWrites); false without timestamp-query
+//   read_timestamps() -> Promise<Float64Array>   ms of each dispatch timed since the last call, in order
 //   lost / error / failed                  why the device died, its first uncaptured error, or the
 //                                          first queued upload that failed (e.g. a StoreError)
 //   lostPromise                            settles when the device is lost
@@ -50,13 +53,17 @@ export const LIMITS = ["maxStorageBufferBindingSize", "maxBufferSize", "maxCompu
   "maxComputeWorkgroupSizeZ", "maxComputeWorkgroupStorageSize", "maxStorageBuffersPerShaderStage",
   "minStorageBufferOffsetAlignment", "minUniformBufferOffsetAlignment"];
 
+export const OPTIONAL_FEATURES = ["shader-f16", "subgroups", "timestamp-query"];
+const TIMESTAMP_BATCH = 1024;  // dispatches timed per query set
+
 export class GpuError extends Error {
   constructor(kind, message) { super(message); this.kind = kind; }
 }
 
 export class DeviceBridge {
   // The adapter's best device: its maximum limits (CLIP's token embedding alone is over the
-  // 128 MiB default binding size) and shader-f16 when offered.
+  // 128 MiB default binding size) and the optional features sdweb uses where offered: shader-f16
+  // (f16 compute), subgroups (the norms' sums), timestamp-query (profiling and autotuning).
   //   cap: {limitName: bytes} reports limits below the device's (the page's ?gpu-max-binding= knob
   //        simulates a small GPU: a device cannot be asked for less than the defaults, so the cap
   //        is what limits() tells the backend, which checks every buffer against it)
@@ -66,7 +73,7 @@ export class DeviceBridge {
     if (!adapter) throw new GpuError("nowebgpu", "No WebGPU adapter is available (the GPU may be blocklisted or WebGPU disabled).");
     const requiredLimits = {};
     for (const k of LIMITS) if (adapter.limits[k] !== undefined) requiredLimits[k] = adapter.limits[k];
-    const requiredFeatures = adapter.features.has("shader-f16") ? ["shader-f16"] : [];
+    const requiredFeatures = OPTIONAL_FEATURES.filter((f) => adapter.features.has(f));
     const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
     return new DeviceBridge(adapter, device, cap);
   }
@@ -93,6 +100,9 @@ export class DeviceBridge {
     this.spanUploads = 0;
     this.spanBytes = 0;
     this.spanWait = 0;
+    this.timing = false;
+    this.ts = null;  // the query set being filled: {set, buf, n}
+    this.tsDone = [];  // resolved, not yet read: [{set, buf, n}]
     this.lost = null;
     this.error = null;
     this.failed = null;
@@ -130,6 +140,7 @@ export class DeviceBridge {
     for (const [k, v] of Object.entries(this.cap)) if (out[k] !== undefined && v) out[k] = Math.min(out[k], v);
     out.features = [...this.device.features].sort();
     out.adapter = this.description;
+    if ((this.adapter.info || {}).isFallbackAdapter) out.adapterType = "cpu";  // SwiftShader: the CPU
     return out;
   }
 
@@ -279,6 +290,7 @@ export class DeviceBridge {
   }
 
   dispatch(pipelineId, groupId, x, y, z) {
+    if (this.timing) return this._timedDispatch(pipelineId, groupId, x, y, z);
     if (!this.pass) {
       this._alive();
       this.encoder = this.device.createCommandEncoder();
@@ -296,11 +308,70 @@ export class DeviceBridge {
 
   submit() {
     if (!this.encoder) return;
-    this.pass.end();
+    if (this.pass) this.pass.end();
+    if (this.ts && this.ts.n) this._resolveTimestamps();
     const commands = this.encoder.finish();
     this.encoder = this.pass = null;
     this.submits++;
     this._inOrder(() => this.queue.submit([commands]));
+  }
+
+  timestamps(on) {
+    if (on && !this.device.features.has("timestamp-query")) return false;
+    this.submit();  // the open (untimed) pass ends here
+    this.timing = Boolean(on);
+    return true;
+  }
+
+  read_timestamps() {
+    this._alive();
+    this.submit();
+    const done = this.tsDone;
+    this.tsDone = [];
+    return Promise.resolve(this._inOrder(() => this._readTimestamps(done)));
+  }
+
+  async _readTimestamps(done) {
+    const out = [];
+    for (const { set, buf, n } of done) {
+      const staging = this.device.createBuffer({ size: 16 * n, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+      const enc = this.device.createCommandEncoder();
+      enc.copyBufferToBuffer(buf, 0, staging, 0, 16 * n);
+      this.queue.submit([enc.finish()]);
+      await staging.mapAsync(GPUMapMode.READ);
+      const t = new BigUint64Array(staging.getMappedRange());
+      for (let i = 0; i < n; i++) out.push(Number(t[2 * i + 1] - t[2 * i]) / 1e6);  // ns -> ms
+      staging.unmap();
+      staging.destroy();
+      buf.destroy();
+      set.destroy();
+    }
+    return new Float64Array(out);
+  }
+
+  _timedDispatch(pipelineId, groupId, x, y, z) {
+    this._alive();
+    if (!this.encoder) this.encoder = this.device.createCommandEncoder();
+    if (!this.ts) {
+      this.ts = { set: this.device.createQuerySet({ type: "timestamp", count: 2 * TIMESTAMP_BATCH }),
+        buf: this.device.createBuffer({ size: 16 * TIMESTAMP_BATCH, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC }), n: 0 };
+    }
+    const n = this.ts.n;
+    const pass = this.encoder.beginComputePass({ timestampWrites: { querySet: this.ts.set,
+      beginningOfPassWriteIndex: 2 * n, endOfPassWriteIndex: 2 * n + 1 } });
+    pass.setPipeline(this.pipelines[pipelineId].pipe);
+    pass.setBindGroup(0, this.groups.get(groupId).group);
+    pass.dispatchWorkgroups(x, y, z);
+    pass.end();
+    this.ts.n++;
+    this.dispatches++;
+    if (this.ts.n === TIMESTAMP_BATCH) this._resolveTimestamps();
+  }
+
+  _resolveTimestamps() {
+    this.encoder.resolveQuerySet(this.ts.set, 0, 2 * this.ts.n, this.ts.buf, 0);
+    this.tsDone.push(this.ts);
+    this.ts = null;
   }
 
   destroy() {

@@ -10,7 +10,9 @@
 The interface (every bridge; web/bridge/device.js implements the same under JsDeviceBridge):
 
     limits() -> dict                      adapter limits by their WebGPU (camelCase) names, plus
-                                          "features": [..] and "adapter": "<description>"
+                                          "features": [..] (WebGPU's names: "shader-f16",
+                                          "subgroups", "timestamp-query" where the device has them),
+                                          "adapter": "<description>" and optionally "adapterType"
     create_buffer(nbytes) -> id           STORAGE | COPY_SRC | COPY_DST
     write_buffer(id, offset, data)        takes effect after every dispatch recorded so far
     upload_span(id, source, offset, nbytes)
@@ -25,6 +27,11 @@ The interface (every bridge; web/bridge/device.js implements the same under JsDe
                                           recorded, not run: buffers = [(id, offset, nbytes), ..]
                                           bound at 1..n, `uniform` bytes at binding 0
     submit()                              sends every recorded dispatch to the GPU
+    timestamps(on) -> bool                optional: time every dispatch from now on (each in a compute
+                                          pass of its own, timestampWrites at its begin and end), or
+                                          stop; False where the device lacks timestamp-query
+    read_timestamps() -> [ms, ..]         optional: the GPU time of each dispatch timed since the last
+                                          call, in dispatch order (submits pending work, then waits)
 
 Recording: dispatches go into one open compute pass (WebGPU puts a barrier between dispatches of a
 pass where one writes what a later one reads). Bind groups are cached by (pipeline, buffers, uniform

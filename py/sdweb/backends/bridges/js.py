@@ -98,6 +98,22 @@ class JsDeviceBridge:
     def submit(self) -> None:
         self._js.submit()
 
+    def timestamps(self, on: bool) -> bool:
+        return bool(self._js.timestamps(bool(on)))
+
+    def read_timestamps(self) -> list[float]:
+        r = settle(self._js.read_timestamps(), "the GPU's timestamps")
+        return list(r.to_py() if hasattr(r, "to_py") else r)
+
+    def can_wait(self) -> bool:
+        """Whether Python may wait for the GPU in the middle of a step (JavaScript Promise
+        Integration): timing kernels and reading timestamps need it; a run's readbacks do not."""
+        try:
+            from pyodide.ffi import can_run_sync
+        except ImportError:  # CPython (tests): a fake bridge answers at once
+            return True
+        return bool(can_run_sync())
+
 
 def _js_list(values: list):
     try:

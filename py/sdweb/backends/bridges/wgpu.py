@@ -4,10 +4,15 @@ wgpu-native -> Vulkan / Metal / D3D12; lavapipe on a CPU-only Linux box), for CP
 Bind groups come from the shared groups.BindGroupCache, so from the second denoising step on a
 dispatch is three calls on an existing bind group. Each cached group's uniform lives in its own slot
 of an append-only arena of uniform buffers (groups.UniformArena), written once, batched per submit.
+
+With timestamps on (the optional `timestamps` / `read_timestamps`, where the adapter has
+timestamp-query) every dispatch gets a compute pass of its own whose begin and end write timestamps
+into a query set; batches of TIMESTAMP_BATCH dispatches are resolved into a buffer at the next submit.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import wgpu
 
 from ...errors import SafetensorsError
@@ -24,6 +29,9 @@ _LIMITS = ("maxStorageBufferBindingSize", "maxBufferSize", "maxComputeWorkgroups
 # shader-f16: f16 compute; subgroups: reductions and shuffles; timestamp-query: --profile and tuning.
 _FEATURES = {"shader-f16": "shader-f16", "subgroup": "subgroups", "subgroups": "subgroups",
              "timestamp-query": "timestamp-query"}
+
+
+TIMESTAMP_BATCH = 1024  # dispatches timed per query set
 
 
 def _kebab(name: str) -> str:
@@ -72,6 +80,9 @@ class WgpuBridge:
         self._encoder = None
         self._pass = None
         self._current = None  # the pipeline set on the open pass
+        self._timing = False
+        self._ts = None  # the query set being filled: [query set, resolve buffer, dispatches timed]
+        self._ts_done: list = []  # [(query set, resolve buffer, dispatches)] resolved, not yet read
         self.dispatches = 0  # recorded since the device was made (for tests and benchmarks)
         self.submits = 0
 
@@ -135,6 +146,9 @@ class WgpuBridge:
             if self._groups.full:
                 self._reset_groups()
             group = self._groups.add(key, self._bind_group(key))
+        if self._timing:
+            self._timed_dispatch(pipeline_id, group, groups)
+            return
         if self._pass is None:
             self._encoder = self.device.create_command_encoder()
             self._pass = self._encoder.begin_compute_pass()
@@ -154,10 +168,61 @@ class WgpuBridge:
                 block[2] = len(data)
         if self._encoder is None:
             return
-        self._pass.end()
+        if self._pass is not None:
+            self._pass.end()
+        if self._ts is not None and self._ts[2]:
+            self._resolve_timestamps()
         self.queue.submit([self._encoder.finish()])
         self._encoder = self._pass = None
         self.submits += 1
+
+    # -- timestamps (optional interface) --
+
+    def timestamps(self, on: bool) -> bool:
+        """Time every dispatch from now on (or stop); -> whether this device can (timestamp-query)."""
+        if on and "timestamp-query" not in self._limits["features"]:
+            return False
+        self.submit()  # the open pass (untimed) ends here
+        self._timing = bool(on)
+        return True
+
+    def read_timestamps(self) -> list[float]:
+        """Milliseconds each dispatch timed since the last call took on the GPU, in dispatch order
+        (submits pending work first, then waits for it)."""
+        self.submit()
+        out = []
+        for qs, buf, n in self._ts_done:
+            t = np.frombuffer(self.queue.read_buffer(buf, 0, 16 * n), np.uint64).astype(np.float64)
+            out.extend(((t[1::2] - t[0::2]) * 1e-6).tolist())  # nanoseconds -> ms
+            buf.destroy()
+            qs.destroy()
+        self._ts_done.clear()
+        return out
+
+    def _timed_dispatch(self, pipeline_id: int, group, groups) -> None:
+        if self._encoder is None:
+            self._encoder = self.device.create_command_encoder()
+        if self._ts is None:
+            u = wgpu.BufferUsage
+            self._ts = [self.device.create_query_set(type="timestamp", count=2 * TIMESTAMP_BATCH),
+                        self.device.create_buffer(size=16 * TIMESTAMP_BATCH, usage=u.QUERY_RESOLVE | u.COPY_SRC), 0]
+        qs, _, n = self._ts
+        p = self._encoder.begin_compute_pass(timestamp_writes={
+            "query_set": qs, "beginning_of_pass_write_index": 2 * n, "end_of_pass_write_index": 2 * n + 1})
+        p.set_pipeline(self._pipeline_ids[pipeline_id][1])
+        p.set_bind_group(0, group)
+        p.dispatch_workgroups(*groups)
+        p.end()
+        self._ts[2] += 1
+        self.dispatches += 1
+        if self._ts[2] == TIMESTAMP_BATCH:
+            self._resolve_timestamps()
+
+    def _resolve_timestamps(self) -> None:
+        qs, buf, n = self._ts
+        self._encoder.resolve_query_set(qs, 0, 2 * n, buf, 0)
+        self._ts_done.append((qs, buf, n))
+        self._ts = None
 
     # -- bind groups and their uniforms --
 

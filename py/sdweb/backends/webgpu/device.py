@@ -38,6 +38,7 @@ ctx.grid(n_groups) -> (x, y, 1)  a 1-D grid of n_groups workgroups folded into x
 ctx.dummy(w_dtype) -> GPUWeight  a 16-byte placeholder to bind where an optional input is absent
 ctx.limits                       the adapter's limits (WebGPU camelCase names) and "features" list
 ctx.features                     set of feature names (WebGPU's), e.g. {"shader-f16", "subgroups"}
+ctx.set_tuning(t)                the autotuned kernel choices to use (tuning.py), None for the rules
 ctx.subgroups                    whether kernels use subgroup operations: the adapter has "subgroups"
                                  (a test or benchmark may turn it off to run the fallbacks)
 ctx.bytes_in_use                 bytes of GPU buffers held by live tensors and weights
@@ -48,6 +49,7 @@ ctx.peak_bytes                   the largest bytes_reserved seen (what the GPU a
 ctx.peak_weights                 bytes_weights at that peak (the rest of it is activations and pool)
 ctx.reset_peak(), ctx.trim()     restart the peak count; free the pool's idle buffers
 ctx.submit()                     send recorded work now
+ctx.finish()                     send it and wait until the GPU has run it
 ctx.check_size(nbytes, what)     raise GPULimitError("<what> needs N MB but this adapter's
                                  maxStorageBufferBindingSize is M MB") when a buffer cannot be bound
 ctx.dispatches                   dispatches recorded so far
@@ -274,6 +276,12 @@ class Context:
 
     # -- tensors --
 
+    def set_tuning(self, tuning) -> None:
+        """Let `tuning` (tuning.Tuning, or None for the rules alone) choose kernel configurations from
+        now on; the choices made so far are forgotten."""
+        self.tuning = tuning
+        self.plans.clear()
+
     def set_compute(self, dtype: str) -> str:
         """Make `dtype` ("f32" | "f16") the activation dtype of new tensors; -> the previous one."""
         if dtype not in ("f32", "f16"):
@@ -363,6 +371,13 @@ class Context:
 
     def submit(self):
         self.bridge.submit()
+        self._pending = 0
+        self._bury()
+
+    def finish(self):
+        """Wait until the GPU has run everything recorded so far (a 4-byte readback)."""
+        d = self.dummy("f32")
+        self.bridge.read_buffer(d.buffer, 0, 4)
         self._pending = 0
         self._bury()
 

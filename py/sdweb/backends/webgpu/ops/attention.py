@@ -98,7 +98,8 @@ def attention(ctx, q, k, v, heads: int, causal: bool = False, config: Attn | Non
     t = qt.dtype
     out = ctx.empty((n, lq, width), t)
     d4, od4, z = plan(d)
-    c = config or _choose(ctx, (n, lq, lk, heads, d, bool(causal), t), d, t)
+    c = config or _choose(ctx, (n, lq, lk, heads, d, bool(causal), t), d, t,
+                          lambda c: attention(ctx, q, k, v, heads, causal, c))
     vec = all(x % 4 == 0 for x in (d, qt.shape[2], kt.shape[2], vt.shape[2], qc, kc, vc))
     params = [("u32", heads), ("u32", lq), ("u32", lk), ("u32", d), ("u32", int(bool(causal))),
               ("f32", math.log2(math.e) / math.sqrt(d)),  # exp2 folds in log2(e)
@@ -112,11 +113,11 @@ def attention(ctx, q, k, v, heads: int, causal: bool = False, config: Attn | Non
     return out
 
 
-def _choose(ctx, key: tuple, d: int, t_dtype: str) -> Attn:
-    """The autotuned configuration for this shape when there is one (tuning.py), else `pick`'s;
-    remembered per key in ctx.plans."""
+def _choose(ctx, key: tuple, d: int, t_dtype: str, trial) -> Attn:
+    """The autotuned configuration for this shape when there is one (tuning.py, which may time
+    `trial(config)`), else `pick`'s; remembered per key in ctx.plans."""
     c = ctx.plans.get(("attention", key))
     if c is None:
-        c = ctx.tuning.attention(ctx, key, d, t_dtype) if ctx.tuning is not None else pick(ctx, d, t_dtype)
+        c = ctx.tuning.attention(ctx, key, d, t_dtype, trial) if ctx.tuning is not None else pick(ctx, d, t_dtype)
         ctx.plans[("attention", key)] = c
     return c

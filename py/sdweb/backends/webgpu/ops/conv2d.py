@@ -44,7 +44,9 @@ def _run(ctx, name, x, weight, bias, residual, temb, y, dims, kh, kw, tokens, co
     K, cols = C * kh * kw, N * Ho * Wo
     dt = w_dtype(name, weight, *([] if bias is None else [bias]))
     t = x.dtype
-    c = config or gemm.choose(ctx, name, (N, C, H, W, Co, kh, kw, stride, pad, tokens, t, dt), Co, cols, K, t)
+    key = (N, C, H, W, Co, kh, kw, stride, pad, tokens, bias is not None, temb is not None, residual is not None, t, dt)
+    c = config or gemm.choose(ctx, name, key, Co, cols, K, t, lambda c: _run(
+        ctx, name, x, weight, bias, residual, temb, ctx.empty(y.shape, t), dims, kh, kw, tokens, c, flop))
     if c.wgy % c.tn:
         raise SdwebError(f"conv2d tile {c}: wgy must be a multiple of tn")
     consts = {"KH": f"{kh}u", "KW": f"{kw}u", "TOKENS": str(tokens).lower(),

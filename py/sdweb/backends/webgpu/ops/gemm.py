@@ -126,13 +126,14 @@ def pick(ctx, rows_p: int, rows_q: int, K: int, t_dtype: str) -> Gemm:
     return v3._replace(split=max(1, s))
 
 
-def choose(ctx, op: str, key: tuple, rows_p: int, rows_q: int, K: int, t_dtype: str) -> Gemm:
+def choose(ctx, op: str, key: tuple, rows_p: int, rows_q: int, K: int, t_dtype: str, trial=None) -> Gemm:
     """The configuration an op runs: the autotuned one for (op, key) on this adapter when there is
-    one (tuning.py), else the rule's; remembered per key in ctx.plans (a step asks thousands of times)."""
+    one (tuning.py, which may time `trial(config)`, the op run with a configuration), else the
+    rule's; remembered per key in ctx.plans (a step asks thousands of times)."""
     c = ctx.plans.get((op, key))
     if c is None:
         if ctx.tuning is not None:
-            c = ctx.tuning.gemm(ctx, op, key, rows_p, rows_q, K, t_dtype)
+            c = ctx.tuning.gemm(ctx, op, key, rows_p, rows_q, K, t_dtype, trial)
         else:
             c = pick(ctx, rows_p, rows_q, K, t_dtype)
         ctx.plans[(op, key)] = c

@@ -59,7 +59,8 @@ def linear(ctx, x, weight, bias=None, act: str | None = None, residual=None, ima
         check_same_dtype("linear", x, residual)
     dt = w_dtype("linear", weight, *([] if bias is None else [bias]))
     t = x.dtype
-    c = config or gemm.choose(ctx, "linear", (M, Dout, Din, act == "geglu", t, dt), M, Dout, Din, t)
+    c = config or gemm.choose(ctx, "linear", (M, Dout, Din, act, bias is not None, residual is not None, t, dt),
+                              M, Dout, Din, t, lambda c: linear(ctx, x, weight, bias, act, residual, None, c))
     y = ctx.empty(out_shape, t)
     consts = {"ACT": act_code, "HAS_BIAS": str(bias is not None).lower(), "HAS_RES": str(residual is not None).lower(),
               "VEC_K": str(Din % 4 == 0).lower(), **c.constants()}
