@@ -1015,4 +1015,30 @@ def test_webgpu_without_jspi_equals_cli_and_holds_steady_for_twenty_runs(gpu_con
     r = p.generate(seed=8)
     assert r["ok"] and r["settings"]["backend"] == "numpy", r
     assert psnr(r["png"], cli_image(page_hub.repo_dir("test/sd1-tiny"), r["settings"], tmp_path)) >= 40
+
+
+def test_webgpu_performance_panel_and_tuning(gpu_context, page_server, page_hub):
+    """?profile=1: the Performance panel shows GPU time per op kind (SwiftShader has timestamp-query)
+    against the adapter's measured peaks, marked as emulated; the kernel choices autotuning timed are
+    remembered in IndexedDB for this adapter."""
+    p = Page(gpu_context, page_server, page_hub, model="test/sd1-tiny", backend="webgpu", profile="1")
+    assert p.page.is_checked("#profile")
+    r = p.generate(steps=2, seed=31, timeout=240_000)
+    assert r["ok"], r
+    assert p.page.is_visible("#perf")
+    text = p.page.inner_text("#perf")
+    assert "emulated on the CPU" in text and "measured peak: f32" in text, text
+    for needle in ("Text encoder", "UNet, per step", "VAE decode", "conv2d", "attention", "group_norm", "% of peak"):
+        assert needle in text, (needle, text)
+    entries = p.page.evaluate("""() => new Promise((resolve, reject) => {
+        const req = indexedDB.open("sdweb-tuning", 1);
+        req.onerror = () => reject(req.error);
+        req.onsuccess = () => {
+          const tx = req.result.transaction("adapters", "readonly");
+          const all = tx.objectStore("adapters").getAll();
+          all.onsuccess = () => resolve(all.result);
+        };
+      })""")
+    assert len(entries) == 1 and entries[0]["emulated"] is True and entries[0]["peaks"]["f32_gflops"] > 0, entries
+    assert entries[0]["choices"], "the first run tunes at least one shape"
     p.close()
