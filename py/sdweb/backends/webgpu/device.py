@@ -31,7 +31,9 @@ ctx.run(shader, entry, buffers, params, groups, constants=None, w_dtype=None, t_
                f32/f16 GPUTensor in `buffers` must hold it
     The shader is compiled with SUBGROUPS = ctx.subgroups (shaders.py).
     Pipelines are compiled once per (shader, entry, constants, w_dtype, t_dtype, subgroups). Dispatches are recorded and
-    submitted in batches of SUBMIT_EVERY; reads and host writes submit what is pending first.
+    submitted in batches of SUBMIT_EVERY, the first batch after a readback already at SUBMIT_FIRST
+    (the GPU, idle while the host read its last result, starts on the next step while Python still
+    records it); reads and host writes submit what is pending first.
     An entry point must statically use every binding it is given (layouts are "auto").
 ctx.grid(n_groups) -> (x, y, 1)  a 1-D grid of n_groups workgroups folded into x and y; the shader
                                  reads its group with shaders/include/grid.wgsl
@@ -82,6 +84,7 @@ from ...errors import SdwebError
 from . import shaders
 
 SUBMIT_EVERY = 128  # dispatches per submit: large enough to amortise a submit, small enough to overlap
+SUBMIT_FIRST = 16  # dispatches after a readback before the first submit: the GPU's idle gap between steps
 
 
 class GPULimitError(SdwebError):
@@ -194,6 +197,7 @@ class Context:
         self._graveyard: list[int] = []  # buffers to destroy after the next submit
         self._stage_ended = False
         self._pending = 0
+        self._submit_at = SUBMIT_FIRST
         self._dummies: dict[str, GPUWeight] = {}
         self.bytes_in_use = 0
         self.bytes_pooled = 0
@@ -316,6 +320,7 @@ class Context:
         float32)."""
         data = self.bridge.read_buffer(t.buffer, t.offset, t.nbytes) if t.nbytes else b""
         self._pending = 0  # read_buffer submitted them
+        self._submit_at = SUBMIT_FIRST
         self._bury()
         a = np.frombuffer(data, _HOST[t.dtype], count=t.size).reshape(t.shape)
         return a.astype(np.float32) if t.dtype == "f16" else a.copy()
@@ -366,12 +371,13 @@ class Context:
             self.profiler.dispatched(op or f"{shader}.{entry}", flop, sum(t.nbytes for t in buffers))
         self.dispatches += 1
         self._pending += 1
-        if self._pending >= SUBMIT_EVERY:
+        if self._pending >= self._submit_at:
             self.submit()
 
     def submit(self):
         self.bridge.submit()
         self._pending = 0
+        self._submit_at = SUBMIT_EVERY
         self._bury()
 
     def finish(self):
