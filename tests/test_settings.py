@@ -158,3 +158,22 @@ def test_preview_cadence():
     assert [resolve({"steps": n}).preview_every for n in (1, 4, 5, 14, 15, 25, 50, 1000)] == \
         [1, 1, 1, 1, 2, 3, 5, 100]
     assert resolve({"steps": 50, "preview_every": 7}).preview_every == 7
+
+
+def test_compute_dtype():
+    """auto is f16 on a WebGPU adapter with shader-f16, f32 elsewhere; f16 needs both; the VAE
+    computes in f32 when its config says force_upcast (diffusers' default, and SD 1.5's VAE's)."""
+    f16 = (True, "", ("shader-f16", "subgroups"))
+    assert resolve({}).compute == "f32"  # NumPy
+    assert resolve({"backend": "webgpu"}, webgpu=f16).compute == "f16"
+    assert resolve({"backend": "webgpu", "compute": "f32"}, webgpu=f16).compute == "f32"
+    assert resolve({"backend": "auto"}, webgpu=(True, "", ())).compute == "f32"  # no shader-f16 (SwiftShader)
+    assert resolve({"backend": "auto"}).compute == "auto"  # not decided before the adapter is known
+    assert resolve({"backend": "webgpu"}, webgpu=(True, "")).compute == "auto"  # features unknown
+    bad({"compute": "f16"}, "compute", "compute f16 needs the WebGPU backend")
+    bad({"backend": "auto", "compute": "f16"}, "compute", "needs the WebGPU backend", webgpu=(False, "no adapter"))
+    bad({"backend": "webgpu", "compute": "f16"}, "compute", "shader-f16", webgpu=(True, "", ()))
+    bad({"compute": "bf16"}, "compute", "unknown compute dtype 'bf16'", "auto, f32 or f16")
+    assert settings.stage_compute("f16", "unet") == settings.stage_compute("f16", "text_encoder") == "f16"
+    assert settings.stage_compute("f16", "vae", {}) == "f32"  # force_upcast defaults to true
+    assert settings.stage_compute("f16", "vae", {"force_upcast": False}) == "f16"

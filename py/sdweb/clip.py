@@ -33,46 +33,50 @@ _ACTS = ("quick_gelu", "gelu")  # transformers' ACT2FN names we have ops for
 
 
 class CLIPAttention:
-    """Multi-head causal self-attention: x (N, L, D) -> (N, L, D)."""
+    """Multi-head causal self-attention: x (N, L, D) -> (N, L, D), plus `residual` (added by out_proj).
+    q_proj, k_proj and v_proj run as one GEMM (qkv_proj: their weights' and biases' rows), and
+    attention reads q, k and v as column ranges of its output."""
 
     def __init__(self, dim: int, heads: int, w, backend):
-        self.backend, self.heads = backend, heads
-        self.q_proj = Linear(dim, dim, w.prefix("q_proj"), backend)
-        self.k_proj = Linear(dim, dim, w.prefix("k_proj"), backend)
-        self.v_proj = Linear(dim, dim, w.prefix("v_proj"), backend)
+        self.backend, self.heads, self.dim = backend, heads, dim
+        parts = [Linear(dim, dim, w.prefix(name), backend) for name in ("q_proj", "k_proj", "v_proj")]
+        self.qkv_weight = backend.fuse_weights([p.weight for p in parts])
+        self.qkv_bias = backend.fuse_weights([p.bias for p in parts])
         self.out_proj = Linear(dim, dim, w.prefix("out_proj"), backend)
 
-    def __call__(self, x):
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (N, L, h*d) each
-        return self.out_proj(self.backend.attention(q, k, v, self.heads, causal=True))
+    def __call__(self, x, residual=None):
+        D = self.dim
+        qkv = self.backend.linear(x, self.qkv_weight, self.qkv_bias)  # (N, L, 3 h*d)
+        h = self.backend.attention((qkv, 0), (qkv, D), (qkv, 2 * D), self.heads, causal=True)
+        return self.out_proj(h, residual=residual)
 
 
 class CLIPMLP:
-    """fc2(act(fc1(x))): (N, L, D) -> (N, L, F) -> (N, L, D)."""
+    """fc2(act(fc1(x))) + residual: (N, L, D) -> (N, L, F) -> (N, L, D)."""
 
     def __init__(self, dim: int, inner: int, act: str, w, backend):
         self.act = act
         self.fc1 = Linear(dim, inner, w.prefix("fc1"), backend)
         self.fc2 = Linear(inner, dim, w.prefix("fc2"), backend)
 
-    def __call__(self, x):
-        return self.fc2(self.fc1(x, act=self.act))
+    def __call__(self, x, residual=None):
+        return self.fc2(self.fc1(x, act=self.act), residual=residual)
 
 
 class CLIPEncoderLayer:
-    """Pre-norm transformer layer: (N, L, D) -> (N, L, D)."""
+    """Pre-norm transformer layer: (N, L, D) -> (N, L, D); each residual is added by its sublayer's
+    last linear."""
 
     def __init__(self, cfg: dict, w, backend):
         D, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
-        self.backend = backend
         self.layer_norm1 = LayerNorm(D, w.prefix("layer_norm1"), backend, eps)
         self.self_attn = CLIPAttention(D, cfg["num_attention_heads"], w.prefix("self_attn"), backend)
         self.layer_norm2 = LayerNorm(D, w.prefix("layer_norm2"), backend, eps)
         self.mlp = CLIPMLP(D, cfg["intermediate_size"], cfg["hidden_act"], w.prefix("mlp"), backend)
 
     def __call__(self, x):
-        x = self.backend.add(x, self.self_attn(self.layer_norm1(x)))
-        return self.backend.add(x, self.mlp(self.layer_norm2(x)))
+        x = self.self_attn(self.layer_norm1(x), residual=x)
+        return self.mlp(self.layer_norm2(x), residual=x)
 
 
 class CLIPTextModel:
