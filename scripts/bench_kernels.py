@@ -24,7 +24,8 @@ Vulkan); the table's shape column says what ran.
 
 --memory times nothing on a GPU: it runs SD 1.5 (random weights, weights/_bench/sd15-random, built by
 make_test_models.py --full-size when missing) through sdweb.pipeline at 512x512, CFG 7.5, 2 DDIM steps,
-in fp32 / fp16 / bf16, on the WebGPU backend over backends/bridges/counting.py (no device: buffers are
+with weights in fp32 / fp16 / bf16 and f32 or f16 compute (activations' dtype; the VAE in f32, as SD
+1.5's force_upcast asks), on the WebGPU backend over backends/bridges/counting.py (no device: buffers are
 byte counts), and prints the peak GPU bytes per stage (weights vs activations), the dispatches,
 pipelines and host (Python) time of a UNet step, and whether the fp16 run fits other adapters' limits.
 
@@ -345,7 +346,8 @@ def ensure_model(path: Path) -> Path:
     return path
 
 
-def memory_run(model: Path, precision: str, adapter="desktop", size: int = 512, steps: int = 2) -> dict:
+def memory_run(model: Path, precision: str, adapter="desktop", size: int = 512, steps: int = 2,
+               compute: str = "auto") -> dict:
     """One text-to-image run of `model` (CFG 7.5, DDIM, `steps` steps) through sdweb.pipeline on the
     WebGPU backend over a CountingBridge with `adapter`'s limits: per stage its weights, peak and the
     weights' part of that peak; the whole run's peak (the context's and the bridge's); per UNet step
@@ -381,14 +383,14 @@ def memory_run(model: Path, precision: str, adapter="desktop", size: int = 512, 
         last["t"] = time.perf_counter()  # the callback's own time is not the step's
 
     with counting(bridge) as ctx:
-        pipe = Pipeline(ModelFolder(model), webgpu, precision=precision)
+        pipe = Pipeline(ModelFolder(model), webgpu, precision=precision, compute=compute)
         try:
             pipe.generate(PROMPT, steps=steps, guidance=7.5, scheduler="ddim", width=size, height=size,
                           seed=0, progress=progress)
         except SdwebError as e:  # GPULimitError: the model does not fit these limits
-            return dict(precision=precision, adapter=adapter, error=str(e))
+            return dict(precision=precision, compute=pipe.compute, adapter=adapter, error=str(e))
         close()
-        return dict(precision=precision, adapter=adapter, stages=stages, steps=steps_,
+        return dict(precision=precision, compute=pipe.compute, adapter=adapter, stages=stages, steps=steps_,
                     peak=max(st["peak"] for st in stages.values()), bridge_peak=bridge.peak_bytes,
                     pipelines=len(bridge.pipelines), limits=bridge.limits())
 
@@ -404,10 +406,10 @@ def memory_markdown(runs: list[dict], limit_runs: list[dict]) -> str:
     names = {"text_encoder": "text encoder", "unet": "UNet (2 steps)", "vae": "VAE decode"}
     for r in runs:
         for stage, st in r["stages"].items():
-            out.append(f"| {r['precision']} | {names[stage]} | {_mib(st['weights'])} | "
+            out.append(f"| {r['precision']}, {r['compute']} compute | {names[stage]} | {_mib(st['weights'])} | "
                        f"{_mib(st['peak'] - st['peak_weights'])} | {_mib(st['peak'])} |")
         cmp = "<" if r["peak"] < TARGET_BYTES else ">"
-        out.append(f"| {r['precision']} | **run peak** | | | **{_mib(r['peak'])}** = {r['peak'] / 1e9:.2f} GB "
+        out.append(f"| {r['precision']}, {r['compute']} compute | **run peak** | | | **{_mib(r['peak'])}** = {r['peak'] / 1e9:.2f} GB "
                    f"({cmp} 3.5 GB) |")
     out += ["", "UNet step with CFG (batch 2, 64x64 latents): counts of the last step (the first compiles and "
             "fills the pool); host time = wall time over the counting bridge, i.e. the backend's Python cost a "
@@ -418,7 +420,7 @@ def memory_markdown(runs: list[dict], limit_runs: list[dict]) -> str:
     for r in runs:
         s0, s1 = r["steps"][0], r["steps"][-1]
         later = statistics.median(st["host_s"] for st in r["steps"][1:]) if len(r["steps"]) > 1 else s0["host_s"]
-        out.append(f"| {r['precision']} | {s1['dispatches']} | {r['pipelines']} / {len(s1['pipelines'])} | "
+        out.append(f"| {r['precision']}, {r['compute']} | {s1['dispatches']} | {r['pipelines']} / {len(s1['pipelines'])} | "
                    f"{s1['misses']} | {s1['submits']} | {s0['host_s'] * 1e3:.0f}, {later * 1e3:.0f} | "
                    f"{later / s1['dispatches'] * 1e6:.1f} |")
     if limit_runs:
@@ -430,9 +432,9 @@ def memory_markdown(runs: list[dict], limit_runs: list[dict]) -> str:
             res = f"runs, peak {_mib(r['peak'])} MiB" if "error" not in r else f"fails: {r['error']}"
             out.append(f"| {r['adapter']} | {_mib(lim['maxStorageBufferBindingSize'])} MiB | "
                        f"{_mib(lim['maxBufferSize'])} MiB | {res} |")
-    r = next((r for r in runs if r["precision"] == "fp16"), runs[0])
+    r = next((r for r in runs if r["precision"] == "fp16" and r["compute"] == "f16"), runs[0])
     entries = r["steps"][-1]["entries"]
-    out += ["", f"Dispatches per UNet step by shader entry ({r['precision']}):", "",
+    out += ["", f"Dispatches per UNet step by shader entry ({r['precision']}, {r['compute']} compute):", "",
             "| shader.entry | dispatches |", "|---|--:|"]
     out += [f"| {k} | {n} |" for k, n in sorted(entries.items(), key=lambda kv: -kv[1]) if n]
     return "\n".join(out)
@@ -441,12 +443,12 @@ def memory_markdown(runs: list[dict], limit_runs: list[dict]) -> str:
 def memory_main(a) -> list[dict]:
     model = ensure_model(Path(a.model))
     runs = []
-    for precision in ("fp32", "fp16", "bf16"):
-        runs.append(memory_run(model, precision, steps=a.steps))
+    for precision, compute in (("fp32", "f32"), ("fp16", "f32"), ("fp16", "f16"), ("bf16", "f16")):
+        runs.append(memory_run(model, precision, steps=a.steps, compute=compute))
         r = runs[-1]
         if "error" in r:
             sys.exit(f"{precision}: {r['error']}")
-        print(f"  {precision}: peak {r['peak'] / 2**20:.0f} MiB, "
+        print(f"  {precision}, {compute} compute: peak {r['peak'] / 2**20:.0f} MiB, "
               f"{r['steps'][-1]['dispatches']} dispatches / UNet step, "
               f"{r['steps'][-1]['host_s'] * 1e3:.0f} ms host / step", file=sys.stderr, flush=True)
     limit_runs = [memory_run(model, "fp16", adapter) for adapter in ("swiftshader", "webgpu-default")]

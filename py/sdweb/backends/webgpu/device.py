@@ -30,6 +30,8 @@ ctx.run(shader, entry, buffers, params, groups, constants=None, w_dtype=None, t_
     t_dtype    "f32" | "f16" (None: "f32"): the activation type T the shader is compiled for; every
                f32/f16 GPUTensor in `buffers` must hold it
     The shader is compiled with SUBGROUPS = ctx.subgroups (shaders.py).
+    op, flop, nbytes: what a running profile.Profiler files the dispatch under: its op kind, its
+               FLOPs, and the bytes it moves (default: its bindings' sizes)
     Pipelines are compiled once per (shader, entry, constants, w_dtype, t_dtype, subgroups). Dispatches are recorded and
     submitted in batches of SUBMIT_EVERY, the first batch after a readback already at SUBMIT_FIRST
     (the GPU, idle while the host read its last result, starts on the next step while Python still
@@ -192,6 +194,7 @@ class Context:
         self.max_binding = int(self.limits.get("maxStorageBufferBindingSize", 1 << 27))
         self.max_buffer = int(self.limits.get("maxBufferSize", 1 << 28))
         self.offset_align = int(self.limits.get("minStorageBufferOffsetAlignment", 256))
+        self._fits = min(self.max_binding, self.max_buffer)  # any buffer up to this size is allowed
         self._pipelines: dict[tuple, int] = {}
         self._free: dict[int, list[int]] = {}  # size class -> heap of idle buffer ids
         self._graveyard: list[int] = []  # buffers to destroy after the next submit
@@ -221,6 +224,8 @@ class Context:
         self.peak_bytes, self.peak_weights = self.bytes_reserved, self.bytes_weights
 
     def check_size(self, nbytes: int, what: str):
+        if nbytes <= self._fits:
+            return
         for limit, lname in ((self.max_binding, "maxStorageBufferBindingSize"), (self.max_buffer, "maxBufferSize")):
             if nbytes > limit:
                 raise GPULimitError(f"{what} needs {_mb(nbytes)} but this adapter's {lname} is {_mb(limit)}")
@@ -349,7 +354,7 @@ class Context:
         return pid
 
     def run(self, shader, entry: str, buffers, params, groups, constants=None, w_dtype=None, t_dtype=None,
-            op: str | None = None, flop: int = 0):
+            op: str | None = None, flop: int = 0, nbytes: int | None = None):
         pid = self.pipeline(shader, entry, constants, w_dtype, t_dtype)
         dt, tt = w_dtype or "f32", t_dtype or "f32"
         for t in buffers:
@@ -368,7 +373,8 @@ class Context:
         uniform += bytes(-len(uniform) % 16 if uniform else 16)  # padded to 16 bytes, never empty
         self.bridge.dispatch(pid, [(t.buffer, t.offset, t.nbytes) for t in buffers], uniform, tuple(groups))
         if self.profiler is not None:
-            self.profiler.dispatched(op or f"{shader}.{entry}", flop, sum(t.nbytes for t in buffers))
+            moved = sum(t.nbytes for t in buffers) if nbytes is None else nbytes
+            self.profiler.dispatched(op or f"{shader}.{entry}", flop, moved)
         self.dispatches += 1
         self._pending += 1
         if self._pending >= self._submit_at:

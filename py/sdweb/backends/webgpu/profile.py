@@ -15,8 +15,9 @@ the bridge times each in a compute pass of its own (bridges/wgpu.py, web/bridge/
 adds a pass boundary per dispatch: a profiled step runs a little slower than an unprofiled one.
 
 % of peak: ops that multiply (linear, conv2d, attention) against the measured FMA peak of the
-compute dtype, the rest (norms, copies) against the measured copy bandwidth, by the bytes they bind
-(peak.py measures both; an op's bytes are its bindings' sizes, a lower bound of what it moves).
+compute dtype, the rest (norms, copies) against the measured copy bandwidth, by the bytes they move
+(peak.py measures both; an op's bytes are its bindings' sizes unless it says otherwise, as a gather
+of a few table rows does).
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ def _gather(ctx, rows: np.ndarray, table, D: int, w_dtype: str, t_dtype: str):
     ids = ctx.upload(np.asarray(rows, dtype=np.uint32).reshape(-1), dtype="u32")
     y = ctx.empty((ids.size, D), t_dtype)
     ctx.run(_SHADER, "gather", [ids, table, y], [("u32", y.size), ("u32", D)], flat_groups(ctx, y.size),
-            w_dtype=w_dtype, t_dtype=t_dtype, op="gather")
+            w_dtype=w_dtype, t_dtype=t_dtype, op="gather", nbytes=2 * y.nbytes + ids.nbytes)  # rows read, not the table
     return y
 
 

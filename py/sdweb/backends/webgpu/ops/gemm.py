@@ -30,6 +30,7 @@ bk is the largest of 16 and 8 whose two tiles fit the adapter's workgroup storag
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -62,8 +63,7 @@ class Gemm(NamedTuple):
         return f"{kind} {self.bm}x{self.bn}" + (f" split {self.split}" if self.split > 1 else "")
 
     def constants(self) -> dict:
-        return {"WGX": f"{self.wgx}u", "WGY": f"{self.wgy}u", "TM": f"{self.tm}u", "TN": f"{self.tn}u",
-                "BK": f"{self.bk}u", "SPLIT": str(self.split > 1).lower()}
+        return _constants(self)
 
     def tiles(self, rows_p: int, rows_q: int) -> int:
         return -(-rows_p // self.bm) * -(-rows_q // self.bn)
@@ -75,6 +75,13 @@ class Gemm(NamedTuple):
     def slices(self, K: int) -> int:
         """Slices that hold any K (a split may leave the last empty)."""
         return -(-K // self.k_split(K))
+
+
+@functools.lru_cache(maxsize=None)
+def _constants(c: Gemm) -> dict:
+    """The shader constants of a configuration (asked for on every dispatch: made once)."""
+    return {"WGX": f"{c.wgx}u", "WGY": f"{c.wgy}u", "TM": f"{c.tm}u", "TN": f"{c.tn}u", "BK": f"{c.bk}u",
+            "SPLIT": str(c.split > 1).lower()}
 
 
 V4_SHAPES = ((16, 16), (16, 8), (8, 16))  # (wgx, wgy) with 8x8 per invocation
