@@ -314,7 +314,7 @@ def test_pool_is_trimmed_after_a_model_is_dropped(ctx):
 
 def test_dispatches_are_batched_and_pipelines_cached(ctx):
     x = webgpu.tensor(np.ones((4, 300), np.float32))
-    webgpu.numpy(x)
+    webgpu.numpy(webgpu.add(x, x))  # add compiled, and nothing pending
     n_pipelines, submits, dispatches = len(ctx._pipelines), ctx.bridge.submits, ctx.dispatches
     y = x
     for _ in range(300):
