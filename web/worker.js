@@ -9,8 +9,8 @@
 //                 request (the form's settings, resolved once Python is up for `ready`)}
 //                {type: "resolve", rid, request}   the form's defaults and backend, for the page to show
 //                {type: "generate", id, request (settings.FIELDS as typed), endpoint, revision, token,
-//                 tokenEndpoint (the endpoint the user confirmed for the token in the page, or null), profile (time the GPU per op
-//                 kind: result.perf), autotune (time the kernels again)}
+//                 tokenEndpoint (the endpoint the user confirmed for the token in the page, or null),
+//                 profile (time the GPU per op kind: result.perf), autotune (time the kernels again)}
 //                {type: "cancel"}   (the shared flag is what a busy Python loop sees; this message
 //                                    covers the download phase where the page is not isolated)
 //                {type: "png-settings", rid, bytes}   the settings a PNG dropped on the page carries
