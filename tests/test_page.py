@@ -1017,6 +1017,7 @@ def test_webgpu_without_jspi_equals_cli_and_holds_steady_for_twenty_runs(gpu_con
     assert psnr(r["png"], cli_image(page_hub.repo_dir("test/sd1-tiny"), r["settings"], tmp_path)) >= 40
 
 
+@pytest.mark.slow
 def test_webgpu_performance_panel_and_tuning(gpu_context, page_server, page_hub):
     """?profile=1: the Performance panel shows GPU time per op kind (SwiftShader has timestamp-query)
     against the adapter's measured peaks, marked as emulated; the kernel choices autotuning timed are

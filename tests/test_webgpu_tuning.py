@@ -133,6 +133,7 @@ def test_peaks(ctx):
     assert (p["f16_gflops"] is not None) == ("shader-f16" in ctx.features)
 
 
+@pytest.mark.slow
 def test_cli_profile_and_autotune(sd1_tiny, tmp_path, capsys, user_cache, monkeypatch):
     """--profile prints GPU time per op kind for each stage; the first run tunes (and says so) and
     remembers; a second run reuses; --autotune starts over. (A 3 s budget, of which the peaks take some.)"""
