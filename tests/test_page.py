@@ -208,8 +208,9 @@ def fresh_context(chromium):
     ctx.close()
 
 
-def cli_image(folder: Path, settings: dict, tmp_path: Path) -> np.ndarray:
-    """`sdweb generate` in CPython with the settings the page reports for its image."""
+def cli_image(folder: Path, settings: dict, tmp_path: Path, extra=()) -> np.ndarray:
+    """`sdweb generate` in CPython with the settings the page reports for its image (and `extra`
+    arguments: the add-on files, which the page names by what it stored them as)."""
     from PIL import Image
 
     out = tmp_path / f"cli-{settings['seed']}-{settings['scheduler']}.png"
@@ -220,7 +221,7 @@ def cli_image(folder: Path, settings: dict, tmp_path: Path) -> np.ndarray:
             "--precision", settings["precision"], "--backend", "numpy", "--output", str(out), "--quiet"]
     if settings.get("variant"):
         args += ["--variant", settings["variant"]]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(args + list(extra), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return np.asarray(Image.open(out).convert("RGB"))
 
