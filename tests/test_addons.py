@@ -223,10 +223,13 @@ def test_cli_loras_and_embeddings(files, sd1_tiny, tmp_path, capsys, monkeypatch
         RUN, prompt=TI_PROMPT, loras=[(str(files["kohya"]), 0.7), (str(files["second"]), -0.4)],
         embeddings=[str(files["concept"]), str(emb_dir / "emb-one.pt")]))
     assert np.array_equal(np.asarray(Image.open(out)), want.images[0])
-    params = json.loads(Image.open(out).text["parameters"])
+    text = Image.open(out).text
+    params = json.loads(text["sdweb"])
     assert params["loras"] == [{"name": str(files["kohya"]), "scale": 0.7}]
     assert params["embeddings"] == [str(files["concept"]), str(emb_dir / "emb-one.pt")]
     assert params["prompt"] == prompt
+    # A1111's text names the --lora file as a tag, as A1111 writes LoRAs
+    assert text["parameters"].startswith(prompt + " <lora:kohya_style:0.7>\nNegative prompt: blurry\n")
 
     code, out_text, _ = run(["tokenize", "--model", str(sd1_tiny), "--embedding", str(files["concept"]),
                              "(a <cat-toy>:1.2) BREAK cat <lora:second:0.5>"], capsys)

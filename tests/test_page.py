@@ -673,7 +673,9 @@ def test_share_link_reproduces_the_image_elsewhere(chromium, page_server, page_h
 
         src = other.get_attribute("#result", "src")
         img = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
-        np.testing.assert_array_equal(img, r["png"])
+        # two Python processes in two profiles: a pixel may round the other way in the last bit (measured:
+        # one of 12,288 values off by 1 with the tiny models' current weights)
+        assert np.abs(img.astype(int) - r["png"]).max() <= 1
     finally:
         a.close()
         b.close()
