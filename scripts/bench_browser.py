@@ -2,7 +2,7 @@
 """Speed of the page in a real browser: per-stage times and the worker's own time per UNet step.
 
     python scripts/bench_browser.py [--model PATH] [--size 64] [--steps 4] [--backends webgpu,numpy]
-                                    [--runs 2] [--variant fp16|plain] [--guidance 7.5]
+                                    [--runs 2] [--variant fp16|plain] [--guidance 7.5] [--profile]
 
 Starts the dev server (scripts/serve.py's app: the page, vendored Pyodide, the sdweb wheel of this
 checkout) and a local Hub (tests/hub_server.py) serving the model folder (default: the tiny SD 1.x
@@ -29,6 +29,12 @@ All runs share one browser profile, so only the first run of the first backend d
 stage times are the page's own (Python's perf_counter in the worker, performance.now in JS).
 SwiftShader emulates the GPU on the CPU: its GPU waits say nothing about a real GPU, but the
 worker's time per step is what the page costs on top of any GPU.
+
+--profile opens the page with ?profile=1 and prints, after the WebGPU runs, the page's Performance
+panel of the last one as text: the adapter's measured peaks (the microkernels of
+sdweb.backends.webgpu.peak) and the GPU time per op kind of each stage (timestamp queries), the
+page's counterpart of `scripts/bench_gpu.py`'s figures. Profiled steps time every dispatch on its
+own, so their stage times are longer than an unprofiled run's.
 """
 
 from __future__ import annotations
@@ -78,9 +84,10 @@ class DevServer:
         if problems and any("pyodide" in p for p in problems):
             sys.exit(f"bench_browser: vendored Pyodide missing ({problems[0]}): run python scripts/vendor_pyodide.py")
         vendor.build_sdweb_wheel()  # the page must run this checkout's sdweb
-        app = _load("serve", ROOT / "scripts" / "serve.py").make_app(weights)
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
+        # the app checks the Host header against where it is served
+        app = _load("serve", ROOT / "scripts" / "serve.py").make_app(weights, port=self.sock.getsockname()[1])
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()
@@ -113,11 +120,11 @@ def run_once(page, settings: dict, timeout_s: float) -> dict:
     """Generate through the form; -> the worker's record of the run (self.sdweb.last) plus wall time."""
     for k, v in settings.items():
         page.fill(f"#{k}", str(v))
-    n = page.locator("#history figure").count()
+    n = int(page.get_attribute("#result", "data-run") or 0)
     t0 = time.perf_counter()
     page.click("#generate")
     page.wait_for_function(
-        f"document.querySelectorAll('#history figure').length > {n} || !document.getElementById('error').hidden",
+        f"Number(document.getElementById('result').dataset.run || 0) > {n} || !document.getElementById('error').hidden",
         timeout=timeout_s * 1000, polling=500)
     wall = time.perf_counter() - t0
     if not page.locator("#error").is_hidden():
@@ -165,6 +172,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variant", default="fp16", choices=["fp16", "plain"],
                     help="weight files to fetch (fp16 falls back to plain ones; on WebGPU fp16 is held fp16)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds allowed per run")
+    ap.add_argument("--profile", action="store_true",
+                    help="WebGPU runs with the Performance panel (?profile=1); print it after the table")
     args = ap.parse_args(argv)
 
     if not Path(CHROMIUM).exists():
@@ -179,7 +188,7 @@ def main(argv=None) -> int:
         sys.exit(f"bench_browser: {model} is not a diffusers model folder (no model_index.json)")
     settings = {"prompt": "a lighthouse on a cliff at dusk", "steps": args.steps, "guidance": args.guidance,
                 "seed": 1, "width": args.size, "height": args.size}
-    rows = []
+    rows, perf = [], None
     tmp = Path(tempfile.mkdtemp(prefix="sdweb-bench-"))
     dev = DevServer(tmp / "weights")
     try:
@@ -192,12 +201,14 @@ def main(argv=None) -> int:
             for backend in args.backends.split(","):
                 page = ctx.new_page()
                 page.goto(f"{dev.url}/?endpoint={hub.url}&backend={backend}&model={REPO}&variant={args.variant}"
-                          f"&scheduler={args.scheduler}")
+                          f"&scheduler={args.scheduler}" + ("&profile=1" if args.profile else ""))
                 page.wait_for_function("document.getElementById('env').classList.contains('ready')", timeout=120_000)
                 for i in range(1, args.runs + 1):
                     r = run_once(page, settings, args.timeout)
                     rows.append((backend, i, r))
                     print(f"bench_browser: {backend} run {i}: {fmt_s(r['wall'])}", file=sys.stderr, flush=True)
+                if args.profile and backend == "webgpu":
+                    perf = page.inner_text("#perf")
                 page.close()
             adapter = next((r["gpu"]["adapter"] for b, _, r in rows if r.get("gpu")), None)
             ctx.close()
@@ -210,6 +221,8 @@ def main(argv=None) -> int:
           f"{args.size}x{args.size}, {args.steps} steps, guidance {args.guidance}, {args.scheduler}; "
           f"{version} headless" + (f", WebGPU adapter: {adapter}" if adapter else "") + ".\n")
     print(table(rows))
+    if perf is not None:
+        print("\nThe page's Performance panel, last WebGPU run:\n\n" + perf)
     return 0
 
 
