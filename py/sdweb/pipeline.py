@@ -314,6 +314,7 @@ class Pipeline:
             x = sched.step(eps, t, x, noise)
             report("unet", i + 1, len(timesteps), timestep=float(t), latents=x)
         timings["unet"] = time.perf_counter() - s
+        unet.forget_context()  # a UNet kept loaded would hold this run's context and K|V into the next
         self.release("unet")
         del unet, context  # the last references: on a GPU the UNet's weights must go before the VAE's activations come
 

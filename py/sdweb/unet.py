@@ -210,6 +210,10 @@ class CrossAttention:
         h = backend.attention(q, k, v, self.heads)  # (N, L, C)
         return self.to_out[0](h, residual=residual)
 
+    def forget_context(self):
+        """Let go of the kept context and its K|V projection (UNet2DConditionModel.forget_context)."""
+        self._kv = None
+
 
 class FeedForward:
     """GEGLU feed-forward: net.0.proj (C -> 2*4C), a * gelu(gate), net.2 (4C -> C) plus `residual`."""
@@ -387,6 +391,15 @@ class UNet2DConditionModel:
     @property
     def in_channels(self) -> int:
         return self.config["in_channels"]
+
+    def forget_context(self):
+        """Drop what the cross-attentions keep between calls (the context and its K|V projections):
+        the pipeline calls it when a run's denoising ends, so a UNet kept loaded holds no activation
+        between runs and a GPU's buffer pool is the same at the start of every run."""
+        for block in [*self.down_blocks, self.mid_block, *self.up_blocks]:
+            for transformer in getattr(block, "attentions", ()):
+                for b in transformer.transformer_blocks:
+                    b.attn2.forget_context()
 
     @property
     def time_cond_proj_dim(self) -> int | None:

@@ -52,6 +52,7 @@ ctx.bytes_reserved               bytes_in_use + bytes_pooled
 ctx.peak_bytes                   the largest bytes_reserved seen (what the GPU actually held)
 ctx.peak_weights                 bytes_weights at that peak (the rest of it is activations and pool)
 ctx.reset_peak(), ctx.trim()     restart the peak count; free the pool's idle buffers
+ctx.part_of_fused(w)             GPUWeight w was copied into a fused weight: its drop leaves the pool
 ctx.submit()                     send recorded work now
 ctx.finish()                     send it and wait until the GPU has run it
 ctx.check_size(nbytes, what)     raise GPULimitError("<what> needs N MB but this adapter's
@@ -163,6 +164,8 @@ class GPUWeight:
         ctx.check_size(self.nbytes, what or f"a {self.shape} {dtype} weight")
         if ctx._stage_ended:  # a model was dropped: destroy its weights and the idle pool before loading this one
             ctx.trim()
+        elif ctx._graveyard:  # the parts of a fused weight (part_of_fused): destroyed before this one comes
+            ctx.submit()
         self.buffer = ctx.bridge.create_buffer(self.nbytes)
         if data is not None:
             ctx.bridge.write_buffer(self.buffer, 0, data)
@@ -251,11 +254,20 @@ class Context:
         self.bytes_pooled += size
         heapq.heappush(self._free.setdefault(size, []), bid)
 
-    def _drop_weight(self, bid: int, nbytes: int):
+    def _drop_weight(self, bid: int, nbytes: int, ends_stage: bool = True):
         self.bytes_in_use -= nbytes
         self.bytes_weights -= nbytes
         self._graveyard.append(bid)  # a recorded dispatch may still read it
-        self._stage_ended = True  # a model was dropped: trim the pool at the next allocation miss
+        if ends_stage:  # a model was dropped: trim the pool at the next allocation miss
+            self._stage_ended = True
+
+    def part_of_fused(self, w: GPUWeight):
+        """Weight `w` has been copied into a fused weight: when it goes, its buffer goes, but the pool
+        stays (a part going away is not a model going away; else a pipeline that keeps its
+        components would find its pool trimmed mid-load in the first run only, and grow it in the
+        second)."""
+        w._finalizer.detach()
+        w._finalizer = weakref.finalize(w, self._drop_weight, w.buffer, w.nbytes, False)
 
     def trim(self):
         """Destroy the pool's idle buffers. Done by itself at the first allocation miss or weight upload

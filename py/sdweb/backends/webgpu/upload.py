@@ -101,6 +101,7 @@ def fuse(ctx, weights) -> GPUWeight:
     for w in weights:
         convert.place(ctx, w, fused, first)
         first += w.size
+        ctx.part_of_fused(w)
     return fused
 
 
