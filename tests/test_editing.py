@@ -9,7 +9,8 @@ and as many UNet steps as diffusers takes.
 diffusers is handed the noise contract's draws: its pipelines' and schedulers' `randn_tensor` are
 patched to return, per call, each image's next standard normals from `default_rng(seed + k)`; its VAE
 encodings take the posterior mean (`retrieve_latents` with sample_mode="argmax"), as sdweb's do.
-(The same on the WebGPU backend: tests/test_webgpu_pipeline.py.)
+The WebGPU backend (the VAE's encoder on the GPU too) is held to the same bounds on an img2img, a
+4-channel and a 9-channel inpainting case.
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ def diffusers_run(kind, folder, diffusers_pipe, monkeypatch, name, *, seed, num_
 
 
 def check(kind, folder, diffusers_pipe, monkeypatch, name, *, img, mask=None, strength, guidance=7.5, steps=5,
-          seed=21, num_images=1, width=None, height=None, outpaint=None):
-    ours = Pipeline(ModelFolder(folder), keep_loaded=True)
+          seed=21, num_images=1, width=None, height=None, outpaint=None, backend=None):
+    ours = Pipeline(ModelFolder(folder), **({"backend": backend} if backend else {}), keep_loaded=True)
     progress = []
     res = ours.generate(PROMPT, NEGATIVE, steps=steps, guidance=guidance, seed=seed, scheduler=name,
                         num_images=num_images, width=width, height=height, image=img, mask=mask, strength=strength,
@@ -181,6 +182,26 @@ def test_outpainting_is_inpainting_of_the_grown_canvas(request, diffusers_pipe, 
     left, top, right, bottom = outpaint
     assert (res.settings["width"], res.settings["height"]) == (img.width + left + right, img.height + top + bottom)
     assert res.settings["outpaint"] == outpaint
+
+
+WEBGPU = [  # kind, model fixture, scheduler, strength, image, with a mask, keyword arguments
+    ("img2img", "sd2_tiny", "euler-a", 0.7, "astronaut.png", False, {}),
+    ("inpaint", "sd1_tiny", "ddim", 0.8, "chelsea.jpg", True, dict(num_images=2)),
+    ("inpaint", "sd1_inpaint_tiny", "dpm++2m", 1.0, "coffee.webp", True, dict(width=112, height=80)),
+]
+
+
+@pytest.mark.parametrize("kind,fixture,name,strength,file,masked,kw", WEBGPU, ids=[f"{c[1]}-{c[2]}" for c in WEBGPU])
+def test_webgpu_matches_diffusers(request, diffusers_pipe, monkeypatch, kind, fixture, name, strength, file, masked,
+                                  kw):
+    webgpu = pytest.importorskip("sdweb.backends.webgpu", reason="the WebGPU backend needs the wgpu package")
+    if not webgpu.available():
+        pytest.skip("no WebGPU adapter (install mesa-vulkan-drivers for lavapipe)")
+    img = image(file)
+    mask = soft_mask(img.width, img.height) if masked else None
+    res, _ = check(kind, request.getfixturevalue(fixture), diffusers_pipe, monkeypatch, name, img=img, mask=mask,
+                   strength=strength, steps=4, backend=webgpu, **kw)
+    assert res.settings["backend"] == "webgpu" and res.timings["vae_encoder"] > 0
 
 
 def test_outpaint_canvas():
