@@ -93,6 +93,9 @@ def test_real_model_indexes_pass_and_others_are_named():
             "scheduler": ["diffusers", "EulerDiscreteScheduler"], "unet": ["diffusers", "UNet2DConditionModel"],
             "vae": ["diffusers", "AutoencoderKL"]}
     layout.check_model_index(sdxl, "x/sdxl")  # same component kinds: the UNet's config tells SDXL apart later
+    sd15 = json.loads((REAL / "stable-diffusion-v1-5" / "model_index.json").read_text())
+    for cls in ("StableDiffusionInpaintPipeline", "StableDiffusionImg2ImgPipeline"):  # the editing pipelines' repos
+        assert layout.check_model_index(dict(sd15, _class_name=cls), "x/inpainting")["_class_name"] == cls
     with pytest.raises(ModelError, match=r"x/y is a DDPMPipeline model without text_encoder, vae, tokenizer"):
         layout.check_model_index({"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"],
                                   "scheduler": ["diffusers", "DDPMScheduler"]}, "x/y")

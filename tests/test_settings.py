@@ -228,6 +228,12 @@ def test_mask_outpaint_and_inpainting_models():
     bad({"image": PHOTO, "outpaint": [1, 2, 3]}, "outpaint", "not four numbers")
     bad({"image": PHOTO, "outpaint": [-64, 0, 0, 0]}, "outpaint", "out of range")
     bad({"image": {"name": "x"}}, "image", "should be an input file's record")
+    configs = {c: json.loads((REAL / "stable-diffusion-v1-5" / c / n).read_text()) for c, n in (
+        ("unet", "config.json"), ("vae", "config.json"), ("scheduler", "scheduler_config.json"),
+        ("text_encoder", "config.json"))}
+    assert ModelInfo.from_configs("x", **dict(configs, unet=dict(configs["unet"], in_channels=9))).inpainting
+    with pytest.raises(settings.ModelError, match="x/pix2pix: its UNet takes 8 input channels, which is neither"):
+        ModelInfo.from_configs("x/pix2pix", **dict(configs, unet=dict(configs["unet"], in_channels=8)))
 
 
 def test_a_run_from_an_image_resolves_twice_alike():

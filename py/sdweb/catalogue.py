@@ -1,8 +1,8 @@
 """The known-good models: models.json, shipped inside the package (and so inside the page's wheel).
 
     {"kinds": {"sd": {"steps": 25, "guidance": 7.5}, "turbo": {...}},
-     "models": [{"repo", "label", "kind", "default"?, "sizes": {"fp16"|"fp32": {component: bytes} | null},
-                 "licence", "access", "note"}, ...]}
+     "models": [{"repo", "label", "kind", "default"?, "inpainting"?, "sizes": {"fp16"|"fp32": {component: bytes}
+                 | null}, "licence", "access", "note"}, ...]}
 
 One file that `sdweb download --list`, the settings' defaults (settings.model_kind) and the page's
 model picker (sent by the worker when Python is ready) all read.

@@ -54,7 +54,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from . import catalogue
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 from .layout import variant_of
 from .schedulers import SCHEDULERS, scheduler_for
 from .schedulers.base import strength_steps
@@ -98,10 +98,14 @@ class ModelInfo:
                      weight_bytes: int | None = None) -> "ModelInfo":
         f = 2 ** (len(vae.get("block_out_channels", [64])) - 1)
         unet_levels = len(unet.get("block_out_channels", [320, 640, 1280, 1280]))
+        latent, taken = int(vae.get("latent_channels", 4)), int(unet.get("in_channels", 4))
+        if taken not in (latent, 2 * latent + 1):
+            raise ModelError(f"{name}: its UNet takes {taken} input channels, which is neither the latents' {latent} "
+                             f"(text-to-image, img2img) nor {2 * latent + 1} (inpainting: latents, mask, masked image)")
         return cls(name=name, default_size=int(unet.get("sample_size") or 64) * f, size_multiple=f * 2 ** (unet_levels - 1),
                    vae_scale_factor=f, default_scheduler=scheduler_for(scheduler),
                    text_layers=int(text_encoder.get("num_hidden_layers", 12)), weight_bytes=weight_bytes,
-                   in_channels=int(unet.get("in_channels", 4)), latent_channels=int(vae.get("latent_channels", 4)))
+                   in_channels=taken, latent_channels=latent)
 
     @classmethod
     def of(cls, folder, weight_bytes: int | None = None) -> "ModelInfo":
