@@ -191,6 +191,7 @@ WEBGPU = [  # kind, model fixture, scheduler, strength, image, with a mask, keyw
 ]
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("kind,fixture,name,strength,file,masked,kw", WEBGPU, ids=[f"{c[1]}-{c[2]}" for c in WEBGPU])
 def test_webgpu_matches_diffusers(request, diffusers_pipe, monkeypatch, kind, fixture, name, strength, file, masked,
                                   kw):
