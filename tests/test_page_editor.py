@@ -2,7 +2,8 @@
 in CPython: an image dropped onto the page and a mask painted with the mouse give the image the CLI
 makes from the same file and the page's downloaded mask PNG (PSNR >= 40 dB); "Use as input" on a
 result runs img2img from exactly that PNG; one outpainted side equals `--outpaint`; an image can be
-pasted or picked too; an inpainting model without a mask is explained.
+pasted or picked too (a pasted JPEG decodes in Pyodide as in the CLI); an inpainting model without a
+mask is explained, and with a painted one equals the CLI too.
 
 The browser fixtures and helpers are tests/test_page.py's (they skip, saying why, without chromium,
 Playwright or the vendored Pyodide).
@@ -150,7 +151,7 @@ def test_editing_on_the_page_equals_the_cli(editor_context, page_server, editor_
     p.close()
 
 
-def test_paste_and_inpainting_models_are_explained(editor_context, page_server, editor_hub):
+def test_paste_and_inpainting_models_are_explained(editor_context, page_server, editor_hub, tmp_path):
     p = Page(editor_context, page_server, editor_hub, model="test/sd1-tiny")
     # picking a catalogued inpainting model says what it needs, before anything is fetched
     p.page.fill("#model", "stable-diffusion-v1-5/stable-diffusion-inpainting")
@@ -158,14 +159,21 @@ def test_paste_and_inpainting_models_are_explained(editor_context, page_server, 
     assert "inpainting model" in p.page.inner_text("#editor-note")
     # any model whose UNet takes a mask: Python says so once its configs are read
     p.page.fill("#model", "test/sd1-inpaint-tiny")
-    give_file(p, PHOTO.read_bytes(), "pasted.png", kind="paste")
+    cat = PHOTO.with_name("chelsea.jpg")  # a JPEG, decoded by Pyodide's Pillow as by the CLI's
+    give_file(p, cat.read_bytes(), "cat.jpg", kind="paste")
     r = p.generate(width="", height="", steps=2)
     assert not r["ok"] and r["kind"] == "input", r
     assert "is an inpainting model" in r["text"] and "mask" in r["text"], r
     paint(p, [(0.1, 0.1), (0.9, 0.9)])
-    r = p.generate(width="", height="", steps=2)
+    r = p.generate(width="", height="", steps=3, seed=5)
     assert r["ok"], r
-    assert r["settings"]["image"]["name"] == "pasted.png" and r["settings"].get("mask")
+    s = r["settings"]
+    assert s["image"]["name"] == "cat.jpg" and s.get("mask") and (s["width"], s["height"]) == (144, 96)
+    with p.page.expect_download() as dl:
+        p.page.click("#mask-download")
+    dl.value.save_as(tmp_path / "mask.png")
+    ref = cli(editor_hub.repo_dir("test/sd1-inpaint-tiny"), s, tmp_path / "cat.png", cat, tmp_path / "mask.png")
+    assert psnr(r["png"], ref) >= 40, f"9-channel inpainting: PSNR {psnr(r['png'], ref):.1f} dB"
     # a file the browser cannot show is refused in words
     give_bad = "([b64]) => document.getElementById('image').dispatchEvent(new DragEvent('drop', {bubbles: true, " \
         "cancelable: true, dataTransfer: (() => { const d = new DataTransfer(); d.items.add(new File([atob(b64)], " \
