@@ -230,6 +230,27 @@ def test_generate_from_an_image_records_its_inputs(sd1_tiny, tmp_path, capsys):
     assert params["strength"] == 0.9 and params["outpaint"] is None
 
 
+def test_settings_from_a_run_from_an_image_asks_for_the_image(sd1_tiny, tmp_path, capsys):
+    """A PNG names the files it was made from but does not hold them: --settings-from wants --image
+    again, and with it (and the mask) remakes the image."""
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.tri(96, 96, dtype=np.uint8) * 255).save(mask)
+    first = tmp_path / "first.png"
+    code, _, err = run(GEN + ["--model", str(sd1_tiny), "--image", ASTRONAUT, "--mask", str(mask), "--strength",
+                              "0.8", "--steps", "4", "-o", str(first)], capsys)
+    assert code == 0, err
+    assert "Denoising strength: 0.8" in Image.open(first).text["parameters"]
+    code, _, err = run(["generate", "--settings-from", str(first), "-q", "-o", str(tmp_path / "x.png")], capsys)
+    one_line_error(code, err, f"--settings-from {first}: it was made from the image astronaut.png (sha256",
+                   "give that file with --image")
+    again = tmp_path / "again.png"
+    code, _, err = run(["generate", "--settings-from", str(first), "--image", ASTRONAUT, "--mask", str(mask), "-q",
+                        "-o", str(again)], capsys)
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(first)))
+    assert not (tmp_path / "x.png").exists()
+
+
 def _make_inputs(folder):
     """Input files that are wrong in every way a file can be, in `folder`."""
     (folder / "notes.txt").write_text("not an image")

@@ -70,10 +70,6 @@ def paint(p: Page, points):
     p.page.mouse.up()
 
 
-def result_png(p: Page) -> bytes:
-    return base64.b64decode(p.page.get_attribute("#result", "src").split(",", 1)[1])
-
-
 def cli(folder: Path, s: dict, out: Path, image: Path, mask: Path | None = None) -> np.ndarray:
     """`sdweb generate` from `image` (and `mask`) with the settings the page reports for its image."""
     from PIL import Image
@@ -119,7 +115,7 @@ def test_editing_on_the_page_equals_the_cli(editor_context, page_server, editor_
     assert psnr(r["png"], ref) >= 40, f"inpainting: PSNR {psnr(r['png'], ref):.1f} dB"
 
     # 2. "Use as input" on that result, strength 0.6: img2img from exactly its PNG
-    first = result_png(p)
+    first = r["bytes"]
     p.page.click("#use-as-input")
     p.page.wait_for_function("document.getElementById('image-name').textContent.startsWith('sdweb-31.png')")
     p.page.fill("#strength", "0.6")
@@ -145,8 +141,16 @@ def test_editing_on_the_page_equals_the_cli(editor_context, page_server, editor_
     assert r["png"].shape == ref.shape == (96, 160, 3)
     assert psnr(r["png"], ref) >= 40, f"outpainting: PSNR {psnr(r['png'], ref):.1f} dB"
 
-    # the history keeps each result, each with its own "use as input"
-    assert p.page.locator("#history figure .use").count() == 3
+    # the gallery keeps each result, each with its own "input"; restoring the img2img one's settings
+    # brings its strength back into the editor and names the image it was made from
+    gallery = p.page.locator("#gallery figure")
+    assert gallery.count() == 3 and p.page.locator("#gallery [data-action='input']").count() == 3
+    img2img = gallery.filter(has_text="32 ·")
+    img2img.locator("[data-action='restore']").click()
+    assert p.page.inner_text("#strength-value") == "0.60"
+    assert "made from the image sdweb-31.png (96×96)" in p.page.inner_text("#editor-note")
+    img2img.locator("[data-action='input']").click()
+    p.page.wait_for_function("document.getElementById('image-name').textContent.startsWith('sdweb-32.png')")
     assert not [c for c in p.console if c.startswith("pageerror")], p.console
     p.close()
 

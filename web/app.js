@@ -500,7 +500,7 @@ function updateModelNote() {
   // an inpainting model redraws only what a mask marks: say what it needs before Generate does
   const needs = known && known.inpainting && !(state.editor.hasImage && (state.editor.painted || state.editor.request().outpaint));
   state.editor.note(needs ? `${known.label}: an inpainting model. Start from an image (drop one above) and paint ` +
-    "over what it should redraw, or outpaint a side." : "");
+    "over what it should redraw, or outpaint a side." : "", "model");
 }
 
 async function loadLocalModels() {
@@ -525,6 +525,7 @@ function init() {
 
   state.editor = new Editor({ onChange: updateModelNote });
   Workspace.useAsInput = useAsInput;  // each gallery image offers "input"
+  Workspace.restoreEditing = (name, value) => state.editor.restore(name, value);
   $("generate").onclick = generate;
   $("cancel").onclick = cancel;
   // a new model brings its own defaults: the fields it sets go back to empty (= the model's)

@@ -22,6 +22,8 @@ export class Editor {
     this.ops = [];  // {kind: "stroke", erase, size, points} | {kind: "clear"} | {kind: "invert"}
     this.stroke = null;
     this.outpaint = [0, 0, 0, 0];
+    this.restoredOutpaint = null;  // a restored setting waiting for its image
+    this.restoredFrom = {};  // the input files restored settings name
     this.strengthTouched = false;
     this.mask = document.createElement("canvas");  // the mask itself, black and white
     this.mask.getContext("2d", { willReadFrequently: true });  // read back whole on every redraw
@@ -90,14 +92,18 @@ export class Editor {
     try {
       bitmap = await createImageBitmap(new Blob([bytes]), { imageOrientation: "from-image" });
     } catch (_) {
-      this.note(`${name} is not an image this browser can show; use a PNG, JPEG or WebP file.`);
+      this.note(`${name} is not an image this browser can show; use a PNG, JPEG or WebP file.`, "file");
       return;
     }
     this.file = { bytes, name };
     this.bitmap = bitmap;
+    this.note("", "file");
+    this.note("", "restored");
     for (const c of [this.mask, this.overlay]) { c.width = bitmap.width; c.height = bitmap.height; }
     this.ops = [];
-    this.outpaint = [0, 0, 0, 0];
+    this.outpaint = this.restoredOutpaint || [0, 0, 0, 0];
+    this.restoredOutpaint = null;
+    this.restoredFrom = {};
     $("brush-size").max = Math.max(8, Math.round(Math.max(bitmap.width, bitmap.height) / 4));
     $("brush-size").value = Math.max(4, Math.round(Math.max(bitmap.width, bitmap.height) / 16));
     $("brush-size-value").textContent = `${$("brush-size").value} px`;
@@ -281,8 +287,32 @@ export class Editor {
     setTimeout(() => URL.revokeObjectURL(url), 10_000);
   }
 
-  note(text) {
-    $("editor-note").textContent = text;
+  // The editor's notes, one per topic (file: a file refused; restored: where restored settings came
+  // from; model: what the chosen model needs), shown together.
+  note(text, topic) {
+    this.notes = { ...this.notes, [topic]: text };
+    $("editor-note").textContent = Object.values(this.notes).filter(Boolean).join(" ");
+  }
+
+  // A restored setting of a run from an image (a gallery image's or a dropped PNG's, through
+  // workspace.js): strength and outpaint come back into the editor; the input files cannot, so the
+  // note names the image to drop (its sha256 is in the PNG's sdweb settings).
+  restore(name, value) {
+    if (name === "strength") {
+      $("strength").value = value;
+      this.strengthTouched = true;
+      this.showStrength();
+    } else if (name === "outpaint") {
+      if (this.bitmap) { this.outpaint = [...value]; this.redraw(); } else this.restoredOutpaint = [...value];
+    } else if (name === "image" || name === "mask") {
+      this.restoredFrom = { ...this.restoredFrom, [name]: value };
+      const { image, mask } = this.restoredFrom;
+      if (image) {
+        this.note(`These settings were made from the image ${image.name} (${image.width}×${image.height})` +
+          (mask ? " with a painted mask" : "") + `: drop it above${mask ? " and paint the mask again" : ""} to make ` +
+          "the same image.", "restored");
+      }
+    }
   }
 }
 
