@@ -180,9 +180,7 @@ def test_strength_defaults_and_range_are_diffusers():
     assert resolve({"image": PHOTO, "mask": mask}, info).strength == default[StableDiffusionInpaintPipeline] == 1.0
     assert resolve({"image": PHOTO, "outpaint": [64, 0, 0, 0]}, info).strength == 1.0
     assert resolve({"image": PHOTO, "strength": 0.3, "steps": 4}, info).strength == 0.3
-    assert resolve({}, info).strength is None and resolve({}, info).mode == "txt2img"
-    assert (resolve({"image": PHOTO}, info).mode, resolve({"image": PHOTO, "mask": mask}, info).mode) == \
-        ("img2img", "inpaint")
+    assert resolve({}, info).strength is None
     bad({"image": PHOTO, "strength": 0}, "strength", "strength 0 is not allowed: use a number above 0 and at most 1")
     bad({"image": PHOTO, "strength": 1.5}, "strength", "strength 1.5")
     bad({"image": PHOTO, "strength": "high"}, "strength", "strength high")
@@ -220,8 +218,8 @@ def test_mask_outpaint_and_inpainting_models():
     bad({"image": PHOTO}, "mask", "stable-diffusion-v1-5/stable-diffusion-inpainting is an inpainting model",
         "give it an image and a mask", model=inpainting)
     bad({}, "mask", "is an inpainting model", model=inpainting)
-    assert resolve({"image": PHOTO, "mask": mask}, inpainting).mode == "inpaint"
-    assert resolve({"image": PHOTO, "outpaint": [0, 0, 64, 0]}, inpainting).mode == "inpaint"
+    assert resolve({"image": PHOTO, "mask": mask}, inpainting).strength == 1.0
+    assert resolve({"image": PHOTO, "outpaint": [0, 0, 64, 0]}, inpainting).outpaint == (0, 0, 64, 0)
     bad({"image": PHOTO, "outpaint": "0,0,32,0"}, "outpaint", "multiple of 64", model=sd15)
     bad({"image": PHOTO, "outpaint": "0,0,0,0"}, "outpaint", "adds nothing")
     bad({"image": PHOTO, "outpaint": "a,b"}, "outpaint", "not four whole numbers")

@@ -143,11 +143,6 @@ class Pipeline:
         shape = (1, C, height // f, width // f)
         return np.concatenate([g.standard_normal(shape, dtype=np.float32) for g in gens]), gens
 
-    def initial_latents(self, seed: int, num_images: int, height: int, width: int, init_noise_sigma: float):
-        """A text-to-image run's start: the first draws x init_noise_sigma, and the generators."""
-        x, gens = self.first_noise(seed, num_images, height, width)
-        return x * np.float32(init_noise_sigma), gens
-
     def generate(self, *args, **kwargs) -> Result:
         """One run with `stages`' arguments, to the end: each readback waits where it stands."""
         return run(self.stages(*args, **kwargs))

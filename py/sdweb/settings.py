@@ -141,13 +141,6 @@ class Settings:
     outpaint: tuple[int, int, int, int] | None = None
     notes: tuple[str, ...] = ()
 
-    @property
-    def mode(self) -> str:
-        """"txt2img", "img2img" (an image) or "inpaint" (an image and a mask, or outpainting)."""
-        if self.image is None:
-            return "txt2img"
-        return "inpaint" if self.mask is not None or self.outpaint is not None else "img2img"
-
     def as_request(self) -> dict:
         """The settings as a request: resolving it again gives the same settings."""
         return {k: getattr(self, k) for k in FIELDS}
@@ -230,9 +223,10 @@ def resolve(request: Mapping, model: ModelInfo | None = None,
         raise ConfigError(f"unknown scheduler {scheduler!r}; use one of {', '.join(SCHEDULERS)}", "scheduler")
 
     image, mask, strength, outpaint = _editing(get, model, name, steps)
-    canvas = None if image is None else (image["width"] + outpaint[0] + outpaint[2],
-                                         image["height"] + outpaint[1] + outpaint[3]) if outpaint else \
-        (image["width"], image["height"])
+    canvas = None  # the input image's size, grown by outpaint
+    if image is not None:
+        left, top, right, bottom = outpaint or (0, 0, 0, 0)
+        canvas = (image["width"] + left + right, image["height"] + top + bottom)
     sizes = {}
     for side in ("width", "height"):
         v = get(side)
