@@ -2,8 +2,9 @@
 in CPython: an image dropped onto the page and a mask painted with the mouse give the image the CLI
 makes from the same file and the page's downloaded mask PNG (PSNR >= 40 dB); "Use as input" on a
 result runs img2img from exactly that PNG; one outpainted side equals `--outpaint`; an image can be
-pasted or picked too (a pasted JPEG decodes in Pyodide as in the CLI); an inpainting model without a
-mask is explained, and with a painted one equals the CLI too.
+pasted or picked too (a pasted JPEG decodes in Pyodide as in the CLI); the mask tools (invert, undo,
+eraser, clear) do what they say; an inpainting model without a mask is explained, and with a painted
+one equals the CLI too.
 
 The browser fixtures and helpers are tests/test_page.py's (they skip, saying why, without chromium,
 Playwright or the vendored Pyodide).
@@ -68,6 +69,17 @@ def paint(p: Page, points):
     for x, y in xy[1:]:
         p.page.mouse.move(x, y, steps=4)
     p.page.mouse.up()
+
+
+def mask_of(p: Page, tmp_path: Path) -> np.ndarray:
+    """The editor's mask as "download mask" saves it: True where the model repaints."""
+    from PIL import Image
+
+    with p.page.expect_download() as dl:
+        p.page.click("#mask-download")
+    path = tmp_path / "tools-mask.png"
+    dl.value.save_as(path)
+    return np.asarray(Image.open(path).convert("L")) >= 128
 
 
 def cli(folder: Path, s: dict, out: Path, image: Path, mask: Path | None = None) -> np.ndarray:
@@ -169,6 +181,22 @@ def test_paste_and_inpainting_models_are_explained(editor_context, page_server, 
     assert not r["ok"] and r["kind"] == "input", r
     assert "is an inpainting model" in r["text"] and "mask" in r["text"], r
     paint(p, [(0.1, 0.1), (0.9, 0.9)])
+    # the mask tools, read back through "download mask" (white = repaint)
+    stroke = mask_of(p, tmp_path)
+    assert 0.03 < stroke.mean() < 0.5
+    p.page.click("#mask-invert")
+    np.testing.assert_array_equal(mask_of(p, tmp_path), ~stroke)
+    p.page.click("#mask-undo")
+    np.testing.assert_array_equal(mask_of(p, tmp_path), stroke)
+    p.page.click("#tool-eraser")
+    paint(p, [(0.1, 0.1), (0.5, 0.5)])  # rubs out the stroke's first half
+    erased = mask_of(p, tmp_path)
+    assert not (erased & ~stroke).any() and 0.3 * stroke.sum() < erased.sum() < 0.8 * stroke.sum()
+    p.page.click("#mask-clear")
+    assert not mask_of(p, tmp_path).any()
+    p.page.click("#mask-undo")
+    np.testing.assert_array_equal(mask_of(p, tmp_path), erased)
+    p.page.click("#tool-brush")
     r = p.generate(width="", height="", steps=3, seed=5)
     assert r["ok"], r
     s = r["settings"]

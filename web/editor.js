@@ -153,7 +153,7 @@ export class Editor {
   penMove(e) {
     if (!this.stroke) return;
     this.stroke.points.push(this.toImage(e));
-    this.paint(this.stroke, this.stroke.points.length - 2);
+    this.paint(this.stroke, this.stroke.points.length - 1);
     this.show();
   }
 
@@ -163,9 +163,11 @@ export class Editor {
     this.onChange();
   }
 
-  // Draw a stroke's segments from point `from` on, onto the mask (white, or black for the eraser)
-  // and onto the overlay (red, or cut out for the eraser).
-  paint(stroke, from, targets = [this.mask, this.overlay]) {
+  // Draw piece k of a stroke: its first point as a dot (k = 0), else the segment from point k - 1 to
+  // point k; onto the mask (white, or black for the eraser) and the overlay (red, or cut out for the
+  // eraser). A stroke is drawn piece by piece as the pointer moves and replayed the same way (undo),
+  // so a replay gives the same pixels.
+  paint(stroke, k, targets = [this.mask, this.overlay]) {
     const pts = stroke.points;
     for (const canvas of targets) {
       const onOverlay = canvas === this.overlay;
@@ -176,12 +178,12 @@ export class Editor {
       ctx.lineWidth = stroke.size;
       ctx.lineCap = ctx.lineJoin = "round";
       ctx.beginPath();
-      if (from <= 0 && pts.length === 1) {
+      if (k === 0) {
         ctx.arc(pts[0][0], pts[0][1], stroke.size / 2, 0, 2 * Math.PI);
         ctx.fill();
       } else {
-        ctx.moveTo(...pts[Math.max(0, from)]);
-        for (const p of pts.slice(Math.max(0, from) + 1)) ctx.lineTo(...p);
+        ctx.moveTo(...pts[k - 1]);
+        ctx.lineTo(...pts[k]);
         ctx.stroke();
       }
       ctx.restore();
@@ -205,7 +207,7 @@ export class Editor {
         ctx.fillRect(0, 0, this.mask.width, this.mask.height);
         ctx.globalCompositeOperation = "source-over";
       } else {
-        this.paint(op, 0, [this.mask]);
+        op.points.forEach((_, k) => this.paint(op, k, [this.mask]));
       }
     }
     const px = ctx.getImageData(0, 0, this.mask.width, this.mask.height);
