@@ -1,7 +1,7 @@
 """The page's image editor (web/editor.js) end to end in headless Chromium, against `sdweb generate`
 in CPython: an image dropped onto the page and a mask painted with the mouse give the image the CLI
 makes from the same file and the page's downloaded mask PNG (PSNR >= 40 dB); "Use as input" on a
-result runs img2img from exactly that PNG; one outpainted side equals `--outpaint`; an image can be
+result runs img2img from exactly that PNG; one outpainted side, resized, equals `--outpaint`; an image can be
 pasted or picked too (a pasted JPEG decodes in Pyodide as in the CLI); the mask tools (invert, undo,
 eraser, clear) do what they say; an inpainting model without a mask is explained, and with a painted
 one equals the CLI too.
@@ -116,6 +116,7 @@ def test_editing_on_the_page_equals_the_cli(editor_context, page_server, editor_
     assert s["image"] == {"name": "astronaut.png", "sha256": hashlib.sha256(photo).hexdigest(), "width": 96,
                           "height": 96}
     assert s["mask"]["name"] == "mask.png" and s["strength"] == 1.0 and (s["width"], s["height"]) == (96, 96)
+    assert "from astronaut.png (96×96) with a mask" in p.page.inner_text("#result-info")
     with p.page.expect_download() as dl:
         p.page.click("#mask-download")
     mask = tmp_path / "mask.png"
@@ -145,12 +146,13 @@ def test_editing_on_the_page_equals_the_cli(editor_context, page_server, editor_
     p.page.wait_for_function("document.getElementById('image-name').textContent.startsWith('astronaut.png')")
     p.page.click("#outpaint-right")
     assert "right 64" in p.page.inner_text("#outpaint-value")
-    r = p.generate(width="", height="", steps=4, seed=33)
+    r = p.generate(width=128, height=96, steps=4, seed=33)  # the 160x96 canvas resized: Lanczos, as the CLI
     assert r["ok"], r
     s = r["settings"]
-    assert s["outpaint"] == [0, 0, 64, 0] and (s["width"], s["height"]) == (160, 96) and s.get("mask") is None
+    assert s["outpaint"] == [0, 0, 64, 0] and (s["width"], s["height"]) == (128, 96) and s.get("mask") is None
+    assert "from astronaut.png (160×96 resized to 128×96), outpainted 0,0,64,0" in p.page.inner_text("#result-info")
     ref = cli(folder, s, tmp_path / "outpaint.png", PHOTO)
-    assert r["png"].shape == ref.shape == (96, 160, 3)
+    assert r["png"].shape == ref.shape == (96, 128, 3)
     assert psnr(r["png"], ref) >= 40, f"outpainting: PSNR {psnr(r['png'], ref):.1f} dB"
 
     # the gallery keeps each result, each with its own "input"; restoring the img2img one's settings

@@ -346,7 +346,7 @@ function showInfo(e) {
   $("result-info").innerHTML =
     `<b>seed ${e.seed}</b> · ${escapeHtml(s.model)} · ${s.width}×${s.height} · ${steps} steps · ${escapeHtml(s.scheduler)} · ` +
     `guidance ${s.guidance} · ${escapeHtml(s.backend)} ${escapeHtml(s.precision)}` +
-    (s.image ? ` · from ${escapeHtml(s.image.name)}${s.mask ? " with a mask" : ""}` +
+    (s.image ? ` · from ${escapeHtml(s.image.name)} (${inputSize(s)})${s.mask ? " with a mask" : ""}` +
       `${s.outpaint ? `, outpainted ${s.outpaint.join(",")}` : ""}, strength ${s.strength}` : "") +
     (e.gpu ? ` · ${escapeHtml(e.gpu.adapter)}` : "") + "<br>" +
     `total ${fmtTime(e.total)} · load ${fmtTime(load)} · text encoder ${fmtTime(t.text_encoder)} · ` +
@@ -359,6 +359,14 @@ function showInfo(e) {
   workspace.shown(e);
   $("use-as-input").hidden = false;
   $("use-as-input").onclick = () => useAsInput(e);
+}
+
+// The input image's size as the run took it: grown by outpainting, and resized (Lanczos) to the
+// run's size where that differs (sdweb.settings says so in a note too).
+function inputSize(s) {
+  const [l, t, r, b] = s.outpaint || [0, 0, 0, 0];
+  const w = s.image.width + l + r, h = s.image.height + t + b;
+  return w === s.width && h === s.height ? `${w}×${h}` : `${w}×${h} resized to ${s.width}×${s.height}`;
 }
 
 // A gallery entry (the result shown, or any image in the gallery) becomes the input image: its PNG

@@ -155,6 +155,8 @@ async function generate(msg) {
     const planned = plan.files.reduce((a, f) => a + (f.kind === "weights" ? f.size || 0 : 0), 0);
     const checked = resolveSettings({ request: first.settings, weight_bytes: planned }, texts);
     if (checked.error) return pyError(id, checked);
+    // notes only the model could give, e.g. that the input image is resized to the model's sizes
+    for (const text of checked.notes) if (!first.notes.includes(text)) post("status", { id, text });
     const settings = checked.settings;
     await fetchModel({ store, plan, auth, cancelled, onProgress: (p) => post("download", { id, ...p }) });
     store.setAuth(auth);  // a damaged chunk found while reading is fetched again with it
