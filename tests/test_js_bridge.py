@@ -8,9 +8,8 @@ misses for the same run (one shared cache, bridges/groups.py), none from the sec
 on; a destroyed buffer's groups are dropped in JS and never dispatched again; a full cache sends the
 recorded work before its groups go; and driven by the page's async driver (sdweb.browser.drive), a
 run reads back only what the driver awaited ahead, once per UNet step, once per encoding of an input
-image and once after the decode, so
-model code never needs to wait for the GPU inside a step (what lets the page run WebGPU without
-JavaScript Promise Integration)."""
+image and once after the decode, so model code never needs to wait for the GPU inside a step (what
+lets the page run WebGPU without JavaScript Promise Integration)."""
 
 from __future__ import annotations
 
