@@ -57,8 +57,8 @@ def matmul_ladder():
 
 @pytest.fixture(scope="session")
 def test_models_dir(make_test_models) -> Path:
-    """tests/.models/ holding sd1-tiny, sd2-tiny, nomid-tiny and sd1-inpaint-tiny, built on first use
-    (a few seconds)."""
+    """tests/.models/ holding sd1-tiny, sd2-tiny, nomid-tiny, sd1-inpaint-tiny and lcm-tiny, built on first
+    use (a few seconds)."""
     make_test_models.build(MODELS_DIR, quiet=True)
     return MODELS_DIR
 
@@ -85,6 +85,12 @@ def nomid_tiny(test_models_dir) -> Path:
 def sd1_inpaint_tiny(test_models_dir) -> Path:
     """An inpainting model: sd1-tiny's layout, a 9-channel UNet, StableDiffusionInpaintPipeline."""
     return test_models_dir / "sd1-inpaint-tiny"
+
+
+@pytest.fixture(scope="session")
+def lcm_tiny(test_models_dir) -> Path:
+    """A latent consistency model: LatentConsistencyModelPipeline, LCMScheduler, UNet with time_cond_proj_dim."""
+    return test_models_dir / "lcm-tiny"
 
 
 @pytest.fixture(scope="session")

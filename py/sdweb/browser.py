@@ -21,18 +21,22 @@ The worker decides nothing itself; it calls, in order: `catalogue_json` (the mod
 start), `inputs_json` (a run from an image: the page's input files read as the CLI reads them, for
 their records in the settings), `resolve_json` (settings.resolve on the form: before anything is
 fetched, and again with the model's configs before its weights are), `plan_json` (layout.plan over
-what web/hub.js has found of the repo, round by round) and `worker_generate` (one run: 1 to
-MAX_PAGE_IMAGES images); `png_settings_json` reads the settings of a PNG dropped on the page.
-Nothing here imports `js` at module level: the module runs (and is tested) in CPython as well.
+what web/hub.js has found of the repo, round by round), `needed_json` (which stored LoRAs and
+embeddings the run names: the settings' and the prompt's `<lora:...>` tags) and `worker_generate`
+(one run: 1 to MAX_PAGE_IMAGES images, with those files as a `StoredLibrary`); as the prompt is
+typed, `count_json` (the chunker's token count); `png_settings_json` reads the settings of a PNG
+dropped on the page. Nothing here imports `js` at module level: the module runs (and is tested) in
+CPython as well.
 
 Waiting for the GPU: `worker_generate` is an async function that drives `Pipeline.stages` (`drive`):
 once a component is built it awaits the JS bridge's `flush` (the weight uploads device.js queued),
-and at each readback (after a UNet step, after an input image's encoding, after the decode) its
-`read_ahead`, which lets the step's work finish and copies the tensor to the host; the pipeline's
-own synchronous readback then finds the bytes there. Model code never reads back
-within a step, so Python waits only at step boundaries and needs no JavaScript Promise Integration
-(JSPI): the WebGPU backend runs wherever WebGPU does. With JSPI, a byte source may also return a
-Promise (the NumPy backend's tensor reads from IndexedDB).
+and at each readback (after a UNet step, after an input image's encoding, after the decode, and
+where a prompt chunk's embedding vectors or weights are applied on the host) its `read_ahead`, which
+lets the work finish and copies the tensor to the host; the pipeline's own synchronous readback then
+finds the bytes there. Model code never reads back within a step, so Python waits only at those
+points and needs no JavaScript Promise Integration (JSPI): the WebGPU backend runs wherever WebGPU
+does. With JSPI, a byte source may also return a Promise (the NumPy backend's tensor reads from
+IndexedDB).
 """
 
 from __future__ import annotations
@@ -45,14 +49,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import catalogue, layout, picture
+from . import addons, catalogue, layout, picture
 from .backends.bridges.js import JsDeviceBridge, settle
 from .backends.webgpu.device import GPUTensor
+from .clip import DEFAULTS as CLIP_DEFAULTS
 from .errors import ConfigError, ModelError, SdwebError
 from .infotext import image_settings, png_text, read_png
 from .model import FolderFiles, ModelFolder
 from .pipeline import run as run_stages
 from .settings import MAX_PAGE_IMAGES, ModelInfo, resolve
+from .tokenizer import CLIPTokenizer
 from .weights import WeightStore, open_store
 
 
@@ -133,6 +139,28 @@ class ByteSource:
         return r
 
 
+class StoredLibrary:
+    """The page's add-on files (addons.py's library): what its LoRA and embeddings panels stored in
+    IndexedDB, handed over by the worker as [{kind: "lora" | "embedding", name, fileName, version,
+    bytes}] (a JS array, or a list of dicts in CPython)."""
+
+    def __init__(self, files=()):
+        files = files.to_py() if hasattr(files, "to_py") else list(files or ())
+        self.files = {}
+        for f in files:
+            data = f["bytes"]
+            data = data.to_bytes() if hasattr(data, "to_bytes") else bytes(data)
+            self.files[(f["kind"], f["name"])] = addons.Found(data, str(f["fileName"]), f.get("version"))
+
+    def find(self, kind: str, name: str) -> addons.Found:
+        found = self.files.get((kind, name))
+        if found is None:
+            what, panel, field = (("LoRA", "LoRAs", "loras") if kind == "lora"
+                                  else ("embedding", "Embeddings", "embeddings"))
+            raise ConfigError(f"{what} {name!r} is not stored in this browser: add its file in the {panel} panel", field)
+        return found
+
+
 def png_bytes(image: np.ndarray, text: dict | None = None) -> bytes:
     """uint8 (H, W, 3) -> PNG file bytes, with `text` as tEXt chunks (the CLI writes `parameters`)."""
     from PIL import Image, PngImagePlugin
@@ -152,7 +180,7 @@ class Session:
         self.key = None
         self.pipe = None
 
-    def pipeline(self, key, repo, texts, sources, backend, precision, variant, keep_loaded=False):
+    def pipeline(self, key, repo, texts, sources, backend, precision, variant, keep_loaded=False, library=None):
         from .pipeline import Pipeline
 
         if self.key != key or self.pipe is None:
@@ -160,14 +188,16 @@ class Session:
             model = BrowserModel(repo, texts, sources, lazy=getattr(backend, "name", "") == "webgpu")
             self.pipe = Pipeline(model, backend, precision=precision, variant=variant, keep_loaded=keep_loaded)
             self.key = key
+        self.pipe.library = StoredLibrary() if library is None else library
         return self.pipe
 
 
 def generate(pipe, request: dict, *, image=None, mask=None, progress=None, cancel=None) -> dict:
     """The images of `request` (settings.FIELDS; absent -> the default; precision, variant and
-    backend are the pipeline's) and the input Pictures `image` and `mask` of a run from an image
-    (whose records they replace) -> {images: [{png: bytes, seed, settings}], seed, timings, settings,
-    truncated_tokens}: image k has seed + k, and its PNG carries its own settings (infotext.png_text).
+    backend are the pipeline's; add-on files come from pipe.library) and the input Pictures `image`
+    and `mask` of a run from an image (whose records they replace) -> {images: [{png: bytes, seed,
+    settings}], seed, timings, settings}: image k has seed + k, and its PNG carries its own settings
+    (infotext.png_text).
 
     `progress(event: dict)` gets {stage, step, total, elapsed, component?, timestep?} and, every
     `preview_every` UNet steps, `preview` (PNG bytes of the first image's latents through
@@ -206,8 +236,7 @@ def generation(pipe, request: dict, *, image=None, mask=None, progress=None, can
         own = image_settings(run, k)
         images.append({"png": png_bytes(image, png_text(own)), "seed": own["seed"], "settings": own})
     timings = dict(result.timings, png=time.perf_counter() - t0 - result.timings["total"])
-    return {"images": images, "seed": result.seeds[0], "timings": timings, "settings": run,
-            "truncated_tokens": result.truncated_tokens}
+    return {"images": images, "seed": result.seeds[0], "timings": timings, "settings": run}
 
 
 # --- the worker's entry points (Pyodide; JSON in, JSON out, so they run and are tested in CPython) ----
@@ -312,6 +341,47 @@ def resolve_json(job_json: str, texts=None) -> str:
         return json.dumps(_error(e))
 
 
+def needed_json(settings_json: str) -> str:
+    """Which stored add-on files a run of these settings (as resolve_json returned them) asks for:
+    {"lora": [name], "embedding": [name]} (the LoRA panel's and the prompt's <lora:...> tags), or
+    {"error", "message", "field"}."""
+    try:
+        s = resolve(json.loads(settings_json))
+        return json.dumps(addons.needed(s.prompt, s.loras, s.embeddings))
+    except SdwebError as e:
+        return json.dumps(_error(e))
+
+
+_TOKENIZERS: dict = {}  # model key -> (CLIPTokenizer, hidden_size): the tables take a while to parse in Pyodide
+
+
+def count_json(job_json: str, texts=None, files=None) -> str:
+    """The live token count under the prompt boxes: job {key (the model's store key), prompt,
+    negative_prompt, embeddings: [name]}, texts: the model's small files by repo path (needed the
+    first time a key is seen), files: the embeddings as StoredLibrary takes them -> {"prompt":
+    {"chunks", "tokens" (in the last chunk), "count" (A1111's total)}, "negative_prompt": {...}} or
+    {"error", "message", "field"}."""
+    try:
+        job = json.loads(job_json)
+        if job["key"] not in _TOKENIZERS:
+            texts = texts.to_py() if hasattr(texts, "to_py") else dict(texts or {})
+            found = {p.rpartition("/")[2]: t for p, t in texts.items() if p.startswith("tokenizer/")}
+            hidden = json.loads(texts["text_encoder/config.json"]).get("hidden_size", CLIP_DEFAULTS["hidden_size"])
+            _TOKENIZERS[job["key"]] = CLIPTokenizer.from_files(found, f"{job['key']} tokenizer"), int(hidden)
+        tok, hidden = _TOKENIZERS[job["key"]]
+        chunker, _ = addons.embedding_chunker(StoredLibrary(files), tok, hidden, job.get("embeddings") or ())
+        out = {}
+        for field in ("prompt", "negative_prompt"):
+            c = addons.parsed(field, chunker.chunk, job.get(field) or "")
+            out[field] = {"chunks": len(c.chunks), "tokens": c.chunks[-1].n_tokens, "count": c.token_count}
+        return json.dumps(out)
+    except SdwebError as e:
+        return json.dumps(_error(e))
+    except (KeyError, ValueError) as e:
+        return json.dumps({"error": "ModelError", "message": f"the model's tokenizer files are incomplete ({e})",
+                           "field": None})
+
+
 def _config(texts: dict, repo: str, component: str) -> dict:
     path = layout.config_file(component)
     try:
@@ -350,15 +420,16 @@ async def drive(stages, bridge=None):
             await bridge.read_ahead(t.buffer, t.offset, t.nbytes)
 
 
-async def worker_generate(job_json: str, texts, sources, post, cancel, bridge=None, inputs=None):
+async def worker_generate(job_json: str, texts, sources, post, cancel, bridge=None, files=None, inputs=None):
     """Called by web/worker.js, which awaits it (a Promise in JS): `drive` waits for the GPU at each
     readback, and only there.
 
     job_json: {key, device, settings} with settings as resolve_json returned them; texts: JS object
     path -> text; sources: JS Map path -> {size, name, key, head, read(offset, length)}; post(event):
-    progress sink; cancel() -> bool; inputs: a run from an image's files (read_inputs). Returns a JS
-    object: generate's {images, seed, timings, settings} or {error, message, field} or {cancelled:
-    true}. Never raises: the page must stay usable whatever happens here.
+    progress sink; cancel() -> bool; files: the stored LoRAs and embeddings needed_json named, as
+    StoredLibrary takes them; inputs: a run from an image's files (read_inputs). Returns a JS object:
+    generate's {images, seed, timings, settings} or {error, message, field} or {cancelled: true}.
+    Never raises: the page must stay usable whatever happens here.
     """
     from .errors import Cancelled
 
@@ -371,7 +442,7 @@ async def worker_generate(job_json: str, texts, sources, post, cancel, bridge=No
         size = sum(int(src.size) for src in sources_py.values())
         pipe = _SESSION.pipeline((job["key"], s.variant, s.precision, backend.name, job.get("device")),
                                  s.model, texts_py, sources_py, backend, s.precision, s.variant,
-                                 keep_loaded=size < KEEP_LOADED_BYTES)
+                                 keep_loaded=size < KEEP_LOADED_BYTES, library=StoredLibrary(files))
         image, mask = read_inputs(inputs)
         stages = generation(pipe, s.as_request(), image=image, mask=mask, progress=lambda ev: post(_to_js(ev)),
                             cancel=lambda: bool(cancel()))
