@@ -48,3 +48,16 @@ def test_sd1_every_scheduler_in_f16(sd1_tiny, diffusers_pipe, monkeypatch, name)
 
 def test_sd2_v_prediction_in_f16(sd2_tiny, diffusers_pipe, monkeypatch):
     compare(sd2_tiny, diffusers_pipe, monkeypatch, "dpm++2m-karras")
+
+
+def test_runs_from_an_image_in_f16(sd1_tiny, sd1_inpaint_tiny, diffusers_pipe, monkeypatch):
+    """img2img and the 9-channel UNet's inpainting (its mask and masked-image latents made in the
+    UNet's f16) against diffusers' Img2Img and Inpaint pipelines in fp32, at f16's bounds."""
+    from test_editing import check, image, soft_mask
+
+    check("img2img", sd1_tiny, diffusers_pipe, monkeypatch, "euler-a", img=image("astronaut.png"), strength=0.7,
+          steps=4, backend=webgpu, compute="f16")
+    img = image("coffee.webp")
+    check("inpaint", sd1_inpaint_tiny, diffusers_pipe, monkeypatch, "dpm++2m", img=img,
+          mask=soft_mask(img.width, img.height), strength=1.0, steps=4, width=112, height=80, backend=webgpu,
+          compute="f16")
