@@ -57,7 +57,8 @@ def matmul_ladder():
 
 @pytest.fixture(scope="session")
 def test_models_dir(make_test_models) -> Path:
-    """tests/.models/ holding sd1-tiny, sd2-tiny and nomid-tiny, built on first use (a few seconds)."""
+    """tests/.models/ holding sd1-tiny, sd2-tiny, nomid-tiny and taesd-tiny, built on first use (a few
+    seconds)."""
     make_test_models.build(MODELS_DIR, quiet=True)
     return MODELS_DIR
 
@@ -78,6 +79,13 @@ def sd2_tiny(test_models_dir) -> Path:
 def nomid_tiny(test_models_dir) -> Path:
     """BK-SDM layout: UNet without a mid block, new VAE attention names."""
     return test_models_dir / "nomid-tiny"
+
+
+@pytest.fixture(scope="session")
+def taesd_tiny(test_models_dir) -> Path:
+    """A tiny random AutoencoderTiny in madebyollin/taesd's layout (config.json and
+    diffusion_pytorch_model.safetensors at the root), for the SD test models' latents."""
+    return test_models_dir / "taesd-tiny"
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,12 @@
 
     {"kinds": {"sd": {"steps": 25, "guidance": 7.5}, "turbo": {...}},
      "models": [{"repo", "label", "kind", "default"?, "sizes": {"fp16"|"fp32": {component: bytes} | null},
-                 "licence", "access", "note"}, ...]}
+                 "licence", "access", "note"}, ...],
+     "tiny_autoencoders": [{"repo", "label", "default"?, "sizes", "licence", "access", "note"}, ...]}
 
-One file that `sdweb download --list`, the settings' defaults (settings.model_kind) and the page's
-model picker (sent by the worker when Python is ready) all read.
+One file that `sdweb download --list`, the settings' defaults (settings.model_kind), the page's
+model picker (sent by the worker when Python is ready) and the tiny autoencoder "taesd" names
+(previews, the draft decoder) all read.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ def models() -> list[dict]:
 
 def kinds() -> dict:
     return load()["kinds"]
+
+
+def tiny_autoencoders() -> list[dict]:
+    return load()["tiny_autoencoders"]
+
+
+def tiny_autoencoder() -> dict:
+    """The tiny autoencoder "taesd" names: the default entry (madebyollin/taesd)."""
+    return next(m for m in tiny_autoencoders() if m.get("default"))
 
 
 def find(name: str) -> dict | None:
