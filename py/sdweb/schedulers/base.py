@@ -18,7 +18,10 @@ f32 = np.float32
 
 class Scheduler:
     """Base of the samplers: `set_timesteps(n)`, `.timesteps`, `.init_noise_sigma`,
-    `scale_model_input(x, t)`, `step(model_output, t, x, noise) -> x_prev`, `.order`.
+    `scale_model_input(x, t)`, `step(model_output, t, x, noise) -> x_prev`, `.order`, and after each
+    step `.pred_original_sample`: the step's prediction of the clean latents x0, (N, C, H, W) float32
+    (diffusers' `pred_original_sample` of the step's output, where the class returns one; previews
+    decode it).
 
     Subclasses set `DEFAULTS` (the keyword defaults of the matching diffusers class's `__init__`,
     which is what `from_config` falls back to) and `DIFFUSERS_CLASS` (for messages).
@@ -32,6 +35,7 @@ class Scheduler:
         self.config, self.extra_config = resolve_config(self.DEFAULTS, config, forced)
         self.num_inference_steps = None
         self.timesteps = None
+        self.pred_original_sample = None
 
     @property
     def init_noise_sigma(self) -> float:
