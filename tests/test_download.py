@@ -161,8 +161,8 @@ def test_a_tiny_autoencoder(hub, tmp_path, monkeypatch, capfd, taesd_tiny):
     hub.clear_log()
     code, _, err = run(["download", "o/unet-only", "--dir", str(tmp_path / "u")], capfd)
     assert code == 2
-    assert "o/unet-only is a UNet2DConditionModel (its config.json), not a pipeline or a tiny autoencoder" \
-        in error_line(err)
+    assert "o/unet-only has no model_index.json, so it is not a diffusers pipeline, and its config.json describes " \
+        "a UNet2DConditionModel, not a tiny autoencoder" in error_line(err)
     assert fetched_names(hub) == {"config.json"}
 
 

@@ -252,8 +252,9 @@ def test_a_tiny_autoencoder_repo():
     # what the root config names decides the kind; a pipeline's root file is its model_index.json
     assert layout.check_root("config.json", config, "x")["_class_name"] == "AutoencoderTiny"
     unet = (REAL / "stable-diffusion-v1-5" / "unet" / "config.json").read_text()
-    with pytest.raises(ModelError, match=r"^o/n is a UNet2DConditionModel \(its config.json\), not a pipeline or "
-                                         r"a tiny autoencoder: sdweb runs"):
+    with pytest.raises(ModelError, match=r"^o/n has no model_index.json, so it is not a diffusers pipeline, and its "
+                                         r"config.json describes a UNet2DConditionModel, not a tiny autoencoder: "
+                                         r"sdweb runs"):
         drive(dict(on_disk, **{"config.json": unet}), None, listed=False)
     with pytest.raises(ModelError, match="o/n: config.json is not valid JSON"):
         layout.check_root("config.json", "{", "o/n")

@@ -132,10 +132,11 @@ def check_autoencoder_config(text, where: str) -> dict:
     config = _json_object(text, where, AUTOENCODER_CONFIG)
     if not isinstance(config, dict):
         raise ModelError(f"{where}: config.json is not a JSON object, so this is not a diffusers model")
-    cls = config.get("_class_name")
-    if cls not in AUTOENCODER_CLASSES:
-        raise ModelError(f"{where} is {'a ' + str(cls) if cls else 'a model without a _class_name'} (its config.json), "
-                         f"not a pipeline or a tiny autoencoder: {_NOT_EITHER}")
+    if config.get("_class_name") not in AUTOENCODER_CLASSES:
+        # a diffusers model names its class; a transformers model its architectures
+        cls = config.get("_class_name") or (config.get("architectures") or [None])[0]
+        raise ModelError(f"{where} has no model_index.json, so it is not a diffusers pipeline, and its config.json "
+                         f"describes {'a ' + str(cls) if cls else 'no model class'}, not a tiny autoencoder: {_NOT_EITHER}")
     return config
 
 

@@ -5,6 +5,10 @@
     for t in timesteps: eps = unet([x, x], t, context); eps = u + g (c - u); x = scheduler.step(eps, t, x)
     latents / scaling_factor ──vae.decode──► image (N, 3, H, W) ──► uint8 (N, H, W, 3)
 
+With a tiny autoencoder (`tiny_autoencoder`, madebyollin/taesd): previews of each step's predicted
+clean latents x0 (preview.py), and, with decoder != "vae", the final decode as a draft (as diffusers'
+StableDiffusionPipeline with vae=AutoencoderTiny: latents / its scaling_factor, 1.0).
+
 Stages load one component, use it and let it go (unless `keep_loaded`), so peak memory holds one
 big component at a time. The noise contract: image k of a run with seed S starts from
 `default_rng(S + k).standard_normal((1, C, h, w), float32) * init_noise_sigma`, and stochastic
@@ -26,9 +30,11 @@ from typing import Callable, Generator
 
 import numpy as np
 
+from . import preview as previews
+from .autoencoder_tiny import AutoencoderTiny
 from .backends import numpy as numpy_backend
 from .clip import CLIPTextModel
-from .errors import Cancelled
+from .errors import Cancelled, ConfigError
 from .schedulers import make_scheduler
 from .settings import ModelInfo, resolve
 from .tokenizer import CLIPTokenizer
@@ -37,11 +43,14 @@ from .vae import AutoencoderKL
 
 @dataclasses.dataclass
 class Progress:
-    """What the progress callback receives. `stage` is one of load, text_encoder, unet, vae;
-    `step`/`total` count within the stage; `component` the one a load stage loads. After each UNet
-    step, `timestep` and `latents`: the latents after that step, a host float32 ndarray
-    (N, C, h, w) (the scheduler runs on the host, so on any backend this costs no readback; the
-    callback must not modify it)."""
+    """What the progress callback receives. `stage` is one of load, text_encoder, unet, vae (the
+    decode, by the tiny autoencoder too); `step`/`total` count within the stage; `component` the one
+    a load stage loads. After each UNet step, `timestep`, `latents`: the latents after that step,
+    and `pred_original_sample`: the step's prediction of the clean latents x0, both host float32
+    ndarrays (N, C, h, w) (the scheduler runs on the host, so on any backend this costs no readback;
+    the callback must not modify them); every `preview_every` steps and after the last, `preview`:
+    uint8 (N, H, W, 3) images of x0 (preview.images: TAESD's at the image's size, the linear map's
+    at the latents')."""
 
     stage: str
     step: int
@@ -50,6 +59,8 @@ class Progress:
     timestep: float | None = None
     latents: np.ndarray | None = None
     component: str | None = None
+    pred_original_sample: np.ndarray | None = None
+    preview: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -57,16 +68,20 @@ class Result:
     images: np.ndarray  # (N, H, W, 3) uint8
     latents: np.ndarray  # (N, C, h, w) final latents, before the VAE's scaling
     seeds: list[int]
-    timings: dict[str, float]  # seconds per stage: load_*, text_encoder, unet, vae
+    timings: dict[str, float]  # seconds per stage: load_*, text_encoder, unet, preview, vae
     settings: dict
     truncated_tokens: int = 0
 
 
+TINY = "tiny_autoencoder"  # the component name of the tiny autoencoder (loads, progress, timings)
+
+
 class Pipeline:
-    """A model folder + a backend. Components are loaded when a stage needs them."""
+    """A model folder + a backend, and optionally a tiny autoencoder (model.AutoencoderFolder or the
+    browser's) for previews and draft decodes. Components are loaded when a stage needs them."""
 
     def __init__(self, folder, backend=numpy_backend, precision: str = "fp32", variant: str | None = None,
-                 keep_loaded: bool = False):
+                 keep_loaded: bool = False, tiny_autoencoder=None):
         checked = resolve({"precision": precision, "variant": variant})
         self.folder, self.backend, self.precision = folder, backend, checked.precision
         self.variant, self.keep_loaded = checked.variant, keep_loaded
@@ -79,6 +94,7 @@ class Pipeline:
         self._loaded: dict[str, object] = {}
         self.weight_bytes: dict[str, int] = {}
         self.vae_scale_factor = self.info.vae_scale_factor
+        self.tiny_autoencoder = tiny_autoencoder
 
     # -- components --
 
@@ -86,16 +102,22 @@ class Pipeline:
         if component in self._loaded:
             return self._loaded[component]
         # A GPU backend takes WeightRefs and uploads each tensor's bytes straight from the file.
-        store = self.folder.weights(component, self.precision, self.variant, lazy=self.backend.takes_weight_refs)
+        lazy = self.backend.takes_weight_refs
+        # the tiny autoencoder: one weight file (fp32 in madebyollin/taesd, no variants), held in the run's precision
+        store = (self.tiny_autoencoder.weights(self.precision, lazy=lazy) if component == TINY
+                 else self.folder.weights(component, self.precision, self.variant, lazy=lazy))
         try:
             self.backend.check_weights(store)  # a GPU names a tensor too big to bind, before uploading
-            config = self.folder.config(component)
+            config = self.tiny_autoencoder.config() if component == TINY else self.folder.config(component)
             if component == "text_encoder":
                 model = CLIPTextModel(config, store.prefix(CLIPTextModel.weights_root(store)), self.backend)
             elif component == "unet":
                 model = UNet2DConditionModel(config, store.prefix(""), self.backend)
             elif component == "vae":
                 model = AutoencoderKL(config, store.prefix(""), self.backend, encoder=False)
+            elif component == TINY:
+                # previews and drafts only decode: the encoder stays on disk
+                model = AutoencoderTiny(config, store.prefix(""), self.backend, encoder=False)
             else:
                 raise ValueError(component)
             store.finish()
@@ -105,6 +127,11 @@ class Pipeline:
             raise
         self._loaded[component] = model
         return model
+
+    def use_tiny_autoencoder(self, tiny):
+        """Previews and drafts from now on by `tiny` (a tiny autoencoder's folder), forgetting one loaded."""
+        self.tiny_autoencoder = tiny
+        self._loaded.pop(TINY, None)
 
     def release(self, component: str):
         if not self.keep_loaded:
@@ -142,16 +169,26 @@ class Pipeline:
     def stages(self, prompt: str, negative_prompt: str = "", *, steps: int | None = None,
                guidance: float | None = None, seed: int | None = None, scheduler: str | None = None,
                width: int | None = None, height: int | None = None, num_images: int = 1, clip_skip: int = 0,
+               decoder: str | None = None, preview: str | None = None, preview_every: int | None = None,
                progress: Callable[[Progress], None] | None = None,
                cancel: Callable[[], bool] | None = None) -> Generator[object, None, Result]:
         """The run, yielding each backend tensor just before it is read back (and None after each
         component is built); returns the Result.
         None -> the default (settings.resolve: by model kind, random seed, the model's own
-        scheduler and size); ConfigError naming the first bad setting, before anything is loaded."""
+        scheduler and size, previews by the tiny autoencoder when the pipeline has one); ConfigError
+        naming the first bad setting, before anything is loaded. A decoder other than "vae", or
+        "taesd" previews, need the pipeline's tiny autoencoder (whichever the caller resolved the
+        decoder's name to)."""
         s = resolve(dict(model=self.folder.name, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                          guidance=guidance, seed=seed, scheduler=scheduler, width=width, height=height,
                          num_images=num_images, clip_skip=clip_skip, precision=self.precision,
-                         variant=self.variant, backend=self.backend.name), self.info)
+                         variant=self.variant, backend=self.backend.name, decoder=decoder, preview=preview,
+                         preview_every=preview_every), self.info, taesd=self.tiny_autoencoder is not None)
+        if s.tiny_autoencoder and self.tiny_autoencoder is None:
+            field = "decoder" if s.decoder != "vae" else "preview"
+            raise ConfigError(f"{field} {getattr(s, field)!r} needs a tiny autoencoder, and this pipeline has none "
+                              "(Pipeline(..., tiny_autoencoder=model.resolve_autoencoder('taesd')))", field)
+        decoder, preview, preview_every = s.decoder, s.preview, s.preview_every
         steps, guidance, seed, scheduler = s.steps, s.guidance, s.seed, s.scheduler
         width, height, num_images, clip_skip = s.width, s.height, s.num_images, s.clip_skip
         prompt, negative_prompt = s.prompt, s.negative_prompt
@@ -193,7 +230,10 @@ class Pipeline:
             per = (1,) + tuple(shape[1:])
             return np.concatenate([g.standard_normal(per, dtype=np.float32) for g in gens])
 
-        # 3. denoising loop
+        # 3. denoising loop, previews of each step's x0 (the tiny autoencoder is loaded first: it
+        # stays beside the UNet)
+        tiny = (yield from timed_load(TINY)) if preview == "taesd" else None
+        timings["preview"] = 0.0
         unet = yield from timed_load("unet")
         s = time.perf_counter()
         x = x0
@@ -210,25 +250,46 @@ class Pipeline:
                 uncond, cond = np.split(eps, 2)
                 eps = uncond + np.float32(guidance) * (cond - uncond)
             x = sched.step(eps, t, x, noise)
-            report("unet", i + 1, len(timesteps), timestep=float(t), latents=x)
-        timings["unet"] = time.perf_counter() - s
+            clean = sched.pred_original_sample
+            shown = None
+            if preview != "none" and ((i + 1) % preview_every == 0 or i + 1 == len(timesteps)):
+                p0 = time.perf_counter()
+                if preview == "taesd":
+                    decoded = previews.decode_tiny(tiny, clean, backend)
+                    yield decoded  # a preview's readback
+                    shown = to_uint8(backend.numpy(decoded))
+                    del decoded
+                else:
+                    shown = previews.approx(clean)
+                timings["preview"] += time.perf_counter() - p0
+            report("unet", i + 1, len(timesteps), timestep=float(t), latents=x, pred_original_sample=clean,
+                   preview=shown)
+        timings["unet"] = time.perf_counter() - s - timings["preview"]
         self.release("unet")
         del unet, context  # the last references: on a GPU the UNet's weights must go before the VAE's activations come
 
-        # 4. VAE decode
-        vae = yield from timed_load("vae")
+        # 4. VAE decode, or a draft by the tiny autoencoder (loaded already for TAESD previews)
+        if decoder == "vae":
+            vae = yield from timed_load("vae")
+        else:
+            vae = tiny or (yield from timed_load(TINY))
         report("vae", 0, 1)
         s = time.perf_counter()
-        z = x / np.float32(vae.scaling_factor)
-        shift = vae.config.get("shift_factor")
-        if shift:
-            z = z + np.float32(shift)
-        decoded = vae.decode(backend.tensor(z))
+        if decoder == "vae":
+            z = x / np.float32(vae.scaling_factor)
+            shift = vae.config.get("shift_factor")
+            if shift:
+                z = z + np.float32(shift)
+            decoded = vae.decode(backend.tensor(z))
+        else:
+            decoded = previews.decode_tiny(vae, x, backend)
         yield decoded
         images = backend.numpy(decoded)
         del decoded
         timings["vae"] = time.perf_counter() - s
         self.release("vae")
+        self.release(TINY)
+        del vae, tiny
         report("vae", 1, 1)
         timings["total"] = time.perf_counter() - t0
 
@@ -237,7 +298,8 @@ class Pipeline:
                       settings=dict(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                                     guidance=guidance, seed=seed, scheduler=scheduler, width=width,
                                     height=height, num_images=num_images, clip_skip=clip_skip,
-                                    precision=self.precision, variant=self.variant, backend=backend.name))
+                                    precision=self.precision, variant=self.variant, backend=backend.name,
+                                    decoder=decoder))
 
 
 def run(stages: Generator[object, None, Result]) -> Result:
