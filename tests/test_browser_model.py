@@ -90,7 +90,8 @@ def test_a_tiny_autoencoder_from_the_store(sd1_tiny, taesd_tiny):
     out = browser.generate(pipe, request, progress=events.append)
     ref = Pipeline(ModelFolder(sd1_tiny), tiny_autoencoder=AutoencoderFolder(taesd_tiny)).generate(
         "a red cube", steps=3, seed=5, width=TINY, height=TINY, scheduler="ddim", decoder="taesd")
-    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(out["png"])).convert("RGB")), ref.images[0])
+    png = out["images"][0]["png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), ref.images[0])
     previews = [e for e in events if "preview" in e]
     assert [e["step"] for e in previews] == [1, 2, 3] and {e["preview_kind"] for e in previews} == {"taesd"}
     assert Image.open(io.BytesIO(previews[0]["preview"])).size == (TINY, TINY)
@@ -262,6 +263,6 @@ def test_png_settings_json_reads_what_the_page_writes_and_names_a_bad_file(sd1_t
     r = json.loads(browser.png_settings_json(image["png"]))
     assert r["source"] == "sdweb" and r["notes"] == []
     assert r["request"] == {k: v for k, v in image["settings"].items()
-                            if k not in ("backend", "preview_every") and v is not None}
+                            if k not in ("backend", "preview_every", "preview") and v is not None}
     r = json.loads(browser.png_settings_json(b"GIF89a not a png"))
     assert r["error"] == "ConfigError" and "not a PNG" in r["message"]

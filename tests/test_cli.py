@@ -79,7 +79,7 @@ def test_taesd_previews_and_draft_decode(sd1_tiny, taesd_tiny, tmp_path, capsys,
     code, _, err = run(args + ["--save-intermediates", "inter", "--decoder", "taesd", "-o", "draft.png"], capsys)
     assert code == 0, err
     assert np.array_equal(np.asarray(Image.open("draft.png")), want.images[0])
-    assert json.loads(Image.open("draft.png").text["parameters"])["decoder"] == "taesd"
+    assert json.loads(Image.open("draft.png").text["sdweb"])["decoder"] == "taesd"
     assert sorted(p.name for p in (tmp_path / "inter").iterdir()) == ["step-0001.png", "step-0002.png", "step-0003.png"]
     for k, want_preview in enumerate(previews):
         assert np.array_equal(np.asarray(Image.open(f"inter/step-{k + 1:04d}.png")), want_preview)
@@ -90,7 +90,7 @@ def test_taesd_previews_and_draft_decode(sd1_tiny, taesd_tiny, tmp_path, capsys,
     names = sorted(p.name for p in (tmp_path / "inter").iterdir())
     assert names == [f"step-{k:04d}.png" for k in range(2, 21, 2)]
     assert Image.open("inter/step-0002.png").size == (64, 48)  # the latents' 8x6, each pixel 8x8
-    assert json.loads(Image.open("out.png").text["parameters"])["decoder"] == "vae"
+    assert json.loads(Image.open("out.png").text["sdweb"])["decoder"] == "vae"
 
 
 def test_console_script_runs(sd1_tiny, tmp_path):
