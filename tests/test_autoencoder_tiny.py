@@ -177,6 +177,7 @@ def round_trip(image: np.ndarray, encode, decode) -> np.ndarray:
     return to_uint8(np.asarray(decode(encode(x)), dtype=np.float32))[0]
 
 
+@pytest.mark.slow
 @real
 def test_real_taesd_round_trip_of_a_photo():
     """A photo survives encode -> decode through the trained TAESD (>= 24 dB: the random-weight
