@@ -80,7 +80,7 @@ class ModelFolder:
         text = self.files.text(layout.INDEX)
         if text is None and AutoencoderFolder.holds_one(self.files):
             raise ModelError(f"{self.path} is a tiny autoencoder, not a Stable Diffusion model: use it with "
-                             "--decoder or --preview")
+                             "--decoder (which the TAESD previews then use too)")
         if text is None:
             raise ModelError(f"{self.path} is not a diffusers model folder: model_index.json not found ({_DOWNLOAD_HINT})")
         self.index = layout.check_model_index(text, self.name)
