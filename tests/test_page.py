@@ -738,6 +738,33 @@ def test_taesd_previews_and_fast_decode(fresh_context, page_server, page_hub, tm
     p.close()
 
 
+def test_taesd_on_webgpu(gpu_context, page_server, page_hub, tmp_path):
+    """On WebGPU the Fast decode and TAESD previews run on the GPU, TAESD's weights copied from the
+    store to the GPU by the bridge as the model's are (its source keyed by its repo), and the image
+    is the CLI's --decoder image."""
+    p = Page(gpu_context, page_server, page_hub, model="test/sd1-tiny", backend="webgpu")
+    _watch_previews(p)
+    p.page.select_option("#scheduler", "euler")
+    p.page.select_option("#decoder", "taesd")
+    r = p.generate(steps=2, seed=31, timeout=180_000)
+    assert r["ok"], r
+    s = r["settings"]
+    assert (s["backend"], s["decoder"]) == ("webgpu", "taesd")
+    ref = cli_image(page_hub.repo_dir("test/sd1-tiny"), s, tmp_path, tiny=page_hub.repo_dir("madebyollin/taesd"))
+    assert psnr(r["png"], ref) >= 40, f"PSNR {psnr(r['png'], ref):.1f} dB"
+    assert _previews(p) == ["taesd", "taesd"]
+    io = p.page.workers[0].evaluate("self.sdweb.last.io")
+    files = list(page_hub.repo_dir("test/sd1-tiny").rglob("*.fp16.safetensors"))
+    taesd = page_hub.repo_dir("madebyollin/taesd") / "diffusion_pytorch_model.safetensors"
+    assert io["weightFileBytes"] == sum(f.stat().st_size for f in files + [taesd])
+    # the VAE's file is the model's (stored for full decodes) but this run never reads it
+    used = [f for f in files if not f.parent.name == "vae"] + [taesd]
+    headers = sum(8 + int.from_bytes(f.read_bytes()[:8], "little") for f in used)
+    assert io["pythonBytes"] <= headers, io
+    assert io["directBytes"] >= 0.9 * (sum(f.stat().st_size for f in used) - headers), io
+    p.close()
+
+
 # --- the workspace: gallery, reuse, PNG settings, share links, batches, keys, offline, static build ------
 
 def _png_settings(data: bytes) -> dict:
