@@ -14,8 +14,8 @@ names a downloaded copy (weights/madebyollin/taesd after `sdweb download madebyo
 
 Each of the three is warmed up once, then they run in turn `--repeats` times, so that load from
 other processes hits all alike; the table gives medians and each preview's share of a step. The
-preview is what the pipeline computes for it (preview.images: the decode of (1, 4, h, w) latents,
-their conversion to uint8 included); a UNet step is the UNet's forward pass on (2, 4, h, w) latents
+preview is what the pipeline computes for it (preview.decode_tiny of (1, 4, h, w) latents, its
+readback and conversion to uint8 included; preview.approx for the linear map); a UNet step is the UNet's forward pass on (2, 4, h, w) latents
 (the scheduler's host arithmetic is negligible beside it). Only ratios from one run mean anything.
 
 `--count` runs nothing: it takes the WebGPU backend's real code path over the counting bridge
@@ -112,7 +112,7 @@ def timing(args, taesd: Path) -> dict:
     from sdweb import preview
     from sdweb.autoencoder_tiny import AutoencoderTiny
     from sdweb.model import AutoencoderFolder, ModelFolder
-    from sdweb.pipeline import Pipeline
+    from sdweb.pipeline import Pipeline, to_uint8
 
     if args.backend == "webgpu":
         from sdweb.backends import webgpu as backend
@@ -131,8 +131,8 @@ def timing(args, taesd: Path) -> dict:
     x0 = rng.standard_normal((1, 4, h, h), dtype=np.float32)
     runs = {
         "unet_step": lambda: backend.numpy(unet(backend.tensor(x), 500.0, backend.tensor(context))),
-        "taesd_preview": lambda: preview.images("taesd", x0, tiny, backend),
-        "approx_preview": lambda: preview.images("approx", x0, None, backend),
+        "taesd_preview": lambda: to_uint8(backend.numpy(preview.decode_tiny(tiny, x0, backend))),
+        "approx_preview": lambda: preview.approx(x0),
     }
     for fn in runs.values():
         fn()

@@ -49,8 +49,8 @@ class Progress:
     and `pred_original_sample`: the step's prediction of the clean latents x0, both host float32
     ndarrays (N, C, h, w) (the scheduler runs on the host, so on any backend this costs no readback;
     the callback must not modify them); every `preview_every` steps and after the last, `preview`:
-    uint8 (N, H, W, 3) images of x0 (preview.images: TAESD's at the image's size, the linear map's
-    at the latents')."""
+    uint8 (N, H, W, 3) images of x0 (TAESD's decode at the image's size, preview.approx's at the
+    latents')."""
 
     stage: str
     step: int
