@@ -57,8 +57,8 @@ def matmul_ladder():
 
 @pytest.fixture(scope="session")
 def test_models_dir(make_test_models) -> Path:
-    """tests/.models/ holding sd1-tiny, sd2-tiny, nomid-tiny and taesd-tiny, built on first use (a few
-    seconds)."""
+    """tests/.models/ holding sd1-tiny, sd2-tiny, nomid-tiny, lcm-tiny and taesd-tiny, built on first use (a
+    few seconds)."""
     make_test_models.build(MODELS_DIR, quiet=True)
     return MODELS_DIR
 
@@ -79,6 +79,12 @@ def sd2_tiny(test_models_dir) -> Path:
 def nomid_tiny(test_models_dir) -> Path:
     """BK-SDM layout: UNet without a mid block, new VAE attention names."""
     return test_models_dir / "nomid-tiny"
+
+
+@pytest.fixture(scope="session")
+def lcm_tiny(test_models_dir) -> Path:
+    """A latent consistency model: LatentConsistencyModelPipeline, LCMScheduler, UNet with time_cond_proj_dim."""
+    return test_models_dir / "lcm-tiny"
 
 
 @pytest.fixture(scope="session")

@@ -228,7 +228,13 @@ def test_resolve_json_checks_the_form_before_and_after_the_configs(sd1_tiny):
 def test_catalogue_json_is_the_catalogue():
     assert json.loads(browser.catalogue_json()) == catalogue.load()
     assert sum(bool(m.get("default")) for m in catalogue.models()) == 1
+    # presets name known models and settings resolve() takes
+    for p in catalogue.presets():
+        assert catalogue.find(p["model"]) is not None, p["label"]
+        from sdweb.settings import resolve
 
+        resolve(dict(p["settings"], model=p["model"], loras=[{"name": lo["name"], "scale": lo["scale"]}
+                                                             for lo in p["loras"]]))
 
 def test_resolve_json_holds_the_page_to_its_batch_limit():
     from sdweb.settings import MAX_PAGE_IMAGES
@@ -266,3 +272,47 @@ def test_png_settings_json_reads_what_the_page_writes_and_names_a_bad_file(sd1_t
                             if k not in ("backend", "preview_every", "preview") and v is not None}
     r = json.loads(browser.png_settings_json(b"GIF89a not a png"))
     assert r["error"] == "ConfigError" and "not a PNG" in r["message"]
+
+
+def test_needed_and_stored_add_ons(sd1_tiny, tmp_path):
+    """needed_json names the LoRAs (the panel's and the prompt's tags) and embeddings a run asks for;
+    a StoredLibrary of those files gives worker_generate's pipeline what a FolderLibrary of the same
+    files gives the CLI's, and names a missing one in words."""
+    import torch
+
+    torch.save({"string_to_param": {"*": torch.randn(2, 32, generator=torch.Generator().manual_seed(1)) * 0.05}},
+               tmp_path / "emb-one.pt")
+    settings = {"prompt": "a cat by emb-one <lora:style:0.5> <lora:style:0.2>", "loras": [{"name": "other", "scale": 1}],
+                "embeddings": ["emb-one"]}
+    assert json.loads(browser.needed_json(json.dumps(settings))) == {"lora": ["other", "style"], "embedding": ["emb-one"]}
+    r = json.loads(browser.needed_json(json.dumps({"prompt": "<hypernet:x:1>"})))
+    assert r["error"] == "ConfigError" and r["field"] == "prompt" and "<hypernet:x:1>" in r["message"]
+
+    texts, sources = _browser_inputs(sd1_tiny)
+    pipe = Pipeline(browser.BrowserModel("test/sd1-tiny", texts, sources))
+    emb = {"kind": "embedding", "name": "emb-one", "fileName": "emb-one.pt", "version": 1,
+           "bytes": (tmp_path / "emb-one.pt").read_bytes()}
+    pipe.library = browser.StoredLibrary([emb])
+    run = dict(prompt="a cat by emb-one", steps=2, seed=3, width=TINY, height=TINY, embeddings=["emb-one"])
+    got = pipe.generate(**run).images[0]
+    want = Pipeline(ModelFolder(sd1_tiny)).generate(**dict(run, embeddings=[str(tmp_path / "emb-one.pt")])).images[0]
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(Exception, match="LoRA 'style' is not stored in this browser: add its file in the LoRAs panel"):
+        pipe.generate(**dict(run, prompt="a cat <lora:style:1>"))
+
+
+def test_count_json_is_the_chunkers_count(sd1_tiny, tmp_path):
+    import torch
+
+    torch.save({"string_to_param": {"*": torch.zeros(3, 32)}}, tmp_path / "emb-three.pt")
+    texts, _ = _browser_inputs(sd1_tiny)
+    files = [{"kind": "embedding", "name": "emb-three", "fileName": "emb-three.pt", "version": 1,
+              "bytes": (tmp_path / "emb-three.pt").read_bytes()}]
+    job = {"key": "test|sd1|count", "prompt": "cat " * 80 + "emb-three", "negative_prompt": "", "embeddings": ["emb-three"]}
+    r = json.loads(browser.count_json(json.dumps(job), texts, files))
+    assert r == {"prompt": {"chunks": 2, "tokens": 8, "count": 83}, "negative_prompt": {"chunks": 1, "tokens": 0, "count": 0}}
+    # the tokenizer is kept by the model's key: no texts needed the second time
+    r = json.loads(browser.count_json(json.dumps(dict(job, prompt="a (b:1.2) BREAK c")), None, files))
+    assert r["prompt"] == {"chunks": 2, "tokens": 1, "count": 76}
+    r = json.loads(browser.count_json(json.dumps(dict(job, prompt="(a:1.2.3)")), None, files))
+    assert r["error"] == "ConfigError" and r["field"] == "prompt" and "'1.2.3'" in r["message"]

@@ -73,6 +73,10 @@ def test_writes_create_infotexts_format():
     assert infotext.format_parameters(s) == (
         'a lighthouse, at dusk\nSteps: 25, Sampler: PLMS, Schedule type: Automatic, CFG scale: 7, Seed: 42, '
         'Size: 512x768, Model: "C:/models/sd"')
+    # the settings' LoRAs go into the prompt as A1111 writes them: <lora:the file's stem:scale>
+    s.update(loras=[{"name": "loras/film grain.safetensors", "scale": 0.7}, {"name": "lcm-lora-sdv1-5", "scale": 1.0}])
+    assert infotext.format_parameters(s).split("\n")[0] == \
+        "a lighthouse, at dusk <lora:film grain:0.7> <lora:lcm-lora-sdv1-5:1>"
 
 
 @pytest.mark.parametrize("scheduler", list(infotext.SAMPLERS))

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
+
+import numpy as np
 
 from sdweb import browser
 from sdweb.backends import webgpu
@@ -163,3 +166,24 @@ def test_the_async_driver_waits_only_at_readbacks(sd1_tiny):
         assert sum(a <= i < b for i in reads) == 1
     # and each component, once built, waits for its weights (three: text encoder, UNet, VAE)
     assert sum(e[0] == "flush" for e in js.log) == 3
+
+
+def test_the_async_driver_waits_for_prompt_readbacks_too(sd1_tiny, tmp_path):
+    """A weighted prompt (emphasis is applied on the host) and a textual-inversion embedding (its
+    vectors go into the token embeddings on the host) read back in the text encoder stage: the
+    pipeline yields those tensors first, so a browser without JSPI can await them as well."""
+    from safetensors.numpy import save_file
+
+    hidden = json.loads((sd1_tiny / "text_encoder" / "config.json").read_text())["hidden_size"]
+    save_file({"<cube>": np.full((2, hidden), 0.25, np.float32)}, str(tmp_path / "cube.safetensors"))
+    js = AheadDeviceJs()
+    with webgpu.using(JsDeviceBridge(js)) as ctx:
+        pipe = Pipeline(ModelFolder(sd1_tiny), webgpu, precision="fp16")
+        stages = pipe.stages("a (lighthouse:1.3) by a <cube>", embeddings=[str(tmp_path / "cube.safetensors")], **RUN)
+        result = asyncio.run(browser.drive(stages, ctx.bridge))
+    assert result.images.shape == (1, 64, 64, 3)
+    reads = [i for i, e in enumerate(js.log) if e[0] == "read_buffer"]
+    # the prompt chunk's token embeddings (the embedding goes in) and its output (the weights
+    # apply), then each UNet step's output and the decoded image; every one fetched ahead
+    assert len(reads) == 2 + RUN["steps"] + 1
+    assert all(js.log[i - 1][0] == "read_ahead" for i in reads)

@@ -93,6 +93,14 @@ def test_real_model_indexes_pass_and_others_are_named():
             "scheduler": ["diffusers", "EulerDiscreteScheduler"], "unet": ["diffusers", "UNet2DConditionModel"],
             "vae": ["diffusers", "AutoencoderKL"]}
     layout.check_model_index(sdxl, "x/sdxl")  # same component kinds: the UNet's config tells SDXL apart later
+    # a latent consistency model (LCM Dreamshaper's model_index.json): its class is not what decides, its
+    # components are, and those are an SD 1.x pipeline's (the UNet's time_cond_proj_dim says the rest)
+    lcm = {"_class_name": "LatentConsistencyModelPipeline", "feature_extractor": ["transformers", "CLIPImageProcessor"],
+           "requires_safety_checker": True, "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+           "scheduler": ["diffusers", "LCMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+           "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+           "vae": ["diffusers", "AutoencoderKL"]}
+    assert layout.check_model_index(json.dumps(lcm), "SimianLuo/LCM_Dreamshaper_v7") == lcm
     with pytest.raises(ModelError, match=r"x/y is a DDPMPipeline model without text_encoder, vae, tokenizer"):
         layout.check_model_index({"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"],
                                   "scheduler": ["diffusers", "DDPMScheduler"]}, "x/y")

@@ -236,9 +236,10 @@ def no_sw_context(chromium):
     ctx.close()
 
 
-def cli_image(folder: Path, settings: dict, tmp_path: Path, tiny: Path | None = None) -> np.ndarray:
-    """`sdweb generate` in CPython with the settings the page reports for its image (a Fast decode's
-    by the tiny autoencoder in folder `tiny`)."""
+def cli_image(folder: Path, settings: dict, tmp_path: Path, extra=(), tiny: Path | None = None) -> np.ndarray:
+    """`sdweb generate` in CPython with the settings the page reports for its image (and `extra`
+    arguments: the add-on files, which the page names by what it stored them as; a Fast decode's by
+    the tiny autoencoder in folder `tiny`)."""
     from PIL import Image
 
     out = tmp_path / f"cli-{settings['seed']}-{settings['scheduler']}.png"
@@ -251,7 +252,7 @@ def cli_image(folder: Path, settings: dict, tmp_path: Path, tiny: Path | None = 
         args += ["--variant", settings["variant"]]
     if settings.get("decoder", "vae") != "vae":
         args += ["--decoder", str(tiny)]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(args + list(extra), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return np.asarray(Image.open(out).convert("RGB"))
 
@@ -924,10 +925,16 @@ def test_share_link_reproduces_the_image_elsewhere(chromium, page_server, page_h
 
         src = other.get_attribute("#result", "src")
         img = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
-        # the link leaves the backend to the machine that opens it: this profile takes WebGPU (SwiftShader,
-        # fp16 weights) where the first ran NumPy, so the same image is the same within the bound that
-        # holds between backends everywhere else
-        assert psnr(img, r["png"]) >= 40, f"PSNR {psnr(img, r['png']):.1f} dB"
+        backend = json.loads(other.get_attribute("#result", "data-settings"))["backend"]
+        if backend == r["settings"]["backend"]:
+            # two Python processes in two profiles: a pixel may round the other way in the last bit
+            # (measured: one of 12,288 values off by 1 with the tiny models' current weights)
+            assert np.abs(img.astype(int) - r["png"]).max() <= 1
+        else:
+            # the link leaves the backend to the machine that opens it: where this profile takes WebGPU
+            # (SwiftShader, fp16 weights) and the first ran NumPy, the same image is the same within the
+            # bound that holds between backends everywhere else
+            assert psnr(img, r["png"]) >= 40, f"PSNR {psnr(img, r['png']):.1f} dB"
     finally:
         a.close()
         b.close()

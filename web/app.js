@@ -4,9 +4,11 @@
 // worker) fills in and checks every one; the model picker is Python's catalogue (models.json). The
 // workspace around a run (gallery, reuse, share links, seeds, dropped PNGs, keys) is workspace.js.
 
-import { ChunkStore, HUB, fmtBytes } from "./store.js";
+import { ChunkStore, HUB, authFor, fmtBytes } from "./store.js";
 import { Workspace } from "./workspace.js";
 import { registerOffline } from "./offline.js";
+import { AddonPanels } from "./addon_panels.js";
+import { TokenCount } from "./token_count.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -14,7 +16,7 @@ const params = new URLSearchParams(location.search);
 const state = {
   worker: null, ready: false, busy: false, runId: 0, cancelTimer: null, cancelFlag: null,
   env: {}, gpu: null, catalogue: null, backend: null, resolveId: 0, localModels: [], localTiny: [], started: 0,
-  stageStart: {}, lastTimings: null, pending: null, results: 0,
+  stageStart: {}, lastTimings: null, pending: null, results: 0, panels: null, tokens: null,
 };
 let workspace = null;
 
@@ -29,7 +31,24 @@ function request() {
     guidance: num("guidance"), seed: num("seed"), scheduler: $("scheduler").value, width: num("width"),
     height: num("height"), num_images: num("num-images"), variant: $("variant").value, backend: $("backend").value,
     preview: $("preview-kind").value, decoder: $("decoder").value,
+    ...(state.panels ? state.panels.request() : {}),
   };
+}
+
+// The Hub a model is fetched from: the endpoint field, else the dev server's copy of a model
+// prefetched into ./weights/, else huggingface.co.
+function endpointFor(model) {
+  const typed = typedEndpoint();
+  if (typed) return { endpoint: typed, local: false };
+  if (state.localModels.includes(model)) return { endpoint: `${location.origin}/hub`, local: true };
+  return { endpoint: HUB, local: false };
+}
+
+// What the token count asks the worker about: the form as it is now.
+function countJob() {
+  const req = request();
+  const { endpoint, local } = endpointFor(req.model);
+  return { request: req, endpoint, token: $("token").value.trim(), tokenEndpoint: local ? null : confirmedEndpoint(endpoint) };
 }
 
 // What the current model and backend mean, from Python: the defaults shown in the empty fields and
@@ -113,6 +132,7 @@ function onWorkerMessage(m) {
       if (!state.catalogue) showCatalogue(m.catalogue);
       $("num-images").max = m.maxImages;
       showDefaults(m.resolved);
+      state.tokens.now();
       setEnv(`Ready · Python ${m.pyodide} · NumPy ${m.numpy} · ${m.seconds.toFixed(1)} s to start`, "ready");
       if (!state.busy) $("status").textContent = "";
       if (state.pending) { const p = state.pending; state.pending = null; send(p); }
@@ -120,6 +140,7 @@ function onWorkerMessage(m) {
     case "resolved":
       if (m.rid === state.resolveId) showDefaults(m);
       break;
+    case "counted": state.tokens.show(m); break;
     case "fatal":
       state.fatal = true;  // the next Generate starts a new worker
       setEnv("Python failed to start", "bad");
@@ -248,12 +269,7 @@ function generate() {
   clearError();
   const req = request();
   const typed = typedEndpoint();
-  let endpoint = typed;
-  let local = false;
-  if (!endpoint) {
-    if (state.localModels.includes(req.model)) { endpoint = `${location.origin}/hub`; local = true; }
-    else endpoint = HUB;
-  }
+  const { endpoint, local } = endpointFor(req.model);
   try { new URL(endpoint); } catch (_) {
     fail({ kind: "input", message: `"${endpoint}" is not a URL.`, field: "endpoint" });
     return;
@@ -308,6 +324,7 @@ function finish() {
   for (const el of document.querySelectorAll("#progress .stage.active")) el.classList.remove("active");
   if (state.ready) setEnv(`Ready · Python ${state.env.pyodide} · NumPy ${state.env.numpy}`, "ready");
   askDefaults();
+  if (state.ready) state.tokens.now();
   refreshCache();
 }
 
@@ -322,8 +339,7 @@ async function onResult(m) {
   await showImage(entries[0]);
   state.results += 1;
   $("result").dataset.run = state.results;
-  $("status").textContent = m.truncated_tokens
-    ? `Done. Note: the prompt was cut to 75 tokens (${m.truncated_tokens} dropped).` : "Done.";
+  $("status").textContent = "Done.";
   state.lastTimings = m.timings;
 }
 
@@ -346,7 +362,9 @@ function showInfo(e) {
   $("result-info").innerHTML =
     `<b>seed ${e.seed}</b> · ${escapeHtml(s.model)} · ${s.width}×${s.height} · ${steps} steps · ${escapeHtml(s.scheduler)} · ` +
     `guidance ${s.guidance} · ${escapeHtml(s.backend)} ${escapeHtml(s.precision)}` +
-    (e.gpu ? ` · ${escapeHtml(e.gpu.adapter)}` : "") + "<br>" +
+    (e.gpu ? ` · ${escapeHtml(e.gpu.adapter)}` : "") +
+    (s.loras && s.loras.length ? ` · LoRA ${s.loras.map((l) => `${escapeHtml(l.name)} ${l.scale}`).join(", ")}` : "") +
+    (s.embeddings && s.embeddings.length ? ` · embeddings ${s.embeddings.map(escapeHtml).join(", ")}` : "") + "<br>" +
     `total ${fmtTime(e.total)} · load ${fmtTime(load)} · text encoder ${fmtTime(t.text_encoder)} · ` +
     `denoise ${fmtTime(t.unet)} (${fmtTime(t.unet / Math.max(1, steps))}/step) · decode ${fmtTime(t.vae)}`;
   const a = $("download-png");
@@ -452,6 +470,7 @@ function showCatalogue(catalogue) {
     dl.append(o);
   }
   for (const repo of state.localModels) addLocalModel(repo);
+  state.panels.showPresets(catalogue.presets || []);
 }
 
 function addLocalModel(repo) {
@@ -526,7 +545,13 @@ function init() {
     generate, cancel, showImage, refreshStorage: refreshCache, askDefaults, updateModelNote,
     busy: () => state.busy,
     readPng: (bytes, rid) => state.worker.postMessage({ type: "png-settings", rid, bytes }, [bytes]),
+    restoreAddons: (setting, value) => state.panels.restore(setting === "loras" ? "lora" : "embedding", value),
   });
+  state.tokens = new TokenCount({ send: (m) => { if (state.ready && !state.busy) send(m); }, job: countJob });
+  state.panels = new AddonPanels({ endpoint: () => endpointFor("").endpoint,
+    auth: () => authFor($("token").value.trim(), confirmedEndpoint(endpointFor("").endpoint)),
+    onChange: () => { if (state.ready) state.tokens.soon(); } });
+  $("model").addEventListener("change", () => state.tokens.soon());
   updateModelNote();
   updateEndpointToken();
   startWorker();

@@ -24,7 +24,8 @@ const CACHE = `sdweb-${VERSION}`;
 const SCOPE = new URL("./", self.location.href);
 const SHELL = [
   "./", "index.html", "app.js", "workspace.js", "gallery.js", "offline.js", "worker.js", "store.js", "hub.js",
-  "taesd.js", "bridge/device.js", "style.css", "manifest.webmanifest", "icon-192.png", "icon-512.png",
+  "taesd.js", "addons.js", "addon_panels.js", "token_count.js", "bridge/device.js", "style.css",
+  "manifest.webmanifest", "icon-192.png", "icon-512.png",
   "vendor/wheels/manifest.json",
 ];
 const ISOLATION = { "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp",

@@ -8,6 +8,7 @@
 //                 gpuMaxBinding (cap the device's buffer limits: ?gpu-max-binding=, simulates a small GPU),
 //                 request (the form's settings, resolved once Python is up for `ready`)}
 //                {type: "resolve", rid, request}   the form's defaults and backend, for the page to show
+//                {type: "count", rid, request, endpoint, token, tokenEndpoint}   the live token count of the prompts
 //                {type: "generate", id, request (settings.FIELDS as typed), endpoint, revision, token,
 //                 tokenEndpoint (the endpoint the user confirmed for the token in the page, or null),
 //                 tiny {typed (the endpoint field), local (the dev server's prefetched tiny autoencoders)}:
@@ -16,7 +17,8 @@
 //                                    covers the download phase where the page is not isolated)
 //                {type: "png-settings", rid, bytes}   the settings a PNG dropped on the page carries
 // Messages out:  status {text}, ready {...environment, gpu {ok, adapter, why}, catalogue, maxImages, resolved},
-//                resolved {rid, settings, notes | error, message, field}, plan {...}, download {...},
+//                resolved {rid, settings, notes | error, message, field}, counted {rid, prompt,
+//                negative_prompt: {chunks, tokens, count} | error, message}, plan {...}, download {...},
 //                progress {stage, step, total, elapsed, component?, timestep?, preview?, preview_kind?},
 //                result {...},
 //                error {kind, message, field?}, cancelled {}, fatal {message},
@@ -36,9 +38,10 @@ import { ChunkStore, StoreError, authFor } from "./store.js";
 import { planModel, fetchModel, modelKey } from "./hub.js";
 import { DeviceBridge } from "./bridge/device.js";
 import { fetchTiny, isStored, tinyEndpoint as tinyAt } from "./taesd.js";
+import { AddonStore } from "./addons.js";
 
 const base = new URL("./", import.meta.url);
-let py = null, browser = null, store = null, manifest = null, catalogue = null;
+let py = null, browser = null, store = null, manifest = null, catalogue = null, addons = null;
 let gpu = null, gpuGeneration = 0, gpuCap = {}, gpuFacts = { ok: false, why: "not detected yet" };
 // For the console and tests (Playwright's worker.evaluate): the live objects.
 // `last`: the last finished run's {timings, profile, io, gpu} (scripts/bench_browser.py reads it).
@@ -65,6 +68,7 @@ async function boot(msg) {
   micropip.destroy();
   browser = py.pyimport("sdweb.browser");
   store = await ChunkStore.open({ chunkBytes: msg.chunk || undefined });
+  addons = await AddonStore.open();
   gpuFacts = await detectGpu();
   catalogue = JSON.parse(browser.catalogue_json());
   post("ready", { seconds: (performance.now() - t0) / 1000, jspi, isolated: self.crossOriginIsolated,
@@ -102,6 +106,57 @@ function resolveSettings(job, texts) {
 
 // One round of sdweb.layout's plan (hub.js asks until it has the files).
 const planFiles = (known) => JSON.parse(browser.plan_json(JSON.stringify(known)));
+
+// Planning fetches a model's small files; a run and the token count may both want them, so one
+// plan runs at a time (two downloads of one file into the store would interleave its chunks).
+let planning = Promise.resolve();
+function planOnce(args) {
+  const run = planning.then(() => planModel({ store, plan: planFiles, ...args }));
+  planning = run.catch(() => {});
+  return run;
+}
+
+// The small files by repo path (configs, tokenizer tables) of a plan, from the store.
+async function planTexts(plan) {
+  const texts = {};
+  for (const f of plan.files) {
+    if (f.kind === "text") texts[f.path] = await store.readText(f.url);
+  }
+  return texts;
+}
+
+// The live token count (sdweb.browser.count_json: the prompt chunker with the enabled embeddings).
+// The model's tokenizer is fetched with its small files the first time (planned as a run plans),
+// then Python keeps it by the model's key.
+const counted = new Set();
+async function countTokens(msg) {
+  const { rid, request, endpoint, revision = "main" } = msg;
+  const auth = authFor(msg.token, msg.tokenEndpoint);
+  const first = resolveSettings({ request: { model: request.model, variant: request.variant } });
+  if (first.error) return post("counted", { rid, ...first });
+  const repo = first.settings.model, variant = first.settings.variant;
+  const key = modelKey(endpoint, repo, revision, variant);
+  try {
+    let pyTexts = null;
+    if (!counted.has(key)) {
+      const plan = await planOnce({ endpoint, repo, revision, variant, auth, cancelled: () => false });
+      pyTexts = py.toPy(await planTexts(plan));
+    }
+    if (busy) return;  // a run started meanwhile: Python is its; the page asks again after it
+    const files = await addons.files({ embedding: request.embeddings || [] }, store);
+    const job = { key, prompt: request.prompt, negative_prompt: request.negative_prompt, embeddings: request.embeddings };
+    let r;
+    try {
+      r = JSON.parse(browser.count_json(JSON.stringify(job), pyTexts, files));
+    } finally {
+      if (pyTexts) pyTexts.destroy();
+    }
+    if (!r.error) counted.add(key);
+    post("counted", { rid, ...r });
+  } catch (e) {
+    post("counted", { rid, error: e.kind || "internal", message: String(e && e.message || e) });
+  }
+}
 
 // A Python answer with {error, message, field} -> an error message for the page.
 function pyError(id, r) {
@@ -145,19 +200,20 @@ async function generate(msg) {
     const repo = first.settings.model;
     const variant = first.settings.variant;
     const tDownload = performance.now();
-    const plan = await planModel({ store, endpoint, repo, revision, variant, auth, plan: planFiles, cancelled,
+    const plan = await planOnce({ endpoint, repo, revision, variant, auth, cancelled,
       onStatus: (text) => post("status", { id, text }) });
     post("plan", { id, files: plan.files.map((f) => ({ path: f.path, size: f.size })), bytes: plan.bytes });
     // ... and again with the model's configs (sizes, scheduler, precision by the weights' size) before
     // a weight is downloaded.
-    const texts = {};
-    for (const f of plan.files) {
-      if (f.kind === "text") texts[f.path] = await store.readText(f.url);
-    }
+    const texts = await planTexts(plan);
     const planned = plan.files.reduce((a, f) => a + (f.kind === "weights" ? f.size || 0 : 0), 0);
     const checked = resolveSettings({ request: first.settings, weight_bytes: planned }, texts);
     if (checked.error) return pyError(id, checked);
     const settings = checked.settings;
+    // the stored LoRAs and embeddings the run names (the panels' and the prompt's <lora:...> tags)
+    const needed = JSON.parse(browser.needed_json(JSON.stringify(settings)));
+    if (needed.error) return pyError(id, needed);
+    const files = await addons.files(needed, store);
     await fetchModel({ store, plan, auth, cancelled, onProgress: (p) => post("download", { id, ...p }) });
     store.setAuth(auth);  // a damaged chunk found while reading is fetched again with it
     if (cancelled()) return post("cancelled", { id });
@@ -240,7 +296,7 @@ async function generate(msg) {
     const pyTexts = py.toPy(texts);
     let r;
     try {
-      r = await fn(JSON.stringify(job), pyTexts, sources, onProgress, () => cancelled(), bridge);
+      r = await fn(JSON.stringify(job), pyTexts, sources, onProgress, () => cancelled(), bridge, files);
     } finally {
       fn.destroy();
       pyTexts.destroy();
@@ -344,6 +400,8 @@ self.onmessage = async (ev) => {
   } else if (msg.type === "resolve") {
     // during a run Python is busy (and may be suspended waiting for the GPU): the page asks again later
     if (browser && !busy) post("resolved", { rid: msg.rid, ...resolveSettings({ request: msg.request }) });
+  } else if (msg.type === "count") {
+    if (browser && !busy) await countTokens(msg);
   } else if (msg.type === "generate") {
     if (busy) return post("error", { id: msg.id, kind: "busy", message: "A generation is already running." });
     await generate(msg);

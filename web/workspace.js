@@ -24,7 +24,8 @@ export class Workspace {
   static useAsInput = null;
 
   // app: {generate(), cancel(), showImage(entry), refreshStorage(), askDefaults(), updateModelNote(),
-  //       busy() -> bool, readPng(ArrayBuffer, rid)}
+  //       busy() -> bool, readPng(ArrayBuffer, rid), restoreAddons(setting, value): the LoRA and
+  //       embeddings panels take the settings `loras` / `embeddings`}
   constructor(app) {
     this.app = app;
     this.gallery = null;
@@ -175,6 +176,7 @@ export class Workspace {
       else if (k === "endpoint") {
         if (endpoint) $("endpoint").value = v === DEFAULT_ENDPOINT || v === `${location.origin}/hub` ? "" : v;
       } else if (k === "num_images") $("num-images").value = v > 1 ? v : "";
+      else if (k === "loras" || k === "embeddings") this.app.restoreAddons(k, v);
       else if ($(k.replace(/_/g, "-")) && !["backend", "token"].includes(k)) $(k.replace(/_/g, "-")).value = v;
       else if (!["backend", "precision", "preview_every"].includes(k) && !(k === "clip_skip" && !v)) skipped.push(`${k} ${v}`);
     }

@@ -23,19 +23,21 @@ as its own repo in the same store: `BrowserAutoencoder` over its config.json and
 The worker decides nothing itself; it calls, in order: `catalogue_json` (the model picker, on
 start), `resolve_json` (settings.resolve on the form: before anything is fetched, and again with
 the model's configs before its weights are; it also says which tiny autoencoder the run needs),
-`plan_json` (layout.plan over what web/hub.js has found of a repo, round by round) and
-`worker_generate` (one run: 1 to MAX_PAGE_IMAGES images); `png_settings_json` reads the settings of
-a PNG dropped on the page. Nothing here imports `js` at
+`plan_json` (layout.plan over what web/hub.js has found of a repo, round by round), `needed_json`
+(which stored LoRAs and embeddings the run names: the settings' and the prompt's `<lora:...>` tags)
+and `worker_generate` (one run: 1 to MAX_PAGE_IMAGES images, with those files as a
+`StoredLibrary`); as the prompt is typed, `count_json` (the chunker's token count);
+`png_settings_json` reads the settings of a PNG dropped on the page. Nothing here imports `js` at
 module level: the module runs (and is tested) in CPython as well.
 
 Waiting for the GPU: `worker_generate` is an async function that drives `Pipeline.stages` (`drive`):
 once a component is built it awaits the JS bridge's `flush` (the weight uploads device.js queued),
-and at each readback (after a UNet step, after the decode) its `read_ahead`, which lets the step's
-work finish and copies the tensor to the host; the pipeline's own synchronous readback then finds
-the bytes there. Model code never reads back
-within a step, so Python waits only at step boundaries and needs no JavaScript Promise Integration
-(JSPI): the WebGPU backend runs wherever WebGPU does. With JSPI, a byte source may also return a
-Promise (the NumPy backend's tensor reads from IndexedDB).
+and at each readback (after a UNet step, after the decode, and where a prompt chunk's embedding
+vectors or weights are applied on the host) its `read_ahead`, which lets the work finish and copies
+the tensor to the host; the pipeline's own synchronous readback then finds the bytes there. Model
+code never reads back within a step, so Python waits only at those points and needs no JavaScript
+Promise Integration (JSPI): the WebGPU backend runs wherever WebGPU does. With JSPI, a byte source
+may also return a Promise (the NumPy backend's tensor reads from IndexedDB).
 """
 
 from __future__ import annotations
@@ -48,14 +50,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import catalogue, layout
+from . import addons, catalogue, layout
 from .backends.bridges.js import JsDeviceBridge, settle
 from .backends.webgpu.device import GPUTensor
+from .clip import DEFAULTS as CLIP_DEFAULTS
 from .errors import ConfigError, ModelError, SdwebError
 from .infotext import image_settings, png_text, read_png
 from .model import AutoencoderFolder, FolderFiles, ModelFolder
 from .pipeline import run as run_stages
 from .settings import MAX_PAGE_IMAGES, TAESD, ModelInfo, resolve
+from .tokenizer import CLIPTokenizer
 from .weights import WeightStore, open_store
 
 
@@ -164,6 +168,28 @@ class ByteSource:
         return r
 
 
+class StoredLibrary:
+    """The page's add-on files (addons.py's library): what its LoRA and embeddings panels stored in
+    IndexedDB, handed over by the worker as [{kind: "lora" | "embedding", name, fileName, version,
+    bytes}] (a JS array, or a list of dicts in CPython)."""
+
+    def __init__(self, files=()):
+        files = files.to_py() if hasattr(files, "to_py") else list(files or ())
+        self.files = {}
+        for f in files:
+            data = f["bytes"]
+            data = data.to_bytes() if hasattr(data, "to_bytes") else bytes(data)
+            self.files[(f["kind"], f["name"])] = addons.Found(data, str(f["fileName"]), f.get("version"))
+
+    def find(self, kind: str, name: str) -> addons.Found:
+        found = self.files.get((kind, name))
+        if found is None:
+            what, panel, field = (("LoRA", "LoRAs", "loras") if kind == "lora"
+                                  else ("embedding", "Embeddings", "embeddings"))
+            raise ConfigError(f"{what} {name!r} is not stored in this browser: add its file in the {panel} panel", field)
+        return found
+
+
 def png_bytes(image: np.ndarray, text: dict | None = None, compress_level: int = 6) -> bytes:
     """uint8 (H, W, 3) -> PNG file bytes, with `text` as tEXt chunks (the CLI writes `parameters`).
     Previews, made every step, take compress_level 1: a few times faster, a little larger."""
@@ -184,7 +210,8 @@ class Session:
         self.key = self.tiny_key = None
         self.pipe = None
 
-    def pipeline(self, key, repo, texts, sources, backend, precision, variant, keep_loaded=False, tiny=None):
+    def pipeline(self, key, repo, texts, sources, backend, precision, variant, keep_loaded=False, library=None,
+                 tiny=None):
         """The session's pipeline for `key` (made anew when it changes); `tiny`: (key, repo, texts,
         sources) of the tiny autoencoder the run needs, or None."""
         from .pipeline import Pipeline
@@ -198,14 +225,15 @@ class Session:
         if tiny is not None and tiny[0] != self.tiny_key:
             self.pipe.use_tiny_autoencoder(BrowserAutoencoder(*tiny[1:], lazy=lazy))
             self.tiny_key = tiny[0]
+        self.pipe.library = StoredLibrary() if library is None else library
         return self.pipe
 
 
 def generate(pipe, request: dict, *, progress=None, cancel=None) -> dict:
     """The images of `request` (settings.FIELDS; absent -> the default; precision, variant and
-    backend are the pipeline's; previews by TAESD when the pipeline has a tiny autoencoder) ->
-    {images: [{png: bytes, seed, settings}], seed, timings, settings, truncated_tokens}: image k has
-    seed + k, and its PNG carries its own settings (infotext.png_text).
+    backend are the pipeline's; add-on files come from pipe.library; previews by TAESD when the
+    pipeline has a tiny autoencoder) -> {images: [{png: bytes, seed, settings}], seed, timings,
+    settings}: image k has seed + k, and its PNG carries its own settings (infotext.png_text).
 
     `progress(event: dict)` gets {stage, step, total, elapsed, component?, timestep?} and, when the
     pipeline makes one (every step with TAESD, else every `preview_every` steps), `preview`: PNG
@@ -243,8 +271,7 @@ def generation(pipe, request: dict, *, progress=None, cancel=None):
         own = image_settings(run, k)
         images.append({"png": png_bytes(image, png_text(own)), "seed": own["seed"], "settings": own})
     timings = dict(result.timings, png=time.perf_counter() - t0 - result.timings["total"])
-    return {"images": images, "seed": result.seeds[0], "timings": timings, "settings": run,
-            "truncated_tokens": result.truncated_tokens}
+    return {"images": images, "seed": result.seeds[0], "timings": timings, "settings": run}
 
 
 # --- the worker's entry points (Pyodide; JSON in, JSON out, so they run and are tested in CPython) ----
@@ -328,6 +355,47 @@ def resolve_json(job_json: str, texts=None) -> str:
         return json.dumps(_error(e))
 
 
+def needed_json(settings_json: str) -> str:
+    """Which stored add-on files a run of these settings (as resolve_json returned them) asks for:
+    {"lora": [name], "embedding": [name]} (the LoRA panel's and the prompt's <lora:...> tags), or
+    {"error", "message", "field"}."""
+    try:
+        s = resolve(json.loads(settings_json))
+        return json.dumps(addons.needed(s.prompt, s.loras, s.embeddings))
+    except SdwebError as e:
+        return json.dumps(_error(e))
+
+
+_TOKENIZERS: dict = {}  # model key -> (CLIPTokenizer, hidden_size): the tables take a while to parse in Pyodide
+
+
+def count_json(job_json: str, texts=None, files=None) -> str:
+    """The live token count under the prompt boxes: job {key (the model's store key), prompt,
+    negative_prompt, embeddings: [name]}, texts: the model's small files by repo path (needed the
+    first time a key is seen), files: the embeddings as StoredLibrary takes them -> {"prompt":
+    {"chunks", "tokens" (in the last chunk), "count" (A1111's total)}, "negative_prompt": {...}} or
+    {"error", "message", "field"}."""
+    try:
+        job = json.loads(job_json)
+        if job["key"] not in _TOKENIZERS:
+            texts = texts.to_py() if hasattr(texts, "to_py") else dict(texts or {})
+            found = {p.rpartition("/")[2]: t for p, t in texts.items() if p.startswith("tokenizer/")}
+            hidden = json.loads(texts["text_encoder/config.json"]).get("hidden_size", CLIP_DEFAULTS["hidden_size"])
+            _TOKENIZERS[job["key"]] = CLIPTokenizer.from_files(found, f"{job['key']} tokenizer"), int(hidden)
+        tok, hidden = _TOKENIZERS[job["key"]]
+        chunker, _ = addons.embedding_chunker(StoredLibrary(files), tok, hidden, job.get("embeddings") or ())
+        out = {}
+        for field in ("prompt", "negative_prompt"):
+            c = addons.parsed(field, chunker.chunk, job.get(field) or "")
+            out[field] = {"chunks": len(c.chunks), "tokens": c.chunks[-1].n_tokens, "count": c.token_count}
+        return json.dumps(out)
+    except SdwebError as e:
+        return json.dumps(_error(e))
+    except (KeyError, ValueError) as e:
+        return json.dumps({"error": "ModelError", "message": f"the model's tokenizer files are incomplete ({e})",
+                           "field": None})
+
+
 def _config(texts: dict, repo: str, component: str) -> dict:
     path = layout.config_file(component)
     try:
@@ -366,16 +434,17 @@ async def drive(stages, bridge=None):
             await bridge.read_ahead(t.buffer, t.offset, t.nbytes)
 
 
-async def worker_generate(job_json: str, texts, sources, post, cancel, bridge=None):
+async def worker_generate(job_json: str, texts, sources, post, cancel, bridge=None, files=None):
     """Called by web/worker.js, which awaits it (a Promise in JS): `drive` waits for the GPU at each
     readback, and only there.
 
     job_json: {key, device, settings, tiny: {key, repo} or absent} with settings as resolve_json
     returned them; texts: JS object path -> text; sources: JS Map path -> {size, name, key, head,
     read(offset, length)}, the tiny autoencoder's files among them under "<tiny repo>/<path>";
-    post(event): progress sink; cancel() -> bool. Returns a JS object: generate's {images, seed,
-    timings, settings} or {error, message, field} or {cancelled: true}. Never raises: the page must
-    stay usable whatever happens here.
+    post(event): progress sink; cancel() -> bool; files: the stored LoRAs and embeddings needed_json
+    named, as StoredLibrary takes them. Returns a JS object: generate's {images, seed, timings,
+    settings} or {error, message, field} or {cancelled: true}. Never raises: the page must stay usable
+    whatever happens here.
     """
     from .errors import Cancelled
 
@@ -395,7 +464,8 @@ async def worker_generate(job_json: str, texts, sources, post, cancel, bridge=No
         size = sum(int(src.size) for src in sources_py.values())
         pipe = _SESSION.pipeline((job["key"], s.variant, s.precision, backend.name, job.get("device")),
                                  s.model, texts_py, sources_py, backend, s.precision, s.variant,
-                                 keep_loaded=size < KEEP_LOADED_BYTES, tiny=tiny or None)
+                                 keep_loaded=size < KEEP_LOADED_BYTES, library=StoredLibrary(files),
+                                 tiny=tiny or None)
         stages = generation(pipe, s.as_request(), progress=lambda ev: post(_to_js(ev)), cancel=lambda: bool(cancel()))
         out = await drive(stages, backend.context().bridge if backend.name == "webgpu" else None)
         return _to_js(out)

@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--variant", default=None, help="weight file variant to read, e.g. fp16 (default: plain, "
                                                    "else fp16)")
     g.add_argument("--backend", default=None, help=f"{', '.join(settings.BACKENDS)} or auto (default numpy)")
+    _add_addon_arguments(g)
     g.add_argument("--output", "-o", default="out.png", help="image file (.png); several images get -0, -1, ...")
     g.add_argument("--save-intermediates", metavar="DIR", default=None,
                    help="write a preview PNG of each step's predicted image every --preview-every steps into DIR")
@@ -93,14 +94,48 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="check a model folder and summarise its components")
     i.add_argument("model")
 
-    t = sub.add_parser("tokenize", help="show how a prompt is tokenized")
+    t = sub.add_parser("tokenize", help="show how a prompt is chunked and weighted (A1111's syntax)")
     t.add_argument("--model", required=True)
     t.add_argument("text")
+    _add_addon_arguments(t, loras=False)
 
     from .download import add_arguments as add_download_arguments
 
     add_download_arguments(sub.add_parser("download", help="fetch a model from the Hugging Face Hub into ./weights/"))
     return p
+
+
+def _add_addon_arguments(p, loras: bool = True):
+    from .addons import DEFAULT_EMBEDDING_DIR, DEFAULT_LORA_DIR
+
+    if loras:
+        p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                       help="a LoRA file (.safetensors, .pt, .bin; kohya or diffusers/PEFT) fused at SCALE "
+                            "(default 1); repeatable")
+        p.add_argument("--lora-dir", default=None, metavar="DIR",
+                       help=f"where <lora:NAME:SCALE> in the prompt finds NAME.safetensors (default ./{DEFAULT_LORA_DIR})")
+    p.add_argument("--embedding", action="append", default=[], metavar="PATH",
+                   help="a textual-inversion file; its trigger word is the file name (A1111) or the token it "
+                        "stores (diffusers); repeatable")
+    p.add_argument("--embedding-dir", default=None, metavar="DIR",
+                   help=f"load every .safetensors/.pt/.bin embedding in DIR (default ./{DEFAULT_EMBEDDING_DIR}, "
+                        "when it exists)")
+
+
+def _addons(args):
+    """The add-on flags -> (settings' loras, settings' embeddings, library). --embedding-dir adds
+    every embedding file in the folder, sorted; the default folder may be missing, a named one not."""
+    from .addons import ADDON_SUFFIXES, DEFAULT_EMBEDDING_DIR, DEFAULT_LORA_DIR, FolderLibrary
+
+    lora_dir = getattr(args, "lora_dir", None)
+    if lora_dir is not None and not Path(lora_dir).is_dir():
+        raise ConfigError(f"--lora-dir {lora_dir}: no such folder")
+    folder = Path(args.embedding_dir or DEFAULT_EMBEDDING_DIR)
+    if args.embedding_dir is not None and not folder.is_dir():
+        raise ConfigError(f"--embedding-dir {args.embedding_dir}: no such folder")
+    found = sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix in ADDON_SUFFIXES
+                   and not p.name.startswith(".")) if folder.is_dir() else []
+    return list(getattr(args, "lora", [])), list(args.embedding) + found, FolderLibrary(lora_dir or DEFAULT_LORA_DIR)
 
 
 def main(argv=None) -> int:
@@ -210,15 +245,16 @@ def _webgpu_available() -> tuple[bool, str]:
     return (True, "") if webgpu.available() else (False, "no adapter was found")
 
 
-def _request(args) -> dict:
+def _request(args, loras, embeddings) -> dict:
     """The generate flags as a settings request (settings.FIELDS), over the settings of
-    --settings-from's PNG where a flag is left out."""
+    --settings-from's PNG where a flag is left out (loras, embeddings: the add-on flags', _addons)."""
     flags = dict(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                  guidance=args.guidance, seed=args.seed, scheduler=args.scheduler, width=args.width,
                  height=args.height, num_images=args.num_images, clip_skip=args.clip_skip, precision=args.precision,
                  variant=args.variant, backend=args.backend, preview_every=args.preview_every,
                  # previews are made only to be written: none without --save-intermediates
-                 preview=args.preview or (None if args.save_intermediates else "none"), decoder=args.decoder)
+                 preview=args.preview or (None if args.save_intermediates else "none"), decoder=args.decoder,
+                 loras=loras or None, embeddings=embeddings or None)
     request = {}
     if args.settings_from is not None:
         from .infotext import read_png
@@ -252,7 +288,8 @@ def cmd_generate(args) -> int:
     # Everything that can be checked is, before a model file is read or anything allocated.
     if args.preview and not args.save_intermediates:
         raise ConfigError(f"--preview {args.preview}: previews are written by --save-intermediates DIR; give one")
-    s = resolve(_request(args))
+    loras, embeddings, library = _addons(args)
+    s = resolve(_request(args, loras, embeddings))
     outputs = _output_paths(args.output, s.num_images)
     inter = Path(args.save_intermediates) if args.save_intermediates else None
     if inter is not None:
@@ -271,7 +308,8 @@ def cmd_generate(args) -> int:
         from .backends import webgpu as backend
     else:
         from .backends import numpy as backend
-    pipe = Pipeline(folder, backend, precision=s.precision, variant=s.variant, tiny_autoencoder=tiny)
+    pipe = Pipeline(folder, backend, precision=s.precision, variant=s.variant, library=library,
+                    tiny_autoencoder=tiny)
     if inter is not None:
         inter.mkdir(exist_ok=True)
 
@@ -292,9 +330,6 @@ def cmd_generate(args) -> int:
         # the model as it was named (a repo id stays a repo id, which other machines can resolve)
         _save_image(result.images[k], path, png_text(image_settings(dict(result.settings, model=s.model), k)))
         print(f"wrote {path} (seed {result.seeds[k]})", file=sys.stderr)
-    if result.truncated_tokens:
-        print(f"note: the prompt was cut to 75 tokens; {result.truncated_tokens} tokens were dropped",
-              file=sys.stderr)
     t = result.timings
     parts = [f"{k} {v:.2f}s" for k, v in t.items() if k != "total"]
     print(f"timings: {', '.join(parts)}; total {t['total']:.2f}s "
@@ -350,25 +385,32 @@ def cmd_download(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
-    import warnings
-
+    """Each chunk the prompt becomes (prompt_syntax: A1111's rules): its 77 ids, then its tokens with
+    their weights, `(token:weight)` where the weight is not 1 and `trigger#i` for an embedding's
+    vector i; then the LoRA tags the prompt names, with their scales."""
+    from .addons import embedding_chunker
+    from .clip import DEFAULTS as CLIP_DEFAULTS
     from .model import resolve_model
     from .tokenizer import CLIPTokenizer
 
+    _, embeddings, library = _addons(args)
     folder = resolve_model(args.model)
     tok = CLIPTokenizer.from_folder(folder.tokenizer_dir)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ids, dropped = tok.encode(args.text, return_truncated=True)
-    print(json.dumps(ids))
-    tokens = tok.tokenize(args.text)
-    room = tok.model_max_length - 2
-    print(" ".join(tokens))
-    used = min(len(tokens), room)
-    msg = f"{used} of {room} prompt slots used"
-    if dropped:
-        msg += f"; {dropped} tokens dropped by truncation"
-    print(msg)
+    hidden = int(folder.config("text_encoder").get("hidden_size", CLIP_DEFAULTS["hidden_size"]))
+    chunked = embedding_chunker(library, tok, hidden, embeddings)[0].chunk(args.text)
+    n = len(chunked.chunks)
+    for k, chunk in enumerate(chunked.chunks):
+        slots = {pos: f"{trigger}#{i}" for pos, trigger, i in chunk.embeddings}
+        words = []
+        for pos in range(1, chunk.n_tokens + 1):
+            word = slots.get(pos) or tok.decoder[chunk.ids[pos]]
+            w = chunk.weights[pos]
+            words.append(word if w == 1.0 else f"({word}:{w:.4g})")
+        print(f"chunk {k + 1} of {n}: {chunk.n_tokens} of 75 tokens")
+        print(json.dumps(chunk.ids))
+        print(" ".join(words))
+    for t in chunked.loras:
+        print(f"LoRA {t.name}: text encoder scale {t.text_encoder_scale:g}, UNet scale {t.unet_scale:g}")
     return 0
 
 

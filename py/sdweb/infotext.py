@@ -15,7 +15,8 @@ The `parameters` text is AUTOMATIC1111's infotext (stable-diffusion-webui `modul
     Negative prompt: blurry
     Steps: 25, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 42, Size: 512x512, Model: owner/name
 
-the prompt, a `Negative prompt:` line when there is one, then `key: value` pairs joined by ", ", a
+the prompt (the settings' LoRAs written into it as A1111 names them, `<lora:NAME:SCALE>` with NAME
+the file's stem), a `Negative prompt:` line when there is one, then `key: value` pairs joined by ", ", a
 value quoted as JSON when it holds a comma, a colon or a newline (A1111's `quote`). Sampler names are
 A1111's (SAMPLERS below), with the schedule as its own "Schedule type" as A1111 1.9 and later write
 it; the older combined names ("DPM++ 2M Karras") are read too. "Clip skip" counts as A1111 does: 1
@@ -36,6 +37,7 @@ import io
 import json
 import re
 
+from .addons import ADDON_SUFFIXES
 from .errors import ConfigError
 from .settings import FIELDS
 
@@ -118,7 +120,15 @@ def format_parameters(settings: dict) -> str:
     line = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
     negative = settings.get("negative_prompt") or ""
     negative = f"\nNegative prompt: {negative}" if negative else ""
-    return f"{settings.get('prompt') or ''}{negative}\n{line}".strip()
+    prompt = " ".join([settings.get("prompt") or ""] + [f"<lora:{_lora_name(lo['name'])}:{_number(lo['scale'])}>"
+                                                         for lo in settings.get("loras") or ()])
+    return f"{prompt.strip()}{negative}\n{line}".strip()
+
+
+def _lora_name(name: str) -> str:
+    """A LoRA as <lora:NAME> calls it: a path's file stem (what A1111 and --lora-dir look NAME up by)."""
+    base = re.split(r"[\\/]", name)[-1]
+    return next((base[: -len(s)] for s in ADDON_SUFFIXES if base.endswith(s)), base)
 
 
 def png_text(settings: dict) -> dict[str, str]:

@@ -11,7 +11,10 @@ file say?): `model.ModelFolder` from a folder on disk, `browser.BrowserModel` fr
 `sdweb download` from the Hub's file listing, and the page (web/hub.js, through the worker's
 `browser.plan_json`) from the listing or from HEAD probes.
 
-    model_index.json                       an SD 1.x/2.x text-to-image pipeline (check_model_index)
+    model_index.json                       an SD 1.x/2.x text-to-image pipeline (check_model_index): its
+                                           components decide, not its class name, so a
+                                           StableDiffusionPipeline and a LatentConsistencyModelPipeline
+                                           (an LCM UNet, told apart by its config) are both taken
     scheduler/scheduler_config.json        ┐
     {text_encoder,unet,vae}/config.json    │ REQUIRED_FILES
     tokenizer/vocab.json, merges.txt       ┘

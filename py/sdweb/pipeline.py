@@ -1,6 +1,6 @@
 """Text-to-image, as diffusers' StableDiffusionPipeline.__call__ does it, stage by stage.
 
-    prompt ──tokenizer──► ids (N, 77) ──text encoder──► context (2N, 77, D)   [uncond; cond]
+    prompt ──A1111 chunks──► ids (N, 77) per chunk ──text encoder──► context (2N, 77 k, D)   [uncond; cond]
     seed ──PCG64──► latents (N, C, h, w) * init_noise_sigma
     for t in timesteps: eps = unet([x, x], t, context); eps = u + g (c - u); x = scheduler.step(eps, t, x)
     latents / scaling_factor ──vae.decode──► image (N, 3, H, W) ──► uint8 (N, H, W, 3)
@@ -8,6 +8,13 @@
 With a tiny autoencoder (`tiny_autoencoder`, madebyollin/taesd): previews of each step's predicted
 clean latents x0 (preview.py), and, with decoder != "vae", the final decode as a draft (as diffusers'
 StableDiffusionPipeline with vae=AutoencoderTiny: latents / its scaling_factor, 1.0).
+
+Prompts follow A1111's syntax (prompt_syntax: weights, BREAK, 75-token chunks, embedding slots,
+`<lora:...>` tags); each chunk is encoded on its own and weighted (emphasis). Add-ons (addons.py)
+are found before anything is loaded: textual-inversion vectors go into the text encoder's input,
+LoRAs are fused into the weights as they are loaded (WeightStore.add_lora, the backend's fuse_lora).
+An LCM-distilled UNet (time_cond_proj_dim) gets the guidance scale as an embedding and no
+unconditional pass, as LatentConsistencyModelPipeline (and StableDiffusionPipeline) run it.
 
 Stages load one component, use it and let it go (unless `keep_loaded`), so peak memory holds one
 big component at a time. The noise contract: image k of a run with seed S starts from
@@ -31,14 +38,17 @@ from typing import Callable, Generator
 import numpy as np
 
 from . import preview as previews
+from .addons import FolderLibrary, prepare
 from .autoencoder_tiny import AutoencoderTiny
 from .backends import numpy as numpy_backend
+from .clip import DEFAULTS as CLIP_DEFAULTS
 from .clip import CLIPTextModel
+from .emphasis import apply_emphasis, match_chunk_counts
 from .errors import Cancelled, ConfigError
 from .schedulers import make_scheduler
 from .settings import ModelInfo, resolve
 from .tokenizer import CLIPTokenizer
-from .unet import UNet2DConditionModel
+from .unet import UNet2DConditionModel, guidance_embedding
 from .vae import AutoencoderKL
 
 @dataclasses.dataclass
@@ -70,7 +80,6 @@ class Result:
     seeds: list[int]
     timings: dict[str, float]  # seconds per stage: load_*, text_encoder, unet, preview, vae
     settings: dict
-    truncated_tokens: int = 0
 
 
 TINY = "tiny_autoencoder"  # the component name of the tiny autoencoder (loads, progress, timings)
@@ -78,10 +87,12 @@ TINY = "tiny_autoencoder"  # the component name of the tiny autoencoder (loads, 
 
 class Pipeline:
     """A model folder + a backend, and optionally a tiny autoencoder (model.AutoencoderFolder or the
-    browser's) for previews and draft decodes. Components are loaded when a stage needs them."""
+    browser's) for previews and draft decodes. Components are loaded when a stage needs them.
+    `library` finds the add-on files the settings and prompts name (addons.py; default:
+    addons.FolderLibrary(), the paths given and ./loras); a host may replace it between runs."""
 
     def __init__(self, folder, backend=numpy_backend, precision: str = "fp32", variant: str | None = None,
-                 keep_loaded: bool = False, tiny_autoencoder=None):
+                 keep_loaded: bool = False, library=None, tiny_autoencoder=None):
         checked = resolve({"precision": precision, "variant": variant})
         self.folder, self.backend, self.precision = folder, backend, checked.precision
         self.variant, self.keep_loaded = checked.variant, keep_loaded
@@ -91,22 +102,30 @@ class Pipeline:
         self.vae_config = folder.config("vae")
         self.scheduler_config = folder.config("scheduler")
         self.tokenizer = CLIPTokenizer.from_folder(folder.tokenizer_dir)
+        self.library = FolderLibrary() if library is None else library
         self._loaded: dict[str, object] = {}
+        self._lora_keys: dict[str, tuple] = {}  # component -> the LoRAs fused into the loaded one
         self.weight_bytes: dict[str, int] = {}
         self.vae_scale_factor = self.info.vae_scale_factor
         self.tiny_autoencoder = tiny_autoencoder
 
     # -- components --
 
-    def load(self, component: str):
-        if component in self._loaded:
+    def load(self, component: str, addons=None):
+        """The component's model, built now or kept from before; with `addons` (addons.AddOns) the
+        UNet and text encoder have its LoRAs fused, and one kept with other LoRAs is built again."""
+        key = addons.key(component) if addons is not None and component in ("unet", "text_encoder") else ()
+        if component in self._loaded and self._lora_keys.get(component) == key:
             return self._loaded[component]
+        self._loaded.pop(component, None)
         # A GPU backend takes WeightRefs and uploads each tensor's bytes straight from the file.
         lazy = self.backend.takes_weight_refs
         # the tiny autoencoder: one weight file (fp32 in madebyollin/taesd, no variants), held in the run's precision
         store = (self.tiny_autoencoder.weights(self.precision, lazy=lazy) if component == TINY
                  else self.folder.weights(component, self.precision, self.variant, lazy=lazy))
         try:
+            if key:
+                store.add_lora(addons.patches(component, self._tensor_shapes))
             self.backend.check_weights(store)  # a GPU names a tensor too big to bind, before uploading
             config = self.tiny_autoencoder.config() if component == TINY else self.folder.config(component)
             if component == "text_encoder":
@@ -125,7 +144,7 @@ class Pipeline:
         except BaseException:
             store.close()
             raise
-        self._loaded[component] = model
+        self._loaded[component], self._lora_keys[component] = model, key
         return model
 
     def use_tiny_autoencoder(self, tiny):
@@ -137,21 +156,79 @@ class Pipeline:
         if not self.keep_loaded:
             self._loaded.pop(component, None)
 
+    def _tensor_shapes(self) -> dict:
+        """{"unet": {name: shape}, "text_encoder": {...}} from the weight files' headers: what LoRAs
+        are planned against (nothing is read but the headers)."""
+        out = {}
+        for component in ("unet", "text_encoder"):
+            store = self.folder.weights(component, self.precision, self.variant, lazy=True)
+            try:
+                out[component] = {name: store.shape(name) for name in store.keys()}
+            finally:
+                store.close()
+        return out
+
+    def prepare_addons(self, prompt: str, negative_prompt: str, loras=(), embeddings=()):
+        """addons.prepare for this model: embeddings read and checked against the text encoder's
+        width, both prompts chunked, LoRAs found (a ConfigError names what is missing)."""
+        hidden = int(self.folder.config("text_encoder").get("hidden_size", CLIP_DEFAULTS["hidden_size"]))
+        return prepare(self.library, self.tokenizer, hidden, prompt, negative_prompt, loras=loras,
+                       embeddings=embeddings)
+
     # -- stages --
 
-    def encode_prompt(self, prompt: str, negative_prompt: str, num_images: int, cfg: bool,
-                      clip_skip: int = 0):
-        """-> context (2N or N, 77, D) backend tensor, [uncond x N; cond x N] as diffusers orders it,
-        and how many prompt tokens were dropped by truncation."""
-        te = self.load("text_encoder")
-        ids, dropped = self.tokenizer.encode(prompt, return_truncated=True)
-        cond = te(np.asarray([ids] * num_images, dtype=np.int64), clip_skip)
+    def encode_prompt(self, addons, num_images: int, cfg: bool, clip_skip: int = 0):
+        """-> context (2N or N, 77 k, D) backend tensor: `encode_prompt_stages` run to the end."""
+        return run(self.encode_prompt_stages(addons, num_images, cfg, clip_skip))
+
+    def encode_prompt_stages(self, addons, num_images: int, cfg: bool, clip_skip: int = 0):
+        """-> context (2N or N, 77 k, D) backend tensor, [uncond x N; cond x N] as diffusers orders it.
+        A generator, as `stages` is: it yields each tensor it reads back (a chunk's token embeddings
+        where an embedding's vectors go in, a chunk's output where weights apply) just before it
+        reads it, and returns the context.
+
+        The chunks of addons.prompt (and addons.negative) are encoded one at a time with their
+        embedding vectors, weighted (emphasis.apply_emphasis, on the host, only where a weight is
+        not 1) and joined along the sequence axis; a side with fewer chunks is extended with the
+        empty prompt's chunk (emphasis.match_chunk_counts). A prompt of at most 75 tokens without
+        weights, BREAK or embeddings is one chunk: exactly the single 77-token encoding."""
+        te = self.load("text_encoder", addons)
+        backend = self.backend
+
+        def encode(chunk, skip):
+            ids = np.asarray([chunk.ids] * num_images, dtype=np.int64)
+            tokens = None
+            if chunk.embeddings:
+                tokens = te.embed_tokens(ids)
+                yield tokens
+                tokens = te.replace_rows(tokens, [(pos, addons.vectors[trigger][i])
+                                                  for pos, trigger, i in chunk.embeddings])
+            z = te(ids, skip, tokens=tokens)
+            if any(w != 1.0 for w in chunk.weights):
+                yield z
+                z = backend.tensor(apply_emphasis(backend.numpy(z), chunk.weights))
+            return z  # (N, 77, D)
+
+        def encode_all(chunks, skip):
+            out = []
+            for c in chunks:
+                out.append((yield from encode(c, skip)))
+            return out
+
+        def join(chunks):
+            return chunks[0] if len(chunks) == 1 else backend.concat(chunks, axis=1)
+
+        cond = yield from encode_all(addons.prompt.chunks, clip_skip)
         if not cfg:
-            return cond, dropped
-        neg = self.tokenizer.encode(negative_prompt or "")
+            return join(cond)
         # diffusers applies clip_skip to the prompt only, never to the negative prompt
-        uncond = te(np.asarray([neg] * num_images, dtype=np.int64))
-        return self.backend.concat([uncond, cond], axis=0), dropped
+        uncond = yield from encode_all(addons.negative.chunks, 0)
+        empty = {}
+        for side, have, other in (("cond", cond, uncond), ("uncond", uncond, cond)):
+            if len(have) < len(other):  # encoded here, where this generator can yield for its readbacks
+                empty[side] = yield from encode(addons.empty, clip_skip if side == "cond" else 0)
+        cond, uncond = match_chunk_counts(cond, uncond, lambda side: empty[side])
+        return backend.concat([join(uncond), join(cond)], axis=0)
 
     def initial_latents(self, seed: int, num_images: int, height: int, width: int, init_noise_sigma: float):
         """The noise contract: one PCG64 generator per image, seeded seed + k."""
@@ -170,7 +247,7 @@ class Pipeline:
                guidance: float | None = None, seed: int | None = None, scheduler: str | None = None,
                width: int | None = None, height: int | None = None, num_images: int = 1, clip_skip: int = 0,
                decoder: str | None = None, preview: str | None = None, preview_every: int | None = None,
-               progress: Callable[[Progress], None] | None = None,
+               loras=(), embeddings=(), progress: Callable[[Progress], None] | None = None,
                cancel: Callable[[], bool] | None = None) -> Generator[object, None, Result]:
         """The run, yielding each backend tensor just before it is read back (and None after each
         component is built); returns the Result.
@@ -178,12 +255,14 @@ class Pipeline:
         scheduler and size, previews by the tiny autoencoder when the pipeline has one); ConfigError
         naming the first bad setting, before anything is loaded. A decoder other than "vae", or
         "taesd" previews, need the pipeline's tiny autoencoder (whichever the caller resolved the
-        decoder's name to)."""
+        decoder's name to). loras: [(name or path, scale)] or settings' {name, scale}; embeddings:
+        [name or path] (found by self.library)."""
         s = resolve(dict(model=self.folder.name, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                          guidance=guidance, seed=seed, scheduler=scheduler, width=width, height=height,
                          num_images=num_images, clip_skip=clip_skip, precision=self.precision,
                          variant=self.variant, backend=self.backend.name, decoder=decoder, preview=preview,
-                         preview_every=preview_every), self.info, taesd=self.tiny_autoencoder is not None)
+                         preview_every=preview_every, loras=list(loras), embeddings=list(embeddings)),
+                    self.info, taesd=self.tiny_autoencoder is not None)
         if s.tiny_autoencoder and self.tiny_autoencoder is None:
             field = "decoder" if s.decoder != "vae" else "preview"
             raise ConfigError(f"{field} {getattr(s, field)!r} needs a tiny autoencoder, and this pipeline has none "
@@ -192,6 +271,8 @@ class Pipeline:
         steps, guidance, seed, scheduler = s.steps, s.guidance, s.seed, s.scheduler
         width, height, num_images, clip_skip = s.width, s.height, s.num_images, s.clip_skip
         prompt, negative_prompt = s.prompt, s.negative_prompt
+        addons = self.prepare_addons(prompt, negative_prompt, s.loras, s.embeddings)
+        loras, embeddings = s.as_request()["loras"], list(s.embeddings)
         backend = self.backend
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
@@ -205,18 +286,23 @@ class Pipeline:
         def timed_load(component):
             report("load", 0, 1, component=component)
             s = time.perf_counter()
-            model = self.load(component)
+            model = self.load(component, addons)
             yield None  # built; a GPU bridge may still be taking its weights: a place to wait for them
             timings[f"load_{component}"] = timings.get(f"load_{component}", 0.0) + time.perf_counter() - s
             return model
 
-        cfg = guidance > 1.0  # diffusers: do_classifier_free_guidance = guidance_scale > 1
+        # An LCM UNet takes the guidance scale as an input (diffusers' get_guidance_scale_embedding
+        # of guidance - 1) and makes no unconditional pass (do_classifier_free_guidance is
+        # guidance_scale > 1 and time_cond_proj_dim is None).
+        cond_dim = self.unet_config.get("time_cond_proj_dim")
+        cfg = guidance > 1.0 and cond_dim is None
+        timestep_cond = None if cond_dim is None else guidance_embedding(np.full(num_images, guidance - 1.0), cond_dim)
 
         # 1. text encoder
         yield from timed_load("text_encoder")
         report("text_encoder", 0, 1)
         s = time.perf_counter()
-        context, dropped = self.encode_prompt(prompt, negative_prompt, num_images, cfg, clip_skip)
+        context = yield from self.encode_prompt_stages(addons, num_images, cfg, clip_skip)
         timings["text_encoder"] = time.perf_counter() - s
         self.release("text_encoder")
         report("text_encoder", 1, 1)
@@ -242,7 +328,7 @@ class Pipeline:
         for i, t in enumerate(timesteps):
             xin = sched.scale_model_input(x, t)
             xin = np.concatenate([xin, xin]) if cfg else xin
-            out = unet(backend.tensor(xin), t, context)
+            out = unet(backend.tensor(xin), t, context, timestep_cond)
             yield out  # the step's end: its only readback
             eps = backend.numpy(out)
             del out  # its buffer back to the pool now, as the next step's first tensor wants one
@@ -294,12 +380,12 @@ class Pipeline:
         timings["total"] = time.perf_counter() - t0
 
         return Result(images=to_uint8(images), latents=x, seeds=[seed + k for k in range(num_images)],
-                      timings=timings, truncated_tokens=dropped,
+                      timings=timings,
                       settings=dict(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                                     guidance=guidance, seed=seed, scheduler=scheduler, width=width,
                                     height=height, num_images=num_images, clip_skip=clip_skip,
                                     precision=self.precision, variant=self.variant, backend=backend.name,
-                                    decoder=decoder))
+                                    decoder=decoder, loras=loras, embeddings=embeddings))
 
 
 def run(stages: Generator[object, None, Result]) -> Result:

@@ -43,10 +43,16 @@ Defaults and limits:
                       tiny autoencoder is at hand, else "approx"
     preview_every     every step with "taesd" previews (each costs under a tenth of a UNet step),
                       else about ten a run: round(steps / 10) steps, at least 1; 1 to 1000; None
-                      while the preview is
+                      while the preview is not yet known (resolved without `taesd`)
+    loras             none. A list of LoRAs, each {"name", "scale"} (or the CLI's "NAME[:SCALE]"):
+                      a file path or a stored name (addons.py finds it); scale a finite number,
+                      default 1, for the UNet and the text encoder alike (A1111's <lora:...> tags in
+                      the prompt add more, with their own scales)
+    embeddings        none. A list of textual-inversion files by path or stored name
 
 The model kind: a model the catalogue (models.json) lists has its kind there; any other is "turbo"
-when its own name (a repo id's or a folder's last part) contains "turbo", else "sd".
+when its own name (a repo id's or a folder's last part) contains "turbo", "lcm" when it contains
+"lcm" (a latent-consistency distillation: 4 steps, its guidance a UNet input), else "sd".
 """
 
 from __future__ import annotations
@@ -64,7 +70,8 @@ from .schedulers import SCHEDULERS, scheduler_for
 from .weights import PRECISIONS
 
 FIELDS = ("model", "prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width", "height",
-          "num_images", "clip_skip", "precision", "variant", "backend", "preview_every", "preview", "decoder")
+          "num_images", "clip_skip", "precision", "variant", "backend", "preview_every", "preview", "decoder",
+          "loras", "embeddings")
 BACKENDS = ("numpy", "webgpu")
 PREVIEWS = ("taesd", "approx", "none")
 VAE, TAESD = "vae", "taesd"  # decoder: the model's own VAE; the catalogue's tiny autoencoder
@@ -128,17 +135,23 @@ class Settings:
     preview_every: int | None
     preview: str | None
     decoder: str
+    loras: tuple[tuple[str, float], ...]  # (name, scale)
+    embeddings: tuple[str, ...]
     notes: tuple[str, ...] = ()
 
     def as_request(self) -> dict:
-        """The settings as a request: resolving it again gives the same settings."""
-        return {k: getattr(self, k) for k in FIELDS}
+        """The settings as a request (plain JSON types): resolving it again gives the same settings."""
+        out = {k: getattr(self, k) for k in FIELDS}
+        out["loras"] = [{"name": name, "scale": scale} for name, scale in self.loras]
+        out["embeddings"] = list(self.embeddings)
+        return out
 
     def run_args(self) -> dict:
         """Pipeline.generate's keyword arguments."""
-        return {k: getattr(self, k) for k in ("prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler",
-                                             "width", "height", "num_images", "clip_skip", "decoder", "preview",
-                                             "preview_every")}
+        out = self.as_request()
+        return {k: out[k] for k in ("prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width",
+                                    "height", "num_images", "clip_skip", "decoder", "preview", "preview_every",
+                                    "loras", "embeddings")}
 
     @property
     def tiny_autoencoder(self) -> str | None:
@@ -154,8 +167,8 @@ def model_kind(name: str) -> str:
     entry = catalogue.find(name)
     if entry is not None:
         return entry["kind"]
-    last = str(name).replace("\\", "/").rstrip("/").rpartition("/")[2]
-    return "turbo" if "turbo" in last.lower() else "sd"
+    last = str(name).replace("\\", "/").rstrip("/").rpartition("/")[2].lower()
+    return "turbo" if "turbo" in last else "lcm" if "lcm" in last else "sd"
 
 
 def _whole(field: str, value, lo: int, hi: int | None, rule: str) -> int:
@@ -172,6 +185,44 @@ def _text(field: str, value) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{field} should be text, not {type(value).__name__}", field)
     return value
+
+
+def _number(field: str, value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
+        raise ConfigError(f"{field}: {what} {value!r} is not a finite number", field)
+    return float(value)
+
+
+def _loras(value) -> tuple[tuple[str, float], ...]:
+    """[{"name", "scale"?}, "NAME[:SCALE]", [name, scale], ...] -> ((name, scale), ...). A string's
+    scale is what follows its last ':' when that is a number, so a Windows path keeps its drive."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"loras should be a list of {{name, scale}}, not {type(value).__name__}", "loras")
+    out = []
+    for item in value:
+        if isinstance(item, str):
+            head, sep, tail = item.rpartition(":")
+            try:
+                name, scale = (head, float(tail)) if sep else (item, 1.0)
+            except ValueError:
+                name, scale = item, 1.0
+        elif isinstance(item, dict) and set(item) <= {"name", "scale"}:
+            name, scale = item.get("name"), item.get("scale", 1.0)
+        elif isinstance(item, (list, tuple)) and len(item) == 2:
+            name, scale = item
+        else:
+            raise ConfigError(f"loras: {item!r} is not a LoRA: use {{\"name\": ..., \"scale\": ...}} or NAME[:SCALE]",
+                              "loras")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"loras: {item!r} names no LoRA file (expected PATH or NAME, then :SCALE)", "loras")
+        out.append((name, _number("loras", scale, f"the scale of {name}")))
+    return tuple(out)
+
+
+def _names(field: str, value) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(f"{field} should be a list of file names, got {value!r}", field)
+    return tuple(value)
 
 
 def _backend(asked: str, webgpu) -> tuple[str, list[str]]:
@@ -276,4 +327,5 @@ def resolve(request: Mapping, model: ModelInfo | None = None,
                     guidance=float(guidance), seed=seed, scheduler=scheduler, width=sizes["width"],
                     height=sizes["height"], num_images=num_images, clip_skip=clip_skip, precision=precision,
                     variant=variant, backend=backend, preview_every=every, preview=preview, decoder=decoder,
+                    loras=_loras(get("loras") or ()), embeddings=_names("embeddings", get("embeddings") or ()),
                     notes=tuple(notes))
