@@ -47,11 +47,11 @@ def _by_kind(key: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sdweb", description="Stable Diffusion text-to-image in NumPy (or WebGPU).")
+    p = _Parser(prog="sdweb", description="Stable Diffusion text-to-image, img2img and inpainting in NumPy (or WebGPU).")
     p.add_argument("--version", action="version", version=f"sdweb {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    g = sub.add_parser("generate", help="make an image from a prompt")
+    g = sub.add_parser("generate", help="make an image from a prompt (and an image to start from)")
     g.add_argument("--model", help="model folder, or Hub repo id found under ./weights/ (required unless "
                                     "--settings-from names one)")
     g.add_argument("--prompt", help="the prompt (required unless --settings-from)")
@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--variant", default=None, help="weight file variant to read, e.g. fp16 (default: plain, "
                                                    "else fp16)")
     g.add_argument("--backend", default=None, help=f"{', '.join(settings.BACKENDS)} or auto (default numpy)")
+    g.add_argument("--image", default=None, metavar="FILE",
+                   help="start from this image (img2img; PNG, JPEG, WebP ...); its size unless --width/--height")
+    g.add_argument("--mask", default=None, metavar="FILE",
+                   help="with --image: inpaint where this mask is white (grayscale, the image's size)")
+    g.add_argument("--strength", type=float, default=None,
+                   help="with --image: how much is redrawn, above 0 to 1 (default 0.8; 1.0 when inpainting)")
+    g.add_argument("--outpaint", default=None, metavar="L,T,R,B",
+                   help="with --image: grow the canvas by these pixels per side (multiples of 64 for SD) and paint them")
     _add_addon_arguments(g)
     g.add_argument("--output", "-o", default="out.png", help="image file (.png); several images get -0, -1, ...")
     g.add_argument("--save-intermediates", metavar="DIR", default=None,
@@ -245,16 +253,18 @@ def _webgpu_available() -> tuple[bool, str]:
     return (True, "") if webgpu.available() else (False, "no adapter was found")
 
 
-def _request(args, loras, embeddings) -> dict:
+def _request(args, loras, embeddings, image=None, mask=None) -> dict:
     """The generate flags as a settings request (settings.FIELDS), over the settings of
-    --settings-from's PNG where a flag is left out (loras, embeddings: the add-on flags', _addons)."""
+    --settings-from's PNG where a flag is left out (loras, embeddings: the add-on flags', _addons);
+    `image` and `mask` are the Pictures read from --image and --mask (a PNG names the files it was
+    made from, but only these flags give them)."""
     flags = dict(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                  guidance=args.guidance, seed=args.seed, scheduler=args.scheduler, width=args.width,
                  height=args.height, num_images=args.num_images, clip_skip=args.clip_skip, precision=args.precision,
                  variant=args.variant, backend=args.backend, preview_every=args.preview_every,
                  # previews are made only to be written: none without --save-intermediates
                  preview=args.preview or (None if args.save_intermediates else "none"), decoder=args.decoder,
-                 loras=loras or None, embeddings=embeddings or None)
+                 loras=loras or None, embeddings=embeddings or None, strength=args.strength, outpaint=args.outpaint)
     request = {}
     if args.settings_from is not None:
         from .infotext import read_png
@@ -271,7 +281,14 @@ def _request(args, loras, embeddings) -> dict:
         for note in restored.notes:
             print(f"sdweb: {path}: {note}", file=sys.stderr)
         request = dict(restored.request)
+        made_from = request.pop("image", None)
+        request.pop("mask", None)
+        if made_from and image is None:
+            raise ConfigError(f"--settings-from {path}: it was made from the image {made_from.get('name')} (sha256 "
+                              f"{str(made_from.get('sha256'))[:16]}...): give that file with --image (and its mask "
+                              "with --mask)", "image")
     request.update({k: v for k, v in flags.items() if v is not None})
+    request.update(image=image, mask=mask)
     if not request.get("model"):
         raise ConfigError("--model is required (or --settings-from a PNG that names a model)", "model")
     if request.get("prompt") is None:
@@ -280,6 +297,7 @@ def _request(args, loras, embeddings) -> dict:
 
 
 def cmd_generate(args) -> int:
+    from . import picture
     from .infotext import image_settings, png_text
     from .model import find_repo, resolve_autoencoder, resolve_model
     from .pipeline import Pipeline
@@ -288,8 +306,10 @@ def cmd_generate(args) -> int:
     # Everything that can be checked is, before a model file is read or anything allocated.
     if args.preview and not args.save_intermediates:
         raise ConfigError(f"--preview {args.preview}: previews are written by --save-intermediates DIR; give one")
+    image = picture.read(args.image, what="image") if args.image else None
+    mask = picture.read(args.mask, what="mask") if args.mask else None
     loras, embeddings, library = _addons(args)
-    s = resolve(_request(args, loras, embeddings))
+    s = resolve(_request(args, loras, embeddings, image, mask))
     outputs = _output_paths(args.output, s.num_images)
     inter = Path(args.save_intermediates) if args.save_intermediates else None
     if inter is not None:
@@ -314,9 +334,12 @@ def cmd_generate(args) -> int:
         inter.mkdir(exist_ok=True)
 
     bar = _Bar(args.quiet)
+    ran = {"steps": s.steps}  # UNet steps taken: fewer from an image, at strength < 1
 
     def progress(p):
         bar(p)
+        if p.stage == "unet":
+            ran["steps"] = p.total
         if inter is not None and p.preview is not None:
             n, h = p.preview.shape[:2]
             up = s.height // h  # the linear map's previews are at the latents' size
@@ -324,7 +347,7 @@ def cmd_generate(args) -> int:
                 name = f"step-{p.step:04d}.png" if n == 1 else f"step-{p.step:04d}-{k}.png"
                 _save_image(p.preview[k].repeat(up, axis=0).repeat(up, axis=1), inter / name)
 
-    result = pipe.generate(**s.run_args(), progress=progress)
+    result = pipe.generate(**s.run_args(), image=image, mask=mask, progress=progress)
     bar.close()
     for k, path in enumerate(outputs):
         # the model as it was named (a repo id stays a repo id, which other machines can resolve)
@@ -333,7 +356,7 @@ def cmd_generate(args) -> int:
     t = result.timings
     parts = [f"{k} {v:.2f}s" for k, v in t.items() if k != "total"]
     print(f"timings: {', '.join(parts)}; total {t['total']:.2f}s "
-          f"({t['unet'] / s.steps:.2f}s per step)", file=sys.stderr)
+          f"({t['unet'] / ran['steps']:.2f}s per step)", file=sys.stderr)
     return 0
 
 

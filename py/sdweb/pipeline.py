@@ -1,7 +1,9 @@
-"""Text-to-image, as diffusers' StableDiffusionPipeline.__call__ does it, stage by stage.
+"""Text-to-image, as diffusers' StableDiffusionPipeline.__call__ does it, stage by stage; from an
+image (img2img, inpainting, outpainting) as its Img2Img and Inpaint pipelines do (editing.py).
 
     prompt ──A1111 chunks──► ids (N, 77) per chunk ──text encoder──► context (2N, 77 k, D)   [uncond; cond]
-    seed ──PCG64──► latents (N, C, h, w) * init_noise_sigma
+    [image ──vae.encode──► mean * scaling_factor: the image latents (editing.Edit)]
+    seed ──PCG64──► latents (N, C, h, w) * init_noise_sigma   [from an image: noised image latents]
     for t in timesteps: eps = unet([x, x], t, context); eps = u + g (c - u); x = scheduler.step(eps, t, x)
     latents / scaling_factor ──vae.decode──► image (N, 3, H, W) ──► uint8 (N, H, W, 3)
 
@@ -18,12 +20,13 @@ unconditional pass, as LatentConsistencyModelPipeline (and StableDiffusionPipeli
 
 Stages load one component, use it and let it go (unless `keep_loaded`), so peak memory holds one
 big component at a time. The noise contract: image k of a run with seed S starts from
-`default_rng(S + k).standard_normal((1, C, h, w), float32) * init_noise_sigma`, and stochastic
+`default_rng(S + k).standard_normal((1, C, h, w), float32) * init_noise_sigma` (C the latent
+channels; from an image, that draw is the noise added to the image latents), and stochastic
 samplers draw their later noise from the same generators, in step order.
 
-`Pipeline.stages` is the run as a generator that stops at each readback (after every UNet step and
-after the decode) and yields the backend tensor about to be read, so a driver can wait for the GPU
-there with `await` (the page's worker, with or without JavaScript Promise Integration:
+`Pipeline.stages` is the run as a generator that stops at each readback (after every UNet step, after
+each encoding of an input image, and after the decode) and yields the backend tensor about to be read,
+so a driver can wait for the GPU there with `await` (the page's worker, with or without JavaScript Promise Integration:
 sdweb.browser.drive); the model code in between never reads back. It also yields None once each
 component is built, where the driver may wait for its weights to reach the GPU. `Pipeline.generate`
 runs it to the end, each readback blocking (`run`).
@@ -43,6 +46,7 @@ from .autoencoder_tiny import AutoencoderTiny
 from .backends import numpy as numpy_backend
 from .clip import DEFAULTS as CLIP_DEFAULTS
 from .clip import CLIPTextModel
+from .editing import Edit
 from .emphasis import apply_emphasis, match_chunk_counts
 from .errors import Cancelled, ConfigError
 from .schedulers import make_scheduler
@@ -53,10 +57,11 @@ from .vae import AutoencoderKL
 
 @dataclasses.dataclass
 class Progress:
-    """What the progress callback receives. `stage` is one of load, text_encoder, unet, vae (the
-    decode, by the tiny autoencoder too); `step`/`total` count within the stage; `component` the one
-    a load stage loads. After each UNet step, `timestep`, `latents`: the latents after that step,
-    and `pred_original_sample`: the step's prediction of the clean latents x0, both host float32
+    """What the progress callback receives. `stage` is one of load, text_encoder, vae_encoder (a run
+    from an image encoding it), unet, vae (the decode,
+    by the tiny autoencoder too); `step`/`total` count within the stage; `component` the one a load
+    stage loads. After each UNet step, `timestep`, `latents`: the latents after that step, and
+    `pred_original_sample`: the step's prediction of the clean latents x0, both host float32
     ndarrays (N, C, h, w) (the scheduler runs on the host, so on any backend this costs no readback;
     the callback must not modify them); every `preview_every` steps and after the last, `preview`:
     uint8 (N, H, W, 3) images of x0 (TAESD's decode at the image's size, preview.approx's at the
@@ -78,7 +83,7 @@ class Result:
     images: np.ndarray  # (N, H, W, 3) uint8
     latents: np.ndarray  # (N, C, h, w) final latents, before the VAE's scaling
     seeds: list[int]
-    timings: dict[str, float]  # seconds per stage: load_*, text_encoder, unet, preview, vae
+    timings: dict[str, float]  # seconds per stage: load_*, text_encoder, vae_encoder, unet, preview, vae
     settings: dict
 
 
@@ -120,20 +125,24 @@ class Pipeline:
         self._loaded.pop(component, None)
         # A GPU backend takes WeightRefs and uploads each tensor's bytes straight from the file.
         lazy = self.backend.takes_weight_refs
+        tiny = component == TINY
+        files = "vae" if component == "vae_encoder" else component  # the VAE's two halves, loaded apart
         # the tiny autoencoder: one weight file (fp32 in madebyollin/taesd, no variants), held in the run's precision
-        store = (self.tiny_autoencoder.weights(self.precision, lazy=lazy) if component == TINY
-                 else self.folder.weights(component, self.precision, self.variant, lazy=lazy))
+        store = (self.tiny_autoencoder.weights(self.precision, lazy=lazy) if tiny
+                 else self.folder.weights(files, self.precision, self.variant, lazy=lazy))
         try:
             if key:
                 store.add_lora(addons.patches(component, self._tensor_shapes))
             self.backend.check_weights(store)  # a GPU names a tensor too big to bind, before uploading
-            config = self.tiny_autoencoder.config() if component == TINY else self.folder.config(component)
+            config = self.tiny_autoencoder.config() if tiny else self.folder.config(files)
             if component == "text_encoder":
                 model = CLIPTextModel(config, store.prefix(CLIPTextModel.weights_root(store)), self.backend)
             elif component == "unet":
                 model = UNet2DConditionModel(config, store.prefix(""), self.backend)
             elif component == "vae":
                 model = AutoencoderKL(config, store.prefix(""), self.backend, encoder=False)
+            elif component == "vae_encoder":
+                model = AutoencoderKL(config, store.prefix(""), self.backend, decoder=False)
             elif component == TINY:
                 # previews and drafts only decode: the encoder stays on disk
                 model = AutoencoderTiny(config, store.prefix(""), self.backend, encoder=False)
@@ -230,14 +239,14 @@ class Pipeline:
         cond, uncond = match_chunk_counts(cond, uncond, lambda side: empty[side])
         return backend.concat([join(uncond), join(cond)], axis=0)
 
-    def initial_latents(self, seed: int, num_images: int, height: int, width: int, init_noise_sigma: float):
-        """The noise contract: one PCG64 generator per image, seeded seed + k."""
-        C = int(self.unet_config.get("in_channels", 4))
+    def first_noise(self, seed: int, num_images: int, height: int, width: int):
+        """The noise contract: one PCG64 generator per image, seeded seed + k, and their first draws
+        (N, C, h, w), C the latent channels (an inpainting UNet takes more, its noise has these)."""
+        C = self.info.latent_channels
         f = self.vae_scale_factor
         gens = [np.random.default_rng(seed + k) for k in range(num_images)]
         shape = (1, C, height // f, width // f)
-        x = np.concatenate([g.standard_normal(shape, dtype=np.float32) for g in gens])
-        return x * np.float32(init_noise_sigma), gens
+        return np.concatenate([g.standard_normal(shape, dtype=np.float32) for g in gens]), gens
 
     def generate(self, *args, **kwargs) -> Result:
         """One run with `stages`' arguments, to the end: each readback waits where it stands."""
@@ -247,7 +256,8 @@ class Pipeline:
                guidance: float | None = None, seed: int | None = None, scheduler: str | None = None,
                width: int | None = None, height: int | None = None, num_images: int = 1, clip_skip: int = 0,
                decoder: str | None = None, preview: str | None = None, preview_every: int | None = None,
-               loras=(), embeddings=(), progress: Callable[[Progress], None] | None = None,
+               loras=(), embeddings=(), image=None, mask=None, strength: float | None = None, outpaint=None,
+               progress: Callable[[Progress], None] | None = None,
                cancel: Callable[[], bool] | None = None) -> Generator[object, None, Result]:
         """The run, yielding each backend tensor just before it is read back (and None after each
         component is built); returns the Result.
@@ -256,12 +266,15 @@ class Pipeline:
         naming the first bad setting, before anything is loaded. A decoder other than "vae", or
         "taesd" previews, need the pipeline's tiny autoencoder (whichever the caller resolved the
         decoder's name to). loras: [(name or path, scale)] or settings' {name, scale}; embeddings:
-        [name or path] (found by self.library)."""
+        [name or path] (found by self.library). `image` and `mask` are picture.Pictures
+        (picture.read): with an image the run is img2img, with a mask too (or `outpaint`)
+        inpainting."""
         s = resolve(dict(model=self.folder.name, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                          guidance=guidance, seed=seed, scheduler=scheduler, width=width, height=height,
                          num_images=num_images, clip_skip=clip_skip, precision=self.precision,
                          variant=self.variant, backend=self.backend.name, decoder=decoder, preview=preview,
-                         preview_every=preview_every, loras=list(loras), embeddings=list(embeddings)),
+                         preview_every=preview_every, loras=list(loras), embeddings=list(embeddings), image=image,
+                         mask=mask, strength=strength, outpaint=outpaint),
                     self.info, taesd=self.tiny_autoencoder is not None)
         if s.tiny_autoencoder and self.tiny_autoencoder is None:
             field = "decoder" if s.decoder != "vae" else "preview"
@@ -273,6 +286,9 @@ class Pipeline:
         prompt, negative_prompt = s.prompt, s.negative_prompt
         addons = self.prepare_addons(prompt, negative_prompt, s.loras, s.embeddings)
         loras, embeddings = s.as_request()["loras"], list(s.embeddings)
+        # a run from an image records its input files (names, sha256), strength and outpaint
+        from_image = {} if s.image is None else {k: getattr(s, k) for k in ("image", "mask", "strength", "outpaint")}
+        edit = None if s.image is None else Edit(s, image, mask, self.info.inpainting)
         backend = self.backend
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
@@ -307,27 +323,42 @@ class Pipeline:
         self.release("text_encoder")
         report("text_encoder", 1, 1)
 
-        # 2. scheduler and noise
+        # 2. the input image's latents, for a run from an image
+        if edit is not None:
+            vae = yield from timed_load("vae_encoder")
+            report("vae_encoder", 0, 1)
+            s = time.perf_counter()
+            yield from edit.encode(vae, backend)
+            timings["vae_encoder"] = time.perf_counter() - s
+            self.release("vae_encoder")
+            del vae
+            report("vae_encoder", 1, 1)
+
+        # 3. scheduler and noise
         sched = make_scheduler(scheduler, self.scheduler_config)
         sched.set_timesteps(steps)
-        x0, gens = self.initial_latents(seed, num_images, height, width, sched.init_noise_sigma)
+        first, gens = self.first_noise(seed, num_images, height, width)
+        if edit is None:
+            timesteps, x = sched.timesteps, first * np.float32(sched.init_noise_sigma)
+        else:  # the schedule's tail at the strength, from the noised image latents
+            timesteps, x = edit.start(sched, steps, first)
 
         def noise(shape):
             per = (1,) + tuple(shape[1:])
             return np.concatenate([g.standard_normal(per, dtype=np.float32) for g in gens])
 
-        # 3. denoising loop, previews of each step's x0 (the tiny autoencoder is loaded first: it
+        # 4. denoising loop, previews of each step's x0 (the tiny autoencoder is loaded first: it
         # stays beside the UNet)
         tiny = (yield from timed_load(TINY)) if preview == "taesd" else None
         timings["preview"] = 0.0
         unet = yield from timed_load("unet")
         s = time.perf_counter()
-        x = x0
-        timesteps = sched.timesteps
         report("unet", 0, len(timesteps))
         for i, t in enumerate(timesteps):
             xin = sched.scale_model_input(x, t)
             xin = np.concatenate([xin, xin]) if cfg else xin
+            if edit is not None:
+                xin = edit.unet_input(xin)
             out = unet(backend.tensor(xin), t, context, timestep_cond)
             yield out  # the step's end: its only readback
             eps = backend.numpy(out)
@@ -337,6 +368,8 @@ class Pipeline:
                 eps = uncond + np.float32(guidance) * (cond - uncond)
             x = sched.step(eps, t, x, noise)
             clean = sched.pred_original_sample
+            if edit is not None:
+                x = edit.after_step(x, i, timesteps, sched, first)
             shown = None
             if preview != "none" and ((i + 1) % preview_every == 0 or i + 1 == len(timesteps)):
                 p0 = time.perf_counter()
@@ -354,7 +387,7 @@ class Pipeline:
         self.release("unet")
         del unet, context  # the last references: on a GPU the UNet's weights must go before the VAE's activations come
 
-        # 4. VAE decode, or a draft by the tiny autoencoder (loaded already for TAESD previews)
+        # 5. VAE decode, or a draft by the tiny autoencoder (loaded already for TAESD previews)
         if decoder == "vae":
             vae = yield from timed_load("vae")
         else:
@@ -385,7 +418,7 @@ class Pipeline:
                                     guidance=guidance, seed=seed, scheduler=scheduler, width=width,
                                     height=height, num_images=num_images, clip_skip=clip_skip,
                                     precision=self.precision, variant=self.variant, backend=backend.name,
-                                    decoder=decoder, loras=loras, embeddings=embeddings))
+                                    decoder=decoder, loras=loras, embeddings=embeddings, **from_image))
 
 
 def run(stages: Generator[object, None, Result]) -> Result:
