@@ -93,6 +93,18 @@ def test_taesd_previews_and_draft_decode(sd1_tiny, taesd_tiny, tmp_path, capsys,
     assert Image.open("inter/step-0002.png").size == (64, 48)  # the latents' 8x6, each pixel 8x8
     assert json.loads(Image.open("out.png").text["sdweb"])["decoder"] == "vae"
 
+    # a draft from an image: TAESD encodes it too (the pipeline's run, whose parity with diffusers
+    # test_editing holds)
+    from sdweb import picture
+
+    code, _, err = run(args + ["--image", str(IMAGES / "chelsea.jpg"), "--strength", "0.7", "--decoder", "taesd",
+                               "-o", "edit.png"], capsys)
+    assert code == 0, err
+    want = Pipeline(ModelFolder(sd1_tiny), tiny_autoencoder=AutoencoderFolder(taesd_tiny)).generate(
+        "a red fox in snow", steps=3, seed=4, width=64, height=48, scheduler="euler", decoder="taesd", strength=0.7,
+        image=picture.read(IMAGES / "chelsea.jpg"))
+    assert set(want.timings) >= {"load_tiny_autoencoder_encoder", "vae_encoder"} and "load_vae_encoder" not in want.timings
+    assert np.array_equal(np.asarray(Image.open("edit.png")), want.images[0])
 
 
 def test_console_script_runs(sd1_tiny, tmp_path):

@@ -8,8 +8,9 @@ image (img2img, inpainting, outpainting) as its Img2Img and Inpaint pipelines do
     latents / scaling_factor ──vae.decode──► image (N, 3, H, W) ──► uint8 (N, H, W, 3)
 
 With a tiny autoencoder (`tiny_autoencoder`, madebyollin/taesd): previews of each step's predicted
-clean latents x0 (preview.py), and, with decoder != "vae", the final decode as a draft (as diffusers'
-StableDiffusionPipeline with vae=AutoencoderTiny: latents / its scaling_factor, 1.0).
+clean latents x0 (preview.py), and, with decoder != "vae", a draft: the final decode (as diffusers'
+StableDiffusionPipeline with vae=AutoencoderTiny: latents / its scaling_factor, 1.0) and, from an
+image, its encoding (the Img2Img and Inpaint pipelines with vae=AutoencoderTiny: latents times 1.0).
 
 Prompts follow A1111's syntax (prompt_syntax: weights, BREAK, 75-token chunks, embedding slots,
 `<lora:...>` tags); each chunk is encoded on its own and weighted (emphasis). Add-ons (addons.py)
@@ -58,7 +59,7 @@ from .vae import AutoencoderKL
 @dataclasses.dataclass
 class Progress:
     """What the progress callback receives. `stage` is one of load, text_encoder, vae_encoder (a run
-    from an image encoding it), unet, vae (the decode,
+    from an image encoding it, by the tiny autoencoder's encoder for a draft), unet, vae (the decode,
     by the tiny autoencoder too); `step`/`total` count within the stage; `component` the one a load
     stage loads. After each UNet step, `timestep`, `latents`: the latents after that step, and
     `pred_original_sample`: the step's prediction of the clean latents x0, both host float32
@@ -88,6 +89,7 @@ class Result:
 
 
 TINY = "tiny_autoencoder"  # the component name of the tiny autoencoder (loads, progress, timings)
+TINY_ENCODER = "tiny_autoencoder_encoder"  # its encoder half, for a draft from an image
 
 
 class Pipeline:
@@ -125,7 +127,7 @@ class Pipeline:
         self._loaded.pop(component, None)
         # A GPU backend takes WeightRefs and uploads each tensor's bytes straight from the file.
         lazy = self.backend.takes_weight_refs
-        tiny = component == TINY
+        tiny = component in (TINY, TINY_ENCODER)
         files = "vae" if component == "vae_encoder" else component  # the VAE's two halves, loaded apart
         # the tiny autoencoder: one weight file (fp32 in madebyollin/taesd, no variants), held in the run's precision
         store = (self.tiny_autoencoder.weights(self.precision, lazy=lazy) if tiny
@@ -144,8 +146,11 @@ class Pipeline:
             elif component == "vae_encoder":
                 model = AutoencoderKL(config, store.prefix(""), self.backend, decoder=False)
             elif component == TINY:
-                # previews and drafts only decode: the encoder stays on disk
+                # previews and drafts decode with one half, a draft's input image is encoded with the
+                # other (TINY_ENCODER): each stays on disk until a run needs it
                 model = AutoencoderTiny(config, store.prefix(""), self.backend, encoder=False)
+            elif component == TINY_ENCODER:
+                model = AutoencoderTiny(config, store.prefix(""), self.backend, decoder=False)
             else:
                 raise ValueError(component)
             store.finish()
@@ -160,6 +165,7 @@ class Pipeline:
         """Previews and drafts from now on by `tiny` (a tiny autoencoder's folder), forgetting one loaded."""
         self.tiny_autoencoder = tiny
         self._loaded.pop(TINY, None)
+        self._loaded.pop(TINY_ENCODER, None)
 
     def release(self, component: str):
         if not self.keep_loaded:
@@ -268,7 +274,7 @@ class Pipeline:
         decoder's name to). loras: [(name or path, scale)] or settings' {name, scale}; embeddings:
         [name or path] (found by self.library). `image` and `mask` are picture.Pictures
         (picture.read): with an image the run is img2img, with a mask too (or `outpaint`)
-        inpainting."""
+        inpainting; a draft (decoder != "vae") encodes them with the tiny autoencoder's encoder."""
         s = resolve(dict(model=self.folder.name, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                          guidance=guidance, seed=seed, scheduler=scheduler, width=width, height=height,
                          num_images=num_images, clip_skip=clip_skip, precision=self.precision,
@@ -323,14 +329,17 @@ class Pipeline:
         self.release("text_encoder")
         report("text_encoder", 1, 1)
 
-        # 2. the input image's latents, for a run from an image
+        # 2. the input image's latents, for a run from an image: a draft's through the tiny
+        # autoencoder's encoder, as diffusers' Img2Img and Inpaint pipelines with vae=AutoencoderTiny
+        # encode it (its latents times its scaling_factor, 1.0)
         if edit is not None:
-            vae = yield from timed_load("vae_encoder")
+            encoder = "vae_encoder" if decoder == "vae" else TINY_ENCODER
+            vae = yield from timed_load(encoder)
             report("vae_encoder", 0, 1)
             s = time.perf_counter()
             yield from edit.encode(vae, backend)
             timings["vae_encoder"] = time.perf_counter() - s
-            self.release("vae_encoder")
+            self.release(encoder)
             del vae
             report("vae_encoder", 1, 1)
 
