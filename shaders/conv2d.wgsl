@@ -1,13 +1,13 @@
 // conv2d.wgsl: 2-D convolution as an implicit GEMM (no im2col buffer) with bias, a per-image channel
-// add (the resnet's time embedding) and a residual fused into the epilogue; the convs of the UNet
-// and the VAE, and linear layers whose output is an image (the transformer's proj_out). Host side:
-// py/sdweb/backends/webgpu/ops/conv2d.py (configurations: ops/gemm.py); reference:
-// backends/numpy.py `conv2d` (and `linear` with image=(H, W)).
+// add (the resnet's time embedding), a residual and an activation fused into the epilogue; the
+// convs of the UNet and the VAEs, and linear layers whose output is an image (the transformer's
+// proj_out). Host side: py/sdweb/backends/webgpu/ops/conv2d.py (configurations: ops/gemm.py);
+// reference: backends/numpy.py `conv2d` (and `linear` with image=(H, W)).
 //
 // Shapes: X (N, C, H, W) T, NCHW; or, with TOKENS, X (N, H*W, C) T, a 1x1 conv over tokens. Wt
 // (Co, C, KH, KW) (or (Co, C)) as the checkpoint stores it, dtype W_TYPE (f32 | f16 | bf16); Y (N,
 // Co, Ho, Wo) T with Ho = (H + 2 pad - KH) / stride + 1 (Wo alike); bias (Co,) W_TYPE, E (N, Co) T
-// and R of Y's shape: Y = conv(X, Wt) + bias + E[n, co] + R.
+// and R of Y's shape: Y = act(conv(X, Wt) + bias + E[n, co] + R).
 //
 // As a GEMM (include/gemm.wgsl): C[co, q] = sum_k Wt[co, k] B[q, k], k = (ci, ky, kx) over
 // C*KH*KW (Wt's own row-major layout, so its tile loads are whole vec4s along k) and q = (n, oy, ox)
@@ -28,11 +28,13 @@
 //             / 256) folded into (x, y) (include/grid.wgsl)
 //     bindings: 0 p  1 part  2 bias  3 temb  4 res  5 y
 // Uniform Params { C, H, W, Co, Ho, Wo, stride, pad, cols = N Ho Wo, K = C KH KW, k_split, S }.
-// Host constants: KH, KW, TOKENS, HAS_BIAS, HAS_TEMB, HAS_RES, VEC_K (K % 4 == 0: Wt's rows, and
-// X's under TOKENS, load as whole vec4s), SPLIT, the tile shape (WGX, WGY, TM, TN, BK; WGY a
-// multiple of TN), W_TYPE / W_LOAD, T. Every edge is bounds-checked (any Co, C, image size).
+// Host constants: KH, KW, TOKENS, HAS_BIAS, HAS_TEMB, HAS_RES, ACT (include/activations.wgsl's
+// codes, geglu excepted), VEC_K (K % 4 == 0: Wt's rows, and X's under TOKENS, load as whole
+// vec4s), SPLIT, the tile shape (WGX, WGY, TM, TN, BK; WGY a multiple of TN), W_TYPE / W_LOAD, T.
+// Every edge is bounds-checked (any Co, C, image size).
 // @defaults KH=3u KW=3u TOKENS=false HAS_BIAS=false HAS_TEMB=false HAS_RES=false VEC_K=true SPLIT=false
 
+#include "include/activations.wgsl"
 #include "include/gemm.wgsl"
 #include "include/grid.wgsl"
 
@@ -151,7 +153,7 @@ fn b_vec(px: Pixel, q: u32, k: u32, ke: u32) -> vec4<T> {
     return v;
 }
 
-// Y[n, co, pixel] = value + bias + E[n, co] + R, for output column q = (n, pixel) of the batch
+// Y[n, co, pixel] = act(value + bias + E[n, co] + R), for output column q = (n, pixel) of the batch
 fn store(co: u32, q: u32, value: f32) {
     if (co >= p.Co || q >= p.cols) { return; }
     let P = p.Ho * p.Wo;
@@ -161,7 +163,7 @@ fn store(co: u32, q: u32, value: f32) {
     if (HAS_BIAS) { v += W_LOAD(bias, co); }
     if (HAS_TEMB) { v += f32(temb[n * p.Co + co]); }
     if (HAS_RES) { v += f32(res[o]); }
-    y[o] = T(v);
+    y[o] = T(activate(v));
 }
 
 @compute @workgroup_size(WGX, WGY)

@@ -1,7 +1,7 @@
 """shaders/conv2d.wgsl (through webgpu/ops/conv2d.py, its tiles from ops/gemm.py) against
 backends/numpy.py `conv2d`, on lavapipe or whatever adapter wgpu finds: 3x3 and 1x1 kernels, stride 1
-and 2, padding 0 and 1, bias or none, the fused time-embedding add and residual, every tile
-configuration (8x8 per invocation in three tile shapes, 4x4, split-K), every weight dtype, f16
+and 2, padding 0 and 1, bias or none, the fused time-embedding add, residual and activation, every
+tile configuration (8x8 per invocation in three tile shapes, 4x4, split-K), every weight dtype, f16
 compute, odd sizes (5x7 images, 3 input channels so K % 4 != 0, 33 or 70 output channels, so tiles
 are partly empty and span two images of a batch), and the ladder's older kernel.
 
@@ -39,10 +39,10 @@ def case(N, C, H, W, Co, k, dtype="f32", bias=True, seed=0):
     return x, w, b
 
 
-def run(ctx, x, w, b, stride, padding, residual=None, temb=None, config=None):
+def run(ctx, x, w, b, stride, padding, residual=None, temb=None, act=None, config=None):
     t = lambda a: None if a is None else webgpu.tensor(a)  # noqa: E731
     return cv.conv2d(ctx, webgpu.tensor(x), webgpu.weight(w), None if b is None else webgpu.weight(b),
-                     stride, padding, residual=t(residual), temb=t(temb), config=config)
+                     stride, padding, residual=t(residual), temb=t(temb), act=act, config=config)
 
 
 # (N, Cin, H, W, Cout, k, stride, padding)
@@ -77,7 +77,7 @@ def test_every_configuration(ctx, t):
         configs = gemm.candidates(ctx, 40, 84, 288, t)
         assert {c.split for c in configs} == {1, 2, 4}
         for c in configs:
-            check(run(ctx, x, w, b, 1, 1, r, e, c), ref, tol(t))
+            check(run(ctx, x, w, b, 1, 1, r, e, config=c), ref, tol(t))
 
 
 @pytest.mark.parametrize("dtype", ["f16", "bf16"])
@@ -105,6 +105,31 @@ def test_epilogue(ctx, bias, t):
         check(run(ctx, x, w, b, 1, 1, temb=e), nb.conv2d(xs, w, b, 1, 1, temb=es), tol(t))
 
 
+@pytest.mark.parametrize("shape", [(2, 6, 5, 7, 70), (1, 5, 36, 40, 9)], ids=["tiles", "wide"])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("act", ["relu", "silu"])
+@pytest.mark.parametrize("t", ["f32", "f16"])
+def test_fused_activation(ctx, t, act, residual, shape):
+    """act(conv(x) + b [+ residual]) in the epilogue: the tiny autoencoder's conv + ReLU and
+    ReLU(conv + skip). The reference against the activation's definition applied after an unfused
+    conv (both of its conv paths: small images and wide rows), the kernel against the reference,
+    in f32 and f16 compute, with the rule's tiles and split-K (the activation after the slices' sum)."""
+    x, w, b = case(*shape, 3, seed=3)
+    r = np.random.default_rng(4).standard_normal(nb.conv2d(x, w, b, 1, 1).shape).astype(np.float32) \
+        if residual else None
+    plain = nb.conv2d(x, w, b, 1, 1, r).astype(np.float64)
+    want = np.maximum(plain, 0) if act == "relu" else plain / (1 + np.exp(-plain))
+    ref = nb.conv2d(x, w, b, 1, 1, r, act=act)
+    assert np.abs(ref - want).max() <= 1e-6 * np.abs(want).max()
+    with computing(ctx, t):
+        xs, rs = as_computed(x, t), None if r is None else as_computed(r, t)
+        check(run(ctx, x, w, b, 1, 1, residual=r, act=act), nb.conv2d(xs, w, b, 1, 1, rs, act=act), tol(t))
+        x, w, b = case(2, 32, 5, 7, 40, 3, seed=5)  # K = 288: room for split-K's slices
+        split = next(c for c in gemm.candidates(ctx, 40, 70, 288, t) if c.split > 1)
+        check(run(ctx, x, w, b, 1, 1, act=act, config=split), nb.conv2d(as_computed(x, t), w, b, 1, 1, act=act),
+              tol(t))
+
+
 def test_errors(ctx):
     x, w, b = case(1, 3, 5, 5, 4, 3)
     tx, tw, tb = webgpu.tensor(x), webgpu.weight(w), webgpu.weight(b)
@@ -120,6 +145,8 @@ def test_errors(ctx):
         cv.conv2d(ctx, tx, tw, webgpu.weight(b.astype(np.float16)))
     with pytest.raises(SdwebError, match="GPU tensor"):
         cv.conv2d(ctx, x, tw, tb)
+    with pytest.raises(SdwebError, match="^conv2d: activation 'geglu' is not one of None, silu"):
+        cv.conv2d(ctx, tx, tw, tb, act="geglu")
 
 
 def test_backend_conv2d(ctx):

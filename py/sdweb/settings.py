@@ -1,7 +1,7 @@
 """One policy for a generation's settings: every default and every check, for the CLI, the page and
 the library alike.
 
-    resolve(request, model=None, webgpu=None) -> Settings        or a ConfigError naming its `field`
+    resolve(request, model=None, webgpu=None, taesd=None) -> Settings   or a ConfigError naming its `field`
 
 `request` maps FIELDS names to what a person asked for; absent, None or "" means "the default". The
 CLI translates its flags into a request (cli.py), the page its form (web/app.js -> web/worker.js ->
@@ -12,6 +12,8 @@ None; called again with the model's ModelInfo, it fills those in and checks size
 `webgpu` is whether a WebGPU adapter answers here: (ok, why) or (ok, why, features) (the adapter's
 WebGPU feature names, e.g. "shader-f16"), or a function returning it; None when the caller does not
 know, and then "auto" stays "auto" (the backend's, and the compute dtype's when features are unknown).
+`taesd` is whether the tiny autoencoder "taesd" names (the catalogue's) is at hand (downloaded, or
+stored in the page); None when the caller does not know, and then an empty preview stays None.
 
 Defaults and limits:
     model             the catalogue's default model (models.json "default": SD 1.5)
@@ -36,7 +38,18 @@ Defaults and limits:
                       Per stage (stage_compute): the text encoder and the UNet compute in it, the VAE
                       in f32 when its config says force_upcast (diffusers' default, as SD 1.5's VAE
                       overflows f16)
-    preview_every     about ten previews a run: round(steps / 10) steps, at least 1; 1 to 1000
+    decoder           "vae": the model's own VAE decodes the image; "taesd" (the catalogue's tiny
+                      autoencoder, madebyollin/taesd) or a tiny autoencoder's folder or Hub repo id
+                      decodes a draft instead (141 GFLOP at 512x512 against the SD VAE decoder's
+                      2.5 TFLOP)
+    preview           what a preview of the step's predicted clean latents x0 is drawn with: "taesd"
+                      (the run's tiny autoencoder: the decoder's when it is one, else the catalogue's),
+                      "approx" (a linear map of the latent channels, preview.py), or "none" (no
+                      previews: the CLI without --save-intermediates); by default "taesd" when a
+                      tiny autoencoder is at hand, else "approx"
+    preview_every     every step with "taesd" previews (each costs under a tenth of a UNet step),
+                      else about ten a run: round(steps / 10) steps, at least 1; 1 to 1000; None
+                      while the preview is not yet known (resolved without `taesd`)
     loras             none. A list of LoRAs, each {"name", "scale"} (or the CLI's "NAME[:SCALE]"):
                       a file path or a stored name (addons.py finds it); scale a finite number,
                       default 1, for the UNet and the text encoder alike (A1111's <lora:...> tags in
@@ -73,10 +86,12 @@ from .schedulers.base import strength_steps
 from .weights import PRECISIONS
 
 FIELDS = ("model", "prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width", "height",
-          "num_images", "clip_skip", "precision", "variant", "backend", "preview_every", "loras", "embeddings",
-          "image", "mask", "strength", "outpaint", "compute")
+          "num_images", "clip_skip", "precision", "variant", "backend", "preview_every", "preview", "decoder",
+          "loras", "embeddings", "image", "mask", "strength", "outpaint", "compute")
 BACKENDS = ("numpy", "webgpu")
 COMPUTE = ("auto", "f32", "f16")
+PREVIEWS = ("taesd", "approx", "none")
+VAE, TAESD = "vae", "taesd"  # decoder: the model's own VAE; the catalogue's tiny autoencoder
 MAX_STEPS = 1000
 MAX_SIDE = 2048  # pixels; beyond this a 64x64-trained UNet makes tiled nonsense and memory explodes
 MAX_IMAGES = 16
@@ -147,7 +162,9 @@ class Settings:
     precision: str | None
     variant: str | None
     backend: str
-    preview_every: int
+    preview_every: int | None
+    preview: str | None
+    decoder: str
     loras: tuple[tuple[str, float], ...]  # (name, scale)
     embeddings: tuple[str, ...]
     image: dict | None = None
@@ -168,7 +185,16 @@ class Settings:
         """Pipeline.generate's keyword arguments."""
         out = self.as_request()
         return {k: out[k] for k in ("prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width",
-                                    "height", "num_images", "clip_skip", "loras", "embeddings", "strength", "outpaint")}
+                                    "height", "num_images", "clip_skip", "decoder", "preview", "preview_every",
+                                    "loras", "embeddings", "strength", "outpaint")}
+
+    @property
+    def tiny_autoencoder(self) -> str | None:
+        """The tiny autoencoder this run reads ("taesd", or the folder / repo id the decoder names), or
+        None when it needs none."""
+        if self.decoder != VAE:
+            return self.decoder
+        return TAESD if self.preview == TAESD else None
 
 
 def model_kind(name: str) -> str:
@@ -274,7 +300,8 @@ def stage_compute(compute: str, stage: str, vae_config: dict | None = None) -> s
 
 
 def resolve(request: Mapping, model: ModelInfo | None = None,
-            webgpu: tuple[bool, str] | Callable[[], tuple[bool, str]] | None = None) -> Settings:
+            webgpu: tuple[bool, str] | Callable[[], tuple[bool, str]] | None = None,
+            taesd: bool | None = None) -> Settings:
     """The checked settings of `request` (see the module docstring), or a ConfigError naming the field."""
     extra = sorted(set(request) - set(FIELDS))
     if extra:
@@ -356,17 +383,26 @@ def resolve(request: Mapping, model: ModelInfo | None = None,
         elif backend == "numpy" and model is not None and model.weight_bytes is not None:
             precision = "fp16" if model.weight_bytes > FP16_ABOVE else "fp32"
 
-    preview = get("preview_every")
-    preview = max(1, (steps + 5) // 10) if preview is None else \
-        _whole("preview_every", preview, 1, MAX_STEPS, f"use 1 to {MAX_STEPS} (steps between previews)")
+    decoder = _text("decoder", get("decoder") or VAE).strip() or VAE
+    preview = get("preview")
+    if preview is not None and preview not in PREVIEWS:
+        raise ConfigError(f"unknown preview {preview!r}; use taesd (the tiny autoencoder), approx (a linear map "
+                          "of the latents) or none", "preview")
+    if preview is None and (decoder != VAE or taesd is not None):
+        preview = TAESD if decoder != VAE or taesd else "approx"
+    every = get("preview_every")
+    if every is not None:
+        every = _whole("preview_every", every, 1, MAX_STEPS, f"use 1 to {MAX_STEPS} (steps between previews)")
+    elif preview is not None:
+        every = 1 if preview == TAESD else max(1, (steps + 5) // 10)
 
     return Settings(model=name, prompt=_text("prompt", get("prompt") or ""),
                     negative_prompt=_text("negative_prompt", get("negative_prompt") or ""), steps=steps,
                     guidance=float(guidance), seed=seed, scheduler=scheduler, width=sizes["width"],
                     height=sizes["height"], num_images=num_images, clip_skip=clip_skip, precision=precision,
-                    variant=variant, backend=backend, preview_every=preview, loras=_loras(get("loras") or ()),
-                    embeddings=_names("embeddings", get("embeddings") or ()), image=image, mask=mask, strength=strength,
-                    outpaint=outpaint, compute=compute, notes=tuple(notes))
+                    variant=variant, backend=backend, preview_every=every, preview=preview, decoder=decoder,
+                    loras=_loras(get("loras") or ()), embeddings=_names("embeddings", get("embeddings") or ()),
+                    image=image, mask=mask, strength=strength, outpaint=outpaint, compute=compute, notes=tuple(notes))
 
 
 # --- runs from an image ------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The backend contract: every op model code (nn.py, resnet.py, clip.py, unet.py, vae.py) and the
-pipeline call, written once.
+"""The backend contract: every op model code (nn.py, resnet.py, clip.py, unet.py, vae.py,
+autoencoder_tiny.py) and the pipeline call, written once.
 
 A backend is a module: `backends/numpy.py`, the readable reference (plain float32 ndarrays), and
 `backends/webgpu/`, the same ops as WGSL kernels (tensors are GPU buffer handles). Each defines
@@ -24,7 +24,7 @@ image as tokens (the spatial transformer's way in and out, with no transpose of 
 
 The fused activation is spelled `act` everywhere: None, or a name in ACTIVATIONS; linear also takes
 "geglu", which halves the width. Which function each name is: backends/numpy.py `_silu`, `_gelu`
-(exact, erf), `_quick_gelu`, `_geglu`; in WGSL shaders/include/activations.wgsl.
+(exact, erf), `_quick_gelu`, `_relu`, `_geglu`; in WGSL shaders/include/activations.wgsl.
 """
 
 from __future__ import annotations
@@ -33,14 +33,16 @@ from typing import Protocol
 
 from ..errors import SdwebError
 
-ACTIVATIONS = ("silu", "gelu", "quick_gelu")
+ACTIVATIONS = ("silu", "gelu", "quick_gelu", "relu")
 GEGLU = "geglu"
 
 # Ops the text-to-image pipeline does not call, and the model code that does.
 NOT_IN_TEXT_TO_IMAGE = {
     "pad2d": "resnet.Downsample2D with padding 0, the VAE encoder's (AutoencoderKL.encode: an image in)",
     "slice_tokens": "clip.CLIPTextModel.pooled (transformers' pooler_output)",
-    "mul": "resnet.ResnetBlock2D with output_scale_factor != 1 (a UNet's mid_block_scale_factor)",
+    "mul": "resnet.ResnetBlock2D with output_scale_factor != 1 (a UNet's mid_block_scale_factor), and a tiny "
+           "autoencoder's image scaling (autoencoder_tiny: previews, the draft decoder)",
+    "tanh_clamp": "autoencoder_tiny.DecoderTiny, the tiny autoencoder's decoder (previews, the draft decoder)",
     "fuse_lora": "weight() of a weights.Patched: a weight a LoRA changes (Pipeline.generate with loras)",
 }
 COMPUTE_DTYPES = ("f32", "f16")
@@ -105,11 +107,12 @@ class Backend(Protocol):
         rows and the result is (..., F): first half * gelu(second half). With image=(H, W), x is
         (N, H*W, Din) tokens and the result (N, Dout, H, W) (and residual is that shape); no act."""
 
-    def conv2d(self, x, weight, bias=None, stride=1, padding=0, residual=None, temb=None):
+    def conv2d(self, x, weight, bias=None, stride=1, padding=0, residual=None, temb=None, act=None):
         """x: (N, Cin, H, W), weight: (Cout, Cin, k, k), bias: (Cout,) -> (N, Cout, Ho, Wo), zero padding
         on every side, Ho = (H + 2 padding - k) // stride + 1; plus temb (N, Cout) per image and
         channel (a resnet's projected time embedding), plus `residual` (a tensor of the output's
-        shape: a resnet's skip), when given."""
+        shape: a resnet's skip), when given; then act (one of ACTIVATIONS), so a conv + ReLU, or
+        ReLU(conv + skip), is one op."""
 
     def attention(self, q, k, v, heads, causal=False):
         """q: (N, Lq, h*d), k/v: (N, Lk, h*d) -> (N, Lq, h*d): softmax(q k^T / sqrt(d)) v per head, key
@@ -132,8 +135,11 @@ class Backend(Protocol):
     def add(self, x, y):
         """x + y, same shapes (a residual)."""
 
-    def mul(self, x, s):
-        """x * s, s a Python float."""
+    def mul(self, x, s, shift=0.0):
+        """x * s + shift, s and shift Python floats (an image mapped between [0, 1] and [-1, 1])."""
+
+    def tanh_clamp(self, x, bound):
+        """bound * tanh(x / bound): a smooth clamp into (-bound, bound), bound a Python float."""
 
     def upsample_nearest2x(self, x):
         """x: (N, C, H, W) -> (N, C, 2H, 2W), each pixel repeated 2x2."""

@@ -155,24 +155,33 @@ def _linear(x, weight, bias, act):
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
-def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None, temb=None):
+def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None, temb=None,
+           act: str | None = None):
     """x: (N, Cin, H, W), weight: (Cout, Cin, kh, kw), bias: (Cout,) -> (N, Cout, Ho, Wo), plus temb
     (N, Cout) per image and channel, plus `residual` (a tensor of the output's shape: a resnet's
-    skip), when given. Implicit GEMM on the GPU
+    skip), when given, then the optional fused activation (the tiny autoencoder's ReLUs). Implicit
+    GEMM on the GPU
     (shaders/conv2d.wgsl). Here, by shape:
       1x1: one (Cout, Cin) @ (Cin, H*W) matmul per image;
-      stride 1, wide rows (Wo >= 32): shift and accumulate. In the zero-padded image flattened to
+      stride 1, wide rows (Wo >= 32), Cin >= 128: shift and accumulate. In the zero-padded image flattened to
         (Cin, Hp*Wp), tap (ky, kx) of every output pixel is the input shifted by ky*Wp + kx, so the
         conv is kh*kw matmuls W[:, :, ky, kx] @ x_flat[:, shift:] summed, with no im2col copy; each
         output row carries kw-1 junk columns (the wrap into the next row) that are dropped;
-      otherwise (small images, stride 2): im2col in (Cin*kh*kw, pixels) order, so one matmul per
-        image writes NCHW directly, in row chunks that bound the column matrix (~64 MB).
-    Both keep the GEMMs large: measured on 2 cores they run at about torch's (oneDNN) speed."""
+      otherwise (small images, stride 2, few channels): im2col in (Cin*kh*kw, pixels) order, so one
+        matmul per image writes NCHW directly, in row chunks that bound the column matrix (~64 MB).
+    Both keep the GEMMs large: measured on 2 cores they run at about torch's (oneDNN) speed. The
+    shift path's GEMMs have K = Cin, which for the tiny autoencoder's 64 channels is too short for
+    OpenBLAS: there im2col's K = 9 Cin decodes 2.5-3x faster (a TAESD decode to 512x512)."""
+    check_act("conv2d", act)
     y = _conv2d(x, _f32(weight), None if bias is None else _f32(bias)[:, None], stride, padding)
     if temb is not None:
         y += temb[:, :, None, None]
     if residual is not None:
         y += residual
+    if act:
+        rows = y.reshape(-1, y.shape[2] * y.shape[3])
+        for r, c in _blocks(*rows.shape):
+            _KERNELS[act](rows[r, c], out=rows[r, c])
     return y
 
 
@@ -187,7 +196,7 @@ def _conv2d(x, w, bias, stride, padding):
     Hp, Wp = H + 2 * padding, W + 2 * padding
     Ho, Wo = (Hp - kh) // stride + 1, (Wp - kw) // stride + 1
     y = np.empty((N, Co, Ho, Wo), np.float32)
-    if stride == 1 and Wo >= 32:
+    if stride == 1 and Wo >= 32 and Ci >= 128:
         xp = np.zeros((N, C, Hp * Wp + kw - 1), np.float32)  # + kw-1: the last row's junk columns
         xp[:, :, :Hp * Wp].reshape(N, C, Hp, Wp)[:, :, padding:padding + H, padding:padding + W] = x
         taps = np.ascontiguousarray(w.transpose(2, 3, 0, 1))  # (kh, kw, Co, Ci)
@@ -342,7 +351,7 @@ def attention(q, k, v, heads: int, causal: bool = False):
 # --- fused activations  (shaders/include/activations.wgsl) ----------------------------------------
 
 
-# The activations linear and group_norm fuse: kernels `_name(x, out)` (x and out may be the same
+# The activations linear, conv2d and group_norm fuse: kernels `_name(x, out)` (x and out may be the same
 # array) applied block by block while the rows are in cache. exp overflows to inf on the saturating
 # side (x / inf = -0), which NumPy, unlike WGSL, defines.
 
@@ -388,6 +397,10 @@ def _gelu(x, out):
     return out
 
 
+def _relu(x, out):
+    return np.maximum(x, 0, out=out)
+
+
 def _geglu(x, out):
     """x: (rows, 2F) -> out (rows, F) = x[:, :F] * gelu(x[:, F:])."""
     F = out.shape[-1]
@@ -396,7 +409,7 @@ def _geglu(x, out):
     return out
 
 
-_KERNELS = {"silu": _silu, "gelu": _gelu, "quick_gelu": _quick_gelu}
+_KERNELS = {"silu": _silu, "gelu": _gelu, "quick_gelu": _quick_gelu, "relu": _relu}
 
 
 # --- elementwise and layout  (shaders/elementwise.wgsl) -------------------------------------------
@@ -407,9 +420,20 @@ def add(x, y):
     return x + y
 
 
-def mul(x, s: float):
-    """Scale by a Python float."""
-    return x * np.float32(s)
+def mul(x, s: float, shift: float = 0.0):
+    """x * s + shift, s and shift Python floats."""
+    y = x * np.float32(s)
+    if shift:
+        y += np.float32(shift)
+    return y
+
+
+def tanh_clamp(x, bound: float):
+    """bound * tanh(x / bound): a smooth clamp into (-bound, bound) (TAESD's decoder input)."""
+    y = x / np.float32(bound)
+    np.tanh(y, out=y)
+    y *= np.float32(bound)
+    return y
 
 
 def upsample_nearest2x(x):

@@ -99,10 +99,11 @@ def linear(x, weight, bias=None, act: str | None = None, residual=None, image=No
     return _matmul.linear(context(), x, weight, bias, act, residual, image)
 
 
-def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None, temb=None):
+def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None, temb=None,
+           act: str | None = None):
     """x: (N, Cin, H, W), weight: (Cout, Cin, k, k) -> (N, Cout, Ho, Wo), plus temb (N, Cout) and
-    `residual` when given."""
-    return _conv2d.conv2d(context(), x, weight, bias, stride, padding, residual, temb)
+    `residual` when given, optional fused activation."""
+    return _conv2d.conv2d(context(), x, weight, bias, stride, padding, residual, temb, act)
 
 
 def attention(q, k, v, heads: int, causal: bool = False):
@@ -131,9 +132,14 @@ def add(x, y):
     return _elementwise.add(context(), x, y)
 
 
-def mul(x, s: float):
-    """Scale by a Python float."""
-    return _elementwise.mul(context(), x, s)
+def mul(x, s: float, shift: float = 0.0):
+    """x * s + shift, s and shift Python floats."""
+    return _elementwise.mul(context(), x, s, shift)
+
+
+def tanh_clamp(x, bound: float):
+    """bound * tanh(x / bound)."""
+    return _elementwise.tanh_clamp(context(), x, bound)
 
 
 def upsample_nearest2x(x):

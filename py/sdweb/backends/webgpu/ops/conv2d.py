@@ -5,8 +5,9 @@ Rows of the GEMM are output channels (the weight (Co, Cin*kh*kw) as it is stored
 along K), columns are every output pixel of the batch, and the image patch each column needs is
 read from X while a tile is loaded, so no im2col buffer exists and Y comes out NCHW. Bias, the
 resnet's time embedding (a per-image channel add) and a residual (the resnet's skip) are added in
-the epilogue. The tile shape is ops/gemm.py's (the rule, or the autotuned choice); with split-K a
-second dispatch adds the slices and applies the epilogue.
+the epilogue, and the activation (the tiny autoencoder's ReLUs) applied there. The tile shape is
+ops/gemm.py's (the rule, or the autotuned choice); with split-K a second dispatch adds the slices
+and applies the epilogue.
 
 The same kernel with TOKENS is a linear layer whose output is an image (`tokens_to_image`: the
 transformer's proj_out, (N, H*W, C) tokens -> NCHW plus the block's input), so the transformer
@@ -19,7 +20,7 @@ import math
 
 from ....errors import SdwebError
 from . import gemm
-from .common import check_same_dtype, check_tensor, w_dtype
+from .common import act_constant, check_same_dtype, check_tensor, w_dtype
 
 
 def _epilogue_inputs(ctx, name, y_shape, x, bias, residual, temb, weight):
@@ -37,7 +38,7 @@ def _epilogue_inputs(ctx, name, y_shape, x, bias, residual, temb, weight):
     return w_dtype(name, weight, *([] if bias is None else [bias]))
 
 
-def _run(ctx, name, x, weight, bias, residual, temb, y, dims, kh, kw, tokens, config, flop):
+def _run(ctx, name, x, weight, bias, residual, temb, y, dims, kh, kw, tokens, config, flop, act=None):
     """Record the conv2d.wgsl dispatch(es): dims = (C, H, W, Co, Ho, Wo, stride, pad)."""
     C, H, W, Co, Ho, Wo, stride, pad = dims
     N = y.shape[0]
@@ -46,12 +47,13 @@ def _run(ctx, name, x, weight, bias, residual, temb, y, dims, kh, kw, tokens, co
     t = x.dtype
     key = (N, C, H, W, Co, kh, kw, stride, pad, tokens, bias is not None, temb is not None, residual is not None, t, dt)
     c = config or gemm.choose(ctx, name, key, Co, cols, K, t, lambda c: _run(
-        ctx, name, x, weight, bias, residual, temb, ctx.empty(y.shape, t), dims, kh, kw, tokens, c, flop))
+        ctx, name, x, weight, bias, residual, temb, ctx.empty(y.shape, t), dims, kh, kw, tokens, c, flop, act))
     if c.wgy % c.tn:
         raise SdwebError(f"conv2d tile {c}: wgy must be a multiple of tn")
     consts = {"KH": f"{kh}u", "KW": f"{kw}u", "TOKENS": str(tokens).lower(),
               "HAS_BIAS": str(bias is not None).lower(), "HAS_TEMB": str(temb is not None).lower(),
-              "HAS_RES": str(residual is not None).lower(), "VEC_K": str(K % 4 == 0).lower(), **c.constants()}
+              "HAS_RES": str(residual is not None).lower(), "VEC_K": str(K % 4 == 0).lower(),
+              "ACT": act_constant(name, act), **c.constants()}
     params = [("u32", v) for v in (C, H, W, Co, Ho, Wo, stride, pad, cols, K, c.k_split(K), c.slices(K))]
     groups = (math.ceil(cols / c.bn), math.ceil(Co / c.bm), c.slices(K))
     dummy = ctx.dummy(dt)
@@ -66,11 +68,13 @@ def _run(ctx, name, x, weight, bias, residual, temb, y, dims, kh, kw, tokens, co
     return y
 
 
-def conv2d(ctx, x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None, temb=None, config=None):
+def conv2d(ctx, x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None, temb=None, act=None,
+           config=None):
     """x: (N, Cin, H, W) (f32 | f16), weight: (Cout, Cin, kh, kw) (f32 | f16 | bf16), bias: (Cout,)
     -> (N, Cout, Ho, Wo) with Ho = (H + 2 padding - kh) // stride + 1 (Wo alike), zero padding;
-    plus temb (N, Cout) per image and channel, plus `residual` (the output's shape), when given.
-    `config` overrides the tile choice (an ops/gemm.py Gemm)."""
+    plus temb (N, Cout) per image and channel, plus `residual` (the output's shape), when given,
+    then act. `config` overrides the tile choice (an ops/gemm.py Gemm)."""
+    act_constant("conv2d", act)  # a bad act is named before anything else
     check_tensor(x, "conv2d", ndim=4)
     N, C, H, W = x.shape
     Co, Ci, kh, kw = weight.shape
@@ -86,7 +90,7 @@ def conv2d(ctx, x, weight, bias=None, stride: int = 1, padding: int = 0, residua
     y = ctx.empty(y_shape, x.dtype)
     flop = 2 * N * Ho * Wo * Co * C * kh * kw
     return _run(ctx, "conv2d", x, weight, bias, residual, temb, y, (C, H, W, Co, Ho, Wo, stride, padding),
-                kh, kw, False, config, flop)
+                kh, kw, False, config, flop, act)
 
 
 def tokens_to_image(ctx, x, weight, bias, residual, image, config=None):

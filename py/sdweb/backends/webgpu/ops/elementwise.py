@@ -26,12 +26,23 @@ def add(ctx, x, y):
     return out
 
 
-def mul(ctx, x, s: float):
-    """x * s, s a Python float."""
+def mul(ctx, x, s: float, shift: float = 0.0):
+    """x * s + shift, s and shift Python floats."""
     check_tensor(x, "mul")
     y = ctx.empty(x.shape, x.dtype)
-    ctx.run(_SHADER, "mul", [x, y], [("u32", x.size), ("f32", float(s))], flat_groups(ctx, x.size), t_dtype=x.dtype,
-            op="mul")
+    ctx.run(_SHADER, "mul", [x, y], [("u32", x.size), ("f32", float(s)), ("f32", float(shift))],
+            flat_groups(ctx, x.size), t_dtype=x.dtype, op="mul")
+    return y
+
+
+def tanh_clamp(ctx, x, bound: float):
+    """bound * tanh(x / bound), bound a positive Python float."""
+    check_tensor(x, "tanh_clamp")
+    if not bound > 0:
+        raise SdwebError(f"webgpu tanh_clamp: bound must be > 0, got {bound}")
+    y = ctx.empty(x.shape, x.dtype)
+    ctx.run(_SHADER, "tanh_clamp", [x, y], [("u32", x.size), ("f32", float(bound))], flat_groups(ctx, x.size),
+            t_dtype=x.dtype, op="tanh_clamp")
     return y
 
 
