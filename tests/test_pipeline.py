@@ -179,6 +179,32 @@ def test_a_tiny_autoencoder_must_be_given(sd1_tiny):
         Pipeline(ModelFolder(sd1_tiny)).generate(PROMPT, steps=1, preview="taesd")
 
 
+def test_a_tiny_autoencoder_of_other_latents_is_refused(sd1_tiny, taesd_tiny, tmp_path):
+    """A TAE made for 16-channel latents (or another scale factor) is named before anything loads,
+    instead of failing inside a conv."""
+    import json
+    import shutil
+
+    from sdweb.errors import ConfigError
+    from sdweb.model import AutoencoderFolder
+
+    for change, said in (({"latent_channels": 16}, "16-channel latents at 1/8 of the image"),
+                         ({"decoder_block_out_channels": [64] * 3, "num_decoder_blocks": [1] * 3}, "4-channel latents at 1/4 of the image")):
+        other = tmp_path / f"tae-{len(said)}"
+        shutil.copytree(taesd_tiny, other)
+        config = json.loads((other / "config.json").read_text())
+        (other / "config.json").write_text(json.dumps({**config, **change}))
+        pipe = Pipeline(ModelFolder(sd1_tiny), tiny_autoencoder=AutoencoderFolder(other))
+        for kw, field in (({"decoder": "taesd"}, "decoder"), ({"preview": "taesd"}, "preview")):
+            with pytest.raises(ConfigError, match=f"^{field}: the tiny autoencoder .* works on {said}, and .* makes "
+                                                  "4-channel latents at 1/8") as e:
+                pipe.generate(PROMPT, steps=1, width=64, height=64, **kw)
+            assert e.value.field == field
+    # the test models' own TAE passes the check
+    Pipeline(ModelFolder(sd1_tiny), tiny_autoencoder=AutoencoderFolder(taesd_tiny)).generate(
+        PROMPT, steps=1, width=64, height=64, decoder="taesd")
+
+
 def test_image_is_informative(sd1_tiny):
     """A flat or clipped image would make the PSNR checks above meaningless."""
     res = Pipeline(ModelFolder(sd1_tiny)).generate(PROMPT, steps=4, seed=1)

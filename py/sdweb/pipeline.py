@@ -165,6 +165,18 @@ class Pipeline:
         self._loaded[component], self._lora_keys[component] = model, key
         return model
 
+    def check_tiny_autoencoder(self, field: str) -> None:
+        """ConfigError naming `field` when the tiny autoencoder's latents are not this model's (channels
+        or scale factor: e.g. a TAE of another model family), before anything is loaded."""
+        cfg = self.tiny_autoencoder.config()
+        channels = int(cfg.get("latent_channels", 4))
+        factor = 2 ** (len(cfg.get("decoder_block_out_channels", [64] * 4)) - 1)
+        if (channels, factor) != (self.info.latent_channels, self.info.vae_scale_factor):
+            raise ConfigError(f"{field}: the tiny autoencoder {self.tiny_autoencoder.name} works on {channels}-channel "
+                              f"latents at 1/{factor} of the image, and {self.folder.name} makes "
+                              f"{self.info.latent_channels}-channel latents at 1/{self.info.vae_scale_factor}: "
+                              "use a tiny autoencoder made for this model (madebyollin/taesd for SD 1.x/2.x)", field)
+
     def use_tiny_autoencoder(self, tiny):
         """Previews and drafts from now on by `tiny` (a tiny autoencoder's folder), forgetting one loaded."""
         self.tiny_autoencoder = tiny
@@ -304,6 +316,8 @@ class Pipeline:
             field = "decoder" if s.decoder != "vae" else "preview"
             raise ConfigError(f"{field} {getattr(s, field)!r} needs a tiny autoencoder, and this pipeline has none "
                               "(Pipeline(..., tiny_autoencoder=model.resolve_autoencoder('taesd')))", field)
+        if s.tiny_autoencoder:
+            self.check_tiny_autoencoder("decoder" if s.decoder != "vae" else "preview")
         decoder, preview, preview_every = s.decoder, s.preview, s.preview_every
         steps, guidance, seed, scheduler = s.steps, s.guidance, s.seed, s.scheduler
         width, height, num_images, clip_skip = s.width, s.height, s.num_images, s.clip_skip
