@@ -66,6 +66,10 @@ class Backend(Protocol):
     def shape(self, x) -> tuple:
         """A tensor's shape."""
 
+    def fits(self, shape) -> bool:
+        """Whether an activation of `shape` can be made here: within a GPU's buffer limits, within the
+        host's per-tensor budget. Model code that can split its work (the VAE's tiles) asks first."""
+
     # --- linear algebra ---
 
     def linear(self, x, weight, bias=None, act=None):
@@ -76,6 +80,10 @@ class Backend(Protocol):
         """x: (N, Cin, H, W), weight: (Cout, Cin, k, k), bias: (Cout,) -> (N, Cout, Ho, Wo), zero padding
         on every side, Ho = (H + 2 padding - k) // stride + 1; plus `residual` (a tensor of the
         output's shape: a resnet's skip) when given."""
+
+    def upsample_conv2d(self, x, weight, bias=None):
+        """x: (N, Cin, H, W), weight: (Cout, Cin, 3, 3), bias: (Cout,) -> (N, Cout, 2H, 2W): x upsampled
+        2x (nearest: each pixel repeated 2x2), then a 3x3 conv with padding 1 (an Upsample2D)."""
 
     def attention(self, q, k, v, heads, causal=False):
         """q: (N, Lq, h*d), k/v: (N, Lk, h*d) -> (N, Lq, h*d): softmax(q k^T / sqrt(d)) v per head, key
@@ -101,8 +109,6 @@ class Backend(Protocol):
     def add_channel(self, x, v):
         """x: (N, C, H, W) + v: (N, C) broadcast over H, W (a resnet's time embedding)."""
 
-    def upsample_nearest2x(self, x):
-        """x: (N, C, H, W) -> (N, C, 2H, 2W), each pixel repeated 2x2."""
 
     def pad2d(self, x, left, right, top, bottom):
         """x: (N, C, H, W) -> (N, C, top+H+bottom, left+W+right), zeros around (torch F.pad order)."""

@@ -39,6 +39,7 @@ ctx.peak_bytes                   the largest bytes_reserved seen (what the GPU a
 ctx.peak_weights                 bytes_weights at that peak (the rest of it is activations and pool)
 ctx.reset_peak(), ctx.trim()     restart the peak count; free the pool's idle buffers
 ctx.submit()                     send recorded work now
+ctx.fits(nbytes)                 whether a buffer of nbytes can be made and bound here
 ctx.check_size(nbytes, what)     raise GPULimitError("<what> needs N MB but this adapter's
                                  maxStorageBufferBindingSize is M MB") when a buffer cannot be bound
 ctx.dispatches                   dispatches recorded so far
@@ -189,6 +190,10 @@ class Context:
 
     def reset_peak(self):
         self.peak_bytes, self.peak_weights = self.bytes_reserved, self.bytes_weights
+
+    def fits(self, nbytes: int) -> bool:
+        """Whether a buffer of nbytes can be made and bound on this adapter."""
+        return nbytes <= self.max_binding and nbytes <= self.max_buffer
 
     def check_size(self, nbytes: int, what: str):
         for limit, lname in ((self.max_binding, "maxStorageBufferBindingSize"), (self.max_buffer, "maxBufferSize")):
