@@ -115,6 +115,7 @@ def test_every_field_is_checked_and_named():
     bad({"preview_every": 0}, "preview_every", "preview_every 0 is out of range: use 1 to 1000")
     bad({"preview_every": -2}, "preview_every", "preview_every -2")
     bad({"prompt": 3}, "prompt", "prompt should be text")
+    bad({"vae_tiling": "yes"}, "vae_tiling", "'yes'", "auto, on, off")
     bad({"stpes": 3}, "stpes", "unknown setting 'stpes'")
     # "" and None mean the default, as an empty form field does
     assert resolve({"steps": "", "seed": None, "scheduler": ""}).scheduler is None
@@ -158,3 +159,9 @@ def test_preview_cadence():
     assert [resolve({"steps": n}).preview_every for n in (1, 4, 5, 14, 15, 25, 50, 1000)] == \
         [1, 1, 1, 1, 2, 3, 5, 100]
     assert resolve({"steps": 50, "preview_every": 7}).preview_every == 7
+
+
+def test_vae_tiling():
+    assert resolve({}).vae_tiling == "auto"
+    assert [resolve({"vae_tiling": t}).vae_tiling for t in ("auto", "on", "off", "")] == ["auto", "on", "off", "auto"]
+    assert resolve({"vae_tiling": "on"}).run_args()["vae_tiling"] == "on"  # Pipeline.generate takes it

@@ -25,6 +25,7 @@ function request() {
     prompt: $("prompt").value, negative_prompt: $("negative-prompt").value, steps: num("steps"),
     guidance: num("guidance"), seed: num("seed"), scheduler: $("scheduler").value, width: num("width"),
     height: num("height"), variant: $("variant").value, backend: $("backend").value,
+    vae_tiling: $("vae-tiling").value,
   };
 }
 
@@ -480,7 +481,8 @@ async function loadLocalModels() {
 
 function init() {
   // URL parameters preset the form: ?model= ?endpoint= ?backend= (and any other field by its id)
-  for (const id of ["prompt", "negative-prompt", "steps", "guidance", "seed", "scheduler", "width", "height", "variant"]) {
+  for (const id of ["prompt", "negative-prompt", "steps", "guidance", "seed", "scheduler", "width", "height", "variant",
+    "vae-tiling"]) {
     if (params.has(id)) $(id).value = params.get(id);
   }
   if (params.has("model")) $("model").value = params.get("model");

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--variant", default=None, help="weight file variant to read, e.g. fp16 (default: plain, "
                                                    "else fp16)")
     g.add_argument("--backend", default=None, help=f"{', '.join(settings.BACKENDS)} or auto (default numpy)")
+    g.add_argument("--vae-tiling", default=None,
+                   help="auto (default: tiles only where one pass would not fit, e.g. a GPU's buffer limit), on "
+                        "(diffusers' enable_tiling()), or off")
     g.add_argument("--output", "-o", default="out.png", help="image file (.png); several images get -0, -1, ...")
     g.add_argument("--save-intermediates", metavar="DIR", default=None,
                    help="write a preview PNG of the latents every --preview-every steps into DIR")
@@ -204,7 +207,8 @@ def _request(args) -> dict:
     return dict(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                 guidance=args.guidance, seed=args.seed, scheduler=args.scheduler, width=args.width,
                 height=args.height, num_images=args.num_images, clip_skip=args.clip_skip, precision=args.precision,
-                variant=args.variant, backend=args.backend, preview_every=args.preview_every)
+                variant=args.variant, backend=args.backend, preview_every=args.preview_every,
+                vae_tiling=args.vae_tiling)
 
 
 def cmd_generate(args) -> int:

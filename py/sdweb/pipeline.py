@@ -131,17 +131,17 @@ class Pipeline:
     def generate(self, prompt: str, negative_prompt: str = "", *, steps: int | None = None,
                  guidance: float | None = None, seed: int | None = None, scheduler: str | None = None,
                  width: int | None = None, height: int | None = None, num_images: int = 1, clip_skip: int = 0,
-                 progress: Callable[[Progress], None] | None = None,
+                 vae_tiling: str | None = None, progress: Callable[[Progress], None] | None = None,
                  cancel: Callable[[], bool] | None = None) -> Result:
         """None -> the default (settings.resolve: by model kind, random seed, the model's own
         scheduler and size); ConfigError naming the first bad setting, before anything is loaded."""
         s = resolve(dict(model=self.folder.name, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                          guidance=guidance, seed=seed, scheduler=scheduler, width=width, height=height,
                          num_images=num_images, clip_skip=clip_skip, precision=self.precision,
-                         variant=self.variant, backend=self.backend.name), self.info)
+                         variant=self.variant, backend=self.backend.name, vae_tiling=vae_tiling), self.info)
         steps, guidance, seed, scheduler = s.steps, s.guidance, s.seed, s.scheduler
         width, height, num_images, clip_skip = s.width, s.height, s.num_images, s.clip_skip
-        prompt, negative_prompt = s.prompt, s.negative_prompt
+        prompt, negative_prompt, vae_tiling = s.prompt, s.negative_prompt, s.vae_tiling
         backend = self.backend
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
@@ -206,7 +206,7 @@ class Pipeline:
         shift = vae.config.get("shift_factor")
         if shift:
             z = z + np.float32(shift)
-        images = backend.numpy(vae.decode(backend.tensor(z)))
+        images = backend.numpy(vae.decode(backend.tensor(z), tiling=vae_tiling))
         timings["vae"] = time.perf_counter() - s
         self.release("vae")
         report("vae", 1, 1)
@@ -217,7 +217,8 @@ class Pipeline:
                       settings=dict(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                                     guidance=guidance, seed=seed, scheduler=scheduler, width=width,
                                     height=height, num_images=num_images, clip_skip=clip_skip,
-                                    precision=self.precision, variant=self.variant, backend=backend.name))
+                                    precision=self.precision, variant=self.variant, backend=backend.name,
+                                    vae_tiling=vae_tiling))
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

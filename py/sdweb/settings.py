@@ -31,6 +31,10 @@ Defaults and limits:
                       those weights exceed 256 MB (NumPy upcasts per layer: slower, half the memory);
                       else fp32
     preview_every     about ten previews a run: round(steps / 10) steps, at least 1; 1 to 1000
+    vae_tiling        auto: the VAE decodes in one pass unless an activation would not fit the
+                      backend (a GPU's buffer-binding limit), then image by image, then in tiles;
+                      on: in diffusers' enable_tiling() tiles whenever the image is larger than
+                      one; off: one pass (vae.py)
 
 The model kind: a model the catalogue (models.json) lists has its kind there; any other is "turbo"
 when its own name (a repo id's or a folder's last part) contains "turbo", else "sd".
@@ -48,10 +52,11 @@ from . import catalogue
 from .errors import ConfigError
 from .layout import variant_of
 from .schedulers import SCHEDULERS, scheduler_for
+from .vae import TILINGS
 from .weights import PRECISIONS
 
 FIELDS = ("model", "prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width", "height",
-          "num_images", "clip_skip", "precision", "variant", "backend", "preview_every")
+          "num_images", "clip_skip", "precision", "variant", "backend", "preview_every", "vae_tiling")
 BACKENDS = ("numpy", "webgpu")
 MAX_STEPS = 1000
 MAX_SIDE = 2048  # pixels; beyond this a 64x64-trained UNet makes tiled nonsense and memory explodes
@@ -110,6 +115,7 @@ class Settings:
     variant: str | None
     backend: str
     preview_every: int
+    vae_tiling: str
     notes: tuple[str, ...] = ()
 
     def as_request(self) -> dict:
@@ -119,7 +125,7 @@ class Settings:
     def run_args(self) -> dict:
         """Pipeline.generate's keyword arguments."""
         return {k: getattr(self, k) for k in ("prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler",
-                                             "width", "height", "num_images", "clip_skip")}
+                                             "width", "height", "num_images", "clip_skip", "vae_tiling")}
 
 
 def model_kind(name: str) -> str:
@@ -234,8 +240,13 @@ def resolve(request: Mapping, model: ModelInfo | None = None,
     preview = max(1, (steps + 5) // 10) if preview is None else \
         _whole("preview_every", preview, 1, MAX_STEPS, f"use 1 to {MAX_STEPS} (steps between previews)")
 
+    vae_tiling = get("vae_tiling") or "auto"
+    if vae_tiling not in TILINGS:
+        raise ConfigError(f"unknown vae_tiling {vae_tiling!r}; use one of {', '.join(TILINGS)}", "vae_tiling")
+
     return Settings(model=name, prompt=_text("prompt", get("prompt") or ""),
                     negative_prompt=_text("negative_prompt", get("negative_prompt") or ""), steps=steps,
                     guidance=float(guidance), seed=seed, scheduler=scheduler, width=sizes["width"],
                     height=sizes["height"], num_images=num_images, clip_skip=clip_skip, precision=precision,
-                    variant=variant, backend=backend, preview_every=preview, notes=tuple(notes))
+                    variant=variant, backend=backend, preview_every=preview, vae_tiling=vae_tiling,
+                    notes=tuple(notes))
