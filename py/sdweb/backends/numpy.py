@@ -164,23 +164,35 @@ def linear(x, weight, bias=None, act: str | None = None):
     check_act("linear", act, geglu=True)
     w = _f32(weight)
     Dout, Din = w.shape
-    y = np.matmul(x.reshape(-1, Din), w.T)  # one GEMM over every token of every image
-    if bias is None and act is None:
-        return y.reshape(*x.shape[:-1], Dout)
+    x2 = x.reshape(-1, Din)
     bias = None if bias is None else _f32(bias)
-    out = np.empty((y.shape[0], Dout // 2), np.float32) if act == "geglu" else y
+    if act != "geglu":
+        y = np.matmul(x2, w.T)  # one GEMM over every token of every image
+        if bias is not None or act:
+            _each(lambda r: _epilogue(y[r], bias, act, y[r]), _row_blocks(*y.shape))
+        return y.reshape(*x.shape[:-1], Dout)
+    # GEGLU keeps half the GEMM's width: the GEMM goes in row chunks through one ~16 MB buffer, so
+    # the full-width product (84 MB for SD's first level) is never made
+    out = np.empty((x2.shape[0], Dout // 2), np.float32)
+    rows = max(1, (4 << 20) // Dout)
+    buf = np.empty((min(rows, x2.shape[0]), Dout), np.float32)
+    for r0 in range(0, x2.shape[0], rows):
+        y = buf[:min(rows, x2.shape[0] - r0)]
+        np.matmul(x2[r0:r0 + rows], w.T, out=y)
+        o = out[r0:r0 + rows]
+        _each(lambda r: _epilogue(y[r], bias, act, o[r]), _row_blocks(*y.shape))
+    return out.reshape(*x.shape[:-1], Dout // 2)
 
-    def epilogue(r):  # bias and activation block by block, in cache
-        yr = y[r]
-        if bias is not None:
-            yr += bias
-        if act == "geglu":
-            _geglu(yr, out[r])
-        elif act:
-            _KERNELS[act](yr, out=yr)
 
-    _each(epilogue, _row_blocks(*y.shape))
-    return out.reshape(*x.shape[:-1], out.shape[-1])
+def _epilogue(y, bias, act, out):
+    """Bias and activation on a block of a linear's rows (in cache): y -> out (geglu: half as wide),
+    in place when out is y."""
+    if bias is not None:
+        y += bias
+    if act == "geglu":
+        _geglu(y, out)
+    elif act:
+        _KERNELS[act](y, out=out)
 
 
 def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None):
@@ -239,21 +251,25 @@ def _conv2d(x, w, bias, stride, padding):
 # B^T, A^T hold only 0 and +-1 (additions), G halves: the error stays at f32 rounding (~1e-6).
 _WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
 _WINOGRAD_GG = np.kron(_WINOGRAD_G, _WINOGRAD_G)  # (16, 9): G g G^T of every kernel as one matmul
-# Below this many 2x2 tiles (all images) a conv's GEMMs are too narrow for the weight transform to pay.
-_WINOGRAD_TILES = 64
+# Below this many 2x2 tiles (all images) a conv's GEMMs are too narrow for the weight transform to
+# pay (measured: at SD's 16x16 latent level with CFG, 128 tiles, Winograd and im2col take the same time).
+_WINOGRAD_TILES = 256
 # Bytes of the transformed input and of the 16 products per chunk of tile rows: large enough for
 # wide GEMMs, small enough that the transforms run in cache.
 _WINOGRAD_CHUNK = 4 << 20
 
 
 def _conv3x3_winograd(x, w, bias):
-    """3x3 conv, stride 1, padding 1, by Winograd F(2x2, 3x3) in chunks of tile rows."""
+    """3x3 conv, stride 1, padding 1, by Winograd F(2x2, 3x3) in chunks of tile rows.
+
+    B^T d B goes columns first: the zero-padded input's even and odd columns are split into two
+    arrays as they are copied from x (the padded image itself is never made), so every column
+    window is a contiguous slice; then rows, tile row t reading rows 2t .. 2t+3. A^T M A leaves the
+    four outputs of a tile in two row buffers, each copied into y as whole rows."""
     N, Ci, H, W = x.shape
     Co = w.shape[0]
     Th, Tw = (H + 1) // 2, (W + 1) // 2  # 2x2 output tiles; an odd side computes one row or column more
     U = np.matmul(_WINOGRAD_GG, w.reshape(Co * Ci, 9).T).reshape(16, Co, Ci)
-    xp = np.zeros((N, Ci, 2 * Th + 2, 2 * Tw + 2), np.float32)
-    xp[:, :, 1:H + 1, 1:W + 1] = x
     y = np.empty((N, Co, 2 * Th, 2 * Tw), np.float32)
     rows = max(1, min(Th, _WINOGRAD_CHUNK // (64 * max(Ci, Co) * N * Tw)))
     v_buf = np.empty(16 * Ci * N * rows * Tw, np.float32)
@@ -263,21 +279,31 @@ def _conv3x3_winograd(x, w, bias):
         P = N * r * Tw  # tiles in this chunk, in (image, tile row, tile column) order
         V = v_buf[:16 * Ci * P].reshape(4, 4, Ci, N, r, Tw)
         M = m_buf[:16 * Co * P].reshape(4, 4, Co, N, r, Tw)
+        # padded rows 2 r0 .. 2 r0 + 2r + 1 are x's rows one less; those outside x are zeros
+        lo, hi = max(0, 1 - 2 * r0), min(2 * r + 2, H + 1 - 2 * r0)
+        xr = slice(2 * r0 + lo - 1, 2 * r0 + hi - 1)
 
         def transform_in(cs):
-            """B^T d B for input channels cs: rows first (tile row t reads rows 2t .. 2t+3), then columns."""
-            d = [xp[:, cs, 2 * r0 + i:2 * r0 + i + 2 * r - 1:2] for i in range(4)]  # (N, c, r, Wp)
-            for k, t in enumerate((d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3])):
-                e = [t[..., j:j + 2 * Tw - 1:2] for j in range(4)]  # (N, c, r, Tw)
-                v = V[k, :, cs].transpose(0, 2, 1, 3, 4)  # (4, N, c, r, Tw): written in the input's order
-                np.subtract(e[0], e[2], out=v[0])
-                np.add(e[1], e[2], out=v[1])
-                np.subtract(e[2], e[1], out=v[2])
-                np.subtract(e[1], e[3], out=v[3])
+            """B^T d B for the input channels cs."""
+            c = len(range(Ci)[cs])
+            # padded column 2j is x's 2j - 1, padded column 2j + 1 is x's 2j
+            even = np.zeros((N, c, 2 * r + 2, Tw + 1), np.float32)
+            odd = np.zeros((N, c, 2 * r + 2, Tw + 1), np.float32)
+            even[:, :, lo:hi, 1:1 + W // 2] = x[:, cs, xr, 1::2]
+            odd[:, :, lo:hi, :Tw] = x[:, cs, xr, 0::2]
+            e0, e1, e2, e3 = even[..., :Tw], odd[..., :Tw], even[..., 1:], odd[..., 1:]
+            for l, t in enumerate((e0 - e2, e1 + e2, e2 - e1, e1 - e3)):  # (N, c, 2r + 2, Tw)
+                d = [t[:, :, i:i + 2 * r - 1:2] for i in range(4)]
+                v = V[:, l, cs].transpose(0, 2, 1, 3, 4)  # (4, N, c, r, Tw): written in the input's order
+                np.subtract(d[0], d[2], out=v[0])
+                np.add(d[1], d[2], out=v[1])
+                np.subtract(d[2], d[1], out=v[2])
+                np.subtract(d[1], d[3], out=v[3])
 
         def transform_out(cs):
-            """A^T M A for output channels cs: columns first (A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]),
-            then rows, into y."""
+            """A^T M A for the output channels cs: columns first (A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]),
+            then rows into two buffers of interleaved columns, then whole rows into y."""
+            c = len(range(Co)[cs])
             m = M[:, :, cs].transpose(0, 1, 3, 2, 4, 5)  # (4, 4, N, c, r, Tw)
             if bias is not None:  # A^T's column 1 is all ones: a bias added there reaches all four outputs
                 m[1, 1] += bias[cs, :, None]
@@ -288,14 +314,17 @@ def _conv3x3_winograd(x, w, bias):
                 c1 = m[k, 1] - m[k, 2]
                 c1 -= m[k, 3]
                 cols.append((c0, c1))
-            yc = y[:, cs, 2 * r0:2 * (r0 + r)]
+            pair = np.empty((2, N, c, r, Tw, 2), np.float32)  # (output row parity, ..., column parity)
             for j in range(2):
-                out = yc[:, :, 0::2, j::2]
-                np.add(cols[0][j], cols[1][j], out=out)
-                out += cols[2][j]
-                out = yc[:, :, 1::2, j::2]
-                np.subtract(cols[1][j], cols[2][j], out=out)
-                out -= cols[3][j]
+                a = cols[0][j] + cols[1][j]
+                a += cols[2][j]
+                pair[0, ..., j] = a
+                b = cols[1][j] - cols[2][j]
+                b -= cols[3][j]
+                pair[1, ..., j] = b
+            yc = y[:, cs].reshape(N, c, Th, 2, 2 * Tw)[:, :, r0:r0 + r]
+            yc[:, :, :, 0] = pair[0].reshape(N, c, r, 2 * Tw)
+            yc[:, :, :, 1] = pair[1].reshape(N, c, r, 2 * Tw)
 
         _each(transform_in, _split(Ci))
         np.matmul(U, V.reshape(16, Ci, P), out=M.reshape(16, Co, P))
@@ -484,15 +513,24 @@ def attention(q, k, v, heads: int, causal: bool = False):
                 scores = np.matmul(qh[n, hs, qs], kh[n, hs])  # (hb, bq, Lk)
                 if causal:
                     scores += mask[qs]
-                # softmax is shift-invariant: subtracting the row max is needed only when exp could
-                # overflow or underflow, so the common case saves a pass over the scores
-                m = scores.max(axis=-1, keepdims=True)
-                if m.min() < -60 or m.max() > 60:
-                    scores -= m
-                np.exp(scores, out=scores)
+                _each(_exp_rows, _split_rows(scores.reshape(-1, Lk)))
                 o = np.matmul(scores, v1[n, hs])  # (hb, bq, d + 1): [exp(scores) v | row sums]
                 np.divide(o[..., :d], o[..., d:], out=out[n, qs, hs].transpose(1, 0, 2))
     return out.reshape(N, Lq, D)
+
+
+def _split_rows(a):
+    """A 2-D array as one run of rows per thread."""
+    return [a[r] for r in _split(a.shape[0])]
+
+
+def _exp_rows(scores):
+    """exp of a block of attention scores, in place. Softmax is shift-invariant: subtracting the
+    row max is needed only when exp could overflow or underflow, so the common case saves a pass."""
+    m = scores.max(axis=-1, keepdims=True)
+    if m.min() < -60 or m.max() > 60:
+        scores -= m
+    np.exp(scores, out=scores)
 
 
 # --- fused activations  (shaders/include/activations.wgsl) ----------------------------------------
