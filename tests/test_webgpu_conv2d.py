@@ -48,7 +48,7 @@ SHAPES = [
     (1, 20, 11, 13, 9, 3, 2, 0),  # stride 2 without padding (the VAE's, after its own pad)
     (2, 7, 9, 6, 33, 1, 1, 0),    # 1x1 (shortcuts, conv_out of attention proj_in/out)
     (1, 9, 6, 5, 4, 1, 2, 0),     # 1x1 stride 2
-    (2, 5, 40, 36, 3, 3, 1, 1),   # a wide image: many pixel tiles, the reference's Winograd path
+    (2, 5, 40, 36, 3, 3, 1, 1),   # a wide image: many pixel tiles (3 outputs: the reference's taps-first path)
     (1, 13, 8, 8, 66, 3, 1, 0),   # valid conv (no padding), K = 117 crosses eight K tiles
 ]
 

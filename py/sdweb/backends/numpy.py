@@ -200,6 +200,8 @@ def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=Non
     `residual` (a tensor of the output's shape: a resnet's skip) when given. Implicit GEMM on the GPU
     (shaders/conv2d.wgsl). Here, by shape:
       1x1: one (Cout, Cin) @ (Cin, H*W) matmul per image;
+      stride 1 with a few outputs (conv_out): every tap's product in one GEMM, then shifted sums
+        (_conv_taps_first);
       3x3, stride 1, padding 1 (nearly every conv of a UNet or VAE), unless the image is tiny:
         Winograd F(2x2, 3x3), 16 GEMMs over 2x2 tiles of the whole batch with 2.25x fewer flops
         (_conv3x3_winograd);
@@ -219,6 +221,8 @@ def _conv2d(x, w, bias, stride, padding):
         if bias is not None:
             y += bias
         return y.reshape(N, Co, H, W)
+    if stride == 1 and Co * kh * kw <= _FEW_OUTPUTS:
+        return _conv_taps_first(x, w, bias, padding)
     if kh == 3 and kw == 3 and stride == 1 and padding == 1 and N * ((H + 1) // 2) * ((W + 1) // 2) >= _WINOGRAD_TILES:
         return _conv3x3_winograd(x, w, bias)
     Ho, Wo = (H + 2 * padding - kh) // stride + 1, (W + 2 * padding - kw) // stride + 1
@@ -244,6 +248,36 @@ def _conv2d(x, w, bias, stride, padding):
     return y
 
 
+# A conv with at most this many (output channel, tap) pairs (a VAE's or UNet's conv_out: 3 or 4
+# channels) is one GEMM of every tap's product over the image, read once, then the taps' planes
+# summed shifted: the planes are few, and neither im2col's copies nor Winograd's transforms pay.
+_FEW_OUTPUTS = 64
+
+
+def _conv_taps_first(x, w, bias, padding):
+    """Stride-1 conv with few outputs: (kh*kw*Cout, Cin) @ (Cin, pixels) over the zero-padded image
+    flattened to (Cin, Hp*Wp), then tap (ky, kx)'s planes shifted by ky*Wp + kx and summed; each
+    output row carries kw-1 junk columns (the wrap into the next row) that are dropped."""
+    N, Ci, H, W = x.shape
+    Co, _, kh, kw = w.shape
+    Hp, Wp = H + 2 * padding, W + 2 * padding
+    Ho, Wo = Hp - kh + 1, Wp - kw + 1
+    taps = w.transpose(2, 3, 0, 1).reshape(kh * kw * Co, Ci)
+    xp = np.zeros((N, Ci, Hp * Wp + kw - 1), np.float32)  # + kw-1: the last row's junk columns
+    xp[:, :, :Hp * Wp].reshape(N, Ci, Hp, Wp)[:, :, padding:padding + H, padding:padding + W] = x
+    y = np.empty((N, Co, Ho, Wo), np.float32)
+    for n in range(N):
+        z = np.matmul(taps, xp[n]).reshape(kh * kw, Co, -1)
+        acc = z[0, :, :Ho * Wp].copy()
+        for t in range(1, kh * kw):
+            s = (t // kw) * Wp + t % kw
+            acc += z[t, :, s:s + Ho * Wp]
+        if bias is not None:
+            acc += bias
+        y[n] = acc.reshape(Co, Ho, Wp)[:, :, :Wo]
+    return y
+
+
 # Winograd F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2015):
 # a 2x2 block of outputs from its 4x4 input tile d as Y = A^T [(G g G^T) * (B^T d B)] A, 16
 # multiplies per (input, output) channel pair where the direct conv needs 36. The 16 elementwise
@@ -256,7 +290,7 @@ _WINOGRAD_GG = np.kron(_WINOGRAD_G, _WINOGRAD_G)  # (16, 9): G g G^T of every ke
 _WINOGRAD_TILES = 256
 # Bytes of the transformed input and of the 16 products per chunk of tile rows: large enough for
 # wide GEMMs, small enough that the transforms run in cache.
-_WINOGRAD_CHUNK = 4 << 20
+_WINOGRAD_CHUNK = 16 << 20
 
 
 def _conv3x3_winograd(x, w, bias):
