@@ -1,7 +1,7 @@
 """backends/numpy.py's fast paths against torch (the models' parity tests check them in use; these
 reach every path and edge on purpose): conv2d by 1x1 GEMM, taps first (few outputs), Winograd
 F(2x2, 3x3) (odd sizes, several chunks, batches) and im2col (strides, no padding); upsample_conv2d
-(nearest 2x + 3x3 conv as four 2x2 convs); linear's GEGLU in row chunks; attention; group norm; the
+(nearest 2x + 3x3 conv as four 2x2 convs, directly and by Winograd F(2x2, 2x2)); linear's GEGLU in row chunks; attention; group norm; the
 held-precision upcasts; each with the work split over threads as well as inline.
 
 Bound: max |ours - torch| <= 1e-5 x max |torch| (float32 rounding; the models' bound is 1e-4)."""
@@ -75,13 +75,24 @@ def test_conv2d_paths_are_taken(monkeypatch):
     assert "".join(taken) == "||t|t|w|w|||"  # 1x1, taps first x2, Winograd x2, im2col x3
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 1, 1), (2, 5, 7, 4), (1, 16, 12, 9)], ids=lambda s: "x".join(map(str, s)))
-def test_upsample_conv2d(shape):
+UPSAMPLES = [  # (N, Cin, H, W): the first three directly, the last two by Winograd F(2x2, 2x2) (>= 256 tiles)
+    (1, 3, 1, 1), (2, 5, 7, 4), (1, 16, 12, 9), (1, 4, 33, 31), (2, 3, 24, 22)]
+
+
+@pytest.mark.parametrize("shape", UPSAMPLES, ids=lambda s: "x".join(map(str, s)))
+def test_upsample_conv2d(shape, monkeypatch):
+    monkeypatch.setattr(nb, "_WINOGRAD_CHUNK", 36 * 4 * 6 * 18 * 3)  # a few tile rows per chunk
+    taken = []
+    for name in ("_upsample_phases", "_upsample_winograd"):
+        fn = getattr(nb, name)
+        monkeypatch.setattr(nb, name, lambda *a, _f=fn, _n=name: taken.append(_n) or _f(*a))
     x = data(*shape)
     w, b = data(6, shape[1], 3, 3, seed=1) / 3, data(6, seed=2)
     up = F.interpolate(torch.from_numpy(x), scale_factor=2.0, mode="nearest")
     close(nb.upsample_conv2d(x, w, b), F.conv2d(up, torch.from_numpy(w), torch.from_numpy(b), padding=1))
     close(nb.upsample_conv2d(x, w), F.conv2d(up, torch.from_numpy(w), padding=1))
+    winograd = UPSAMPLES.index(shape) >= 3
+    assert taken == ["_upsample_winograd" if winograd else "_upsample_phases"] * 2
 
 
 @pytest.mark.parametrize("act", [None, "silu", "gelu", "quick_gelu", "geglu"])

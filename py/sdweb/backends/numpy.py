@@ -395,21 +395,32 @@ _UPSAMPLE_KK = np.stack([np.kron(_UPSAMPLE_R[a][u], _UPSAMPLE_R[b][v])
 def upsample_conv2d(x, weight, bias=None):
     """x: (N, Cin, H, W), weight: (Cout, Cin, 3, 3), bias: (Cout,) -> (N, Cout, 2H, 2W): nearest 2x
     upsampling then a 3x3 conv with padding 1 (diffusers' Upsample2D). Here the conv runs on the
-    small image as four 2x2 convs (above): 16 taps per small pixel instead of 36, and the upsampled
-    image is never made. Shift and accumulate per shift of the zero-padded small image flattened to
-    (Cin, Hp*Wp) as in conv2d, each output row with two junk columns, dropped when the four phases
-    are interleaved into the output."""
+    small image as four 2x2 convs (above), so the upsampled image is never made: by Winograd
+    F(2x2, 2x2) (9 multiplies per small pixel, _upsample_winograd) where there are enough tiles to
+    pay for its weight transform, else directly (16, _upsample_phases) instead of the 36 of a 3x3
+    conv of the upsampled image."""
     N, Ci, H, W = x.shape
     w = _f32(weight)
+    if w.shape != (w.shape[0], Ci, 3, 3):
+        raise SdwebError(f"upsample_conv2d: weight {w.shape} should be ({w.shape[0]}, {Ci}, 3, 3)")
+    bias = None if bias is None else _f32(bias)
+    if N * ((H + 1) // 2) * ((W + 1) // 2) >= _WINOGRAD_TILES:
+        return _upsample_winograd(x, w, bias)
+    return _upsample_phases(x, w, bias)
+
+
+def _upsample_phases(x, w, bias):
+    """The four phases' 2x2 convs by shift and accumulate per shift of the zero-padded small image
+    flattened to (Cin, Hp*Wp), each output row with two junk columns, dropped when the four phases
+    are interleaved into the output."""
+    N, Ci, H, W = x.shape
     Co = w.shape[0]
-    if w.shape != (Co, Ci, 3, 3):
-        raise SdwebError(f"upsample_conv2d: weight {w.shape} should be ({Co}, {Ci}, 3, 3)")
     taps = np.matmul(_UPSAMPLE_KK, w.reshape(Co * Ci, 9).T).reshape(16, Co, Ci)
     Hp, Wp = H + 2, W + 2
     xp = np.zeros((N, Ci, Hp * Wp + 2), np.float32)  # + 2: the last row's junk columns
     xp[:, :, :Hp * Wp].reshape(N, Ci, Hp, Wp)[:, :, 1:H + 1, 1:W + 1] = x
     y = np.empty((N, Co, 2 * H, 2 * W), np.float32)
-    bias = None if bias is None else _f32(bias)[:, None, None]
+    bias = None if bias is None else bias[:, None, None]
     rows = max(1, min(H, (1 << 21) // (Co * Wp)))  # small-image rows per chunk: ~8 MB of accumulators
     acc = np.empty((4, Co, rows * Wp), np.float32)
     tmp = np.empty((2 * Co, rows * Wp), np.float32)
@@ -439,6 +450,109 @@ def upsample_conv2d(x, weight, bias=None):
                     out[...] = src
                 else:
                     np.add(src, bias, out=out)
+    return y
+
+
+# Each phase's 2x2 conv by Winograd F(2x2, 2x2): a 2x2 block of a phase's outputs from a 3x3 tile
+# of the padded small image, 9 multiplies instead of 16. In 1-D y0 = d0 g0 + d1 g1, y1 = d1 g0 + d2 g1
+# come from (d0 - d1) g0, d1 (g0 + g1), (d2 - d1) g1: B^T = [[1, -1, 0], [0, 1, 0], [0, -1, 1]],
+# G = [[1, 0], [1, 1], [0, 1]], A^T = [[1, 1, 0], [0, 1, 1]], additions only. B^T's rows read, for
+# phase a, minus the row difference at padded row 2s + a, the row 2s + a + 1 and the difference
+# there: every phase's B^T d B is one of four images (the padded image, its row differences, its
+# column differences, both) read at one of four (row, column) parities and shifted by 0 or 1 tile,
+# so all of them are contiguous slices of 16 parity parts (one junk column per grid row), and those
+# of the 36 (phase, k, l) that read the same slice are one GEMM. The minus is folded into U.
+_F22_G = np.array([[1, 0], [1, 1], [0, 1]], np.float32)
+_F22_SIGN = np.array([-1, 1, 1], np.float32)
+
+
+def _f22_rows(a, k):
+    """(difference image?, parity, tile shift) of the rows phase a's B^T row k reads."""
+    o = a + (k > 0)
+    return int(k != 1), o % 2, o // 2
+
+
+def _f22_groups():
+    """The 36 (a, b, k, l) grouped by the slice they read: [((rows), (columns)), [(a, b, k, l), ..]]."""
+    groups = {}
+    for a, b, k, l in np.ndindex(2, 2, 3, 3):
+        groups.setdefault((_f22_rows(a, k), _f22_rows(b, l)), []).append((a, b, k, l))
+    return list(groups.items())
+
+
+_F22_GROUPS = _f22_groups()
+_F22_INDEX = {t: i for i, t in enumerate(t for _, ts in _F22_GROUPS for t in ts)}  # GEMM output row block
+# (36, 9): every U = G (R[a] g R[b]^T) G^T entry (signed) from the 3x3 kernel g, in _F22_INDEX order
+_F22_UU = np.stack([np.kron(_F22_SIGN[k] * (_F22_G @ _UPSAMPLE_R[a])[k], _F22_SIGN[l] * (_F22_G @ _UPSAMPLE_R[b])[l])
+                    for (a, b, k, l) in sorted(_F22_INDEX, key=_F22_INDEX.get)])
+
+
+def _upsample_winograd(x, w, bias):
+    """The four phases' 2x2 convs by Winograd F(2x2, 2x2), per image in chunks of tile rows."""
+    N, Ci, H, W = x.shape
+    Co = w.shape[0]
+    Ts, Tt = (H + 1) // 2, (W + 1) // 2  # 2x2 tiles of each phase's (H, W) outputs
+    G = Tt + 1  # grid columns per tile row; the last is junk (its tile wraps into the next row)
+    U = np.matmul(_F22_UU, w.reshape(Co * Ci, 9).T).reshape(36, Co, Ci)
+    y = np.empty((N, Co, 4 * Ts, 4 * Tt), np.float32)
+    y6 = y.reshape(N, Co, Ts, 4, Tt, 4)  # output (4s + 2 di + a, 4t + 2 dj + b): tile, pixel, phase
+    rows = max(1, min(Ts, _WINOGRAD_CHUNK // (36 * 4 * max(Ci, Co) * G)))
+    parts = np.zeros((2, 2, 2, 2, Ci, (rows + 1) * G + 1), np.float32)  # [row diff, col diff, pr, pc]
+    m_buf = np.empty((36, Co, rows * G), np.float32)
+    for n in range(N):
+        for r0 in range(0, Ts, rows):
+            r = min(rows, Ts - r0)
+            L = r * G
+
+            def transform_in(cs):
+                """The 16 parts for input channels cs, from the padded image's four parity parts."""
+                c = len(range(Ci)[cs])
+                par = np.zeros((2, 2, c, r + 2, G + 1), np.float32)  # padded (2S + p, 2T + q) = x (2S + p - 1, 2T + q - 1)
+                for p, q in np.ndindex(2, 2):
+                    ys, xs = 2 * (r0 + np.arange(r + 2)) + p - 1, 2 * np.arange(G + 1) + q - 1
+                    S, T = np.nonzero((ys >= 0) & (ys < H))[0], np.nonzero((xs >= 0) & (xs < W))[0]
+                    if len(S) and len(T):
+                        par[p, q, :, S[0]:S[-1] + 1, T[0]:T[-1] + 1] = \
+                            x[n, cs, ys[S[0]]:ys[S[-1]] + 1:2, xs[T[0]]:xs[T[-1]] + 1:2]
+                cd = np.empty((2, 2, c, r + 2, G), np.float32)  # column differences at even, odd columns
+                for p in range(2):
+                    np.subtract(par[p, 1, :, :, :G], par[p, 0, :, :, :G], out=cd[p, 0])
+                    np.subtract(par[p, 0, :, :, 1:], par[p, 1, :, :, :G], out=cd[p, 1])
+                out = parts[:, :, :, :, cs, :(r + 1) * G].reshape(2, 2, 2, 2, c, r + 1, G)
+                for p, q in np.ndindex(2, 2):
+                    out[0, 0, p, q] = par[p, q, :, :r + 1, :G]
+                    out[0, 1, p, q] = cd[p, q, :, :r + 1]
+                for q in range(2):  # row differences at even, odd rows
+                    np.subtract(par[1, q, :, :r + 1, :G], par[0, q, :, :r + 1, :G], out=out[1, 0, 0, q])
+                    np.subtract(par[0, q, :, 1:, :G], par[1, q, :, :r + 1, :G], out=out[1, 0, 1, q])
+                    np.subtract(cd[1, q, :, :r + 1], cd[0, q, :, :r + 1], out=out[1, 1, 0, q])
+                    np.subtract(cd[0, q, :, 1:], cd[1, q, :, :r + 1], out=out[1, 1, 1, q])
+
+            def transform_out(cs):
+                """A^T M A per phase for output channels cs, into y as whole rows."""
+                c = len(range(Co)[cs])
+                rowbuf = np.empty((4, c, r, Tt, 4), np.float32)  # [2 di + a, ..., 2 dj + b]
+                for a, b in np.ndindex(2, 2):
+                    m = [[M[_F22_INDEX[a, b, k, l], cs].reshape(c, r, G)[:, :, :Tt] for l in range(3)]
+                         for k in range(3)]
+                    if bias is not None:  # A^T's column 1 is all ones: there a bias reaches all four outputs
+                        m[1][1] += bias[cs, None, None]
+                    cols = [(m[k][0] + m[k][1], m[k][1] + m[k][2]) for k in range(3)]
+                    for di, dj in np.ndindex(2, 2):
+                        np.add(cols[di][dj], cols[di + 1][dj], out=rowbuf[2 * di + a, ..., 2 * dj + b])
+                y6[n, cs, r0:r0 + r] = rowbuf.transpose(1, 2, 0, 3, 4)
+
+            _each(transform_in, _split(Ci))
+            M = m_buf[:, :, :L]
+            first = 0
+            for ((dr, pr, sr), (dc, pc, sc)), phases in _F22_GROUPS:
+                k, s = len(phases), sr * G + sc
+                np.matmul(U[first:first + k].reshape(k * Co, Ci), parts[dr, dc, pr, pc, :, s:s + L],
+                          out=M[first:first + k].reshape(k * Co, L))
+                first += k
+            _each(transform_out, _split(Co))
+    if y.shape[2:] != (2 * H, 2 * W):
+        y = np.ascontiguousarray(y[:, :, :2 * H, :2 * W])
     return y
 
 
