@@ -75,7 +75,7 @@ def test_conv2d_paths_are_taken(monkeypatch):
     assert "".join(taken) == "||t|t|w|w|||"  # 1x1, taps first x2, Winograd x2, im2col x3
 
 
-UPSAMPLES = [  # (N, Cin, H, W): the first three directly, the last two by Winograd F(2x2, 2x2) (>= 256 tiles)
+UPSAMPLES = [  # (N, Cin, H, W): the first three directly, the last two by Winograd F(2x2, 2x2) (enough tiles)
     (1, 3, 1, 1), (2, 5, 7, 4), (1, 16, 12, 9), (1, 4, 33, 31), (2, 3, 24, 22)]
 
 
