@@ -253,15 +253,21 @@ def speed(stage: str, model: Path, repeats: int) -> dict:
     sd_model = load_sdweb(stage, model, "fp32")
     want = run_reference(stage, ref_model, inp)
     got = run_sdweb(stage, sd_model, inp)
-    ref_t, sd_t = [], []
+    ref_t, sd_t, ref_c, sd_c = [], [], [], []
     for _ in range(repeats):
+        c = time.process_time()
         ref_t.append(timed(lambda: run_reference(stage, ref_model, inp)))
+        ref_c.append(time.process_time() - c)
+        c = time.process_time()
         sd_t.append(timed(lambda: run_sdweb(stage, sd_model, inp)))
+        sd_c.append(time.process_time() - c)
     del ref_model, sd_model
     gc.collect()
     ref_s, sd_s = statistics.median(ref_t), statistics.median(sd_t)
     return {"stage": stage, "diffusers_s": ref_s, "sdweb_s": sd_s, "ratio": sd_s / ref_s,
-            "diffusers_runs": ref_t, "sdweb_runs": sd_t, "fp32_max_rel_vs_diffusers": max_rel(got, want)}
+            "cpu_ratio": statistics.median(sd_c) / statistics.median(ref_c),
+            "diffusers_runs": ref_t, "sdweb_runs": sd_t, "diffusers_cpu": ref_c, "sdweb_cpu": sd_c,
+            "fp32_max_rel_vs_diffusers": max_rel(got, want)}
 
 
 def child(stage: str, impl: str, model: Path, out: Path) -> None:
@@ -317,7 +323,8 @@ def whole_run(impl: str, model: Path, tmp: Path) -> dict:
     proc.stderr.close()
     if status != 0 or not out.is_file():
         raise SystemExit(f"{impl} whole-process run failed (status {status}):\n{err}")
-    return {"impl": impl, "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}  # ru_maxrss: KiB on Linux
+    return {"impl": impl, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mb": usage.ru_maxrss / 1024}  # ru_maxrss: KiB on Linux
 
 
 def whole(model: Path, pairs: int) -> dict:
@@ -328,11 +335,18 @@ def whole(model: Path, pairs: int) -> dict:
         for i in range(pairs):
             for impl in (("diffusers", "sdweb") if i % 2 == 0 else ("sdweb", "diffusers")):
                 runs.append(whole_run(impl, model, Path(tmp)))
-                print(f"  {impl}: {runs[-1]['wall_s']:.1f} s, peak RSS {runs[-1]['peak_rss_mb']:.0f} MB", flush=True)
-    med = {impl: statistics.median(r["wall_s"] for r in runs if r["impl"] == impl) for impl in ("diffusers", "sdweb")}
+                print(f"  {impl}: {runs[-1]['wall_s']:.1f} s ({runs[-1]['cpu_s']:.1f} s CPU), "
+                      f"peak RSS {runs[-1]['peak_rss_mb']:.0f} MB", flush=True)
+
+    def median(key, impl):
+        return statistics.median(r[key] for r in runs if r["impl"] == impl)
+
+    med = {impl: median("wall_s", impl) for impl in ("diffusers", "sdweb")}
+    cpu = {impl: median("cpu_s", impl) for impl in ("diffusers", "sdweb")}
     ratios = [s["wall_s"] / d["wall_s"] for d, s in zip([r for r in runs if r["impl"] == "diffusers"],
                                                           [r for r in runs if r["impl"] == "sdweb"])]
-    return {"runs": runs, "median_s": med, "ratio": med["sdweb"] / med["diffusers"], "pair_ratios": ratios}
+    return {"runs": runs, "median_s": med, "ratio": med["sdweb"] / med["diffusers"], "median_cpu_s": cpu,
+            "cpu_ratio": cpu["sdweb"] / cpu["diffusers"], "pair_ratios": ratios}
 
 
 def peak_rss_kib() -> int:
@@ -386,6 +400,8 @@ def whole_report(res: dict) -> str:
         "alternating pairs (after one untimed pair):", "",
         "| | diffusers | sdweb | ratio (sdweb/diffusers) |", "|---|---:|---:|---:|",
         f"| wall time s | {med['diffusers']:.1f} | {med['sdweb']:.1f} | **{res['ratio']:.2f}** |",
+        f"| CPU time s | {res['median_cpu_s']['diffusers']:.1f} | {res['median_cpu_s']['sdweb']:.1f} | "
+        f"{res['cpu_ratio']:.2f} |",
         f"| peak RSS MB | {rss['diffusers']:.0f} | {rss['sdweb']:.0f} | {rss['sdweb'] / rss['diffusers']:.2f} |", "",
         "ratio per pair: " + ", ".join(f"{r:.2f}" for r in res["pair_ratios"])])
 
@@ -405,13 +421,16 @@ def report(head: dict, speeds: list[dict], prec: list[dict], repeats: int) -> st
         load += f", {head['loadavg_end']:.2f} at end"
     lines.append(load + " (other processes on the machine slow both sides, unevenly)")
     if speeds:
-        lines += ["", f"Speed, fp32, median of {repeats} (after 1 warm-up):", "",
-                  "| stage | diffusers s | sdweb s | ratio (sdweb/diffusers) |", "|---|---:|---:|---:|"]
+        lines += ["", f"Speed, fp32, median of {repeats} (after 1 warm-up); CPU ratio: of the process CPU time "
+                  "(all threads; on one core it is robust to other processes' load, on several it also counts "
+                  "threads spinning while they wait):", "",
+                  "| stage | diffusers s | sdweb s | ratio (sdweb/diffusers) | CPU-time ratio |",
+                  "|---|---:|---:|---:|---:|"]
         names = {"unet": "UNet step, CFG (2x4x64x64)", "vae": "VAE decode to 512x512",
                  "text": "text encoder (2x77)"}
         for s in speeds:
             lines.append(f"| {names[s['stage']]} | {s['diffusers_s']:.3f} | {s['sdweb_s']:.3f} | "
-                         f"{s['ratio']:.2f} |")
+                         f"{s['ratio']:.2f} | {s['cpu_ratio']:.2f} |")
         lines.append("")
         lines.append("fp32 agreement with diffusers (max|sdweb - ref| / max|ref|): " + ", ".join(
             f"{s['stage']} {s['fp32_max_rel_vs_diffusers']:.1e}" for s in speeds))
