@@ -13,11 +13,12 @@ and prints a markdown table from the worker's timings of each run (`self.sdweb.l
 worker; the same numbers travel in the page's result message):
 
     download     plan + fetch into IndexedDB (the first run of a profile; later runs find it stored)
-    load         building the components: reading headers, uploading weights (sum of load_*)
+    load         building the components: reading headers, uploading weights (sum of load_*; the
+                 worker awaits each component's queued uploads before its stage runs)
     text enc.    the text encoder stage
     UNet step    the first step (it also compiles the pipelines) and the mean of the others
-    GPU wait     per step after the first: time the worker awaited the GPU (the readback's
-                 mapAsync, web/bridge/device.js `readWait`)
+    GPU wait     per step after the first: time the worker awaited the GPU (the step's readback,
+                 web/bridge/device.js `read_ahead`: its work finishing, then the copy back; `readWait`)
     worker       per step after the first: the rest of the step, i.e. Python (recording dispatches,
                  the scheduler, CFG, the preview) and the bridge calls: the Python overhead
     decode       the VAE stage

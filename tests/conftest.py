@@ -6,6 +6,7 @@ the fixtures, so tests that use none of them start fast.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import sys
 from pathlib import Path
@@ -14,6 +15,22 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = ROOT / "tests" / ".models"  # gitignored; rebuilt when make_test_models.py changes
+
+# Test files by what they need beyond Python, so a newcomer can run the suite in parts
+# (`pytest -m "not browser"`, `pytest -m "not browser and not gpu"`). The markers are registered in
+# pyproject.toml; a file not named here can still set its own `pytestmark`.
+MARKED_FILES = {
+    "browser": ("test_page*.py",),  # Playwright driving Debian's chromium
+    "gpu": ("test_webgpu_*.py", "test_lazy_weights.py"),  # a WebGPU adapter through wgpu (lavapipe)
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        for marker, patterns in MARKED_FILES.items():
+            if any(fnmatch.fnmatch(name, p) for p in patterns):
+                item.add_marker(marker)
 
 
 def load_script(name: str):
@@ -40,7 +57,7 @@ def matmul_ladder():
 
 @pytest.fixture(scope="session")
 def test_models_dir(make_test_models) -> Path:
-    """tests/.models/ holding sd1-tiny, sd2-tiny and nomid-tiny, built on first use (a few seconds)."""
+    """tests/.models/ holding sd1-tiny, sd2-tiny, nomid-tiny and lcm-tiny, built on first use (a few seconds)."""
     make_test_models.build(MODELS_DIR, quiet=True)
     return MODELS_DIR
 
@@ -61,6 +78,12 @@ def sd2_tiny(test_models_dir) -> Path:
 def nomid_tiny(test_models_dir) -> Path:
     """BK-SDM layout: UNet without a mid block, new VAE attention names."""
     return test_models_dir / "nomid-tiny"
+
+
+@pytest.fixture(scope="session")
+def lcm_tiny(test_models_dir) -> Path:
+    """A latent consistency model: LatentConsistencyModelPipeline, LCMScheduler, UNet with time_cond_proj_dim."""
+    return test_models_dir / "lcm-tiny"
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,12 @@ from sdweb.backends import numpy as nb
 from sdweb.backends import webgpu
 from sdweb.clip import CLIPTextModel
 from sdweb.errors import SdwebError
+from sdweb.lora import LoraPatch
 from sdweb.model import ModelFolder
 from sdweb.pipeline import Pipeline
 from sdweb.unet import UNet2DConditionModel
 from sdweb.vae import AutoencoderKL
+from sdweb.weights import Patched
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +75,7 @@ class Recorder:
         return getattr(self._backend, name)
 
 
-def test_models_use_every_op(sd1_tiny):
+def test_models_use_every_op(sd1_tiny, monkeypatch):
     folder = ModelFolder(sd1_tiny)
     rec = Recorder(nb)
     Pipeline(folder, rec).generate("a lighthouse", steps=1, width=64, height=64, seed=0)
@@ -98,6 +100,14 @@ def test_models_use_every_op(sd1_tiny):
     unet(rng.standard_normal((1, 4, 8, 8), dtype=np.float32), 10.0,
          rng.standard_normal((1, 77, config["cross_attention_dim"]), dtype=np.float32))
     paths["mul"] = rec.used
+    # a weight a LoRA patches: weight() of a weights.Patched fuses it with the backend's fuse_lora
+    store = folder.weights("unet")
+    w = store.get("conv_in.weight", store.shape("conv_in.weight"))
+    up, down = rng.standard_normal((w.shape[0], 2), dtype=np.float32), rng.standard_normal((2, w[0].size), dtype=np.float32)
+    fused = []
+    monkeypatch.setattr(nb, "fuse_lora", lambda *args: fused.append("fuse_lora") or args[0])
+    nb.weight(Patched(w, (LoraPatch("unet", "conv_in.weight", up, down, 0.5, w.shape),)))
+    paths["fuse_lora"] = set(fused)
     assert set(paths) == set(contract.NOT_IN_TEXT_TO_IMAGE)
     for op, seen in paths.items():
         assert op in seen, f"{op} is not used by {contract.NOT_IN_TEXT_TO_IMAGE[op]}"

@@ -53,9 +53,11 @@ def test_browser_model_generates_what_model_folder_does(sd1_tiny, variant):
                                       scheduler="euler-a", guidance=7.5, preview_every=2), progress=events.append)
     ref = Pipeline(ModelFolder(sd1_tiny), precision="fp32", variant=variant).generate(
         "a red cube", steps=4, seed=5, width=TINY, height=TINY, scheduler="euler-a", guidance=7.5)
-    got = np.asarray(Image.open(io.BytesIO(out["png"])).convert("RGB"))
+    [image] = out["images"]
+    got = np.asarray(Image.open(io.BytesIO(image["png"])).convert("RGB"))
     np.testing.assert_array_equal(got, ref.images[0])
-    params = json.loads(Image.open(io.BytesIO(out["png"])).text["parameters"])
+    params = json.loads(Image.open(io.BytesIO(image["png"])).text["sdweb"])
+    assert params == image["settings"]
     assert params["seed"] == 5 and params["model"] == "test/sd1-tiny" and params["variant"] == variant
     # weights came through the byte sources, tensor by tensor, never as one whole-file read
     used = [s for p, s in sources.items() if (".fp16." in p) == bool(variant)]
@@ -64,6 +66,28 @@ def test_browser_model_generates_what_model_folder_does(sd1_tiny, variant):
     assert stages.index("text_encoder") < stages.index("unet") < stages.index("vae")
     previews = [e["step"] for e in events if "preview" in e]
     assert previews == [2] and all(e["preview"].startswith(b"\x89PNG") for e in events if "preview" in e)
+
+
+def test_a_lazy_model_reads_only_the_heads_the_worker_handed_over(sd1_tiny):
+    """On WebGPU a store is lazy: opening it reads each file's 8-byte length and JSON header and
+    nothing else, so with those bytes handed over as the source's `head` no read reaches the
+    source (which, without JSPI, could not be waited for)."""
+    texts, sources = _browser_inputs(sd1_tiny)
+    for s in sources.values():
+        s.head = s.data[:8 + int.from_bytes(s.data[:8], "little")]
+    model = browser.BrowserModel("test/sd1-tiny", texts, sources, lazy=True)
+    for component in layout.WEIGHT_COMPONENTS:
+        store = model.weights(component, "fp16", "fp16")
+        name = store.keys()[0]
+        ref = store.prefix("").get(name, store.shape(name))
+        assert ref.nbytes > 0 and ref.source.key is None  # a place in the file, not its bytes
+        store.close()
+    assert not any(s.reads for s in sources.values())
+    # without a head the same reads go to the source
+    for s in sources.values():
+        del s.head
+    model.weights("unet", "fp16", "fp16").close()
+    assert sources["unet/diffusion_pytorch_model.fp16.safetensors"].reads == 2
 
 
 def test_browser_model_refuses_what_is_not_sd(sd1_tiny):
@@ -149,3 +173,91 @@ def test_resolve_json_checks_the_form_before_and_after_the_configs(sd1_tiny):
 def test_catalogue_json_is_the_catalogue():
     assert json.loads(browser.catalogue_json()) == catalogue.load()
     assert sum(bool(m.get("default")) for m in catalogue.models()) == 1
+    # presets name known models and settings resolve() takes
+    for p in catalogue.presets():
+        assert catalogue.find(p["model"]) is not None, p["label"]
+        from sdweb.settings import resolve
+
+        resolve(dict(p["settings"], model=p["model"], loras=[{"name": lo["name"], "scale": lo["scale"]}
+                                                             for lo in p["loras"]]))
+
+def test_resolve_json_holds_the_page_to_its_batch_limit():
+    from sdweb.settings import MAX_PAGE_IMAGES
+
+    ok = json.loads(browser.resolve_json(json.dumps({"request": {"num_images": MAX_PAGE_IMAGES}})))
+    assert ok["settings"]["num_images"] == MAX_PAGE_IMAGES
+    r = json.loads(browser.resolve_json(json.dumps({"request": {"num_images": MAX_PAGE_IMAGES + 1}})))
+    assert r["error"] == "ConfigError" and r["field"] == "num_images" and f"1 to {MAX_PAGE_IMAGES}" in r["message"]
+
+
+def test_a_batch_gives_each_image_its_seed_and_settings(sd1_tiny):
+    """Image k of a batch is the image its own settings (seed + k, one image) make alone, and its PNG says so."""
+    from PIL import Image
+
+    texts, sources = _browser_inputs(sd1_tiny)
+    pipe = Pipeline(browser.BrowserModel("test/sd1-tiny", texts, sources), keep_loaded=True)
+    out = browser.generate(pipe, dict(prompt="a red cube", steps=2, seed=40, width=TINY, height=TINY, num_images=3))
+    assert [i["seed"] for i in out["images"]] == [40, 41, 42]
+    third = out["images"][2]
+    assert json.loads(Image.open(io.BytesIO(third["png"])).text["sdweb"]) == third["settings"]
+    assert third["settings"]["num_images"] == 1
+    alone = browser.generate(pipe, third["settings"])["images"][0]
+    a, b = (np.asarray(Image.open(io.BytesIO(x["png"])).convert("RGB"), dtype=np.float64) for x in (third, alone))
+    assert np.abs(a - b).max() <= 1  # batched and single matmuls may round differently in the last bit
+
+
+def test_png_settings_json_reads_what_the_page_writes_and_names_a_bad_file(sd1_tiny):
+    texts, sources = _browser_inputs(sd1_tiny)
+    pipe = Pipeline(browser.BrowserModel("test/sd1-tiny", texts, sources))
+    image = browser.generate(pipe, dict(prompt="a red cube", negative_prompt="fog", steps=1, seed=9, width=TINY,
+                                        height=TINY, scheduler="dpm++2m-karras"))["images"][0]
+    r = json.loads(browser.png_settings_json(image["png"]))
+    assert r["source"] == "sdweb" and r["notes"] == []
+    assert r["request"] == {k: v for k, v in image["settings"].items()
+                            if k not in ("backend", "preview_every") and v is not None}
+    r = json.loads(browser.png_settings_json(b"GIF89a not a png"))
+    assert r["error"] == "ConfigError" and "not a PNG" in r["message"]
+
+
+def test_needed_and_stored_add_ons(sd1_tiny, tmp_path):
+    """needed_json names the LoRAs (the panel's and the prompt's tags) and embeddings a run asks for;
+    a StoredLibrary of those files gives worker_generate's pipeline what a FolderLibrary of the same
+    files gives the CLI's, and names a missing one in words."""
+    import torch
+
+    torch.save({"string_to_param": {"*": torch.randn(2, 32, generator=torch.Generator().manual_seed(1)) * 0.05}},
+               tmp_path / "emb-one.pt")
+    settings = {"prompt": "a cat by emb-one <lora:style:0.5> <lora:style:0.2>", "loras": [{"name": "other", "scale": 1}],
+                "embeddings": ["emb-one"]}
+    assert json.loads(browser.needed_json(json.dumps(settings))) == {"lora": ["other", "style"], "embedding": ["emb-one"]}
+    r = json.loads(browser.needed_json(json.dumps({"prompt": "<hypernet:x:1>"})))
+    assert r["error"] == "ConfigError" and r["field"] == "prompt" and "<hypernet:x:1>" in r["message"]
+
+    texts, sources = _browser_inputs(sd1_tiny)
+    pipe = Pipeline(browser.BrowserModel("test/sd1-tiny", texts, sources))
+    emb = {"kind": "embedding", "name": "emb-one", "fileName": "emb-one.pt", "version": 1,
+           "bytes": (tmp_path / "emb-one.pt").read_bytes()}
+    pipe.library = browser.StoredLibrary([emb])
+    run = dict(prompt="a cat by emb-one", steps=2, seed=3, width=TINY, height=TINY, embeddings=["emb-one"])
+    got = pipe.generate(**run).images[0]
+    want = Pipeline(ModelFolder(sd1_tiny)).generate(**dict(run, embeddings=[str(tmp_path / "emb-one.pt")])).images[0]
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(Exception, match="LoRA 'style' is not stored in this browser: add its file in the LoRAs panel"):
+        pipe.generate(**dict(run, prompt="a cat <lora:style:1>"))
+
+
+def test_count_json_is_the_chunkers_count(sd1_tiny, tmp_path):
+    import torch
+
+    torch.save({"string_to_param": {"*": torch.zeros(3, 32)}}, tmp_path / "emb-three.pt")
+    texts, _ = _browser_inputs(sd1_tiny)
+    files = [{"kind": "embedding", "name": "emb-three", "fileName": "emb-three.pt", "version": 1,
+              "bytes": (tmp_path / "emb-three.pt").read_bytes()}]
+    job = {"key": "test|sd1|count", "prompt": "cat " * 80 + "emb-three", "negative_prompt": "", "embeddings": ["emb-three"]}
+    r = json.loads(browser.count_json(json.dumps(job), texts, files))
+    assert r == {"prompt": {"chunks": 2, "tokens": 8, "count": 83}, "negative_prompt": {"chunks": 1, "tokens": 0, "count": 0}}
+    # the tokenizer is kept by the model's key: no texts needed the second time
+    r = json.loads(browser.count_json(json.dumps(dict(job, prompt="a (b:1.2) BREAK c")), None, files))
+    assert r["prompt"] == {"chunks": 2, "tokens": 1, "count": 76}
+    r = json.loads(browser.count_json(json.dumps(dict(job, prompt="(a:1.2.3)")), None, files))
+    assert r["error"] == "ConfigError" and r["field"] == "prompt" and "'1.2.3'" in r["message"]

@@ -51,8 +51,11 @@ def test_generate_writes_the_pipeline_image(sd1_tiny, tmp_path, capsys):
                                                    scheduler="ddim")
     assert np.array_equal(img, want.images[0])
     assert sorted(p.name for p in inter.iterdir()) == ["step-0001.png", "step-0002.png"]
-    params = json.loads(Image.open(out).text["parameters"])
-    assert params["seed"] == 4 and params["prompt"] == "a red fox in snow"
+    text = Image.open(out).text
+    params = json.loads(text["sdweb"])
+    assert params["seed"] == 4 and params["prompt"] == "a red fox in snow" and params["scheduler"] == "ddim"
+    assert text["parameters"] == ("a red fox in snow\nSteps: 2, Sampler: DDIM, Schedule type: Automatic, CFG scale: "
+                                  f"7.5, Seed: 4, Size: 64x48, Model: {sd1_tiny}")
     assert "timings:" in err and "unet" in err
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
 
@@ -69,10 +72,10 @@ def test_tokenize(sd1_tiny, capsys):
     code, out, _ = run(["tokenize", "--model", str(sd1_tiny), "a photo of a cat"], capsys)
     assert code == 0
     lines = out.splitlines()
-    ids = json.loads(lines[0])
+    assert lines[0] == "chunk 1 of 1: 5 of 75 tokens"
+    ids = json.loads(lines[1])
     assert ids[:7] == [49406, 320, 1125, 539, 320, 2368, 49407] and len(ids) == 77
-    assert lines[1].split() == ["a</w>", "photo</w>", "of</w>", "a</w>", "cat</w>"]
-    assert "5 of 75 prompt slots used" in lines[2]
+    assert lines[2].split() == ["a</w>", "photo</w>", "of</w>", "a</w>", "cat</w>"]
 
 
 def test_info(sd1_tiny, capsys):

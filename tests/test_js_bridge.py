@@ -6,12 +6,20 @@ been sent. The page's end-to-end test (test_page.py) runs the same class against
 Claimed and tested: the JS bridge creates exactly the bind groups the counting bridge counts as
 misses for the same run (one shared cache, bridges/groups.py), none from the second denoising step
 on; a destroyed buffer's groups are dropped in JS and never dispatched again; a full cache sends the
-recorded work before its groups go."""
+recorded work before its groups go; and driven by the page's async driver (sdweb.browser.drive), a
+run reads back only what the driver awaited ahead, once per UNet step and once after the decode, so
+model code never needs to wait for the GPU inside a step (what lets the page run WebGPU without
+JavaScript Promise Integration)."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import json
 
+import numpy as np
+
+from sdweb import browser
 from sdweb.backends import webgpu
 from sdweb.backends.bridges.counting import ADAPTERS, CountingBridge
 from sdweb.backends.bridges.js import JsDeviceBridge
@@ -112,3 +120,70 @@ def test_a_full_cache_submits_before_dropping(sd1_tiny, monkeypatch):
     resets = [e for e in js.log if e[0] == "drop_groups" and len(e[1]) == 40]
     assert resets and all(pending == 0 for _, _, pending in resets)
 
+
+
+class AheadDeviceJs(FakeDeviceJs):
+    """device.js as a browser without JSPI leaves it usable: read_buffer answers only the span the
+    last read_ahead fetched; any other readback would need Python to wait in the middle of a step."""
+
+    def __init__(self):
+        super().__init__()
+        self.ahead = None
+
+    def read_ahead(self, bid, offset, nbytes):
+        self.submit()
+        self.ahead = (bid, offset, nbytes)
+        self.log.append(("read_ahead", bid))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    def flush(self):
+        self.log.append(("flush",))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    def read_buffer(self, bid, offset, nbytes):
+        assert self.ahead == (bid, offset, nbytes), "a readback the driver did not fetch ahead"
+        self.ahead = None
+        self.log.append(("read_buffer", bid))
+        return bytes(nbytes)
+
+
+def test_the_async_driver_waits_only_at_readbacks(sd1_tiny):
+    js, steps = AheadDeviceJs(), []
+    with webgpu.using(JsDeviceBridge(js)) as ctx:
+        pipe = Pipeline(ModelFolder(sd1_tiny), webgpu, precision="fp16")
+        stages = pipe.stages("a lighthouse", progress=lambda p: p.stage == "unet" and steps.append(len(js.log)), **RUN)
+        result = asyncio.run(browser.drive(stages, ctx.bridge))
+    assert result.images.shape == (1, 64, 64, 3) and result.settings["steps"] == RUN["steps"]
+    reads = [i for i, e in enumerate(js.log) if e[0] == "read_buffer"]
+    assert len(reads) == RUN["steps"] + 1  # each UNet step's output, then the decoded image
+    assert all(js.log[i - 1][0] == "read_ahead" for i in reads)
+    # the step's readback ends it: between two progress reports there is exactly one
+    for a, b in zip(steps, steps[1:]):
+        assert sum(a <= i < b for i in reads) == 1
+    # and each component, once built, waits for its weights (three: text encoder, UNet, VAE)
+    assert sum(e[0] == "flush" for e in js.log) == 3
+
+
+def test_the_async_driver_waits_for_prompt_readbacks_too(sd1_tiny, tmp_path):
+    """A weighted prompt (emphasis is applied on the host) and a textual-inversion embedding (its
+    vectors go into the token embeddings on the host) read back in the text encoder stage: the
+    pipeline yields those tensors first, so a browser without JSPI can await them as well."""
+    from safetensors.numpy import save_file
+
+    hidden = json.loads((sd1_tiny / "text_encoder" / "config.json").read_text())["hidden_size"]
+    save_file({"<cube>": np.full((2, hidden), 0.25, np.float32)}, str(tmp_path / "cube.safetensors"))
+    js = AheadDeviceJs()
+    with webgpu.using(JsDeviceBridge(js)) as ctx:
+        pipe = Pipeline(ModelFolder(sd1_tiny), webgpu, precision="fp16")
+        stages = pipe.stages("a (lighthouse:1.3) by a <cube>", embeddings=[str(tmp_path / "cube.safetensors")], **RUN)
+        result = asyncio.run(browser.drive(stages, ctx.bridge))
+    assert result.images.shape == (1, 64, 64, 3)
+    reads = [i for i, e in enumerate(js.log) if e[0] == "read_buffer"]
+    # the prompt chunk's token embeddings (the embedding goes in) and its output (the weights
+    # apply), then each UNet step's output and the decoded image; every one fetched ahead
+    assert len(reads) == 2 + RUN["steps"] + 1
+    assert all(js.log[i - 1][0] == "read_ahead" for i in reads)

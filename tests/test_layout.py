@@ -9,6 +9,7 @@ the same plan for the same repo.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -92,6 +93,14 @@ def test_real_model_indexes_pass_and_others_are_named():
             "scheduler": ["diffusers", "EulerDiscreteScheduler"], "unet": ["diffusers", "UNet2DConditionModel"],
             "vae": ["diffusers", "AutoencoderKL"]}
     layout.check_model_index(sdxl, "x/sdxl")  # same component kinds: the UNet's config tells SDXL apart later
+    # a latent consistency model (LCM Dreamshaper's model_index.json): its class is not what decides, its
+    # components are, and those are an SD 1.x pipeline's (the UNet's time_cond_proj_dim says the rest)
+    lcm = {"_class_name": "LatentConsistencyModelPipeline", "feature_extractor": ["transformers", "CLIPImageProcessor"],
+           "requires_safety_checker": True, "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+           "scheduler": ["diffusers", "LCMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+           "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+           "vae": ["diffusers", "AutoencoderKL"]}
+    assert layout.check_model_index(json.dumps(lcm), "SimianLuo/LCM_Dreamshaper_v7") == lcm
     with pytest.raises(ModelError, match=r"x/y is a DDPMPipeline model without text_encoder, vae, tokenizer"):
         layout.check_model_index({"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"],
                                   "scheduler": ["diffusers", "DDPMScheduler"]}, "x/y")
@@ -205,8 +214,10 @@ def test_shards_must_be_plain_names_that_exist():
     with pytest.raises(ModelError, match=r"o/n/text_encoder/model-00002-of-00002.safetensors not found: "
                                          r"model.safetensors.index.json lists it as a shard"):
         drive(repo({"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}), None, False)
-    with pytest.raises(ModelError, match="shard '../unet/diffusion_pytorch_model.safetensors' should be a plain file"):
-        drive(repo({"a": "../unet/diffusion_pytorch_model.safetensors"}), None, True)
+    for bad in ("../unet/diffusion_pytorch_model.safetensors", "/abs.safetensors", "a\\b.safetensors", "x\n.safetensors",
+                "config.json", ".."):
+        with pytest.raises(ModelError, match=re.escape(f"shard {bad!r} should be a plain .safetensors file name")):
+            drive(repo({"a": bad}), None, True)
     with pytest.raises(ModelError, match="weight_map should be a non-empty object"):
         drive(repo({}), None, True)
     files = repo({"a": "model-00001-of-00002.safetensors"})

@@ -40,7 +40,7 @@ REFERENCE = {
     "ddpm": (diffusers.DDPMScheduler, scheduling_ddpm),
 }
 
-# Verbatim from the Hub repos (../shared/data/model-configs/*/scheduler/scheduler_config.json).
+# Verbatim from the Hub repos (tests/data/real-configs/*/scheduler/scheduler_config.json).
 SD15 = {
     "_class_name": "PNDMScheduler",
     "_diffusers_version": "0.6.0",

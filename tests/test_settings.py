@@ -78,6 +78,9 @@ def test_steps_and_guidance_by_model_kind():
     assert settings.model_kind("someone/SDXS-Turbo-512") == "turbo"
     assert settings.model_kind("/home/turbo/models/my-sd15") == "sd"  # only the model's own name counts
     assert settings.model_kind("") == "sd"
+    assert catalogue.find("SimianLuo/LCM_Dreamshaper_v7")["kind"] == "lcm"
+    assert settings.model_kind("someone/dreamshaper-LCM") == "lcm"
+    assert (resolve({"model": "x/my-lcm"}).steps, resolve({"model": "x/my-lcm"}).guidance) == (4, 8.5)
     assert (resolve({}).steps, resolve({}).guidance) == (kinds["sd"]["steps"], kinds["sd"]["guidance"])
     assert (resolve({"model": "a/turbo", "steps": 4, "guidance": 1.5}).steps,
             resolve({"model": "a/turbo", "guidance": 1.5}).guidance) == (4, 1.5)
@@ -119,6 +122,24 @@ def test_every_field_is_checked_and_named():
     bad({"stpes": 3}, "stpes", "unknown setting 'stpes'")
     # "" and None mean the default, as an empty form field does
     assert resolve({"steps": "", "seed": None, "scheduler": ""}).scheduler is None
+
+
+def test_loras_and_embeddings():
+    """The CLI's NAME[:SCALE] strings and the page's {name, scale} objects give the same settings; a
+    Windows path keeps its drive; a request of the settings resolves to them again."""
+    s = resolve({"loras": ["a.safetensors:0.7", "b.safetensors", {"name": "c", "scale": -1}, ["d", 2],
+                           "C:\\loras\\e.safetensors", "f:bright"], "embeddings": ["x.pt", "EasyNegative"]})
+    assert s.loras == (("a.safetensors", 0.7), ("b.safetensors", 1.0), ("c", -1.0), ("d", 2.0),
+                       ("C:\\loras\\e.safetensors", 1.0), ("f:bright", 1.0))
+    assert s.embeddings == ("x.pt", "EasyNegative")
+    assert s.as_request()["loras"][0] == {"name": "a.safetensors", "scale": 0.7}
+    assert resolve(json.loads(json.dumps(s.as_request()))) == s
+    assert resolve({}).loras == () and resolve({"loras": ""}).embeddings == ()
+    bad({"loras": "a.safetensors"}, "loras", "should be a list")
+    bad({"loras": [{"name": "a", "scale": float("inf")}]}, "loras", "the scale of a inf is not a finite number")
+    bad({"loras": [{"name": " "}]}, "loras", "names no LoRA")
+    bad({"loras": [{"file": "a"}]}, "loras", "is not a LoRA")
+    bad({"embeddings": [""]}, "embeddings", "should be a list of file names")
 
 
 def test_resolving_twice_changes_nothing():

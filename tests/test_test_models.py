@@ -255,6 +255,31 @@ def test_image_is_informative(models, diffusers_pipe, name):
     np.testing.assert_array_equal(a, generate(pipe))  # and is reproducible
 
 
+def test_lcm_tiny(lcm_tiny):
+    """lcm-tiny: what diffusers' LatentConsistencyModelPipeline loads (its class in model_index.json, an
+    LCMScheduler, a UNet with time_cond_proj_dim and its time_embedding.cond_proj), and an image that
+    changes with the guidance scale, an input of the UNet."""
+    import torch
+    from diffusers import DiffusionPipeline, LatentConsistencyModelPipeline, LCMScheduler
+
+    folder = lcm_tiny
+    assert read_json(folder / "model_index.json")["_class_name"] == "LatentConsistencyModelPipeline"
+    pipe = DiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    assert isinstance(pipe, LatentConsistencyModelPipeline) and isinstance(pipe.scheduler, LCMScheduler)
+    assert pipe.unet.config.time_cond_proj_dim == 32 and pipe.unet.time_embedding.cond_proj is not None
+    pipe.set_progress_bar_config(disable=True)
+
+    def image(guidance):
+        with torch.no_grad():
+            x = pipe(PROMPT, num_inference_steps=4, guidance_scale=guidance, generator=torch.Generator().manual_seed(0),
+                     output_type="np").images[0]
+        return np.round(x * 255).astype(np.uint8)
+
+    a = image(8.5)
+    assert ((a > 0) & (a < 255)).mean() > 0.9 and a.std() > 10
+    assert np.abs(a.astype(int) - image(1.0)).mean() > 2
+
+
 def test_fp16_variant_pipeline(sd1_tiny, diffusers_pipe):
     a, b = generate(diffusers_pipe(sd1_tiny)), generate(diffusers_pipe(sd1_tiny, variant="fp16"))
     assert np.abs(a.astype(int) - b).mean() < 1  # fp16-rounded weights, fp32 compute

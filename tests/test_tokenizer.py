@@ -238,9 +238,8 @@ def test_truncation_warns_with_the_dropped_count(pairs, prompt):
     dropped = max(0, total - 75)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ids, n = ours.encode(prompt, return_truncated=True)
+        ids = ours.encode(prompt)
     assert ids == ref(prompt, padding="max_length", max_length=77, truncation=True).input_ids
-    assert n == dropped == ours.last_truncated
     if dropped:
         assert len(caught) == 1 and f"{dropped} of its {total} tokens" in str(caught[0].message)
         assert "\n" not in str(caught[0].message)
@@ -249,13 +248,11 @@ def test_truncation_warns_with_the_dropped_count(pairs, prompt):
         assert not caught
 
 
-def test_truncation_counts_over_the_corpus(pairs):
+def test_token_ids_uncut_over_the_corpus(pairs):
+    """token_ids (what the prompt chunker packs) is transformers' add_special_tokens=False, uncut."""
     ours, ref = pairs["sd15"]
-    lengths = [len(ids) for ids in ref(PROMPTS, add_special_tokens=False).input_ids]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for prompt, n in zip(PROMPTS, lengths):
-            assert ours.encode(prompt, return_truncated=True)[1] == max(0, n - 75), repr(prompt)
+    for prompt, ids in zip(PROMPTS, ref(PROMPTS, add_special_tokens=False).input_ids):
+        assert ours.token_ids(prompt) == ids, repr(prompt)
 
 
 def test_shorter_max_length_and_no_padding(pairs):

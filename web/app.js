@@ -1,19 +1,24 @@
 // The page's thread: the form, progress, results, history and the stored-models panel. All the
 // work (Python, downloads, storage writes) happens in worker.js, so this thread never blocks. It
 // decides no setting: an empty field means "the default", and Python (sdweb.settings, through the
-// worker) fills in and checks every one; the model picker is Python's catalogue (models.json).
+// worker) fills in and checks every one; the model picker is Python's catalogue (models.json). The
+// workspace around a run (gallery, reuse, share links, seeds, dropped PNGs, keys) is workspace.js.
 
-import { ChunkStore, fmtBytes } from "./store.js";
+import { ChunkStore, HUB, authFor, fmtBytes } from "./store.js";
+import { Workspace } from "./workspace.js";
+import { registerOffline } from "./offline.js";
+import { AddonPanels } from "./addon_panels.js";
+import { TokenCount } from "./token_count.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const DEFAULT_ENDPOINT = "https://huggingface.co";
 
 const state = {
   worker: null, ready: false, busy: false, runId: 0, cancelTimer: null, cancelFlag: null,
-  env: {}, gpu: null, catalogue: null, backend: null, resolveId: 0, localModels: [], history: [], started: 0,
-  stageStart: {}, lastTimings: null, pending: null,
+  env: {}, gpu: null, catalogue: null, backend: null, resolveId: 0, localModels: [], started: 0,
+  stageStart: {}, lastTimings: null, pending: null, results: 0, panels: null, tokens: null,
 };
+let workspace = null;
 
 // --- environment -----------------------------------------------------------------------------------
 
@@ -24,9 +29,26 @@ function request() {
     model: $("model").value.trim().replace(/^https?:\/\/huggingface\.co\//, "").replace(/\/+$/, ""),
     prompt: $("prompt").value, negative_prompt: $("negative-prompt").value, steps: num("steps"),
     guidance: num("guidance"), seed: num("seed"), scheduler: $("scheduler").value, width: num("width"),
-    height: num("height"), variant: $("variant").value, backend: $("backend").value,
+    height: num("height"), num_images: num("num-images"), variant: $("variant").value, backend: $("backend").value,
     vae_tiling: $("vae-tiling").value,
+    ...(state.panels ? state.panels.request() : {}),
   };
+}
+
+// The Hub a model is fetched from: the endpoint field, else the dev server's copy of a model
+// prefetched into ./weights/, else huggingface.co.
+function endpointFor(model) {
+  const typed = typedEndpoint();
+  if (typed) return { endpoint: typed, local: false };
+  if (state.localModels.includes(model)) return { endpoint: `${location.origin}/hub`, local: true };
+  return { endpoint: HUB, local: false };
+}
+
+// What the token count asks the worker about: the form as it is now.
+function countJob() {
+  const req = request();
+  const { endpoint, local } = endpointFor(req.model);
+  return { request: req, endpoint, token: $("token").value.trim(), tokenEndpoint: local ? null : confirmedEndpoint(endpoint) };
 }
 
 // What the current model and backend mean, from Python: the defaults shown in the empty fields and
@@ -108,7 +130,9 @@ function onWorkerMessage(m) {
       state.env = m;
       state.gpu = m.gpu;
       if (!state.catalogue) showCatalogue(m.catalogue);
+      $("num-images").max = m.maxImages;
       showDefaults(m.resolved);
+      state.tokens.now();
       setEnv(`Ready · Python ${m.pyodide} · NumPy ${m.numpy} · ${m.seconds.toFixed(1)} s to start`, "ready");
       if (!state.busy) $("status").textContent = "";
       if (state.pending) { const p = state.pending; state.pending = null; send(p); }
@@ -116,6 +140,7 @@ function onWorkerMessage(m) {
     case "resolved":
       if (m.rid === state.resolveId) showDefaults(m);
       break;
+    case "counted": state.tokens.show(m); break;
     case "fatal":
       state.fatal = true;  // the next Generate starts a new worker
       setEnv("Python failed to start", "bad");
@@ -132,6 +157,7 @@ function onWorkerMessage(m) {
       $("status").textContent = "Cancelled. Nothing was lost: downloaded files are kept.";
       break;
     case "error": fail(m); break;
+    case "png-settings": workspace.onPngSettings(m); break;
   }
 }
 
@@ -180,6 +206,8 @@ function onDownload(m) {
     const fileEta = m.rate > 0 ? (m.fileTotal - m.fileLoaded) / m.rate : null;
     $("status").textContent = `Downloading ${m.file}: ${fmtBytes(m.fileLoaded)} / ${fmtBytes(m.fileTotal)}` +
       (fileEta != null ? ` · ${fmtTime(fileEta)} left` : "") + "…";
+  } else if (m.phase === "verify") {
+    $("status").textContent = `Checking ${m.file} (sha256): ${Math.floor(100 * m.hashed / Math.max(1, m.fileTotal))} %…`;
   } else if (m.phase === "done") {
     stage("download", 1, m.downloaded ? `${fmtBytes(m.total)} stored` : `${fmtBytes(m.total)} from storage`);
   }
@@ -237,12 +265,7 @@ function generate() {
   if (state.busy) return;
   clearError();
   const req = request();
-  let endpoint = $("endpoint").value.trim().replace(/\/+$/, "");
-  let local = false;
-  if (!endpoint) {
-    if (state.localModels.includes(req.model)) { endpoint = `${location.origin}/hub`; local = true; }
-    else endpoint = DEFAULT_ENDPOINT;
-  }
+  const { endpoint, local } = endpointFor(req.model);
   try { new URL(endpoint); } catch (_) {
     fail({ kind: "input", message: `"${endpoint}" is not a URL.`, field: "endpoint" });
     return;
@@ -257,7 +280,10 @@ function generate() {
   setEnv(state.ready ? "Working…" : "Loading Python…", "busy");
   $("status").textContent = local ? `Using the copy of ${req.model} in ./weights/…` : `Starting ${req.model || "the default model"}…`;
   Atomics.store(state.cancelFlag, 0, 0);
-  const msg = { type: "generate", id: state.runId, request: req, endpoint, token: $("token").value.trim() };
+  // The token goes to https://huggingface.co, or to the endpoint the box under it was ticked for (by
+  // the user: no URL parameter ticks it); store.js authFor/authHeaders hold it to that.
+  const msg = { type: "generate", id: state.runId, request: req, endpoint, token: $("token").value.trim(),
+    tokenEndpoint: local ? null : confirmedEndpoint(endpoint) };
   if (state.fatal) { state.fatal = false; startWorker(); }
   if (state.ready) send(msg);
   else state.pending = msg;
@@ -294,6 +320,7 @@ function finish() {
   for (const el of document.querySelectorAll("#progress .stage.active")) el.classList.remove("active");
   if (state.ready) setEnv(`Ready · Python ${state.env.pyodide} · NumPy ${state.env.numpy}`, "ready");
   askDefaults();
+  if (state.ready) state.tokens.now();
   refreshCache();
 }
 
@@ -302,24 +329,26 @@ async function onResult(m) {
   const load = Object.entries(m.timings).filter(([k]) => k.startsWith("load_")).reduce((a, [, v]) => a + v, 0);
   document.querySelector('#progress [data-stage="load"] .detail').textContent = fmtTime(load);
   finish();
-  const url = await dataUrl(m.png);
+  const total = (performance.now() - state.started) / 1000;
+  // every image of the run goes into the gallery (IndexedDB) and the run's grid; the first is shown
+  const entries = await workspace.addRun(m.images, { timings: m.timings, total, gpu: m.gpu || null });
+  await showImage(entries[0]);
+  state.results += 1;
+  $("result").dataset.run = state.results;
+  $("status").textContent = "Done.";
+  state.lastTimings = m.timings;
+}
+
+// A gallery entry ({png: Blob, seed, settings, timings, total, gpu}) as the big image, with its info.
+async function showImage(e) {
   const img = $("result");
-  img.src = url;
+  img.src = await dataUrl(e.png);
   img.hidden = false;
+  img.dataset.settings = JSON.stringify(e.settings);
+  img.classList.toggle("small", Math.max(e.settings.width, e.settings.height) < 256);
   $("preview").hidden = true;
   $("placeholder").hidden = true;
-  const t = m.timings;
-  const total = (performance.now() - state.started) / 1000;
-  const s = m.settings;
-  const entry = { url, seed: m.seed, settings: s, timings: t, total, when: new Date(), gpu: m.gpu };
-  state.history.unshift(entry);
-  img.dataset.settings = JSON.stringify(s);
-  img.classList.toggle("small", Math.max(s.width, s.height) < 256);
-  showInfo(entry);
-  renderHistory(0);
-  $("status").textContent = m.truncated_tokens
-    ? `Done. Note: the prompt was cut to 75 tokens (${m.truncated_tokens} dropped).` : "Done.";
-  state.lastTimings = t;
+  showInfo(e);
 }
 
 function showInfo(e) {
@@ -329,35 +358,17 @@ function showInfo(e) {
   $("result-info").innerHTML =
     `<b>seed ${e.seed}</b> · ${escapeHtml(s.model)} · ${s.width}×${s.height} · ${steps} steps · ${escapeHtml(s.scheduler)} · ` +
     `guidance ${s.guidance} · ${escapeHtml(s.backend)} ${escapeHtml(s.precision)}` +
-    (e.gpu ? ` · ${escapeHtml(e.gpu.adapter)}` : "") + "<br>" +
+    (e.gpu ? ` · ${escapeHtml(e.gpu.adapter)}` : "") +
+    (s.loras && s.loras.length ? ` · LoRA ${s.loras.map((l) => `${escapeHtml(l.name)} ${l.scale}`).join(", ")}` : "") +
+    (s.embeddings && s.embeddings.length ? ` · embeddings ${s.embeddings.map(escapeHtml).join(", ")}` : "") + "<br>" +
     `total ${fmtTime(e.total)} · load ${fmtTime(load)} · text encoder ${fmtTime(t.text_encoder)} · ` +
     `denoise ${fmtTime(t.unet)} (${fmtTime(t.unet / Math.max(1, steps))}/step) · decode ${fmtTime(t.vae)}`;
   const a = $("download-png");
-  a.href = e.url;
+  if (a.href.startsWith("blob:")) URL.revokeObjectURL(a.href);
+  a.href = URL.createObjectURL(e.png);
   a.download = `sdweb-${e.seed}.png`;
   a.hidden = false;
-}
-
-function renderHistory(current) {
-  const h = $("history");
-  h.innerHTML = "";
-  state.history.forEach((e, i) => {
-    const fig = document.createElement("figure");
-    if (i === current) fig.className = "current";
-    const img = document.createElement("img");
-    img.src = e.url;
-    img.alt = e.settings.prompt;
-    const cap = document.createElement("figcaption");
-    cap.textContent = `${e.seed} · ${e.settings.prompt || "(no prompt)"}`;
-    fig.title = `${e.settings.prompt}\nseed ${e.seed}, ${e.settings.steps} steps, ${e.settings.scheduler}`;
-    fig.append(img, cap);
-    fig.onclick = () => {
-      $("result").src = e.url; $("result").hidden = false;
-      $("result").classList.toggle("small", Math.max(e.settings.width, e.settings.height) < 256); $("preview").hidden = true; $("placeholder").hidden = true;
-      showInfo(e); renderHistory(i);
-    };
-    h.append(fig);
-  });
+  workspace.shown(e);
 }
 
 // --- errors ----------------------------------------------------------------------------------------
@@ -379,8 +390,9 @@ function fail(m) {
   box.dataset.kind = m.kind;
   $("status").textContent = "";
   // a setting's name (sdweb.settings.FIELDS) is its input's id with - for _
-  const field = m.kind === "auth" ? "token" : (m.field && m.field.replace(/_/g, "-")) ||
+  const field = (m.field && m.field.replace(/_/g, "-")) || (m.kind === "auth" ? "token" : null) ||
     (m.kind === "notfound" || m.kind === "model" ? "model" : null);
+  if (field === "endpoint-token") $("form").querySelector("details").open = true;
   if (field && $(field)) {
     const el = $(field);
     el.classList.remove("attention"); void el.offsetWidth; el.classList.add("attention");
@@ -420,7 +432,10 @@ async function refreshCache() {
     if (!models.length) tb.innerHTML = `<tr><td class="hint">No models stored yet: the first Generate downloads one.</td></tr>`;
     if (navigator.storage && navigator.storage.estimate) {
       const est = await navigator.storage.estimate();
-      $("storage").textContent = `This site uses ${fmtBytes(est.usage)} of ${fmtBytes(est.quota)} the browser allows it.`;
+      const weights = models.reduce((a, m) => a + m.bytes, 0);
+      const g = await workspace.usage();
+      $("storage").textContent = `Models ${fmtBytes(weights)} · gallery ${g.count} image${g.count === 1 ? "" : "s"}, ` +
+        `${fmtBytes(g.bytes)} · this site uses ${fmtBytes(est.usage)} of ${fmtBytes(est.quota)} the browser allows it.`;
     }
   } catch (e) {
     $("storage").textContent = `Browser storage is unavailable: ${e.message || e}`;
@@ -451,6 +466,7 @@ function showCatalogue(catalogue) {
     dl.append(o);
   }
   for (const repo of state.localModels) addLocalModel(repo);
+  state.panels.showPresets(catalogue.presets || []);
 }
 
 function addLocalModel(repo) {
@@ -458,6 +474,23 @@ function addLocalModel(repo) {
   const o = document.createElement("option");
   o.value = repo; o.label = "prefetched in ./weights/";
   $("model-list").append(o);
+}
+
+// A Hub endpoint other than huggingface.co gets the token only once the user ticks the box under it,
+// and only while the field still names the endpoint it was ticked for; typing in the field unticks it.
+function confirmedEndpoint(endpoint) {
+  const box = $("endpoint-token");
+  return box.checked && box.dataset.endpoint === endpoint ? endpoint : null;
+}
+
+const typedEndpoint = () => $("endpoint").value.trim().replace(/\/+$/, "");
+
+function updateEndpointToken() {
+  const typed = typedEndpoint();
+  let other = false;
+  try { other = !!typed && new URL(typed).origin !== HUB; } catch (_) { other = !!typed; }
+  $("endpoint-token").checked = false;
+  $("endpoint-token-row").hidden = !other;
 }
 
 function updateModelNote() {
@@ -481,7 +514,7 @@ async function loadLocalModels() {
 
 function init() {
   // URL parameters preset the form: ?model= ?endpoint= ?backend= (and any other field by its id)
-  for (const id of ["prompt", "negative-prompt", "steps", "guidance", "seed", "scheduler", "width", "height", "variant",
+  for (const id of ["prompt", "negative-prompt", "steps", "guidance", "seed", "scheduler", "width", "height", "num-images", "variant",
     "vae-tiling"]) {
     if (params.has(id)) $(id).value = params.get(id);
   }
@@ -490,7 +523,6 @@ function init() {
   if (params.has("backend")) $("backend").value = ["webgpu", "numpy"].includes(params.get("backend")) ? params.get("backend") : "auto";
   if (params.has("endpoint") || params.has("backend")) $("form").querySelector("details").open = true;
 
-  $("seed-random").onclick = () => { $("seed").value = ""; };
   $("generate").onclick = generate;
   $("cancel").onclick = cancel;
   // a new model brings its own defaults: the fields it sets go back to empty (= the model's)
@@ -499,14 +531,27 @@ function init() {
     updateModelNote();
     askDefaults();
   });
-  $("endpoint").addEventListener("input", updateModelNote);
+  $("endpoint").addEventListener("input", () => { updateModelNote(); updateEndpointToken(); });
+  $("endpoint-token").addEventListener("change", () => { $("endpoint-token").dataset.endpoint = typedEndpoint(); });
   $("backend").addEventListener("change", askDefaults);
   $("variant").addEventListener("change", askDefaults);
-  $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate(); });
+  workspace = new Workspace({
+    generate, cancel, showImage, refreshStorage: refreshCache, askDefaults, updateModelNote,
+    busy: () => state.busy,
+    readPng: (bytes, rid) => state.worker.postMessage({ type: "png-settings", rid, bytes }, [bytes]),
+    restoreAddons: (setting, value) => state.panels.restore(setting === "loras" ? "lora" : "embedding", value),
+  });
+  state.tokens = new TokenCount({ send: (m) => { if (state.ready && !state.busy) send(m); }, job: countJob });
+  state.panels = new AddonPanels({ endpoint: () => endpointFor("").endpoint,
+    auth: () => authFor($("token").value.trim(), confirmedEndpoint(endpointFor("").endpoint)),
+    onChange: () => { if (state.ready) state.tokens.soon(); } });
+  $("model").addEventListener("change", () => state.tokens.soon());
   updateModelNote();
+  updateEndpointToken();
   startWorker();
   loadLocalModels();
   refreshCache();
+  registerOffline();
 }
 
 init();

@@ -8,11 +8,12 @@
 //   fetchModel(...)    downloads every planned file (resuming), reporting bytes, rate and ETA
 //
 // Files come from {endpoint}/{repo}/resolve/{revision}/{path}, as huggingface_hub fetches them, with
-// `Authorization: Bearer` only when a token was typed. A model whose plan is complete in the store is
-// used without touching the network. `fetch` and `storage` (navigator.storage) are the browser's
-// unless handed others (the Node tests).
+// `Authorization: Bearer` only when a token was typed and `auth` (store.js authFor) lets it go to the
+// endpoint: https://huggingface.co, or an endpoint the user confirmed in the page. A model whose plan
+// is complete in the store is used without touching the network. `fetch` and `storage`
+// (navigator.storage) are the browser's unless handed others (the Node tests).
 
-import { StoreError, httpError, fmtBytes } from "./store.js";
+import { PRIVATE_WINDOW, StoreError, authHeaders, httpError, fmtBytes } from "./store.js";
 
 const globalFetch = (...a) => globalThis.fetch(...a);
 
@@ -24,16 +25,12 @@ export function fileUrl(endpoint, repo, revision, path) {
   return `${endpoint}/${repo}/resolve/${encodeURIComponent(revision)}/${path.split("/").map(encodeURIComponent).join("/")}`;
 }
 
-function authHeaders(token) {
-  return token ? { Authorization: `Bearer ${token}` } : {};
-}
-
 // The Hub's file listing with sizes and LFS sha256, when the endpoint has the API (huggingface.co
 // does; a plain mirror or the dev server may not): path -> {size, sha256}, or null.
-async function listing(fetch, endpoint, repo, revision, token) {
+async function listing(fetch, endpoint, repo, revision, auth) {
   try {
-    const r = await fetch(`${endpoint}/api/models/${repo}/revision/${encodeURIComponent(revision)}?blobs=true`,
-      { headers: authHeaders(token) });
+    const u = `${endpoint}/api/models/${repo}/revision/${encodeURIComponent(revision)}?blobs=true`;
+    const r = await fetch(u, { headers: authHeaders(u, auth) });
     if (!r.ok) return null;
     const j = await r.json();
     if (!Array.isArray(j.siblings)) return null;
@@ -46,15 +43,15 @@ async function listing(fetch, endpoint, repo, revision, token) {
 }
 
 // HEAD a file: {size, sha256} if it exists, null on 404; a StoreError for auth and other failures.
-async function probe(fetch, url, token) {
+async function probe(fetch, url, auth) {
   let r;
   try {
-    r = await fetch(url, { method: "HEAD", headers: authHeaders(token), cache: "no-store" });
+    r = await fetch(url, { method: "HEAD", headers: authHeaders(url, auth), cache: "no-store" });
   } catch (e) {
     throw new StoreError("network", `Could not reach the Hub at ${new URL(url).origin} (${e && e.message || e}).`);
   }
   if (r.status === 404) return null;
-  if (!r.ok) throw httpError(r, url);
+  if (!r.ok) throw httpError(r, url, auth);
   const size = +(r.headers.get("x-linked-size") || r.headers.get("content-length"));
   const etag = (r.headers.get("x-linked-etag") || r.headers.get("etag") || "").replace(/^W\//, "").replace(/"/g, "");
   return { size: isFinite(size) ? size : null, sha256: /^[0-9a-f]{64}$/.test(etag) ? etag : null };
@@ -64,7 +61,7 @@ async function probe(fetch, url, token) {
 // to know, look that up, and ask again until it answers with the files. `plan(known)` takes {repo,
 // variant, listed: [path] | null, present: [path], absent: [path], texts: {path: text}} and returns
 // {need: [{path, kind, read}]}, {files: [{path, kind}], notes} or {error, message, field}.
-export async function planModel({ store, endpoint, repo, revision = "main", variant = null, token, plan,
+export async function planModel({ store, endpoint, repo, revision = "main", variant = null, auth = null, plan,
   fetch = globalFetch, cancelled = () => false, onStatus = () => {} }) {
   const key = modelKey(endpoint, repo, revision, variant);
   const have = await store.model(key);
@@ -74,14 +71,14 @@ export async function planModel({ store, endpoint, repo, revision = "main", vari
   }
   const url = (p) => fileUrl(endpoint, repo, revision, p);
   onStatus(`Looking up ${repo}…`);
-  const list = await listing(fetch, endpoint, repo, revision, token);
+  const list = await listing(fetch, endpoint, repo, revision, auth);
   const known = { repo, variant, listed: list ? [...list.keys()] : null, present: [], absent: [], texts: {} };
   const found = new Map(list || []);  // path -> {size, sha256}
 
   // A small file goes into the store as soon as it is asked about: it is needed anyway.
   const text = async (path, read) => {
     try {
-      await store.download(url(path), { token, cancelled, expect: found.get(path) || {} });
+      await store.download(url(path), { auth, cancelled, expect: found.get(path) || {} });
     } catch (e) {
       // no such file (the Hub says EntryNotFound, a plain server just 404): Python says what that means
       if (e.kind === "notfound" && e.status === 404 && !e.code) return known.absent.push(path);
@@ -91,7 +88,7 @@ export async function planModel({ store, endpoint, repo, revision = "main", vari
     if (read) known.texts[path] = await store.readText(url(path));
   };
   const weights = async (path) => {
-    const info = list ? list.get(path) || null : await probe(fetch, url(path), token);
+    const info = list ? list.get(path) || null : await probe(fetch, url(path), auth);
     if (!info) return known.absent.push(path);
     found.set(path, info);
     known.present.push(path);
@@ -128,8 +125,9 @@ export async function planModel({ store, endpoint, repo, revision = "main", vari
   }
 }
 
-// Download the plan's weights, reporting {file, fileLoaded, fileTotal, loaded, total, rate, eta}.
-export async function fetchModel({ store, plan, token, cancelled = () => false, onProgress = () => {},
+// Download the plan's weights, reporting {phase: "download", file, fileLoaded, fileTotal, loaded, total,
+// rate, eta} and, while a whole file's sha256 is checked, {phase: "verify", file, hashed, fileTotal}.
+export async function fetchModel({ store, plan, auth = null, cancelled = () => false, onProgress = () => {},
   storage = globalThis.navigator && globalThis.navigator.storage }) {
   const todo = [];
   let total = 0, already = 0;
@@ -149,7 +147,7 @@ export async function fetchModel({ store, plan, token, cancelled = () => false, 
       onProgress({ phase: "estimate", need, free, total });
       if (est.quota && need > free) {
         throw new StoreError("quota", `${plan.repo} needs ${fmtBytes(need)} more storage but the browser allows this ` +
-          `page only ${fmtBytes(free)}. Delete cached models below or free disk space, then Generate again.`);
+          `page only ${fmtBytes(free)}. Delete cached models below or free disk space, then Generate again. ${PRIVATE_WINDOW}`);
       }
     }
     if (storage.persist) storage.persist().catch(() => {});
@@ -161,7 +159,7 @@ export async function fetchModel({ store, plan, token, cancelled = () => false, 
     const base = doneBytes - (await store.stored(f.url));
     const start = await store.stored(f.url);
     await store.download(f.url, {
-      token, cancelled, expect: { size: f.size, sha256: f.sha256 },
+      auth, cancelled, expect: { size: f.size, sha256: f.sha256 },
       onProgress: (have, size) => {
         const now = performance.now();
         if (now - last < 100 && have !== size) return;
@@ -171,13 +169,20 @@ export async function fetchModel({ store, plan, token, cancelled = () => false, 
         onProgress({ phase: "download", file: f.path, fileLoaded: have, fileTotal: size, loaded, total,
           rate, eta: rate > 0 ? (total - loaded) / rate : null, resumedFrom: start });
       },
+      onVerify: (hashed, size) => onProgress({ phase: "verify", file: f.path, hashed, fileTotal: size }),
     });
     doneBytes = base + (await store.stored(f.url));
   }
   plan.complete = true;
   plan.used = Date.now();
   plan.bytes = total;
-  await store.putModel(plan);
+  try {
+    await store.putModel(plan);
+  } catch (e) {
+    // with nothing new stored, only the model's last-used time was to change: a full disk must not
+    // keep a stored model from running
+    if (todo.length || e.kind !== "quota") throw e;
+  }
   onProgress({ phase: "done", loaded: total, total, downloaded: todo.length });
   return plan;
 }

@@ -4,21 +4,47 @@
 // 1.7 GB UNet never exists as one ArrayBuffer.
 //
 // IndexedDB "sdweb-weights":
-//   files   {key: url, size, have, sha256, etag, chunk, done, verified, updated}
-//           `have` bytes are stored, always a whole number of chunks until the file is done
-//   chunks  {key: url, i: chunk index, data: ArrayBuffer}          primary key [key, i]
+//   files   {key: url, size, have, sha256, etag, chunk, done, verified, updated, hashed, hashState}
+//           `have` bytes are stored, always a whole number of chunks until the file is done;
+//           `hashed` of them went through the sha256 whose state `hashState` is (hash-wasm's save()),
+//           so a verification cut short by a closed page or a Cancel resumes where it stopped
+//   chunks  {key: url, i: chunk index, data: ArrayBuffer, xxh: xxhash64 of data (hex)}   primary key [key, i]
 //   models  {key, endpoint, repo, revision, variant, files: [{path, url, size, kind}], bytes, complete, used}
-// A file's key is its resolve URL (never with a token in it). Used by the worker (downloads, reads)
-// and by the page (cache panel: list, delete). (Python's weights.WeightStore is another thing: a
-// component's tensors, read through the byte sources the worker makes over this store.)
+// A file's key is its resolve URL (never with a token in it). Every chunk read back is checked
+// (its length, and its xxhash64 against the one taken as it arrived): a short or damaged chunk is
+// fetched again from the Hub with a Range request, never used. Used by the worker (downloads,
+// reads) and by the page (cache panel: list, delete). (Python's weights.WeightStore is another
+// thing: a component's tensors, read through the byte sources the worker makes over this store.)
 // IndexedDB, IDBKeyRange and fetch are the browser's unless `open` is handed others (the Node tests'
-// fake-indexeddb and fake Hub).
+// fake-indexeddb and fake Hub). The hashes are hash-wasm's (WebAssembly), vendored by
+// scripts/vendor_pyodide.py into web/vendor/hash-wasm/.
+//
+// The Hugging Face token: `auth` is {token, origins} (authFor); it goes into an Authorization header
+// for a URL of one of `origins` and nowhere else: https://huggingface.co, plus the endpoint the user
+// confirmed in the page (a URL parameter never confirms one).
 
-import { Sha256 } from "./sha256.js";
+import { createSHA256, createXXHash64 } from "./vendor/hash-wasm/index.esm.min.js";
 
 export const CHUNK = 4 << 20;  // bytes per stored chunk
 const DB_NAME = "sdweb-weights";
 const CACHE_CHUNKS = 16;  // recently read chunks kept in memory (64 MB of 4 MB chunks; tensors are read in file order)
+const VERIFY_BATCH = 8;  // chunks read per transaction while verifying; the sha256 state is saved after each batch
+export const HUB = "https://huggingface.co";
+
+// What the token may be sent to: https://huggingface.co, and `confirmed` (an endpoint URL the user
+// confirmed in the page) when given. -> {token, origins}
+export function authFor(token, confirmed = null) {
+  const origins = [HUB];
+  if (confirmed) origins.push(new URL(confirmed).origin);
+  return { token: token || null, origins };
+}
+
+const tokenGoesTo = (url, auth) => !!(auth && auth.token && auth.origins.includes(new URL(url).origin));
+
+// The Authorization header for a request to `url`: only when `auth` allows its origin.
+export function authHeaders(url, auth) {
+  return tokenGoesTo(url, auth) ? { Authorization: `Bearer ${auth.token}` } : {};
+}
 
 export class StoreError extends Error {
   // kind: quota | auth | notfound | network | http | corrupt | cancelled | storage
@@ -44,11 +70,15 @@ function done(tx) {
   });
 }
 
+export const PRIVATE_WINDOW = "A private (incognito) window keeps only a little and forgets it when the window closes, " +
+  "whatever the storage estimate says: open sdweb in a normal window for models of more than a few hundred MB.";
+
 function storageError(e, what) {
   if (e instanceof StoreError) return e;
   if (e && (e.name === "QuotaExceededError" || /quota/i.test(String(e.message)))) {
-    return new StoreError("quota", `Out of storage space while saving ${what}. Free some space (delete a ` +
-      `cached model below, or clear site data), then Generate again.`);
+    return new StoreError("quota", `Out of storage space while saving ${what}: the browser refused to store more. ` +
+      `${PRIVATE_WINDOW} In a normal window, free some space (delete a cached model below, or clear site data), ` +
+      "then Generate again; what was downloaded is kept.");
   }
   return new StoreError("storage", `The browser's storage (IndexedDB) failed while saving ${what}: ${e && e.message || e}`);
 }
@@ -91,7 +121,18 @@ export class ChunkStore {
     this.cacheBytes = 0;
     this.cacheMax = CACHE_CHUNKS * chunkBytes;
     this.recs = new Map();  // url -> done file record
-    this.stats = { reads: 0, chunkLoads: 0, bytesRead: 0 };
+    this.stats = { reads: 0, chunkLoads: 0, bytesRead: 0, refetched: 0 };
+    this.auth = null;  // for refetching a bad chunk: the run's {token, origins} (setAuth)
+    this.xxh = null;  // hash-wasm's xxhash64, made on first use
+  }
+
+  // The token policy of the run whose files are being read (a damaged chunk is fetched again with it).
+  setAuth(auth) { this.auth = auth; }
+
+  // xxhash64 of a chunk, hex: the cheap per-chunk check.
+  async _sum(bytes) {
+    this.xxh = this.xxh || await createXXHash64();
+    return this.xxh.init().update(bytes).digest("hex");
   }
 
   async _get(store, key) {
@@ -142,8 +183,9 @@ export class ChunkStore {
   }
 
   async _putChunk(rec, i, bytes) {
+    const xxh = await this._sum(bytes);  // before the transaction: IndexedDB commits one left idle
     const tx = this.db.transaction(["files", "chunks"], "readwrite");
-    tx.objectStore("chunks").put({ key: rec.key, i, data: bytes.buffer.byteLength === bytes.length ? bytes.buffer : bytes.slice().buffer });
+    tx.objectStore("chunks").put({ key: rec.key, i, xxh, data: bytes.buffer.byteLength === bytes.length ? bytes.buffer : bytes.slice().buffer });
     tx.objectStore("files").put(rec);
     try { await done(tx); } catch (e) { throw storageError(e, rec.key.split("/").pop()); }
   }
@@ -155,17 +197,21 @@ export class ChunkStore {
   }
 
   // Download `url` into the store unless it is there already; resume a partial copy with Range.
-  //   opts: token, expect {size, sha256} (from a listing), onProgress(have, size), cancelled() -> bool,
+  //   opts: auth ({token, origins}: authFor), expect {size, sha256} (from a listing),
+  //         onProgress(have, size), onVerify(hashed, size), cancelled() -> bool,
   //         retries (network drops survived per file, default 4)
+  // A copy whose bytes are all stored goes straight to verification (resuming a cut-short one).
   // Resolves to the done file record. Rejects with a StoreError.
   async download(url, opts = {}) {
-    const { token, expect = {}, onProgress = () => {}, cancelled = () => false, retries = 4 } = opts;
+    const { auth = null, expect = {}, onProgress = () => {}, onVerify = () => {}, cancelled = () => false,
+      retries = 4 } = opts;
     let rec = await this.file(url);
     if (rec && rec.done) { this.recs.set(url, rec); return rec; }
+    const job = { url, auth, expect, onProgress, onVerify, cancelled };
     let drops = 0;
     for (;;) {
       try {
-        rec = await this._fetchInto(url, rec, token, expect, onProgress, cancelled);
+        rec = rec && rec.size != null && rec.have === rec.size ? await this._verify(job, rec) : await this._fetchInto(job, rec);
         this.recs.set(url, rec);
         return rec;
       } catch (e) {
@@ -178,9 +224,9 @@ export class ChunkStore {
     }
   }
 
-  async _fetchInto(url, rec, token, expect, onProgress, cancelled) {
-    const headers = {};
-    if (token) headers.Authorization = `Bearer ${token}`;
+  async _fetchInto(job, rec) {
+    const { url, auth, expect, onProgress, cancelled } = job;
+    const headers = authHeaders(url, auth);
     const resume = rec && rec.have > 0;
     if (resume) headers.Range = `bytes=${rec.have}-`;
     const ctl = new AbortController();
@@ -191,7 +237,19 @@ export class ChunkStore {
       throw new StoreError("network", `Could not reach ${hostOf(url)} to download ${baseName(url)} ` +
         `(${e && e.message || e}). Check the connection and Generate again; what was downloaded is kept.`);
     }
-    if (!resp.ok) throw httpError(resp, url);
+    if (resp.status === 416 && resume) {
+      // Nothing is left after `have`: the copy is whole if the server's size is `have` (a page closed
+      // while it was being verified, before the size was known); otherwise the file changed: start over.
+      const total = /^bytes \*\/(\d+)$/.exec(resp.headers.get("content-range") || "");
+      if (total && +total[1] === rec.have && (rec.size == null || rec.size === rec.have)) {
+        rec.size = rec.have;
+        await this._putRec(rec);
+        return this._verify(job, rec);
+      }
+      await this.deleteFile(url);
+      return this._fetchInto(job, null);
+    }
+    if (!resp.ok) throw httpError(resp, url, auth);
     const etag = cleanEtag(resp.headers.get("x-linked-etag") || resp.headers.get("etag"));
     let start = 0, size = null;
     if (resp.status === 206) {
@@ -215,7 +273,7 @@ export class ChunkStore {
       else if (start !== rec.have || changed) {
         ctl.abort();
         await this.deleteFile(url);
-        return this._fetchInto(url, null, token, expect, onProgress, cancelled);
+        return this._fetchInto(job, null);
       }
     } else if (start !== 0) {
       ctl.abort();
@@ -277,14 +335,32 @@ export class ChunkStore {
       rec.have += fill;
       await this._putChunk(rec, idx++, buf.slice(0, fill));
     }
-    if (size == null) rec.size = size = rec.have;
+    if (size == null) {
+      rec.size = size = rec.have;
+      await this._putRec(rec);
+    }
     if (rec.have !== size) {
       // the body ended early without an error: treat as a drop, keep the whole chunks
       throw new StoreError("network", `The download of ${baseName(url)} ended after ${fmtBytes(rec.have)} of ` +
         `${fmtBytes(size)}. Generate again to resume it.`);
     }
+    onProgress(rec.have, size);
+    return this._verify(job, rec);
+  }
+
+  // A whole copy -> the done record: its sha256 checked where one is known (the hash resumes from
+  // the state saved with the record), then marked done. A mismatch deletes the copy.
+  async _verify(job, rec) {
+    const { url, expect, onVerify, cancelled } = job;
+    rec.sha256 = rec.sha256 || expect.sha256 || null;
     if (rec.sha256) {
-      const got = await this.hash(url, rec);
+      let got;
+      try {
+        got = await this._sha256(rec, { resume: true, cancelled, onVerify });
+      } catch (e) {
+        if (e.kind === "corrupt") await this.deleteFile(url);
+        throw e;
+      }
       if (got !== rec.sha256) {
         await this.deleteFile(url);
         throw new StoreError("corrupt", `${baseName(url)} arrived corrupted (sha256 ${got.slice(0, 12)}... instead ` +
@@ -294,22 +370,54 @@ export class ChunkStore {
     }
     rec.done = true;
     rec.updated = Date.now();
+    delete rec.hashState;
+    delete rec.hashed;
     await this._putRec(rec);
-    onProgress(rec.have, size);
     return rec;
   }
 
-  // sha256 of a stored file, reading its chunks in order.
-  async hash(url, rec) {
-    rec = rec || await this.file(url);
-    const h = new Sha256();
-    const n = Math.ceil(rec.have / rec.chunk);
-    for (let i = 0; i < n; i += 8) {
-      const range = this.keyRange.bound([url, i], [url, Math.min(n, i + 8) - 1]);
-      const rows = await req(this.db.transaction("chunks").objectStore("chunks").getAll(range));
-      for (const row of rows) h.update(new Uint8Array(row.data));
+  // sha256 (hex) of a whole stored copy, reading its chunks in order. With `resume`, from where an
+  // earlier pass stopped: the hasher's state goes into the record after every VERIFY_BATCH chunks.
+  async _sha256(rec, { resume = false, cancelled = () => false, onVerify = () => {} } = {}) {
+    const h = await createSHA256();
+    let at = 0;
+    h.init();
+    if (resume && rec.hashed && rec.hashState) {
+      try {
+        h.load(rec.hashState);
+        at = rec.hashed;
+      } catch (_) {
+        h.init();  // a state an older hash-wasm saved: hash from the start
+      }
     }
-    return h.hex();
+    const n = Math.ceil(rec.size / rec.chunk);
+    onVerify(at, rec.size);
+    for (let i = at / rec.chunk; i < n; i += VERIFY_BATCH) {
+      if (cancelled()) throw new StoreError("cancelled", "Cancelled while checking a download; the check resumes next time.");
+      const last = Math.min(n, i + VERIFY_BATCH) - 1;
+      const rows = await req(this.db.transaction("chunks").objectStore("chunks").getAll(this.keyRange.bound([rec.key, i], [rec.key, last])));
+      for (let j = i; j <= last; j++) {
+        const row = rows[j - i];
+        if (!row || row.i !== j) {
+          throw new StoreError("corrupt", `chunk ${j} of ${baseName(rec.key)} is missing from the browser's storage. ` +
+            "The file was deleted; Generate again to download it afresh.");
+        }
+        h.update(new Uint8Array(row.data));
+        at += row.data.byteLength;
+      }
+      if (resume) {
+        rec.hashed = at;
+        rec.hashState = h.save();
+        await this._putRec(rec);
+      }
+      onVerify(at, rec.size);
+    }
+    return h.digest("hex");
+  }
+
+  // sha256 of a stored file, from its first byte: what tests and the console compare with the source.
+  async hash(url) {
+    return this._sha256(await this.file(url));
   }
 
   async _rec(url) {
@@ -343,17 +451,17 @@ export class ChunkStore {
       const lo = missing[0], hi = missing[missing.length - 1];
       const rows = await req(this.db.transaction("chunks").objectStore("chunks").getAll(this.keyRange.bound([url, lo], [url, hi])));
       this.stats.chunkLoads += rows.length;
-      for (const row of rows) {
-        const data = new Uint8Array(row.data);
-        have.set(row.i, data);
-        this._remember(`${url}#${row.i}`, data);
+      const byIndex = new Map(rows.map((row) => [row.i, row]));
+      for (const i of missing) {
+        const data = await this._checked(rec, i, byIndex.get(i));
+        have.set(i, data);
+        this._remember(`${url}#${i}`, data);
       }
     }
     let pos = 0;
     for (let i = first; i <= last; i++) {
       const key = `${url}#${i}`;
       const c = have.get(i);
-      if (!c) throw new StoreError("storage", `chunk ${i} of ${baseName(url)} is missing from the browser's storage; delete the model and download it again`);
       if (this.cache.delete(key)) this.cache.set(key, c);  // most recently used last
       const from = i === first ? offset - i * rec.chunk : 0;
       const to = Math.min(c.length, offset + length - i * rec.chunk);
@@ -363,6 +471,45 @@ export class ChunkStore {
     this.stats.reads++;
     this.stats.bytesRead += length;
     return out;
+  }
+
+  // Chunk i of a done file, checked: its length, and the xxhash64 it had when it arrived (chunks
+  // stored before there were sums: the length only). A short, damaged or missing chunk is fetched
+  // again with a Range request and stored anew, never used.
+  async _checked(rec, i, row) {
+    const want = Math.min(rec.chunk, rec.size - i * rec.chunk);
+    if (row && row.data.byteLength === want) {
+      const data = new Uint8Array(row.data);
+      if (row.xxh == null || await this._sum(data) === row.xxh) return data;
+    }
+    return this._refetch(rec, i, want, row ? row.xxh : null);
+  }
+
+  async _refetch(rec, i, want, xxh) {
+    const url = rec.key, file = baseName(url), start = i * rec.chunk;
+    const headers = { ...authHeaders(url, this.auth), Range: `bytes=${start}-${start + want - 1}` };
+    let resp, data;
+    try {
+      resp = await this.fetch(url, { headers, cache: "no-store" });
+      if (resp.status === 206) data = new Uint8Array(await resp.arrayBuffer());
+    } catch (e) {
+      throw new StoreError("network", `Chunk ${i} of ${file} is damaged in the browser's storage, and ${hostOf(url)} ` +
+        `could not be reached to fetch it again (${e && e.message || e}). Check the connection and Generate again.`);
+    }
+    if (!resp.ok) throw httpError(resp, url, this.auth);
+    const range = /^bytes (\d+)-\d+\/(\d+|\*)$/.exec(resp.headers.get("content-range") || "");
+    const etag = cleanEtag(resp.headers.get("x-linked-etag") || resp.headers.get("etag"));
+    const same = data && range && +range[1] === start && data.length === want && (range[2] === "*" || +range[2] === rec.size) &&
+      !(rec.etag && etag && rec.etag !== etag);
+    if (!data && resp.body) resp.body.cancel().catch(() => {});  // a 200: the whole file, which is not wanted
+    if (!same || (xxh != null && await this._sum(data) !== xxh)) {
+      await this.deleteFile(url);
+      throw new StoreError("corrupt", `Chunk ${i} of ${file} is damaged in the browser's storage and could not be ` +
+        `replaced by the same bytes from ${hostOf(url)}. The file was deleted; Generate again to download it afresh.`);
+    }
+    await this._putChunk(rec, i, data);
+    this.stats.refetched++;
+    return data;
   }
 
   _remember(key, data) {
@@ -387,10 +534,16 @@ function hostOf(url) { try { return new URL(url).host; } catch (_) { return url;
 function cleanEtag(e) { return e ? e.replace(/^W\//, "").replace(/"/g, "") : null; }
 
 // A failed HTTP response -> StoreError with words for a person.
-export function httpError(resp, url) {
+// `auth`: the request's token policy; a 401/403 from an endpoint the token was kept from says so.
+export function httpError(resp, url, auth = null) {
   const code = resp.headers.get("x-error-code") || "";
   const file = baseName(url);
   const repo = (url.split("/resolve/")[0].match(/[^/]+\/[^/]+$/) || [""])[0];
+  if ((resp.status === 401 || resp.status === 403) && auth && auth.token && !tokenGoesTo(url, auth)) {
+    return new StoreError("auth", `${hostOf(url)} asks for a token, but your Hugging Face token is sent only to ` +
+      `${HUB} and to a Hub endpoint you confirm yourself. If you trust ${hostOf(url)} with it, tick "Send my token ` +
+      `to this endpoint" under Advanced and Generate again.`, { status: resp.status, repo, field: "endpoint-token" });
+  }
   if (resp.status === 401 || resp.status === 403) {
     if (code === "RepoNotFound" || code === "RepositoryNotFound") {
       return new StoreError("notfound", `The model ${repo} was not found on the Hub (or it is private: then paste a token with access).`, { status: resp.status, repo });

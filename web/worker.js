@@ -8,33 +8,41 @@
 //                 gpuMaxBinding (cap the device's buffer limits: ?gpu-max-binding=, simulates a small GPU),
 //                 request (the form's settings, resolved once Python is up for `ready`)}
 //                {type: "resolve", rid, request}   the form's defaults and backend, for the page to show
-//                {type: "generate", id, request (settings.FIELDS as typed), endpoint, revision, token}
+//                {type: "count", rid, request, endpoint, token, tokenEndpoint}   the live token count of the prompts
+//                {type: "generate", id, request (settings.FIELDS as typed), endpoint, revision, token,
+//                 tokenEndpoint (the endpoint the user confirmed for the token in the page, or null)}
 //                {type: "cancel"}   (the shared flag is what a busy Python loop sees; this message
 //                                    covers the download phase where the page is not isolated)
-// Messages out:  status {text}, ready {...environment, gpu {ok, adapter, why}, catalogue, resolved},
-//                resolved {rid, settings, notes | error, message, field}, plan {...}, download {...},
+//                {type: "png-settings", rid, bytes}   the settings a PNG dropped on the page carries
+// Messages out:  status {text}, ready {...environment, gpu {ok, adapter, why}, catalogue, maxImages, resolved},
+//                resolved {rid, settings, notes | error, message, field}, counted {rid, prompt,
+//                negative_prompt: {chunks, tokens, count} | error, message}, plan {...}, download {...},
 //                progress {stage, step, total, elapsed, component?, timestep?, preview?}, result {...},
-//                error {kind, message, field?}, cancelled {}, fatal {message}
-// A result carries timings (seconds: Python's load_*, text_encoder, unet, vae, total, png, plus
+//                error {kind, message, field?}, cancelled {}, fatal {message},
+//                png-settings {rid, request, notes, source | error, message}
+// A result carries images [{png, seed, settings}] (image k: seed + k; its PNG holds its settings) and
+// timings (seconds: Python's load_*, text_encoder, unet, vae, total, png, plus
 // download and per-UNet-step unet_step_first, unet_step, unet_step_gpu_wait, unet_step_python),
 // profile {steps: [{ms, gpuWaitMs}]}, io {pythonBytes, pythonReads (weight-file bytes handed to
 // Python), directBytes, directUploads (copied store -> GPU by the bridge), weightFileBytes,
 // wasmHeap, wasmHeapBefore} and, on WebGPU, gpu {adapter, dispatches, submits, reads, readWait,
 // storeReadWait}.
-// The token is only ever put in an Authorization header: never in a URL, a message back, or the log.
+// The token is only ever put in an Authorization header, for https://huggingface.co or tokenEndpoint
+// (store.js authFor): never in a URL, a message back, or the log.
 
 import { loadPyodide } from "./vendor/pyodide/pyodide.mjs";
-import { ChunkStore, StoreError } from "./store.js";
+import { ChunkStore, StoreError, authFor } from "./store.js";
 import { planModel, fetchModel, modelKey } from "./hub.js";
 import { DeviceBridge } from "./bridge/device.js";
+import { AddonStore } from "./addons.js";
 
 const base = new URL("./", import.meta.url);
-let py = null, browser = null, store = null, manifest = null;
+let py = null, browser = null, store = null, manifest = null, addons = null;
 let gpu = null, gpuGeneration = 0, gpuCap = {}, gpuFacts = { ok: false, why: "not detected yet" };
 // For the console and tests (Playwright's worker.evaluate): the live objects.
 // `last`: the last finished run's {timings, profile, io, gpu} (scripts/bench_browser.py reads it).
 self.sdweb = { get gpu() { return gpu; }, get store() { return store; }, get py() { return py; }, last: null };
-let cancelFlag = null, localCancel = false, busy = false;
+let cancelFlag = null, localCancel = false, busy = false, pngQueue = [];
 const jspi = typeof WebAssembly.Suspending === "function";
 
 const post = (type, data = {}, transfer = []) => self.postMessage({ type, ...data }, transfer);
@@ -56,18 +64,19 @@ async function boot(msg) {
   micropip.destroy();
   browser = py.pyimport("sdweb.browser");
   store = await ChunkStore.open({ chunkBytes: msg.chunk || undefined });
+  addons = await AddonStore.open();
   gpuFacts = await detectGpu();
   post("ready", { seconds: (performance.now() - t0) / 1000, jspi, isolated: self.crossOriginIsolated,
     pyodide: py.version, numpy: py.runPython("import numpy; numpy.__version__"), gpu: gpuFacts,
-    catalogue: JSON.parse(browser.catalogue_json()), resolved: resolveSettings({ request: msg.request }) });
+    catalogue: JSON.parse(browser.catalogue_json()), maxImages: browser.MAX_PAGE_IMAGES,
+    resolved: resolveSettings({ request: msg.request }) });
+  pngSettings();
 }
 
-// Whether the WebGPU backend can run here: an adapter answers, and Python can wait for the GPU
-// (JSPI). A fact for Python's settings, which choose the backend.
+// Whether the WebGPU backend can run here: an adapter answers. A fact for Python's settings, which
+// choose the backend. (JavaScript Promise Integration is not needed: Python awaits the GPU between
+// steps, see `generate`.)
 async function detectGpu() {
-  if (!jspi) {
-    return { ok: false, why: "this browser lacks JavaScript Promise Integration (Chrome 137+), which lets Python wait for the GPU" };
-  }
   if (!(self.navigator && navigator.gpu)) return { ok: false, why: "this browser has no WebGPU (navigator.gpu is missing)" };
   try {
     const adapter = await navigator.gpu.requestAdapter();
@@ -92,6 +101,57 @@ function resolveSettings(job, texts) {
 
 // One round of sdweb.layout's plan (hub.js asks until it has the files).
 const planFiles = (known) => JSON.parse(browser.plan_json(JSON.stringify(known)));
+
+// Planning fetches a model's small files; a run and the token count may both want them, so one
+// plan runs at a time (two downloads of one file into the store would interleave its chunks).
+let planning = Promise.resolve();
+function planOnce(args) {
+  const run = planning.then(() => planModel({ store, plan: planFiles, ...args }));
+  planning = run.catch(() => {});
+  return run;
+}
+
+// The small files by repo path (configs, tokenizer tables) of a plan, from the store.
+async function planTexts(plan) {
+  const texts = {};
+  for (const f of plan.files) {
+    if (f.kind === "text") texts[f.path] = await store.readText(f.url);
+  }
+  return texts;
+}
+
+// The live token count (sdweb.browser.count_json: the prompt chunker with the enabled embeddings).
+// The model's tokenizer is fetched with its small files the first time (planned as a run plans),
+// then Python keeps it by the model's key.
+const counted = new Set();
+async function countTokens(msg) {
+  const { rid, request, endpoint, revision = "main" } = msg;
+  const auth = authFor(msg.token, msg.tokenEndpoint);
+  const first = resolveSettings({ request: { model: request.model, variant: request.variant } });
+  if (first.error) return post("counted", { rid, ...first });
+  const repo = first.settings.model, variant = first.settings.variant;
+  const key = modelKey(endpoint, repo, revision, variant);
+  try {
+    let pyTexts = null;
+    if (!counted.has(key)) {
+      const plan = await planOnce({ endpoint, repo, revision, variant, auth, cancelled: () => false });
+      pyTexts = py.toPy(await planTexts(plan));
+    }
+    if (busy) return;  // a run started meanwhile: Python is its; the page asks again after it
+    const files = await addons.files({ embedding: request.embeddings || [] }, store);
+    const job = { key, prompt: request.prompt, negative_prompt: request.negative_prompt, embeddings: request.embeddings };
+    let r;
+    try {
+      r = JSON.parse(browser.count_json(JSON.stringify(job), pyTexts, files));
+    } finally {
+      if (pyTexts) pyTexts.destroy();
+    }
+    if (!r.error) counted.add(key);
+    post("counted", { rid, ...r });
+  } catch (e) {
+    post("counted", { rid, error: e.kind || "internal", message: String(e && e.message || e) });
+  }
+}
 
 // A Python answer with {error, message, field} -> an error message for the page.
 function pyError(id, r) {
@@ -121,7 +181,8 @@ async function ensureGpu() {
 }
 
 async function generate(msg) {
-  const { id, endpoint, revision = "main", token, request } = msg;
+  const { id, endpoint, revision = "main", request } = msg;
+  const auth = authFor(msg.token, msg.tokenEndpoint);
   localCancel = false;
   busy = true;
   try {
@@ -132,26 +193,30 @@ async function generate(msg) {
     const repo = first.settings.model;
     const variant = first.settings.variant;
     const tDownload = performance.now();
-    const plan = await planModel({ store, endpoint, repo, revision, variant, token, plan: planFiles, cancelled,
+    const plan = await planOnce({ endpoint, repo, revision, variant, auth, cancelled,
       onStatus: (text) => post("status", { id, text }) });
     post("plan", { id, files: plan.files.map((f) => ({ path: f.path, size: f.size })), bytes: plan.bytes });
     // ... and again with the model's configs (sizes, scheduler, precision by the weights' size) before
     // a weight is downloaded.
-    const texts = {};
-    for (const f of plan.files) {
-      if (f.kind === "text") texts[f.path] = await store.readText(f.url);
-    }
+    const texts = await planTexts(plan);
     const planned = plan.files.reduce((a, f) => a + (f.kind === "weights" ? f.size || 0 : 0), 0);
     const checked = resolveSettings({ request: first.settings, weight_bytes: planned }, texts);
     if (checked.error) return pyError(id, checked);
     const settings = checked.settings;
-    await fetchModel({ store, plan, token, cancelled, onProgress: (p) => post("download", { id, ...p }) });
+    // the stored LoRAs and embeddings the run names (the panels' and the prompt's <lora:...> tags)
+    const needed = JSON.parse(browser.needed_json(JSON.stringify(settings)));
+    if (needed.error) return pyError(id, needed);
+    const files = await addons.files(needed, store);
+    await fetchModel({ store, plan, auth, cancelled, onProgress: (p) => post("download", { id, ...p }) });
+    store.setAuth(auth);  // a damaged chunk found while reading is fetched again with it
     if (cancelled()) return post("cancelled", { id });
     const downloadSeconds = (performance.now() - tDownload) / 1000;
 
     // The Python side: small files as text, weights as byte sources over the store. Every byte a
-    // source hands Python is counted (io.pythonBytes); on WebGPU Python reads only the headers and
-    // the bridge copies the tensors from `direct` (the same store, by the source's key) to the GPU.
+    // source hands Python is counted (io.pythonBytes); on WebGPU Python reads only the headers (each
+    // source's `head`, read here) and the bridge copies the tensors from `direct` (the same store,
+    // by the source's key) to the GPU.
+    const backend = settings.backend;
     const sources = new Map();
     const direct = new Map();
     const io = { pythonReads: 0, pythonBytes: 0 };
@@ -160,17 +225,20 @@ async function generate(msg) {
       if (f.kind !== "weights") continue;
       const rec = await store.file(f.url);
       weightBytes += rec.size;
-      let fromStore = (o, n) => store.read(f.url, o, n);
-      if (!jspi) {
-        // No JSPI: Python cannot wait for IndexedDB, so the file is read into memory first.
+      const fromStore = (o, n) => store.read(f.url, o, n);
+      let forPython = fromStore;
+      if (!jspi && backend === "numpy") {
+        // Without JSPI Python cannot wait for IndexedDB, and on NumPy it reads every tensor: the
+        // file goes into JS memory first (not the wasm heap; Python copies one tensor at a time).
         const all = await store.read(f.url, 0, rec.size);
-        fromStore = (o, n) => all.subarray(o, o + n);
+        forPython = (o, n) => all.subarray(o, o + n);
       }
-      const read = (o, n) => { io.pythonReads++; io.pythonBytes += n; return fromStore(o, n); };
-      sources.set(f.path, { size: rec.size, name: `${repo}/${f.path}`, key: f.path, read });
+      const read = (o, n) => { io.pythonReads++; io.pythonBytes += n; return forPython(o, n); };
+      const head = await safetensorsHead(store, f.url, rec.size);
+      io.pythonBytes += head.length;
+      sources.set(f.path, { size: rec.size, name: `${repo}/${f.path}`, key: f.path, read, head });
       direct.set(f.path, fromStore);
     }
-    const backend = settings.backend;
     let bridge = null;
     if (backend === "webgpu") {
       post("status", { id, text: "Starting the GPU…" });
@@ -197,12 +265,14 @@ async function generate(msg) {
       const transfer = e.preview ? [e.preview.buffer] : [];
       post("progress", { id, ...e }, transfer);
     };
+    // An async Python function: it awaits the GPU at each readback (read_ahead), so it runs with or
+    // without JSPI; with JSPI a read outside the headers (the NumPy backend's tensors) may await
+    // IndexedDB too.
     const fn = browser.worker_generate;
     const pyTexts = py.toPy(texts);
-    const args = [JSON.stringify(job), pyTexts, sources, onProgress, () => cancelled(), bridge];
     let r;
     try {
-      r = jspi ? await fn.callPromising(...args) : fn(...args);
+      r = await fn(JSON.stringify(job), pyTexts, sources, onProgress, () => cancelled(), bridge, files);
     } finally {
       fn.destroy();
       pyTexts.destroy();
@@ -219,6 +289,13 @@ async function generate(msg) {
         "A new one is made on the next Generate; if it happens again, try a smaller size or model, close other " +
         "GPU-heavy tabs, or use the NumPy backend." });
     }
+    if (bridge && bridge.failed) {
+      // a queued weight upload failed (a store read): the run stopped there; the next run starts a fresh device
+      const e = bridge.failed;
+      gpu.lost = gpu.lost || "an upload failed";
+      if (e instanceof StoreError) return post("error", { id, kind: e.kind, message: e.message, status: e.status, field: e.field });
+      return post("error", { id, kind: "internal", message: String(e && e.message || e) });
+    }
     if (out.error) {
       if (out.traceback) console.error(out.traceback);
       if (out.error === "MemoryError") return post("error", { id, kind: "memory", message: out.message });
@@ -226,6 +303,7 @@ async function generate(msg) {
       return pyError(id, out);
     }
     out.settings.endpoint = endpoint;
+    for (const image of out.images) image.settings.endpoint = endpoint;
     io.wasmHeapBefore = heap0;
     io.wasmHeap = py._module.HEAP8.length;
     io.weightFileBytes = weightBytes;
@@ -240,7 +318,7 @@ async function generate(msg) {
     out.profile = { steps };
     Object.assign(out.timings, { download: downloadSeconds }, stepSummary(steps));
     self.sdweb.last = { timings: out.timings, profile: out.profile, io, gpu: out.gpu || null, settings: out.settings };
-    post("result", { id, ...out, storeStats: { ...store.stats } }, [out.png.buffer]);
+    post("result", { id, ...out, storeStats: { ...store.stats } }, out.images.map((i) => i.png.buffer));
   } catch (e) {
     if (e instanceof StoreError) {
       if (e.kind === "cancelled") return post("cancelled", { id });
@@ -250,8 +328,30 @@ async function generate(msg) {
     post("error", { id, kind: "internal", message: String(e && e.message || e) });
   } finally {
     busy = false;
+    pngSettings();
   }
 }
+
+// The PNGs dropped on the page, read by Python (sdweb.infotext through browser.png_settings_json) once
+// it is up and not in a run (a run may be suspended awaiting the GPU: Python must not be re-entered).
+function pngSettings(msg) {
+  if (msg) pngQueue.push(msg);
+  if (!browser || busy) return;
+  for (const m of pngQueue.splice(0)) {
+    post("png-settings", { rid: m.rid, ...JSON.parse(browser.png_settings_json(new Uint8Array(m.bytes))) });
+  }
+}
+
+// The first bytes of a .safetensors file up to the end of its JSON header (8-byte length + header),
+// or just the 8 bytes when the length is not plausible (Python's reader then says what is wrong):
+// all Python reads of a file on WebGPU, handed over with the source so no read has to wait.
+async function safetensorsHead(store, url, size) {
+  if (size < 8) return new Uint8Array(0);
+  const first = await store.read(url, 0, 8);
+  const n = Number(new DataView(first.buffer, first.byteOffset, 8).getBigUint64(0, true));
+  return n > 0 && n <= HEAD_MAX && 8 + n <= size ? store.read(url, 0, 8 + n) : first;
+}
+const HEAD_MAX = 100_000_000;  // the longest header sdweb.safetensors reads (MAX_HEADER_BYTES)
 
 // Seconds per UNet step (the first, which also compiles the pipelines, apart) and how much of a
 // step after the first was spent awaiting the GPU vs in the worker itself.
@@ -276,10 +376,14 @@ self.onmessage = async (ev) => {
   } else if (msg.type === "resolve") {
     // during a run Python is busy (and may be suspended waiting for the GPU): the page asks again later
     if (browser && !busy) post("resolved", { rid: msg.rid, ...resolveSettings({ request: msg.request }) });
+  } else if (msg.type === "count") {
+    if (browser && !busy) await countTokens(msg);
   } else if (msg.type === "generate") {
     if (busy) return post("error", { id: msg.id, kind: "busy", message: "A generation is already running." });
     await generate(msg);
   } else if (msg.type === "cancel") {
     localCancel = true;
+  } else if (msg.type === "png-settings") {
+    pngSettings(msg);
   }
 };

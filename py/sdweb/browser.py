@@ -3,11 +3,11 @@
 The page's Web Worker (web/worker.js) downloads a model's files into IndexedDB, then hands this module
 
     texts    {path: str}           the small files: model_index.json, configs, tokenizer tables
-    sources  {path: byte source}   each .safetensors file (and none of its bytes yet): `size` and
-                                   `read(offset, length)`, which returns bytes, a Uint8Array, or a
-                                   JS Promise of one (then it is awaited with pyodide's `run_sync`,
-                                   which needs JSPI; the worker falls back to synchronous reads
-                                   where the browser lacks it)
+    sources  {path: byte source}   each .safetensors file: `size`, `head` (its first bytes, up to the
+                                   end of its header) and `read(offset, length)`, which returns
+                                   bytes, a Uint8Array, or a JS Promise of one (awaited with
+                                   pyodide's `run_sync`, which needs JavaScript Promise Integration;
+                                   without it the worker hands over sources that answer at once)
 
 and `BrowserModel` makes them look like `model.ModelFolder`: the small files are written to a real
 folder (Pyodide's in-memory file system, a temp dir in CPython) so the tokenizer and configs load as
@@ -20,8 +20,21 @@ wasm heap.
 The worker decides nothing itself; it calls, in order: `catalogue_json` (the model picker, on
 start), `resolve_json` (settings.resolve on the form: before anything is fetched, and again with
 the model's configs before its weights are), `plan_json` (layout.plan over what web/hub.js has
-found of the repo, round by round) and `worker_generate` (one image). Nothing here imports `js` at
-module level: the module runs (and is tested) in CPython as well.
+found of the repo, round by round), `needed_json` (which stored LoRAs and embeddings the run names:
+the settings' and the prompt's `<lora:...>` tags) and `worker_generate` (one run: 1 to
+MAX_PAGE_IMAGES images, with those files as a `StoredLibrary`); as the prompt is typed,
+`count_json` (the chunker's token count); `png_settings_json` reads the settings of a PNG dropped
+on the page. Nothing here imports `js` at module level: the module runs (and is tested) in CPython
+as well.
+
+Waiting for the GPU: `worker_generate` is an async function that drives `Pipeline.stages` (`drive`):
+once a component is built it awaits the JS bridge's `flush` (the weight uploads device.js queued),
+and at each readback (after a UNet step, after the decode, and where a prompt chunk's embedding
+vectors or weights are applied on the host) its `read_ahead`, which lets the work finish and copies
+the tensor to the host; the pipeline's own synchronous readback then finds the bytes there. Model
+code never reads back within a step, so Python waits only at those points and needs no JavaScript
+Promise Integration (JSPI): the WebGPU backend runs wherever WebGPU does. With JSPI, a byte source
+may also return a Promise (the NumPy backend's tensor reads from IndexedDB).
 """
 
 from __future__ import annotations
@@ -34,11 +47,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import catalogue, layout
+from . import addons, catalogue, layout
 from .backends.bridges.js import JsDeviceBridge, settle
-from .errors import ModelError, SdwebError
+from .backends.webgpu.device import GPUTensor
+from .clip import DEFAULTS as CLIP_DEFAULTS
+from .errors import ConfigError, ModelError, SdwebError
+from .infotext import image_settings, png_text, read_png
 from .model import FolderFiles, ModelFolder
-from .settings import ModelInfo, resolve
+from .pipeline import run as run_stages
+from .settings import MAX_PAGE_IMAGES, ModelInfo, resolve
+from .tokenizer import CLIPTokenizer
 from .weights import WeightStore, open_store
 
 
@@ -92,8 +110,10 @@ class BrowserModel(ModelFolder):
 
 class ByteSource:
     """Adapts a JS byte source (or any object with `size` and `read`) to what SafetensorsFile wants:
-    `read(offset, length) -> bytes`, awaiting a returned Promise with `run_sync`. `key` (None when
-    the source has none) is the name the JS device bridge reads the same bytes by (upload_span)."""
+    `read(offset, length) -> bytes`: from the source's `head` (the bytes the worker read up front:
+    the file's header) when the span lies within it, else from `read`, awaiting a returned Promise
+    with `run_sync`. `key` (None when the source has none) is the name the JS device bridge reads
+    the same bytes by (upload_span)."""
 
     def __init__(self, source):
         self._src = source
@@ -101,16 +121,42 @@ class ByteSource:
         self.name = str(getattr(source, "name", "<browser store>"))
         key = getattr(source, "key", None)
         self.key = None if key is None else str(key)
+        head = getattr(source, "head", None)
+        self._head = b"" if head is None else head.to_bytes() if hasattr(head, "to_bytes") else bytes(head)
         self.reads = 0
         self.bytes_read = 0
 
     def read(self, offset: int, length: int) -> bytes:
-        r = settle(self._src.read(offset, length))
+        if offset + length <= len(self._head):
+            return self._head[offset:offset + length]
+        r = settle(self._src.read(offset, length), f"{length} bytes of {self.name} from the browser's storage")
         if hasattr(r, "to_bytes"):  # a JsProxy of a Uint8Array
             r = r.to_bytes()
         self.reads += 1
         self.bytes_read += len(r)
         return r
+
+
+class StoredLibrary:
+    """The page's add-on files (addons.py's library): what its LoRA and embeddings panels stored in
+    IndexedDB, handed over by the worker as [{kind: "lora" | "embedding", name, fileName, version,
+    bytes}] (a JS array, or a list of dicts in CPython)."""
+
+    def __init__(self, files=()):
+        files = files.to_py() if hasattr(files, "to_py") else list(files or ())
+        self.files = {}
+        for f in files:
+            data = f["bytes"]
+            data = data.to_bytes() if hasattr(data, "to_bytes") else bytes(data)
+            self.files[(f["kind"], f["name"])] = addons.Found(data, str(f["fileName"]), f.get("version"))
+
+    def find(self, kind: str, name: str) -> addons.Found:
+        found = self.files.get((kind, name))
+        if found is None:
+            what, panel, field = (("LoRA", "LoRAs", "loras") if kind == "lora"
+                                  else ("embedding", "Embeddings", "embeddings"))
+            raise ConfigError(f"{what} {name!r} is not stored in this browser: add its file in the {panel} panel", field)
+        return found
 
 
 def png_bytes(image: np.ndarray, text: dict | None = None) -> bytes:
@@ -132,7 +178,7 @@ class Session:
         self.key = None
         self.pipe = None
 
-    def pipeline(self, key, repo, texts, sources, backend, precision, variant, keep_loaded=False):
+    def pipeline(self, key, repo, texts, sources, backend, precision, variant, keep_loaded=False, library=None):
         from .pipeline import Pipeline
 
         if self.key != key or self.pipe is None:
@@ -140,17 +186,27 @@ class Session:
             model = BrowserModel(repo, texts, sources, lazy=getattr(backend, "name", "") == "webgpu")
             self.pipe = Pipeline(model, backend, precision=precision, variant=variant, keep_loaded=keep_loaded)
             self.key = key
+        self.pipe.library = StoredLibrary() if library is None else library
         return self.pipe
 
 
 def generate(pipe, request: dict, *, progress=None, cancel=None) -> dict:
-    """One image from `request` (settings.FIELDS; absent -> the default; precision, variant and
-    backend are the pipeline's) -> {png: bytes, seed, timings, settings, truncated_tokens}.
+    """The images of `request` (settings.FIELDS; absent -> the default; precision, variant and
+    backend are the pipeline's; add-on files come from pipe.library) -> {images: [{png: bytes, seed,
+    settings}], seed, timings, settings}: image k has seed + k, and its PNG carries its own settings
+    (infotext.png_text).
 
     `progress(event: dict)` gets {stage, step, total, elapsed, component?, timestep?} and, every
-    `preview_every` UNet steps, `preview` (PNG bytes of the latents through preview.latents_to_rgb);
-    `cancel()` returning true stops the run between steps with errors.Cancelled.
+    `preview_every` UNet steps, `preview` (PNG bytes of the first image's latents through
+    preview.latents_to_rgb); `cancel()` returning true stops the run between steps with errors.Cancelled.
     """
+    return run_stages(generation(pipe, request, progress=progress, cancel=cancel))
+
+
+def generation(pipe, request: dict, *, progress=None, cancel=None):
+    """`generate` as a generator, as Pipeline.stages is the pipeline's run: it yields what stages
+    yields (each tensor about to be read back, None once a component is built) and returns
+    generate's dict."""
     from .preview import latents_to_rgb
 
     s = resolve(dict(request, model=pipe.folder.name, precision=pipe.precision, variant=pipe.variant,
@@ -170,12 +226,14 @@ def generate(pipe, request: dict, *, progress=None, cancel=None) -> dict:
         progress(ev)
 
     t0 = time.perf_counter()
-    result = pipe.generate(**s.run_args(), progress=on_progress, cancel=cancel)
-    out = dict(result.settings, seed=result.seeds[0], model=pipe.folder.name)
-    png = png_bytes(result.images[0], {"parameters": json.dumps(out)})
+    result = yield from pipe.stages(**s.run_args(), progress=on_progress, cancel=cancel)
+    run = dict(s.as_request(), **result.settings, model=pipe.folder.name)
+    images = []
+    for k, image in enumerate(result.images):
+        own = image_settings(run, k)
+        images.append({"png": png_bytes(image, png_text(own)), "seed": own["seed"], "settings": own})
     timings = dict(result.timings, png=time.perf_counter() - t0 - result.timings["total"])
-    return {"png": png, "seed": result.seeds[0], "timings": timings, "settings": out,
-            "truncated_tokens": result.truncated_tokens}
+    return {"images": images, "seed": result.seeds[0], "timings": timings, "settings": run}
 
 
 # --- the worker's entry points (Pyodide; JSON in, JSON out, so they run and are tested in CPython) ----
@@ -191,6 +249,16 @@ def _error(e: SdwebError) -> dict:
 def catalogue_json() -> str:
     """models.json, for the page's model picker."""
     return json.dumps(catalogue.load())
+
+
+def png_settings_json(data) -> str:
+    """A PNG dropped on the page (its bytes) -> {"request": {settings.FIELDS found}, "notes": [...],
+    "source": "sdweb" | "parameters"} (infotext.read_png) or {"error", "message", "field"}."""
+    try:
+        r = read_png(data.to_bytes() if hasattr(data, "to_bytes") else data)
+        return json.dumps({"request": r.request, "notes": list(r.notes), "source": r.source})
+    except SdwebError as e:
+        return json.dumps(_error(e))
 
 
 def plan_json(job_json: str) -> str:
@@ -233,9 +301,53 @@ def resolve_json(job_json: str, texts=None) -> str:
                 c: _config(texts, repo, c) for c in ("unet", "vae", "scheduler", "text_encoder")})
         webgpu = job.get("webgpu")
         s = resolve(request, model, webgpu=None if webgpu is None else tuple(webgpu))
+        if s.num_images > MAX_PAGE_IMAGES:
+            raise ConfigError(f"num_images {s.num_images} is too many for the page: use 1 to {MAX_PAGE_IMAGES} "
+                              "(every image of a batch is held in memory at once)", "num_images")
         return json.dumps({"settings": s.as_request(), "notes": list(s.notes)})
     except SdwebError as e:
         return json.dumps(_error(e))
+
+
+def needed_json(settings_json: str) -> str:
+    """Which stored add-on files a run of these settings (as resolve_json returned them) asks for:
+    {"lora": [name], "embedding": [name]} (the LoRA panel's and the prompt's <lora:...> tags), or
+    {"error", "message", "field"}."""
+    try:
+        s = resolve(json.loads(settings_json))
+        return json.dumps(addons.needed(s.prompt, s.loras, s.embeddings))
+    except SdwebError as e:
+        return json.dumps(_error(e))
+
+
+_TOKENIZERS: dict = {}  # model key -> (CLIPTokenizer, hidden_size): the tables take a while to parse in Pyodide
+
+
+def count_json(job_json: str, texts=None, files=None) -> str:
+    """The live token count under the prompt boxes: job {key (the model's store key), prompt,
+    negative_prompt, embeddings: [name]}, texts: the model's small files by repo path (needed the
+    first time a key is seen), files: the embeddings as StoredLibrary takes them -> {"prompt":
+    {"chunks", "tokens" (in the last chunk), "count" (A1111's total)}, "negative_prompt": {...}} or
+    {"error", "message", "field"}."""
+    try:
+        job = json.loads(job_json)
+        if job["key"] not in _TOKENIZERS:
+            texts = texts.to_py() if hasattr(texts, "to_py") else dict(texts or {})
+            found = {p.rpartition("/")[2]: t for p, t in texts.items() if p.startswith("tokenizer/")}
+            hidden = json.loads(texts["text_encoder/config.json"]).get("hidden_size", CLIP_DEFAULTS["hidden_size"])
+            _TOKENIZERS[job["key"]] = CLIPTokenizer.from_files(found, f"{job['key']} tokenizer"), int(hidden)
+        tok, hidden = _TOKENIZERS[job["key"]]
+        chunker, _ = addons.embedding_chunker(StoredLibrary(files), tok, hidden, job.get("embeddings") or ())
+        out = {}
+        for field in ("prompt", "negative_prompt"):
+            c = addons.parsed(field, chunker.chunk, job.get(field) or "")
+            out[field] = {"chunks": len(c.chunks), "tokens": c.chunks[-1].n_tokens, "count": c.token_count}
+        return json.dumps(out)
+    except SdwebError as e:
+        return json.dumps(_error(e))
+    except (KeyError, ValueError) as e:
+        return json.dumps({"error": "ModelError", "message": f"the model's tokenizer files are incomplete ({e})",
+                           "field": None})
 
 
 def _config(texts: dict, repo: str, component: str) -> dict:
@@ -258,12 +370,32 @@ def _to_js(x):
     return to_js(x, dict_converter=Object.fromEntries)
 
 
-def worker_generate(job_json: str, texts, sources, post, cancel, bridge=None):
-    """Called by web/worker.js (through callPromising, so byte-source reads may await IndexedDB).
+async def drive(stages, bridge=None):
+    """Run Pipeline.stages (or `generation`) to its return value, awaiting `bridge.read_ahead` (the
+    JS bridge's, a Promise) for every GPU tensor it is about to read back, so that the synchronous
+    readback that follows finds the bytes on the host, and `bridge.flush` once a component is built
+    (None), so its weight uploads count as loading it. Host arrays (the NumPy backend) pass."""
+    while True:
+        try:
+            t = next(stages)
+        except StopIteration as done:
+            return done.value
+        if bridge is None:
+            continue
+        if t is None:
+            await bridge.flush()
+        elif isinstance(t, GPUTensor) and t.nbytes:
+            await bridge.read_ahead(t.buffer, t.offset, t.nbytes)
+
+
+async def worker_generate(job_json: str, texts, sources, post, cancel, bridge=None, files=None):
+    """Called by web/worker.js, which awaits it (a Promise in JS): `drive` waits for the GPU at each
+    readback, and only there.
 
     job_json: {key, device, settings} with settings as resolve_json returned them; texts: JS object
-    path -> text; sources: JS Map path -> {size, name, key, read(offset, length)}; post(event):
-    progress sink; cancel() -> bool. Returns a JS object: {png, seed, timings, settings} or {error,
+    path -> text; sources: JS Map path -> {size, name, key, head, read(offset, length)}; post(event):
+    progress sink; cancel() -> bool; files: the stored LoRAs and embeddings needed_json named, as
+    StoredLibrary takes them. Returns a JS object: generate's {images, seed, timings, settings} or {error,
     message, field} or {cancelled: true}. Never raises: the page must stay usable whatever happens here.
     """
     from .errors import Cancelled
@@ -277,8 +409,9 @@ def worker_generate(job_json: str, texts, sources, post, cancel, bridge=None):
         size = sum(int(src.size) for src in sources_py.values())
         pipe = _SESSION.pipeline((job["key"], s.variant, s.precision, backend.name, job.get("device")),
                                  s.model, texts_py, sources_py, backend, s.precision, s.variant,
-                                 keep_loaded=size < KEEP_LOADED_BYTES)
-        out = generate(pipe, s.as_request(), progress=lambda ev: post(_to_js(ev)), cancel=lambda: bool(cancel()))
+                                 keep_loaded=size < KEEP_LOADED_BYTES, library=StoredLibrary(files))
+        stages = generation(pipe, s.as_request(), progress=lambda ev: post(_to_js(ev)), cancel=lambda: bool(cancel()))
+        out = await drive(stages, backend.context().bridge if backend.name == "webgpu" else None)
         return _to_js(out)
     except Cancelled:
         return _to_js({"cancelled": True})

@@ -1,11 +1,15 @@
 """The known-good models: models.json, shipped inside the package (and so inside the page's wheel).
 
-    {"kinds": {"sd": {"steps": 25, "guidance": 7.5}, "turbo": {...}},
+    {"kinds": {"sd": {"steps": 50, "guidance": 7.5}, "turbo": {...}, "lcm": {...}},
      "models": [{"repo", "label", "kind", "default"?, "sizes": {"fp16"|"fp32": {component: bytes} | null},
-                 "licence", "access", "note"}, ...]}
+                 "licence", "access", "note"}, ...],
+     "presets": [{"label", "model", "settings": {settings.FIELDS name: value}, "loras": [{"name", "repo",
+                  "file", "scale"}], "note"}, ...]}
 
 One file that `sdweb download --list`, the settings' defaults (settings.model_kind) and the page's
-model picker (sent by the worker when Python is ready) all read.
+model picker (sent by the worker when Python is ready) all read. A preset is a model with settings
+and LoRAs from the Hub (repo + file, stored under `name`, the NAME of `<lora:NAME>`): the page's
+preset picker fills the form with it and fetches its LoRAs into the LoRA panel.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ def models() -> list[dict]:
 
 def kinds() -> dict:
     return load()["kinds"]
+
+
+def presets() -> list[dict]:
+    return load()["presets"]
 
 
 def find(name: str) -> dict | None:

@@ -52,10 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     g = sub.add_parser("generate", help="make an image from a prompt")
-    g.add_argument("--model", required=True, help="model folder, or Hub repo id found under ./weights/")
-    g.add_argument("--prompt", required=True)
+    g.add_argument("--model", help="model folder, or Hub repo id found under ./weights/ (required unless "
+                                    "--settings-from names one)")
+    g.add_argument("--prompt", help="the prompt (required unless --settings-from)")
     # Defaults and limits are settings.py's: a flag left out is None, which means "the default".
-    g.add_argument("--negative-prompt", default="")
+    g.add_argument("--negative-prompt", default=None)
     g.add_argument("--steps", type=_int, default=None,
                    help=f"denoising steps, 1 to {settings.MAX_STEPS} (default by model kind: {_by_kind('steps')})")
     g.add_argument("--guidance", type=float, default=None,
@@ -76,23 +77,61 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vae-tiling", default=None,
                    help="auto (default: tiles only where one pass would not fit, e.g. a GPU's buffer limit), on "
                         "(diffusers' enable_tiling()), or off")
+    _add_addon_arguments(g)
     g.add_argument("--output", "-o", default="out.png", help="image file (.png); several images get -0, -1, ...")
     g.add_argument("--save-intermediates", metavar="DIR", default=None,
                    help="write a preview PNG of the latents every --preview-every steps into DIR")
     g.add_argument("--preview-every", type=_int, default=None, help="steps between previews (default: about ten a run)")
+    g.add_argument("--settings-from", metavar="FILE.png", default=None,
+                   help="start from the settings a PNG carries (sdweb's, or AUTOMATIC1111's `parameters`); "
+                        "flags given as well override them")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     i = sub.add_parser("info", help="check a model folder and summarise its components")
     i.add_argument("model")
 
-    t = sub.add_parser("tokenize", help="show how a prompt is tokenized")
+    t = sub.add_parser("tokenize", help="show how a prompt is chunked and weighted (A1111's syntax)")
     t.add_argument("--model", required=True)
     t.add_argument("text")
+    _add_addon_arguments(t, loras=False)
 
     from .download import add_arguments as add_download_arguments
 
     add_download_arguments(sub.add_parser("download", help="fetch a model from the Hugging Face Hub into ./weights/"))
     return p
+
+
+def _add_addon_arguments(p, loras: bool = True):
+    from .addons import DEFAULT_EMBEDDING_DIR, DEFAULT_LORA_DIR
+
+    if loras:
+        p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                       help="a LoRA file (.safetensors, .pt, .bin; kohya or diffusers/PEFT) fused at SCALE "
+                            "(default 1); repeatable")
+        p.add_argument("--lora-dir", default=None, metavar="DIR",
+                       help=f"where <lora:NAME:SCALE> in the prompt finds NAME.safetensors (default ./{DEFAULT_LORA_DIR})")
+    p.add_argument("--embedding", action="append", default=[], metavar="PATH",
+                   help="a textual-inversion file; its trigger word is the file name (A1111) or the token it "
+                        "stores (diffusers); repeatable")
+    p.add_argument("--embedding-dir", default=None, metavar="DIR",
+                   help=f"load every .safetensors/.pt/.bin embedding in DIR (default ./{DEFAULT_EMBEDDING_DIR}, "
+                        "when it exists)")
+
+
+def _addons(args):
+    """The add-on flags -> (settings' loras, settings' embeddings, library). --embedding-dir adds
+    every embedding file in the folder, sorted; the default folder may be missing, a named one not."""
+    from .addons import ADDON_SUFFIXES, DEFAULT_EMBEDDING_DIR, DEFAULT_LORA_DIR, FolderLibrary
+
+    lora_dir = getattr(args, "lora_dir", None)
+    if lora_dir is not None and not Path(lora_dir).is_dir():
+        raise ConfigError(f"--lora-dir {lora_dir}: no such folder")
+    folder = Path(args.embedding_dir or DEFAULT_EMBEDDING_DIR)
+    if args.embedding_dir is not None and not folder.is_dir():
+        raise ConfigError(f"--embedding-dir {args.embedding_dir}: no such folder")
+    found = sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix in ADDON_SUFFIXES
+                   and not p.name.startswith(".")) if folder.is_dir() else []
+    return list(getattr(args, "lora", [])), list(args.embedding) + found, FolderLibrary(lora_dir or DEFAULT_LORA_DIR)
 
 
 def main(argv=None) -> int:
@@ -202,23 +241,48 @@ def _webgpu_available() -> tuple[bool, str]:
     return (True, "") if webgpu.available() else (False, "no adapter was found")
 
 
-def _request(args) -> dict:
-    """The generate flags as a settings request (settings.FIELDS)."""
-    return dict(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
-                guidance=args.guidance, seed=args.seed, scheduler=args.scheduler, width=args.width,
-                height=args.height, num_images=args.num_images, clip_skip=args.clip_skip, precision=args.precision,
-                variant=args.variant, backend=args.backend, preview_every=args.preview_every,
-                vae_tiling=args.vae_tiling)
+def _request(args, loras, embeddings) -> dict:
+    """The generate flags as a settings request (settings.FIELDS), over the settings of
+    --settings-from's PNG where a flag is left out (loras, embeddings: the add-on flags', _addons)."""
+    flags = dict(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
+                 guidance=args.guidance, seed=args.seed, scheduler=args.scheduler, width=args.width,
+                 height=args.height, num_images=args.num_images, clip_skip=args.clip_skip, precision=args.precision,
+                 variant=args.variant, backend=args.backend, preview_every=args.preview_every,
+                 vae_tiling=args.vae_tiling, loras=loras or None, embeddings=embeddings or None)
+    request = {}
+    if args.settings_from is not None:
+        from .infotext import read_png
+
+        path = Path(args.settings_from)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"--settings-from {path}: {e.strerror or e}") from None
+        try:
+            restored = read_png(data)
+        except ConfigError as e:
+            raise ConfigError(f"--settings-from {path}: {e}", e.field) from None
+        for note in restored.notes:
+            print(f"sdweb: {path}: {note}", file=sys.stderr)
+        request = dict(restored.request)
+    request.update({k: v for k, v in flags.items() if v is not None})
+    if not request.get("model"):
+        raise ConfigError("--model is required (or --settings-from a PNG that names a model)", "model")
+    if request.get("prompt") is None:
+        raise ConfigError("--prompt is required (or --settings-from a PNG that carries one)", "prompt")
+    return request
 
 
 def cmd_generate(args) -> int:
+    from .infotext import image_settings, png_text
     from .model import resolve_model
     from .pipeline import Pipeline
     from .preview import latents_to_rgb
     from .settings import ModelInfo, resolve
 
     # Everything that can be checked is, before a model file is read or anything allocated.
-    s = resolve(_request(args))
+    loras, embeddings, library = _addons(args)
+    s = resolve(_request(args, loras, embeddings))
     outputs = _output_paths(args.output, s.num_images)
     inter = Path(args.save_intermediates) if args.save_intermediates else None
     if inter is not None:
@@ -226,7 +290,7 @@ def cmd_generate(args) -> int:
             raise ConfigError(f"--save-intermediates {inter} exists and is not a folder")
         _check_writable_dir(inter if inter.is_dir() else (inter.parent if str(inter.parent) else Path(".")),
                             f"--save-intermediates {inter}")
-    folder = resolve_model(args.model)
+    folder = resolve_model(s.model)
     info = ModelInfo.of(folder, weight_bytes=folder.weight_bytes(s.variant))
     s = resolve(s.as_request(), info, webgpu=_webgpu_available)
     for note in s.notes:
@@ -235,7 +299,7 @@ def cmd_generate(args) -> int:
         from .backends import webgpu as backend
     else:
         from .backends import numpy as backend
-    pipe = Pipeline(folder, backend, precision=s.precision, variant=s.variant)
+    pipe = Pipeline(folder, backend, precision=s.precision, variant=s.variant, library=library)
     if inter is not None:
         inter.mkdir(exist_ok=True)
 
@@ -254,12 +318,9 @@ def cmd_generate(args) -> int:
     result = pipe.generate(**s.run_args(), progress=progress)
     bar.close()
     for k, path in enumerate(outputs):
-        params = dict(result.settings, seed=result.seeds[k], model=folder.name)
-        _save_image(result.images[k], path, {"parameters": json.dumps(params)})
+        # the model as it was named (a repo id stays a repo id, which other machines can resolve)
+        _save_image(result.images[k], path, png_text(image_settings(dict(result.settings, model=s.model), k)))
         print(f"wrote {path} (seed {result.seeds[k]})", file=sys.stderr)
-    if result.truncated_tokens:
-        print(f"note: the prompt was cut to 75 tokens; {result.truncated_tokens} tokens were dropped",
-              file=sys.stderr)
     t = result.timings
     parts = [f"{k} {v:.2f}s" for k, v in t.items() if k != "total"]
     print(f"timings: {', '.join(parts)}; total {t['total']:.2f}s "
@@ -315,25 +376,32 @@ def cmd_download(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
-    import warnings
-
+    """Each chunk the prompt becomes (prompt_syntax: A1111's rules): its 77 ids, then its tokens with
+    their weights, `(token:weight)` where the weight is not 1 and `trigger#i` for an embedding's
+    vector i; then the LoRA tags the prompt names, with their scales."""
+    from .addons import embedding_chunker
+    from .clip import DEFAULTS as CLIP_DEFAULTS
     from .model import resolve_model
     from .tokenizer import CLIPTokenizer
 
+    _, embeddings, library = _addons(args)
     folder = resolve_model(args.model)
     tok = CLIPTokenizer.from_folder(folder.tokenizer_dir)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ids, dropped = tok.encode(args.text, return_truncated=True)
-    print(json.dumps(ids))
-    tokens = tok.tokenize(args.text)
-    room = tok.model_max_length - 2
-    print(" ".join(tokens))
-    used = min(len(tokens), room)
-    msg = f"{used} of {room} prompt slots used"
-    if dropped:
-        msg += f"; {dropped} tokens dropped by truncation"
-    print(msg)
+    hidden = int(folder.config("text_encoder").get("hidden_size", CLIP_DEFAULTS["hidden_size"]))
+    chunked = embedding_chunker(library, tok, hidden, embeddings)[0].chunk(args.text)
+    n = len(chunked.chunks)
+    for k, chunk in enumerate(chunked.chunks):
+        slots = {pos: f"{trigger}#{i}" for pos, trigger, i in chunk.embeddings}
+        words = []
+        for pos in range(1, chunk.n_tokens + 1):
+            word = slots.get(pos) or tok.decoder[chunk.ids[pos]]
+            w = chunk.weights[pos]
+            words.append(word if w == 1.0 else f"({word}:{w:.4g})")
+        print(f"chunk {k + 1} of {n}: {chunk.n_tokens} of 75 tokens")
+        print(json.dumps(chunk.ids))
+        print(" ".join(words))
+    for t in chunked.loras:
+        print(f"LoRA {t.name}: text encoder scale {t.text_encoder_scale:g}, UNet scale {t.unet_scale:g}")
     return 0
 
 

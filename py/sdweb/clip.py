@@ -79,9 +79,14 @@ class CLIPTextModel:
     """`CLIPTextModel(config, w, backend)`: config is text_encoder/config.json, w the view at the
     weights root (`store.prefix(CLIPTextModel.weights_root(store))`).
 
-    `model(ids, clip_skip=0)`: ids (N, L) int, L <= max_position_embeddings -> (N, L, D), the prompt
-    embeddings diffusers' StableDiffusionPipeline.encode_prompt makes: final_layer_norm of the last
-    layer's output, or with clip_skip=k of the output k layers before the last (hidden_states[-(k+1)]).
+    `model(ids, clip_skip=0, embeds=None)`: ids (N, L) int, L <= max_position_embeddings -> (N, L, D),
+    the prompt embeddings diffusers' StableDiffusionPipeline.encode_prompt makes: final_layer_norm of
+    the last layer's output, or with clip_skip=k of the output k layers before the last
+    (hidden_states[-(k+1)]). `embeds`: [(position, vector (D,))], textual-inversion vectors that take
+    the place of the token embedding at those positions of every row (transformers' inputs_embeds
+    with those rows replaced; prompt_syntax.Chunk.embeddings says where). `tokens`: the (N, L, D)
+    token embeddings already made by the caller (`embed_tokens`, then `replace_rows`), which is how
+    the pipeline puts the vectors in while yielding before the host readback that takes.
     """
 
     def __init__(self, config: dict, w, backend):
@@ -112,8 +117,7 @@ class CLIPTextModel:
         container of the file's tensor names)."""
         return "text_model" if "text_model.final_layer_norm.weight" in store else ""
 
-    def _hidden(self, ids: np.ndarray, clip_skip: int):
-        """ids (N, L) -> (N, L, D): the residual stream after num_hidden_layers - clip_skip layers."""
+    def _check(self, ids: np.ndarray, clip_skip: int) -> np.ndarray:
         ids = np.asarray(ids)
         if ids.ndim != 2:
             raise ModelError(f"text encoder input ids must have shape (N, L), got {ids.shape}")
@@ -126,16 +130,45 @@ class CLIPTextModel:
         if not 0 <= clip_skip <= n:  # clip_skip == n: the embeddings alone, as diffusers allows
             raise ConfigError(f"clip_skip {clip_skip} is out of range for a {n}-layer text encoder "
                               f"(expected 0..{n})")
+        return ids
+
+    def embed_tokens(self, ids: np.ndarray):
+        """ids (N, L) -> the token embeddings (N, L, D), before positions are added."""
+        return self.backend.embedding(np.asarray(ids), self.token_embedding)
+
+    def _hidden(self, ids: np.ndarray, clip_skip: int, embeds=None, tokens=None):
+        """ids (N, L) -> (N, L, D): the residual stream after num_hidden_layers - clip_skip layers.
+        `tokens`: the token embeddings when the caller made them (embed_tokens, replace_rows)."""
+        ids = self._check(ids, clip_skip)
+        N, L = ids.shape
         backend = self.backend
         pos = np.broadcast_to(np.arange(L), (N, L))
-        x = backend.add(backend.embedding(ids, self.token_embedding),
-                        backend.embedding(pos, self.position_embedding))  # (N, L, D)
-        for layer in self.layers[: n - clip_skip]:  # the skipped layers' outputs are never used
+        if tokens is None:
+            tokens = self.embed_tokens(ids)  # (N, L, D)
+        if embeds:
+            tokens = self.replace_rows(tokens, embeds)
+        x = backend.add(tokens, backend.embedding(pos, self.position_embedding))  # (N, L, D)
+        for layer in self.layers[: len(self.layers) - clip_skip]:  # the skipped layers' outputs are never used
             x = layer(x)
         return x  # (N, L, D)
 
-    def __call__(self, ids: np.ndarray, clip_skip: int = 0):
-        return self.final_layer_norm(self._hidden(ids, clip_skip))
+    def replace_rows(self, tokens, embeds):
+        """(N, L, D) token embeddings with the rows at `embeds`' positions replaced by their vectors.
+        Done on the host: a prompt chunk's (N, 77, D) floats are a small read back and upload, and
+        only chunks with an embedding in them pay it (the pipeline yields `tokens` first, so a
+        driver without JSPI can wait for that readback)."""
+        t = self.backend.numpy(tokens).copy()
+        N, L, D = t.shape
+        for position, vector in embeds:
+            vector = np.asarray(vector, dtype=np.float32)
+            if not 0 <= position < L or vector.shape != (D,):
+                raise ModelError(f"text encoder: an embedding vector of shape {vector.shape} at position {position} "
+                                 f"does not fit token embeddings of shape {(N, L, D)}")
+            t[:, position] = vector
+        return self.backend.tensor(t)
+
+    def __call__(self, ids: np.ndarray, clip_skip: int = 0, embeds=None, tokens=None):
+        return self.final_layer_norm(self._hidden(ids, clip_skip, embeds, tokens))
 
     def pooled(self, ids: np.ndarray, last_hidden_state=None):
         """(N, D): the final-layer-normed state at each row's EOS token, transformers' pooler_output.

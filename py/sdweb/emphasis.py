@@ -1,12 +1,14 @@
 """Prompt weights applied to text-encoder output, as A1111's "Original" emphasis (modules/sd_emphasis.py),
-and the rule for a prompt and a negative prompt of different chunk counts. The NumPy reference; a
-GPU backend mirrors these two functions.
+and the rule for a prompt and a negative prompt of different chunk counts.
 
     z (..., 77, D) hidden states of one chunk, weights (77,) from prompt_syntax.Chunk.weights
       -> z * weights[:, None], rescaled so that the tensor's mean is what it was before weighting
 
-    cond (N, 77 * a, D), uncond (N, 77 * b, D), empty (77, D) the encoded empty prompt
-      -> both with 77 * max(a, b) positions, the shorter extended by copies of `empty`
+    cond, uncond: lists of chunk states (a chunks and b chunks), empty(side): the encoded empty prompt
+      -> both lists max(a, b) long, the shorter extended by the empty prompt's chunk
+
+The pipeline applies the emphasis on the host (a weighted chunk's states are read back: 77 x D
+floats per row) and concatenates the chunks on the backend.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ import numpy as np
 from .errors import ConfigError
 
 __all__ = ["apply_emphasis", "match_chunk_counts"]
-
-CHUNK_LENGTH = 77  # bos + 75 prompt tokens + eos
 
 
 def apply_emphasis(z: np.ndarray, weights) -> np.ndarray:
@@ -40,21 +40,14 @@ def apply_emphasis(z: np.ndarray, weights) -> np.ndarray:
     return (weighted * (before / after).astype(z.dtype)).astype(z.dtype, copy=False)
 
 
-def match_chunk_counts(cond: np.ndarray, uncond: np.ndarray, empty: np.ndarray):
-    """cond (N, 77 * a, D), uncond (N, 77 * b, D), empty (77, D) or (1, 77, D) -> (cond, uncond), each
-    (N, 77 * max(a, b), D): the one with fewer chunks gets copies of the encoded empty prompt appended
-    (A1111's pad_cond_uncond). Equal counts come back untouched."""
-    empty = np.asarray(empty).reshape(CHUNK_LENGTH, -1)
-    for name, z in (("cond", cond), ("uncond", uncond)):
-        if z.ndim != 3 or z.shape[1] % CHUNK_LENGTH or z.shape[2] != empty.shape[1]:
-            raise ConfigError(f"{name} has shape {z.shape}: expected (N, 77 * chunks, {empty.shape[1]})")
-    n = max(cond.shape[1], uncond.shape[1])
-
-    def extend(z):
-        missing = (n - z.shape[1]) // CHUNK_LENGTH
-        if not missing:
-            return z
-        pad = np.broadcast_to(empty.astype(z.dtype, copy=False), (z.shape[0], CHUNK_LENGTH, z.shape[2]))
-        return np.concatenate([z] + [pad] * missing, axis=1)
-
-    return extend(cond), extend(uncond)
+def match_chunk_counts(cond: list, uncond: list, empty) -> tuple[list, list]:
+    """cond, uncond: one hidden-state tensor (N, 77, D) per chunk (any backend's); empty(side) -> the
+    empty prompt encoded as `side` ("cond" or "uncond") is encoded, asked only for a side that is
+    short -> (cond, uncond) as new lists of equal length, the shorter extended by copies of its
+    empty chunk (A1111's pad_cond_uncond). The caller concatenates each along the sequence axis."""
+    n = max(len(cond), len(uncond))
+    out = []
+    for side, chunks in (("cond", cond), ("uncond", uncond)):
+        missing = n - len(chunks)
+        out.append(list(chunks) + [empty(side)] * missing if missing else list(chunks))
+    return out[0], out[1]

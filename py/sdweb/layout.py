@@ -6,7 +6,10 @@ file say?): `model.ModelFolder` from a folder on disk, `browser.BrowserModel` fr
 `sdweb download` from the Hub's file listing, and the page (web/hub.js, through the worker's
 `browser.plan_json`) from the listing or from HEAD probes.
 
-    model_index.json                       an SD 1.x/2.x text-to-image pipeline (check_model_index)
+    model_index.json                       an SD 1.x/2.x text-to-image pipeline (check_model_index): its
+                                           components decide, not its class name, so a
+                                           StableDiffusionPipeline and a LatentConsistencyModelPipeline
+                                           (an LCM UNet, told apart by its config) are both taken
     scheduler/scheduler_config.json        ┐
     {text_encoder,unet,vae}/config.json    │ REQUIRED_FILES
     tokenizer/vocab.json, merges.txt       ┘
@@ -282,6 +285,9 @@ def choose_weights(files: Files, component: str, variant: str | None, where: str
     raise ModelError(msg)
 
 
+_SHARD_NAME = re.compile(r"[^/\\\x00-\x1f\x7f]+\.safetensors\Z")
+
+
 def shards(files: Files, index: str, stem: str, variant: str | None, where: str) -> list[str]:
     """The shard files of a sharded index, sorted: the plain names beside it that its weight_map
     names, or, for a Files that reads nothing, the listed names diffusers gives shards."""
@@ -303,9 +309,10 @@ def shards(files: Files, index: str, stem: str, variant: str | None, where: str)
         raise ModelError(f"{where}/{index}: weight_map should be a non-empty object of tensor name -> shard file")
     out = []
     for name in sorted(set(wmap.values())):
-        # A shard is a file beside the index; anything else (../, absolute) is refused.
-        if os.path.basename(name) != name or name in (".", ".."):
-            raise ModelError(f"{where}/{index}: shard {name!r} should be a plain file name beside the index")
+        # A shard is a .safetensors file beside the index; anything else (../, absolute, a backslash or
+        # control character, another kind of file) is refused before it is looked up or fetched.
+        if not _SHARD_NAME.match(name):
+            raise ModelError(f"{where}/{index}: shard {name!r} should be a plain .safetensors file name beside the index")
         out.append(f"{folder}/{name}")
 
     def present(p):

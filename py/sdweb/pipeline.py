@@ -1,31 +1,50 @@
 """Text-to-image, as diffusers' StableDiffusionPipeline.__call__ does it, stage by stage.
 
-    prompt ──tokenizer──► ids (N, 77) ──text encoder──► context (2N, 77, D)   [uncond; cond]
+    prompt ──A1111 chunks──► ids (N, 77) per chunk ──text encoder──► context (2N, 77 k, D)   [uncond; cond]
     seed ──PCG64──► latents (N, C, h, w) * init_noise_sigma
     for t in timesteps: eps = unet([x, x], t, context); eps = u + g (c - u); x = scheduler.step(eps, t, x)
     latents / scaling_factor ──vae.decode──► image (N, 3, H, W) ──► uint8 (N, H, W, 3)
 
+Prompts follow A1111's syntax (prompt_syntax: weights, BREAK, 75-token chunks, embedding slots,
+`<lora:...>` tags); each chunk is encoded on its own and weighted (emphasis). Add-ons (addons.py)
+are found before anything is loaded: textual-inversion vectors go into the text encoder's input,
+LoRAs are fused into the weights as they are loaded (WeightStore.add_lora, the backend's fuse_lora).
+An LCM-distilled UNet (time_cond_proj_dim) gets the guidance scale as an embedding and no
+unconditional pass, as LatentConsistencyModelPipeline (and StableDiffusionPipeline) run it.
+
 Stages load one component, use it and let it go (unless `keep_loaded`), so peak memory holds one
-big component at a time. The noise contract (DESIGN.md): image k of a run with seed S starts from
+big component at a time. The noise contract: image k of a run with seed S starts from
 `default_rng(S + k).standard_normal((1, C, h, w), float32) * init_noise_sigma`, and stochastic
 samplers draw their later noise from the same generators, in step order.
+
+`Pipeline.stages` is the run as a generator that stops at each readback (after every UNet step,
+after each of the VAE's tiles or slices where it splits its work, and after the decode) and yields
+the backend tensor about to be read, so a driver can wait for the GPU there with `await` (the
+page's worker, with or without JavaScript Promise Integration: sdweb.browser.drive); the model code
+in between never reads back. It also yields None once each component is built, where the driver may
+wait for its weights to reach the GPU. `Pipeline.generate` runs it to the end, each readback
+blocking (stages.run).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from typing import Callable, Generator
 
 import numpy as np
 
+from .addons import FolderLibrary, prepare
 from .backends import numpy as numpy_backend
+from .clip import DEFAULTS as CLIP_DEFAULTS
 from .clip import CLIPTextModel
+from .emphasis import apply_emphasis, match_chunk_counts
 from .errors import Cancelled
 from .schedulers import make_scheduler
 from .settings import ModelInfo, resolve
+from .stages import run
 from .tokenizer import CLIPTokenizer
-from .unet import UNet2DConditionModel
+from .unet import UNet2DConditionModel, guidance_embedding
 from .vae import AutoencoderKL
 
 @dataclasses.dataclass
@@ -52,14 +71,15 @@ class Result:
     seeds: list[int]
     timings: dict[str, float]  # seconds per stage: load_*, text_encoder, unet, vae
     settings: dict
-    truncated_tokens: int = 0
 
 
 class Pipeline:
-    """A model folder + a backend. Components are loaded when a stage needs them."""
+    """A model folder + a backend. Components are loaded when a stage needs them. `library` finds the
+    add-on files the settings and prompts name (addons.py; default: addons.FolderLibrary(), the
+    paths given and ./loras); a host may replace it between runs."""
 
     def __init__(self, folder, backend=numpy_backend, precision: str = "fp32", variant: str | None = None,
-                 keep_loaded: bool = False):
+                 keep_loaded: bool = False, library=None):
         checked = resolve({"precision": precision, "variant": variant})
         self.folder, self.backend, self.precision = folder, backend, checked.precision
         self.variant, self.keep_loaded = checked.variant, keep_loaded
@@ -69,18 +89,26 @@ class Pipeline:
         self.vae_config = folder.config("vae")
         self.scheduler_config = folder.config("scheduler")
         self.tokenizer = CLIPTokenizer.from_folder(folder.tokenizer_dir)
+        self.library = FolderLibrary() if library is None else library
         self._loaded: dict[str, object] = {}
+        self._lora_keys: dict[str, tuple] = {}  # component -> the LoRAs fused into the loaded one
         self.weight_bytes: dict[str, int] = {}
         self.vae_scale_factor = self.info.vae_scale_factor
 
     # -- components --
 
-    def load(self, component: str):
-        if component in self._loaded:
+    def load(self, component: str, addons=None):
+        """The component's model, built now or kept from before; with `addons` (addons.AddOns) the
+        UNet and text encoder have its LoRAs fused, and one kept with other LoRAs is built again."""
+        key = addons.key(component) if addons is not None and component in ("unet", "text_encoder") else ()
+        if component in self._loaded and self._lora_keys.get(component) == key:
             return self._loaded[component]
+        self._loaded.pop(component, None)
         # A GPU backend takes WeightRefs and uploads each tensor's bytes straight from the file.
         store = self.folder.weights(component, self.precision, self.variant, lazy=self.backend.takes_weight_refs)
         try:
+            if key:
+                store.add_lora(addons.patches(component, self._tensor_shapes))
             self.backend.check_weights(store)  # a GPU names a tensor too big to bind, before uploading
             config = self.folder.config(component)
             if component == "text_encoder":
@@ -96,28 +124,86 @@ class Pipeline:
         except BaseException:
             store.close()
             raise
-        self._loaded[component] = model
+        self._loaded[component], self._lora_keys[component] = model, key
         return model
 
     def release(self, component: str):
         if not self.keep_loaded:
             self._loaded.pop(component, None)
 
+    def _tensor_shapes(self) -> dict:
+        """{"unet": {name: shape}, "text_encoder": {...}} from the weight files' headers: what LoRAs
+        are planned against (nothing is read but the headers)."""
+        out = {}
+        for component in ("unet", "text_encoder"):
+            store = self.folder.weights(component, self.precision, self.variant, lazy=True)
+            try:
+                out[component] = {name: store.shape(name) for name in store.keys()}
+            finally:
+                store.close()
+        return out
+
+    def prepare_addons(self, prompt: str, negative_prompt: str, loras=(), embeddings=()):
+        """addons.prepare for this model: embeddings read and checked against the text encoder's
+        width, both prompts chunked, LoRAs found (a ConfigError names what is missing)."""
+        hidden = int(self.folder.config("text_encoder").get("hidden_size", CLIP_DEFAULTS["hidden_size"]))
+        return prepare(self.library, self.tokenizer, hidden, prompt, negative_prompt, loras=loras,
+                       embeddings=embeddings)
+
     # -- stages --
 
-    def encode_prompt(self, prompt: str, negative_prompt: str, num_images: int, cfg: bool,
-                      clip_skip: int = 0):
-        """-> context (2N or N, 77, D) backend tensor, [uncond x N; cond x N] as diffusers orders it,
-        and how many prompt tokens were dropped by truncation."""
-        te = self.load("text_encoder")
-        ids, dropped = self.tokenizer.encode(prompt, return_truncated=True)
-        cond = te(np.asarray([ids] * num_images, dtype=np.int64), clip_skip)
+    def encode_prompt(self, addons, num_images: int, cfg: bool, clip_skip: int = 0):
+        """-> context (2N or N, 77 k, D) backend tensor: `encode_prompt_stages` run to the end."""
+        return run(self.encode_prompt_stages(addons, num_images, cfg, clip_skip))
+
+    def encode_prompt_stages(self, addons, num_images: int, cfg: bool, clip_skip: int = 0):
+        """-> context (2N or N, 77 k, D) backend tensor, [uncond x N; cond x N] as diffusers orders it.
+        A generator, as `stages` is: it yields each tensor it reads back (a chunk's token embeddings
+        where an embedding's vectors go in, a chunk's output where weights apply) just before it
+        reads it, and returns the context.
+
+        The chunks of addons.prompt (and addons.negative) are encoded one at a time with their
+        embedding vectors, weighted (emphasis.apply_emphasis, on the host, only where a weight is
+        not 1) and joined along the sequence axis; a side with fewer chunks is extended with the
+        empty prompt's chunk (emphasis.match_chunk_counts). A prompt of at most 75 tokens without
+        weights, BREAK or embeddings is one chunk: exactly the single 77-token encoding."""
+        te = self.load("text_encoder", addons)
+        backend = self.backend
+
+        def encode(chunk, skip):
+            ids = np.asarray([chunk.ids] * num_images, dtype=np.int64)
+            tokens = None
+            if chunk.embeddings:
+                tokens = te.embed_tokens(ids)
+                yield tokens
+                tokens = te.replace_rows(tokens, [(pos, addons.vectors[trigger][i])
+                                                  for pos, trigger, i in chunk.embeddings])
+            z = te(ids, skip, tokens=tokens)
+            if any(w != 1.0 for w in chunk.weights):
+                yield z
+                z = backend.tensor(apply_emphasis(backend.numpy(z), chunk.weights))
+            return z  # (N, 77, D)
+
+        def encode_all(chunks, skip):
+            out = []
+            for c in chunks:
+                out.append((yield from encode(c, skip)))
+            return out
+
+        def join(chunks):
+            return chunks[0] if len(chunks) == 1 else backend.concat(chunks, axis=1)
+
+        cond = yield from encode_all(addons.prompt.chunks, clip_skip)
         if not cfg:
-            return cond, dropped
-        neg = self.tokenizer.encode(negative_prompt or "")
+            return join(cond)
         # diffusers applies clip_skip to the prompt only, never to the negative prompt
-        uncond = te(np.asarray([neg] * num_images, dtype=np.int64))
-        return self.backend.concat([uncond, cond], axis=0), dropped
+        uncond = yield from encode_all(addons.negative.chunks, 0)
+        empty = {}
+        for side, have, other in (("cond", cond, uncond), ("uncond", uncond, cond)):
+            if len(have) < len(other):  # encoded here, where this generator can yield for its readbacks
+                empty[side] = yield from encode(addons.empty, clip_skip if side == "cond" else 0)
+        cond, uncond = match_chunk_counts(cond, uncond, lambda side: empty[side])
+        return backend.concat([join(uncond), join(cond)], axis=0)
 
     def initial_latents(self, seed: int, num_images: int, height: int, width: int, init_noise_sigma: float):
         """The noise contract: one PCG64 generator per image, seeded seed + k."""
@@ -128,20 +214,31 @@ class Pipeline:
         x = np.concatenate([g.standard_normal(shape, dtype=np.float32) for g in gens])
         return x * np.float32(init_noise_sigma), gens
 
-    def generate(self, prompt: str, negative_prompt: str = "", *, steps: int | None = None,
-                 guidance: float | None = None, seed: int | None = None, scheduler: str | None = None,
-                 width: int | None = None, height: int | None = None, num_images: int = 1, clip_skip: int = 0,
-                 vae_tiling: str | None = None, progress: Callable[[Progress], None] | None = None,
-                 cancel: Callable[[], bool] | None = None) -> Result:
-        """None -> the default (settings.resolve: by model kind, random seed, the model's own
-        scheduler and size); ConfigError naming the first bad setting, before anything is loaded."""
+    def generate(self, *args, **kwargs) -> Result:
+        """One run with `stages`' arguments, to the end: each readback waits where it stands."""
+        return run(self.stages(*args, **kwargs))
+
+    def stages(self, prompt: str, negative_prompt: str = "", *, steps: int | None = None,
+               guidance: float | None = None, seed: int | None = None, scheduler: str | None = None,
+               width: int | None = None, height: int | None = None, num_images: int = 1, clip_skip: int = 0,
+               vae_tiling: str | None = None, loras=(), embeddings=(),
+               progress: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None) -> Generator[object, None, Result]:
+        """The run, yielding each backend tensor just before it is read back (and None after each
+        component is built); returns the Result.
+        None -> the default (settings.resolve: by model kind, random seed, the model's own
+        scheduler and size); ConfigError naming the first bad setting, before anything is loaded.
+        loras: [(name or path, scale)] or settings' {name, scale}; embeddings: [name or path]
+        (found by self.library)."""
         s = resolve(dict(model=self.folder.name, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                          guidance=guidance, seed=seed, scheduler=scheduler, width=width, height=height,
                          num_images=num_images, clip_skip=clip_skip, precision=self.precision,
-                         variant=self.variant, backend=self.backend.name, vae_tiling=vae_tiling), self.info)
+                         variant=self.variant, backend=self.backend.name, vae_tiling=vae_tiling,
+                         loras=list(loras), embeddings=list(embeddings)), self.info)
         steps, guidance, seed, scheduler = s.steps, s.guidance, s.seed, s.scheduler
         width, height, num_images, clip_skip = s.width, s.height, s.num_images, s.clip_skip
         prompt, negative_prompt, vae_tiling = s.prompt, s.negative_prompt, s.vae_tiling
+        addons = self.prepare_addons(prompt, negative_prompt, s.loras, s.embeddings)
+        loras, embeddings = s.as_request()["loras"], list(s.embeddings)
         backend = self.backend
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
@@ -155,17 +252,23 @@ class Pipeline:
         def timed_load(component):
             report("load", 0, 1, component=component)
             s = time.perf_counter()
-            model = self.load(component)
+            model = self.load(component, addons)
+            yield None  # built; a GPU bridge may still be taking its weights: a place to wait for them
             timings[f"load_{component}"] = timings.get(f"load_{component}", 0.0) + time.perf_counter() - s
             return model
 
-        cfg = guidance > 1.0  # diffusers: do_classifier_free_guidance = guidance_scale > 1
+        # An LCM UNet takes the guidance scale as an input (diffusers' get_guidance_scale_embedding
+        # of guidance - 1) and makes no unconditional pass (do_classifier_free_guidance is
+        # guidance_scale > 1 and time_cond_proj_dim is None).
+        cond_dim = self.unet_config.get("time_cond_proj_dim")
+        cfg = guidance > 1.0 and cond_dim is None
+        timestep_cond = None if cond_dim is None else guidance_embedding(np.full(num_images, guidance - 1.0), cond_dim)
 
         # 1. text encoder
-        timed_load("text_encoder")
+        yield from timed_load("text_encoder")
         report("text_encoder", 0, 1)
         s = time.perf_counter()
-        context, dropped = self.encode_prompt(prompt, negative_prompt, num_images, cfg, clip_skip)
+        context = yield from self.encode_prompt_stages(addons, num_images, cfg, clip_skip)
         timings["text_encoder"] = time.perf_counter() - s
         self.release("text_encoder")
         report("text_encoder", 1, 1)
@@ -180,7 +283,7 @@ class Pipeline:
             return np.concatenate([g.standard_normal(per, dtype=np.float32) for g in gens])
 
         # 3. denoising loop
-        unet = timed_load("unet")
+        unet = yield from timed_load("unet")
         s = time.perf_counter()
         x = x0
         timesteps = sched.timesteps
@@ -188,7 +291,10 @@ class Pipeline:
         for i, t in enumerate(timesteps):
             xin = sched.scale_model_input(x, t)
             xin = np.concatenate([xin, xin]) if cfg else xin
-            eps = backend.numpy(unet(backend.tensor(xin), t, context))
+            out = unet(backend.tensor(xin), t, context, timestep_cond)
+            yield out  # the step's end: its only readback
+            eps = backend.numpy(out)
+            del out  # its buffer back to the pool now, as the next step's first tensor wants one
             if cfg:
                 uncond, cond = np.split(eps, 2)
                 eps = uncond + np.float32(guidance) * (cond - uncond)
@@ -199,26 +305,29 @@ class Pipeline:
         del unet, context  # the last references: on a GPU the UNet's weights must go before the VAE's activations come
 
         # 4. VAE decode
-        vae = timed_load("vae")
+        vae = yield from timed_load("vae")
         report("vae", 0, 1)
         s = time.perf_counter()
         z = x / np.float32(vae.scaling_factor)
         shift = vae.config.get("shift_factor")
         if shift:
             z = z + np.float32(shift)
-        images = backend.numpy(vae.decode(backend.tensor(z), tiling=vae_tiling))
+        decoded = yield from vae.decode_stages(backend.tensor(z), tiling=vae_tiling)
+        yield decoded
+        images = backend.numpy(decoded)
+        del decoded
         timings["vae"] = time.perf_counter() - s
         self.release("vae")
         report("vae", 1, 1)
         timings["total"] = time.perf_counter() - t0
 
         return Result(images=to_uint8(images), latents=x, seeds=[seed + k for k in range(num_images)],
-                      timings=timings, truncated_tokens=dropped,
+                      timings=timings,
                       settings=dict(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                                     guidance=guidance, seed=seed, scheduler=scheduler, width=width,
                                     height=height, num_images=num_images, clip_skip=clip_skip,
                                     precision=self.precision, variant=self.variant, backend=backend.name,
-                                    vae_tiling=vae_tiling))
+                                    vae_tiling=vae_tiling, loras=loras, embeddings=embeddings))
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import sys
 
 from .errors import ConfigError
 
@@ -266,7 +265,7 @@ class PromptChunker:
     def _ids(self, text: str) -> list[int]:
         """Token ids of a fragment without bos/eos and without truncation (what A1111 gets from
         `tokenizer(text, truncation=False, add_special_tokens=False)`)."""
-        return self.tokenizer.encode(text, max_length=sys.maxsize, pad=False)[1:-1]
+        return self.tokenizer.token_ids(text)
 
     def add_embedding(self, trigger: str, n_vectors: int):
         """Reserve n_vectors slots (1..75) wherever `trigger` appears; registering a trigger again

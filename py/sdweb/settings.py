@@ -21,7 +21,7 @@ Defaults and limits:
     scheduler         the model's own (its scheduler_config.json); one of schedulers.SCHEDULERS
     width, height     the model's (UNet sample_size x VAE scale factor: 512 for SD 1.5); a multiple
                       of ModelInfo.size_multiple (64 for SD) up to 2048
-    num_images        1; 1 to 16
+    num_images        1; 1 to 16 (the page: 1 to MAX_PAGE_IMAGES, 8, checked by browser.resolve_json)
     clip_skip         0; 0 to the text encoder's layer count - 1
     variant           the plain files, falling back to fp16 (layout.variant_order); "plain"/"fp32"
                       name the plain files
@@ -35,9 +35,15 @@ Defaults and limits:
                       backend (a GPU's buffer-binding limit), then image by image, then in tiles;
                       on: in diffusers' enable_tiling() tiles whenever the image is larger than
                       one; off: one pass (vae.py)
+    loras             none. A list of LoRAs, each {"name", "scale"} (or the CLI's "NAME[:SCALE]"):
+                      a file path or a stored name (addons.py finds it); scale a finite number,
+                      default 1, for the UNet and the text encoder alike (A1111's <lora:...> tags in
+                      the prompt add more, with their own scales)
+    embeddings        none. A list of textual-inversion files by path or stored name
 
 The model kind: a model the catalogue (models.json) lists has its kind there; any other is "turbo"
-when its own name (a repo id's or a folder's last part) contains "turbo", else "sd".
+when its own name (a repo id's or a folder's last part) contains "turbo", "lcm" when it contains
+"lcm" (a latent-consistency distillation: 4 steps, its guidance a UNet input), else "sd".
 """
 
 from __future__ import annotations
@@ -56,11 +62,13 @@ from .vae import TILINGS
 from .weights import PRECISIONS
 
 FIELDS = ("model", "prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width", "height",
-          "num_images", "clip_skip", "precision", "variant", "backend", "preview_every", "vae_tiling")
+          "num_images", "clip_skip", "precision", "variant", "backend", "preview_every", "vae_tiling", "loras",
+          "embeddings")
 BACKENDS = ("numpy", "webgpu")
 MAX_STEPS = 1000
 MAX_SIDE = 2048  # pixels; beyond this a 64x64-trained UNet makes tiled nonsense and memory explodes
 MAX_IMAGES = 16
+MAX_PAGE_IMAGES = 8  # the page's batch: every image is held (and drawn) at once, in a 4 GiB wasm heap
 MAX_SEED = 2**32 - 1
 RANDOM_SEEDS = 2**31  # a random seed is drawn below this: short to read and to type back
 FP16_ABOVE = 256 << 20  # bytes of fp16 weights above which NumPy holds them as fp16
@@ -116,16 +124,22 @@ class Settings:
     backend: str
     preview_every: int
     vae_tiling: str
+    loras: tuple[tuple[str, float], ...]  # (name, scale)
+    embeddings: tuple[str, ...]
     notes: tuple[str, ...] = ()
 
     def as_request(self) -> dict:
-        """The settings as a request: resolving it again gives the same settings."""
-        return {k: getattr(self, k) for k in FIELDS}
+        """The settings as a request (plain JSON types): resolving it again gives the same settings."""
+        out = {k: getattr(self, k) for k in FIELDS}
+        out["loras"] = [{"name": name, "scale": scale} for name, scale in self.loras]
+        out["embeddings"] = list(self.embeddings)
+        return out
 
     def run_args(self) -> dict:
         """Pipeline.generate's keyword arguments."""
-        return {k: getattr(self, k) for k in ("prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler",
-                                             "width", "height", "num_images", "clip_skip", "vae_tiling")}
+        out = self.as_request()
+        return {k: out[k] for k in ("prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width",
+                                    "height", "num_images", "clip_skip", "vae_tiling", "loras", "embeddings")}
 
 
 def model_kind(name: str) -> str:
@@ -133,8 +147,8 @@ def model_kind(name: str) -> str:
     entry = catalogue.find(name)
     if entry is not None:
         return entry["kind"]
-    last = str(name).replace("\\", "/").rstrip("/").rpartition("/")[2]
-    return "turbo" if "turbo" in last.lower() else "sd"
+    last = str(name).replace("\\", "/").rstrip("/").rpartition("/")[2].lower()
+    return "turbo" if "turbo" in last else "lcm" if "lcm" in last else "sd"
 
 
 def _whole(field: str, value, lo: int, hi: int | None, rule: str) -> int:
@@ -151,6 +165,44 @@ def _text(field: str, value) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{field} should be text, not {type(value).__name__}", field)
     return value
+
+
+def _number(field: str, value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
+        raise ConfigError(f"{field}: {what} {value!r} is not a finite number", field)
+    return float(value)
+
+
+def _loras(value) -> tuple[tuple[str, float], ...]:
+    """[{"name", "scale"?}, "NAME[:SCALE]", [name, scale], ...] -> ((name, scale), ...). A string's
+    scale is what follows its last ':' when that is a number, so a Windows path keeps its drive."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"loras should be a list of {{name, scale}}, not {type(value).__name__}", "loras")
+    out = []
+    for item in value:
+        if isinstance(item, str):
+            head, sep, tail = item.rpartition(":")
+            try:
+                name, scale = (head, float(tail)) if sep else (item, 1.0)
+            except ValueError:
+                name, scale = item, 1.0
+        elif isinstance(item, dict) and set(item) <= {"name", "scale"}:
+            name, scale = item.get("name"), item.get("scale", 1.0)
+        elif isinstance(item, (list, tuple)) and len(item) == 2:
+            name, scale = item
+        else:
+            raise ConfigError(f"loras: {item!r} is not a LoRA: use {{\"name\": ..., \"scale\": ...}} or NAME[:SCALE]",
+                              "loras")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"loras: {item!r} names no LoRA file (expected PATH or NAME, then :SCALE)", "loras")
+        out.append((name, _number("loras", scale, f"the scale of {name}")))
+    return tuple(out)
+
+
+def _names(field: str, value) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(f"{field} should be a list of file names, got {value!r}", field)
+    return tuple(value)
 
 
 def _backend(asked: str, webgpu) -> tuple[str, list[str]]:
@@ -249,4 +301,5 @@ def resolve(request: Mapping, model: ModelInfo | None = None,
                     guidance=float(guidance), seed=seed, scheduler=scheduler, width=sizes["width"],
                     height=sizes["height"], num_images=num_images, clip_skip=clip_skip, precision=precision,
                     variant=variant, backend=backend, preview_every=preview, vae_tiling=vae_tiling,
+                    loras=_loras(get("loras") or ()), embeddings=_names("embeddings", get("embeddings") or ()),
                     notes=tuple(notes))

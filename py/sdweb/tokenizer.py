@@ -238,7 +238,6 @@ class CLIPTokenizer:
         self.bos_token_id, self.eos_token_id = ids[self.bos_token], ids[self.eos_token]
         self.pad_token_id, self.unk_token_id = ids[self.pad_token], ids[self.unk_token]
         self.model_max_length = model_max_length
-        self.last_truncated = 0  # prompt tokens dropped by the latest encode()
         self._cache: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {}
 
     # -- loading --
@@ -422,20 +421,22 @@ class CLIPTokenizer:
         """How many tokens the prompt takes, without bos/eos (model_max_length - 2 fit)."""
         return len(self._run(text)[1])
 
-    def encode(self, text: str, max_length: int | None = None, pad: bool = True,
-               return_truncated: bool = False):
-        """Prompt -> [bos, ids..., eos] cut to max_length (eos kept last) and padded to it with pad id.
+    def token_ids(self, text: str) -> list[int]:
+        """The prompt's ids without bos/eos and uncut, what transformers gives for
+        `tokenizer(text, add_special_tokens=False)` (prompt_syntax packs them into chunks)."""
+        return self._run(text)[1]
 
-        Dropping tokens emits a warning naming how many; the count is also kept in
-        `self.last_truncated` and, with return_truncated=True, returned: (ids, n_dropped).
-        """
+    def encode(self, text: str, max_length: int | None = None, pad: bool = True):
+        """Prompt -> [bos, ids..., eos] cut to max_length (eos kept last) and padded to it with pad id,
+        as transformers' `tokenizer(text, padding="max_length", truncation=True)`. Dropping tokens
+        emits a warning naming how many. (The pipeline packs long prompts into several 77-token
+        chunks instead: prompt_syntax.PromptChunker.)"""
         max_length = self.model_max_length if max_length is None else max_length
         if max_length < 2:
             raise ConfigError(f"max_length={max_length}: must be at least 2 (room for bos and eos)")
         ids = self._run(text)[1]
         room = max_length - 2
         dropped = max(0, len(ids) - room)
-        self.last_truncated = dropped
         if dropped:
             lost = self.decode(ids[room:], skip_special_tokens=False)
             if len(lost) > 60:
@@ -448,7 +449,7 @@ class CLIPTokenizer:
         out = [self.bos_token_id, *ids, self.eos_token_id]
         if pad:
             out += [self.pad_token_id] * (max_length - len(out))
-        return (out, dropped) if return_truncated else out
+        return out
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """ids -> text, as transformers' CLIPTokenizer.decode: '</w>' becomes a space, ends stripped."""

@@ -2,14 +2,17 @@
 unet_2d_blocks.py, transformer_2d.py, attention.py) over the backend; its resnets, downsamplers and
 upsamplers are resnet.py's, shared with the VAE.
 
-    eps = unet(x (N, in_channels, h, w), t (float or (N,)), context (N, L, cross_attention_dim))
+    eps = unet(x (N, in_channels, h, w), t (float or (N,)), context (N, L, cross_attention_dim),
+               timestep_cond=None (N, time_cond_proj_dim): an LCM UNet's guidance embedding)
         -> (N, out_channels, h, w)
 
 Every number comes from unet/config.json with diffusers' defaults for absent keys, including the
 historical `attention_head_dim`, which in SD 1.x/2.x configs means the number of heads: heads of a
 block = num_attention_heads or attention_head_dim, head dim = channels // heads. Covers SD 1.x
 (int heads, conv proj_in/out), SD 2.x / SD-Turbo (per-block heads, linear projections) and BK-SDM
-(no mid block, fewer blocks or layers). Attribute paths are the checkpoint's key paths.
+(no mid block, fewer blocks or layers) and LCM-distilled UNets (time_cond_proj_dim: the guidance
+scale enters as an embedding added to the timestep's, `guidance_embedding`). Attribute paths are the
+checkpoint's key paths.
 """
 
 from __future__ import annotations
@@ -113,9 +116,6 @@ def unet_config(raw: dict) -> dict:
     cfg["transformer_layers"] = _per_block(cfg["transformer_layers_per_block"], n,
                                            "transformer_layers_per_block")
     cfg["cross_dims"] = _per_block(cfg["cross_attention_dim"], n, "cross_attention_dim")
-    if cfg["time_cond_proj_dim"] is not None:
-        raise ModelError("unet/config.json: time_cond_proj_dim (guidance-embedded LCM UNets) is not "
-                         "supported")
     return cfg
 
 
@@ -141,17 +141,38 @@ def timestep_embedding(t: np.ndarray, dim: int, flip_sin_to_cos: bool, shift: fl
     return emb.astype(np.float32)
 
 
+def guidance_embedding(w: np.ndarray, dim: int) -> np.ndarray:
+    """diffusers' get_guidance_scale_embedding (LatentConsistencyModelPipeline): w (N,), the guidance
+    scale minus 1 -> (N, dim) sinusoidal features of 1000 w, in f32."""
+    w = np.asarray(w, dtype=np.float32).reshape(-1) * np.float32(1000.0)
+    half = dim // 2
+    step = np.log(np.float32(10000.0)) / np.float32(half - 1)
+    freqs = np.exp(np.arange(half, dtype=np.float32) * -step)
+    args = w[:, None] * freqs[None, :]
+    emb = np.concatenate([np.sin(args), np.cos(args)], axis=-1)
+    if dim % 2:
+        emb = np.pad(emb, ((0, 0), (0, 1)))
+    return emb.astype(np.float32)
+
+
 # --- blocks ---------------------------------------------------------------------------------------
 
 
 class TimestepEmbedding:
-    """linear_1 -> SiLU -> linear_2: (N, C0) -> (N, temb); `act` fuses an activation after linear_2."""
+    """linear_1 -> SiLU -> linear_2: (N, C0) -> (N, temb); `act` fuses an activation after linear_2.
+    With cond_dim (an LCM UNet's time_cond_proj_dim), `condition` (N, cond_dim) goes through
+    cond_proj (no bias) and is added to the input first."""
 
-    def __init__(self, cin, temb, w, backend):
+    def __init__(self, cin, temb, w, backend, cond_dim=None):
+        self.backend = backend
+        self.cond_proj = None if cond_dim is None else Linear(cond_dim, cin, w.prefix("cond_proj"), backend,
+                                                               bias=False)
         self.linear_1 = Linear(cin, temb, w.prefix("linear_1"), backend)
         self.linear_2 = Linear(temb, temb, w.prefix("linear_2"), backend)
 
-    def __call__(self, x, act=None):
+    def __call__(self, x, act=None, condition=None):
+        if condition is not None:
+            x = self.backend.add(x, self.cond_proj(condition))
         return self.linear_2(self.linear_1(x, act="silu"), act=act)
 
 
@@ -322,7 +343,8 @@ class UNet2DConditionModel:
         kin, kout = cfg["conv_in_kernel"], cfg["conv_out_kernel"]
 
         self.conv_in = Conv2d(cfg["in_channels"], ch[0], kin, w.prefix("conv_in"), backend, padding=(kin - 1) // 2)
-        self.time_embedding = TimestepEmbedding(ch[0], temb, w.prefix("time_embedding"), backend)
+        self.time_embedding = TimestepEmbedding(ch[0], temb, w.prefix("time_embedding"), backend,
+                                                cfg["time_cond_proj_dim"])
 
         self.down_blocks = []
         cout = ch[0]
@@ -358,20 +380,32 @@ class UNet2DConditionModel:
     def in_channels(self) -> int:
         return self.config["in_channels"]
 
-    def time_embed(self, t, batch: int):
-        """t: scalar or (N,) -> SiLU(time_embedding(t)) (N, temb); every resnet applies SiLU to temb
-        first, so it is applied once here."""
+    @property
+    def time_cond_proj_dim(self) -> int | None:
+        """The width of the guidance embedding an LCM UNet takes (None: an ordinary UNet)."""
+        return self.config["time_cond_proj_dim"]
+
+    def time_embed(self, t, batch: int, timestep_cond=None):
+        """t: scalar or (N,) -> SiLU(time_embedding(t, timestep_cond)) (N, temb); every resnet applies
+        SiLU to temb first, so it is applied once here. timestep_cond: (N, time_cond_proj_dim) host
+        array or None (diffusers, too, leaves cond_proj out when it is not given)."""
         cfg = self.config
         t = np.broadcast_to(np.asarray(t, dtype=np.float32).reshape(-1), (batch,))
         emb = timestep_embedding(t, cfg["block_out_channels"][0], cfg["flip_sin_to_cos"], cfg["freq_shift"])
-        return self.time_embedding(self.backend.tensor(emb), act="silu")
+        cond = None
+        if timestep_cond is not None:
+            if self.time_embedding.cond_proj is None:
+                raise ModelError("unet: a guidance embedding was given to a UNet without time_cond_proj_dim")
+            cond = self.backend.tensor(timestep_cond)
+        return self.time_embedding(self.backend.tensor(emb), act="silu", condition=cond)
 
-    def __call__(self, x, t, context):
-        """x: (N, in_channels, h, w), t: scalar or (N,), context: (N, L, cross_attention_dim)."""
+    def __call__(self, x, t, context, timestep_cond=None):
+        """x: (N, in_channels, h, w), t: scalar or (N,), context: (N, L, cross_attention_dim),
+        timestep_cond: None or (N, time_cond_proj_dim) (guidance_embedding, for an LCM UNet)."""
         backend = self.backend
         N = backend.shape(x)[0]
         # 1. time
-        temb = self.time_embed(t, N)
+        temb = self.time_embed(t, N, timestep_cond)
         # 2. pre-process
         x = self.conv_in(x)
         # 3. down

@@ -28,6 +28,7 @@ import numpy as np
 from .errors import ConfigError, ModelError
 from .nn import Conv2d, GroupNorm, Linear
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from .stages import run
 
 # diffusers' AutoencoderKL.__init__ defaults, for keys a config.json leaves out.
 DEFAULTS = {
@@ -239,19 +240,30 @@ class AutoencoderKL:
 
     def decode(self, z, tiling: str = "auto"):
         """z (N, latent_channels, h, w) -> image (N, out_channels, h*f, w*f), roughly in [-1, 1]; in
-        tiles as `tiling` says (the module docstring)."""
+        tiles as `tiling` says (the module docstring): `decode_stages` run to the end."""
+        return run(self.decode_stages(z, tiling))
+
+    def decode_stages(self, z, tiling: str = "auto"):
+        """`decode` as a generator (stages.py): where the work is split, it yields each backend tensor
+        it is about to read back (the latents, each slice's or tile's output)."""
         n, _, h, w = self.backend.shape(z)
         per_pass, tile = self._plan(tiling, self.decoder.activation_shapes, n, h, w, decoding=True)
-        return self._run(z, per_pass, tile, self._decode, self.tiled_decode)
+        tile = tile and tile[::-1]  # latent tiles in, sample tiles out
+        return (yield from self._run(z, per_pass, tile, self._decode))
 
     def encode(self, x, tiling: str = "auto"):
         """x (N, in_channels, H, W) in [-1, 1], H and W multiples of f -> moments
-        (N, 2*latent_channels, H/f, W/f): mean then logvar; in tiles as `tiling` says."""
+        (N, 2*latent_channels, H/f, W/f): mean then logvar; in tiles as `tiling` says:
+        `encode_stages` run to the end."""
+        return run(self.encode_stages(x, tiling))
+
+    def encode_stages(self, x, tiling: str = "auto"):
+        """`encode` as a generator, as `decode_stages`."""
         if self.encoder is None:
             raise ModelError("this AutoencoderKL was built with encoder=False and cannot encode")
         n, _, H, W = self.backend.shape(x)
         per_pass, tile = self._plan(tiling, self.encoder.activation_shapes, n, H, W, decoding=False)
-        return self._run(x, per_pass, tile, self._encode, self.tiled_encode)
+        return (yield from self._run(x, per_pass, tile, self._encode))
 
     def _decode(self, z):
         if self.post_quant_conv:
@@ -287,36 +299,48 @@ class AutoencoderKL:
             ts, tl = ts // 2, tl // 2
         return 1, (ts, tl)
 
-    def _run(self, x, per_pass: int, tile, whole, tiled):
-        """x through `whole` (a backend pass) in passes of per_pass inputs, or through `tiled`
-        (host arrays in and out, one input at a time) when `tile` is given."""
+    def _run(self, x, per_pass: int, tile, whole):
+        """x through `whole` (a backend pass) in passes of per_pass inputs, or one input at a time in
+        tiles when `tile` (tile_in, tile_out) is given. A generator (stages.py)."""
         backend = self.backend
         n = backend.shape(x)[0]
         if tile is None and per_pass == n:
             return whole(x)
+        yield x
         xs = backend.numpy(x)
         if tile is None:
             return backend.concat([whole(backend.tensor(xs[k:k + 1])) for k in range(n)], axis=0)
-        return backend.tensor(np.concatenate([tiled(xs[k:k + 1], *tile) for k in range(n)]))
+        out = []
+        for k in range(n):
+            out.append((yield from self._tiled(xs[k:k + 1], *tile, whole)))
+        return backend.tensor(np.concatenate(out))
 
     def tiled_decode(self, z: np.ndarray, tile_sample_min_size: int, tile_latent_min_size: int) -> np.ndarray:
         """diffusers' tiled_decode: latent tiles of tile_latent_min_size a side every (1 - overlap)
         of a tile, decoded alone, blended over a quarter of a decoded tile and cropped. Host arrays."""
-        return self._tiled(z, tile_latent_min_size, tile_sample_min_size, self._decode)
+        return run(self._tiled(z, tile_latent_min_size, tile_sample_min_size, self._decode))
 
     def tiled_encode(self, x: np.ndarray, tile_sample_min_size: int, tile_latent_min_size: int) -> np.ndarray:
         """diffusers' _tiled_encode: image tiles of tile_sample_min_size a side, encoded alone,
         blended over a quarter of a latent tile and cropped. Host arrays."""
-        return self._tiled(x, tile_sample_min_size, tile_latent_min_size, self._encode)
+        return run(self._tiled(x, tile_sample_min_size, tile_latent_min_size, self._encode))
 
-    def _tiled(self, x: np.ndarray, tile_in: int, tile_out: int, run) -> np.ndarray:
-        """Tiles of tile_in a side of x, each through `run` (a backend pass) to tile_out a side."""
+    def _tiled(self, x: np.ndarray, tile_in: int, tile_out: int, whole):
+        """Tiles of tile_in a side of x (a host array), each through `whole` (a backend pass) to tile_out
+        a side, blended: -> a host array. A generator (stages.py): yields each tile's output before
+        reading it back."""
         overlap_size = int(tile_in * (1 - self.tile_overlap_factor))
         blend_extent = int(tile_out * self.tile_overlap_factor)
         backend = self.backend
-        rows = [[backend.numpy(run(backend.tensor(x[:, :, i:i + tile_in, j:j + tile_in])))
-                 for j in range(0, x.shape[3], overlap_size)]
-                for i in range(0, x.shape[2], overlap_size)]
+        rows = []
+        for i in range(0, x.shape[2], overlap_size):
+            row = []
+            for j in range(0, x.shape[3], overlap_size):
+                t = whole(backend.tensor(x[:, :, i:i + tile_in, j:j + tile_in]))
+                yield t
+                row.append(backend.numpy(t))
+                del t
+            rows.append(row)
         return self._blend_tiles(rows, blend_extent, tile_out - blend_extent)
 
     @classmethod

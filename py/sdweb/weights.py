@@ -15,6 +15,11 @@ Held precision (what `get` returns; the backend upcasts to f32 per op):
     bf16 -> uint16 bit patterns of bfloat16 (float32 rounded to nearest even, as torch does)
 Integer tensors (e.g. text_model.embeddings.position_ids, I64) are returned as stored.
 
+LoRA: `store.add_lora(patches)` (lora.LoraPatch, from lora_plan) makes `get` return a `Patched` for
+each weight a LoRA changes: the held array or WeightRef and its patches. The backend's `weight()`
+puts the base weight where ops read it and then fuses each patch with its `fuse_lora` op (on a
+GPU, in the weight's buffer), so the merged weight is held in the store's precision like any other.
+
 Lazy stores (`WeightStore(..., lazy=True)`, the browser's WebGPU path) return a `WeightRef` from
 `get` instead of an array: where the tensor's bytes are (byte source, offset, size, file dtype), so
 the backend can have them copied from the source straight into a GPU buffer without them ever
@@ -23,6 +28,8 @@ checked exactly as for arrays; `ref.read()` gives what the eager `get` would hav
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -139,6 +146,7 @@ class WeightStore:
         self.missing = []  # full names asked for but absent
         self.mismatched = []  # (full name, file shape, config shape)
         self.nbytes_held = 0  # bytes of the arrays get() has returned
+        self.lora: dict[str, list] = {}  # full name -> the LoRA patches get() hands out with it
 
     # --- lookup -----------------------------------------------------------------------------------
 
@@ -171,9 +179,20 @@ class WeightStore:
             raise WeightError(f"{self.component}: {name} was asked for twice (model bug: each tensor is used once)")
         self._used.add(name)
 
+    def add_lora(self, patches) -> None:
+        """Fuse `patches` (lora.LoraPatch of this component: .key our tensor name, .shape its shape)
+        into their weights when they are fetched; several patches of one weight add up, in order.
+        Call before the model is built."""
+        for p in patches:
+            shape = self.shape(p.key)
+            if shape is None or tuple(shape) != tuple(p.shape):
+                raise WeightError(f"{self.component}: a LoRA patch targets {p.key} {_fmt_shape(p.shape)}, which the "
+                                  f"weight files hold as {'nothing' if shape is None else _fmt_shape(shape)}")
+            self.lora.setdefault(p.key, []).append(p)
+
     def get(self, name: str, shape):
         """The tensor `name` (full name) with shape `shape`, in the held precision (a WeightRef to
-        it in a lazy store).
+        it in a lazy store; a Patched around either when a LoRA changes it).
 
         A missing or wrongly shaped tensor is recorded for finish() and a zero placeholder of the
         expected shape comes back, so a model builds to the end and every problem is reported at once.
@@ -189,12 +208,12 @@ class WeightStore:
             self.mismatched.append((name, stored, shape))
             return self._placeholder(name, shape)
         if self.lazy:
-            ref = WeightRef(name, shape, dtype, self.precision, f)
-            self.nbytes_held += ref.nbytes_held
-            return ref
-        a = _to_held(f.read(name), dtype, self.precision)
-        self.nbytes_held += a.nbytes
-        return a
+            a = WeightRef(name, shape, dtype, self.precision, f)
+            self.nbytes_held += a.nbytes_held
+        else:
+            a = _to_held(f.read(name), dtype, self.precision)
+            self.nbytes_held += a.nbytes
+        return Patched(a, tuple(self.lora[name])) if name in self.lora else a
 
     def _placeholder(self, name, shape):
         if self.lazy:
@@ -336,3 +355,15 @@ class WeightRef:
         return f"WeightRef({self.name}, {_fmt_shape(self.shape)}, {self.dtype} -> {self.precision})"
 
 
+@dataclasses.dataclass(frozen=True)
+class Patched:
+    """A weight with LoRA patches to fuse into it, what `get` returns for a weight a LoRA changes.
+
+    .base     the held array or WeightRef, as `get` would have returned it
+    .patches  lora.LoraPatch objects (.up (O, r), .down (r, K), .scale), fused in this order
+
+    A backend's `weight(patched)` is `weight(base)` followed by `fuse_lora(w, up, down, scale)` per
+    patch (backends/contract.py)."""
+
+    base: object
+    patches: tuple

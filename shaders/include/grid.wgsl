@@ -2,7 +2,7 @@
 // workgroups into (x, y) = (min(G, 65535), ceil(G / 65535)), the largest count WebGPU allows per
 // dimension; a flat kernel (one element per invocation, WG of them per workgroup) reads its element
 // with flat_index and returns when it is past the end. Included by elementwise.wgsl, norm.wgsl,
-// convert.wgsl.
+// convert.wgsl, lora.wgsl.
 
 const WG: u32 = 256u;  // invocations per workgroup of a flat kernel (ops/common.py WG)
 

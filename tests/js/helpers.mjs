@@ -32,8 +32,10 @@ export async function openStore({ chunkBytes = 1000, factory = new IDBFactory(),
   return { store, factory };
 }
 
-// A Hub holding repos {repo: {path: Uint8Array | string}}. fetch(url, opts) answers like huggingface.co:
-//   GET|HEAD {endpoint}/{repo}/resolve/{rev}/{path}   the file (206 for `Range: bytes=N-`); .safetensors
+// A Hub holding repos {repo: {path: Uint8Array | string}}, at `endpoint` (default ENDPOINT).
+// fetch(url, opts) answers like huggingface.co:
+//   GET|HEAD {endpoint}/{repo}/resolve/{rev}/{path}   the file (206 for `Range: bytes=N-` or `bytes=N-M`,
+//                                                     416 with `Content-Range: bytes */size` past its end); .safetensors
 //                                                     files carry X-Linked-Size and X-Linked-Etag: "<sha256>"
 //   GET {endpoint}/api/models/{repo}/revision/{rev}?blobs=true   the listing (unless `listing` is false)
 //   404 with X-Error-Code RepoNotFound / EntryNotFound; a `gated` repo answers 401 without
@@ -42,7 +44,8 @@ export async function openStore({ chunkBytes = 1000, factory = new IDBFactory(),
 // file; ignoreRange makes every answer a 200 with the whole file; corrupt(path) flips one byte served.
 // `log`: {method, path, range, auth} per request ("path" is the repo path, or "listing").
 export class FakeHub {
-  constructor(repos, { listing = true, gated = [], token = "hf_right" } = {}) {
+  constructor(repos, { listing = true, gated = [], token = "hf_right", endpoint = ENDPOINT } = {}) {
+    this.endpoint = endpoint;
     this.repos = {};
     for (const [repo, files] of Object.entries(repos)) {
       this.repos[repo] = Object.fromEntries(Object.entries(files).map(([p, v]) =>
@@ -67,7 +70,7 @@ export class FakeHub {
     const headers = new Headers(opts.headers || {});
     const auth = headers.get("authorization");
     const u = new URL(url);
-    assert(u.origin === ENDPOINT, `request to ${u.origin}`);
+    assert(u.origin === this.endpoint, `request to ${u.origin}`);
     const api = /^\/api\/models\/([^/]+\/[^/]+)\/revision\/([^/]+)$/.exec(u.pathname);
     const file = /^\/([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/.exec(u.pathname);
     const repoId = api ? api[1] : file ? file[1] : null;
@@ -91,17 +94,18 @@ export class FakeHub {
       data = data.slice();
       data[data.length >> 1] ^= 0xff;
     }
-    const range = /^bytes=(\d+)-$/.exec(headers.get("range") || "");
-    let start = 0, status = 200;
+    const range = /^bytes=(\d+)-(\d*)$/.exec(headers.get("range") || "");
+    let start = 0, end = data.length, status = 200;
     if (range && !this.ignoreRange) {
       start = +range[1];
       if (start >= data.length) return new Response(null, { status: 416, headers: { "content-range": `bytes */${data.length}` } });
+      if (range[2]) end = Math.min(end, +range[2] + 1);
       status = 206;
-      Object.assign(h, { "content-range": `bytes ${start}-${data.length - 1}/${data.length}`, "content-length": String(data.length - start) });
+      Object.assign(h, { "content-range": `bytes ${start}-${end - 1}/${data.length}`, "content-length": String(end - start) });
     }
     const after = this.cuts.get(path);
     this.cuts.delete(path);
-    const body = data.subarray(start, after == null ? data.length : Math.max(start, after));
+    const body = data.subarray(start, after == null ? end : Math.max(start, Math.min(end, after)));
     let at = 0;
     const stream = new ReadableStream({  // pieces of 700 bytes, then the end or a dropped connection
       pull(c) {

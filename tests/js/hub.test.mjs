@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { ENDPOINT, FakeHub, ROOT, bytes, openStore, pythonPlanner, sha256 } from "./helpers.mjs";
 import { fetchModel, modelKey, planModel } from "../../web/hub.js";
+import { StoreError, authFor } from "../../web/store.js";
 
 const plan = pythonPlanner();
 after(() => plan.close());
@@ -115,13 +116,19 @@ test("what cannot run is named: no such repo, not a pipeline, not SD, a bad vari
   }
 });
 
-test("a gated repo asks for a token, which travels in a header only", async () => {
+test("a gated repo asks for a token, which travels in a header only, to an endpoint the user confirmed", async () => {
   const hub = new FakeHub({ "o/gated": sdRepo({ fp16: false }) }, { gated: ["o/gated"], listing: false });
+  const confirmed = (token) => authFor(token, ENDPOINT);
   await assert.rejects(planned(hub, "o/gated"), (e) => e.kind === "auth" && /needs a Hugging Face token/.test(e.message));
-  await assert.rejects(planned(hub, "o/gated", { token: "hf_wrong" }), (e) => e.kind === "auth" && /refused the token/.test(e.message));
+  await assert.rejects(planned(hub, "o/gated", { auth: confirmed("hf_wrong") }), (e) => e.kind === "auth" && /refused the token/.test(e.message));
+  // a token typed for an endpoint the page was merely sent to (?endpoint=) stays home
   hub.log.length = 0;
-  const { store, p } = await planned(hub, "o/gated", { token: hub.token });
-  await fetchModel({ store, plan: p, token: hub.token, storage: null });
+  await assert.rejects(planned(hub, "o/gated", { auth: authFor(hub.token) }),
+    (e) => e.kind === "auth" && e.field === "endpoint-token" && /sent only to https:\/\/huggingface.co/.test(e.message));
+  assert.ok(hub.log.length && hub.log.every((r) => r.auth === null));
+  hub.log.length = 0;
+  const { store, p } = await planned(hub, "o/gated", { auth: confirmed(hub.token) });
+  await fetchModel({ store, plan: p, auth: confirmed(hub.token), storage: null });
   assert.ok(hub.log.length > 10 && hub.log.every((r) => r.auth === `Bearer ${hub.token}`));
   assert.equal(p.notes.length, 3);  // no fp16 files at all: the plain ones, each said
   assert.ok(!p.files.some((f) => f.url.includes(hub.token)));
@@ -132,9 +139,29 @@ test("a download that will not fit the browser's quota is refused before it star
   const { store, p } = await planned(hub, "o/sd");
   const gets = hub.requests("GET").length;
   const storage = { estimate: async () => ({ quota: 2000, usage: 1000 }), persist: async () => true };
-  await assert.rejects(fetchModel({ store, plan: p, storage }), (e) => e.kind === "quota" && /needs 6.8 KB more storage/.test(e.message));
+  await assert.rejects(fetchModel({ store, plan: p, storage }),
+    (e) => e.kind === "quota" && /needs 6.8 KB more storage/.test(e.message) && /private \(incognito\) window/.test(e.message));
   assert.equal(hub.requests("GET").length, gets);
   const events = [];
   await fetchModel({ store, plan: p, storage: { estimate: async () => ({ quota: 1e9, usage: 0 }) }, onProgress: (e) => events.push(e) });
   assert.deepEqual(events[0], { phase: "estimate", need: 6750, free: 1e9, total: p.bytes });
+  // a model already stored still runs when the browser will store nothing more (not even its last use)
+  store.putModel = async () => { throw new StoreError("quota", "Out of storage space while saving the model list"); };
+  assert.equal((await fetchModel({ store, plan: p, storage: null })).complete, true);
+});
+
+test("shard names from an index are held to the layout's rule before anything is asked for", async () => {
+  for (const bad of ["../text_encoder/model.safetensors", "/etc/passwd", "sub/x.safetensors", "..", "diffusion_pytorch_model.fp16-00002-of-00002.bin",
+    "a\\..\\b.safetensors"]) {
+    for (const listing of [true, false]) {
+      const repo = sdRepo({ shardedUnet: true });
+      repo["unet/diffusion_pytorch_model.safetensors.index.fp16.json"] = JSON.stringify(
+        { weight_map: { "conv_in.weight": "diffusion_pytorch_model.fp16-00001-of-00002.safetensors", "conv_out.weight": bad } });
+      const hub = new FakeHub({ "o/sd": repo }, { listing });
+      await assert.rejects(planned(hub, "o/sd"), (e) => e.kind === "model" &&
+        e.message.includes(`shard ${JSON.stringify(bad).replace(/^"|"$/g, "'")}`) && /plain \.safetensors file name/.test(e.message), bad);
+      const asked = hub.log.map((r) => r.path);
+      assert.ok(!asked.some((a) => a === `unet/${bad}` || a.includes("..") || a.includes("passwd")), `${bad}: ${asked}`);
+    }
+  }
 });

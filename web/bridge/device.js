@@ -9,28 +9,41 @@
 //   create_buffer(nbytes) -> id            STORAGE | COPY_SRC | COPY_DST
 //   write_buffer(id, offset, data)         data: a PyProxy of bytes (read in place) or a typed array;
 //                                          takes effect after every dispatch recorded so far
-//   upload_span(id, key, offset, nbytes)   -> Promise: write_buffer(id, 0, <nbytes bytes at offset of
-//                                          the weight source `key`>), zero-padded to a multiple of 4.
-//                                          The bytes come from the reader setSources() gave for `key`
-//                                          (the worker's IndexedDB store): weights go store -> GPU in
-//                                          JS, never through the wasm heap. Any offset and size: the
-//                                          span is read into its own array, so file alignment does
-//                                          not matter.
+//   upload_span(id, key, offset, nbytes)   write_buffer(id, 0, <nbytes bytes at offset of the weight
+//                                          source `key`>), zero-padded to a multiple of 4, queued: the
+//                                          bytes come from the reader setSources() gave for `key` (the
+//                                          worker's IndexedDB store) when the worker next waits, so
+//                                          weights go store -> GPU in JS, never through the wasm heap,
+//                                          and Python goes on building the model meanwhile. Any offset
+//                                          and size: the span is read into its own array.
 //   setSources(map)                        Map key -> async (offset, nbytes) => Uint8Array
-//   read_buffer(id, offset, nbytes)        -> Promise<Uint8Array>; submits pending work first
+//   flush()                                -> Promise: every queued call done (the worker awaits it
+//                                          once a component is built: its weights are on the GPU)
+//   read_ahead(id, offset, nbytes)         -> Promise: submits pending work, waits for the GPU and
+//                                          keeps the bytes for the read_buffer that follows (the
+//                                          worker awaits this at each of the pipeline's readbacks)
+//   read_buffer(id, offset, nbytes)        -> Uint8Array when read_ahead fetched exactly that span,
+//                                          else Promise<Uint8Array> (awaitable only with JSPI)
 //   destroy_buffer(id)
 //   pipeline(key, wgsl, entry) -> id       compiled once per key
 //   bind_group(pipeline, buffers, uniform) -> id     buffers: flat [id, offset, nbytes, ...]
 //   drop_groups(ids)                       forget bind groups (their buffers are being destroyed)
 //   dispatch(pipeline, group, x, y, z)     recorded into the open compute pass
 //   submit()
-//   lost / error                           why the device died, or its first uncaptured error
+//   lost / error / failed                  why the device died, its first uncaptured error, or the
+//                                          first queued upload that failed (e.g. a StoreError)
 //   lostPromise                            settles when the device is lost
+//   memory()                               {buffers, bytes, groups}: what the bridge holds now
+//
+// Order: every call takes effect after every call before it. While queued uploads wait for the
+// store, a submit, a write, a destroy or a read joins the queue behind them (write_buffer copies its
+// data first); otherwise it runs at once. So Python never waits inside a step, with or without
+// JavaScript Promise Integration: it waits where it reads back (read_ahead), when the queue drains.
 //
 // Counters (for the page's timings and scripts/bench_browser.py): dispatches, submits, reads,
-// readWait (ms awaiting mapAsync: the GPU finishing its queued work, then the copy back; the only
-// place the worker waits for the GPU), spanUploads, spanBytes (weight bytes uploaded by
-// upload_span), spanWait (ms reading them from the store).
+// readWait (ms from a readback's request to its bytes: the queued uploads, the GPU finishing its
+// work and the copy back; the only place the worker waits for the GPU), spanUploads, spanBytes
+// (weight bytes uploaded by upload_span), spanWait (ms reading them from the store).
 
 export const LIMITS = ["maxStorageBufferBindingSize", "maxBufferSize", "maxComputeWorkgroupsPerDimension",
   "maxComputeInvocationsPerWorkgroup", "maxComputeWorkgroupSizeX", "maxComputeWorkgroupSizeY",
@@ -82,6 +95,11 @@ export class DeviceBridge {
     this.spanWait = 0;
     this.lost = null;
     this.error = null;
+    this.failed = null;
+    this.queued = 0;  // calls waiting in `tail`
+    this.tail = Promise.resolve();
+    this.ahead = null;  // {id, offset, nbytes, bytes} fetched by read_ahead
+    this.bytes = 0;  // bytes of live buffers
     this.lostPromise = device.lost.then((info) => { this.lost = `${info.reason || "unknown"}: ${info.message || "no message"}`; });
     device.onuncapturederror = (ev) => { if (!this.error) this.error = ev.error.message || String(ev.error); };
     const info = adapter.info || {};
@@ -90,6 +108,20 @@ export class DeviceBridge {
 
   _alive() {
     if (this.lost) throw new GpuError("lost", `The GPU device was lost (${this.lost}).`);
+  }
+
+  // Run `op` after everything queued before it: now when nothing is, else at the end of the queue.
+  // A failed op is remembered in `failed`, and nothing queued after it runs.
+  _inOrder(op) {
+    if (!this.queued && !this.failed) return op();
+    this.queued++;
+    const run = this.tail.then(() => { if (!this.failed) return op(); });
+    this.tail = run.catch((e) => { this.failed = this.failed || e; }).finally(() => { this.queued--; });
+    return run;
+  }
+
+  memory() {
+    return { buffers: this.buffers.size, bytes: this.bytes, groups: this.groups.size };
   }
 
   limits() {
@@ -107,6 +139,7 @@ export class DeviceBridge {
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
     const id = this.nextBuffer++;
     this.buffers.set(id, buf);
+    this.bytes += buf.size;
     return id;
   }
 
@@ -114,51 +147,80 @@ export class DeviceBridge {
     this._alive();
     if (this.encoder) this.submit();  // a queue write runs before unsubmitted work: send that first
     const buf = this.buffers.get(id);
-    if (data && typeof data.getBuffer === "function") {  // a PyProxy of bytes: no copy into JS
+    let bytes;
+    if (data && typeof data.getBuffer === "function") {  // a PyProxy of bytes: read in place unless queued
       const view = data.getBuffer("u8");
       try {
-        writePadded(this.queue, buf, offset, view.data);
+        if (!this.queued) return writePadded(this.queue, buf, offset, view.data);
+        bytes = view.data.slice();
       } finally {
         view.release();
       }
     } else {
-      writePadded(this.queue, buf, offset, data instanceof Uint8Array ? data : new Uint8Array(data.buffer || data));
+      bytes = data instanceof Uint8Array ? data : new Uint8Array(data.buffer || data);
+      if (this.queued) bytes = bytes.slice();
     }
+    this._inOrder(() => writePadded(this.queue, buf, offset, bytes));
   }
 
   setSources(map) {
     this.sources = map;
   }
 
-  async upload_span(id, key, offset, nbytes) {
+  upload_span(id, key, offset, nbytes) {
     this._alive();
     const read = this.sources.get(key);
     if (!read) throw new GpuError("gpu", `upload_span: no weight source named ${key}`);
-    const t0 = performance.now();
-    const bytes = await read(offset, nbytes);
-    this.spanWait += performance.now() - t0;
-    this._alive();
-    if (bytes.length !== nbytes) throw new GpuError("gpu", `upload_span: ${key} gave ${bytes.length} bytes at ${offset}, not ${nbytes}`);
     if (this.encoder) this.submit();  // as write_buffer: after every dispatch recorded so far
-    writePadded(this.queue, this.buffers.get(id), 0, bytes);
-    this.spanUploads++;
-    this.spanBytes += nbytes;
+    const buf = this.buffers.get(id);
+    this.queued++;  // always queued: the read from the store is a Promise
+    const run = this.tail.then(async () => {
+      if (this.failed) return;
+      const t0 = performance.now();
+      const bytes = await read(offset, nbytes);
+      this.spanWait += performance.now() - t0;
+      this._alive();
+      if (bytes.length !== nbytes) throw new GpuError("gpu", `upload_span: ${key} gave ${bytes.length} bytes at ${offset}, not ${nbytes}`);
+      writePadded(this.queue, buf, 0, bytes);
+      this.spanUploads++;
+      this.spanBytes += nbytes;
+    });
+    this.tail = run.catch((e) => { this.failed = this.failed || e; }).finally(() => { this.queued--; });
   }
 
-  async read_buffer(id, offset, nbytes) {
+  flush() {
+    return Promise.resolve(this._inOrder(() => {})).then(() => { if (this.failed) throw this.failed; });
+  }
+
+  read_ahead(id, offset, nbytes) {
     this._alive();
     this.submit();
+    const t0 = performance.now();
+    return Promise.resolve(this._inOrder(() => this._read(id, offset, nbytes))).then((bytes) => {
+      if (this.failed) throw this.failed;
+      this.readWait += performance.now() - t0;
+      this.ahead = { id, offset, nbytes, bytes };
+    });
+  }
+
+  read_buffer(id, offset, nbytes) {
+    const a = this.ahead;
+    this.ahead = null;
+    if (a && a.id === id && a.offset === offset && a.nbytes === nbytes) return a.bytes;
+    return this.read_ahead(id, offset, nbytes).then(() => this.read_buffer(id, offset, nbytes));
+  }
+
+  async _read(id, offset, nbytes) {
+    this._alive();
     const size = Math.ceil(nbytes / 4) * 4;
     const staging = this.device.createBuffer({ size: Math.max(4, size), usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
     const enc = this.device.createCommandEncoder();
     const start = offset - (offset % 4);
     enc.copyBufferToBuffer(this.buffers.get(id), start, staging, 0, Math.max(4, Math.ceil((nbytes + offset - start) / 4) * 4));
     this.queue.submit([enc.finish()]);
-    const t0 = performance.now();
     try {
       await staging.mapAsync(GPUMapMode.READ);
       this.reads++;
-      this.readWait += performance.now() - t0;
     } catch (e) {
       this._alive();
       throw new GpuError("gpu", `Reading a result back from the GPU failed: ${this.error || e.message || e}`);
@@ -172,7 +234,10 @@ export class DeviceBridge {
 
   destroy_buffer(id) {
     const buf = this.buffers.get(id);
-    if (buf) { this.buffers.delete(id); buf.destroy(); }
+    if (!buf) return;
+    this.buffers.delete(id);
+    this.bytes -= buf.size;
+    this._inOrder(() => buf.destroy());  // a queued submit may still use it
   }
 
   pipeline(key, wgsl, entry) {
@@ -209,7 +274,7 @@ export class DeviceBridge {
   drop_groups(ids) {
     for (const id of toArray(ids)) {
       const g = this.groups.get(id);
-      if (g) { this.groups.delete(id); g.ubuf.destroy(); }
+      if (g) { this.groups.delete(id); this._inOrder(() => g.ubuf.destroy()); }
     }
   }
 
@@ -232,9 +297,10 @@ export class DeviceBridge {
   submit() {
     if (!this.encoder) return;
     this.pass.end();
-    this.queue.submit([this.encoder.finish()]);
+    const commands = this.encoder.finish();
     this.encoder = this.pass = null;
     this.submits++;
+    this._inOrder(() => this.queue.submit([commands]));
   }
 
   destroy() {

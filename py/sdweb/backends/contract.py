@@ -31,6 +31,7 @@ NOT_IN_TEXT_TO_IMAGE = {
     "pad2d": "resnet.Downsample2D with padding 0, the VAE encoder's (AutoencoderKL.encode: an image in)",
     "slice_tokens": "clip.CLIPTextModel.pooled (transformers' pooler_output)",
     "mul": "resnet.ResnetBlock2D with output_scale_factor != 1 (a UNet's mid_block_scale_factor)",
+    "fuse_lora": "weight() of a weights.Patched: a weight a LoRA changes (Pipeline.generate with loras)",
 }
 
 
@@ -57,7 +58,15 @@ class Backend(Protocol):
 
     def weight(self, w):
         """A held weight array (or, when takes_weight_refs, a WeightRef) -> what ops take as a weight.
-        Called once per tensor when a model is built."""
+        Called once per tensor when a model is built. A weights.Patched (a weight a LoRA changes) is
+        its base made a weight, then fuse_lora(weight, up, down, scale) for each of its patches."""
+
+    def fuse_lora(self, weight, up, down, scale):
+        """weight (O, ...) as weight() made it, up (O, r) and down (r, K) float32 host arrays, K the
+        weight's size / O -> weight + scale * (up @ down) reshaped to the weight's shape: computed in
+        f32 and rounded once to the weight's held precision. The result replaces `weight` (a GPU
+        writes it into the same buffer; the host makes a new array: a store's f32 weight may be a
+        read-only view of its file)."""
 
     def check_weights(self, store) -> None:
         """Raise before a WeightStore's first tensor is uploaded if one cannot be held (a GPU's buffer

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..errors import SdwebError
+from ..weights import Patched, f32_to_bf16
 from .contract import check_act
 
 name = "numpy"
@@ -42,8 +43,27 @@ def numpy(x) -> np.ndarray:
 
 
 def weight(w: np.ndarray):
-    """A weight as held by the store (f32, f16, or bf16 as uint16) -> what ops accept as a weight."""
+    """A weight as held by the store (f32, f16, or bf16 as uint16) -> what ops accept as a weight;
+    a Patched one with its LoRA patches fused."""
+    if isinstance(w, Patched):
+        out = w.base
+        for p in w.patches:
+            out = fuse_lora(out, p.up, p.down, p.scale)
+        return out
     return w
+
+
+def fuse_lora(weight, up, down, scale: float):
+    """weight (O, ...) held f32 | f16 | bf16 bits + scale * up (O, r) @ down (r, K), in f32, rounded
+    once to the held dtype -> a new array (shaders/lora.wgsl)."""
+    delta = np.matmul(up, down) * np.float32(scale)  # (O, K), as lora.lora_delta computes it
+    w = _f32(weight).reshape(delta.shape) + delta
+    if weight.dtype == np.float16:
+        with np.errstate(over="ignore"):  # beyond f16's range: inf, as the store's own conversion
+            w = w.astype(np.float16)
+    elif weight.dtype == np.uint16:
+        w = f32_to_bf16(w)
+    return w.reshape(weight.shape)
 
 
 def check_weights(store) -> None:

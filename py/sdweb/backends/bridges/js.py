@@ -3,15 +3,19 @@ sdweb.backends.webgpu in Pyodide in the page's worker (sdweb.browser installs it
 
 The bind-group cache (groups.BindGroupCache) lives on this, the Python, side: from the second
 denoising step on a dispatch crosses into JS as five integers, with no conversion of lists or bytes.
-Calls that wait for the GPU or for IndexedDB return a JS Promise, awaited with pyodide's `run_sync`
-(JavaScript Promise Integration). Nothing here imports `js` or `pyodide` at module level, so the
-module also loads (and is tested with a fake bridge) in CPython.
+Nothing here waits: device.js queues weight uploads (they read IndexedDB) behind the calls before
+them, and the page's async driver (sdweb.browser.drive) awaits `flush` once a component is built
+and `read_ahead` before each readback, so `read_buffer` then answers at once. Only a readback nobody fetched ahead
+returns a JS Promise, awaited with pyodide's `run_sync` where the browser has JavaScript Promise
+Integration. Nothing here imports `js` or `pyodide` at module level, so the module also loads (and
+is tested with a fake bridge) in CPython.
 """
 
 from __future__ import annotations
 
 import inspect
 
+from ...errors import SdwebError
 from .groups import BindGroupCache
 
 
@@ -20,11 +24,15 @@ def is_promise(x) -> bool:
     return inspect.isawaitable(x) or callable(getattr(x, "then", None))
 
 
-def settle(r):
-    """r, or its value when it is a JS Promise (awaited with JSPI's run_sync)."""
+def settle(r, what: str):
+    """r, or its value when it is a JS Promise (awaited with JSPI's run_sync); `what` names what is
+    awaited, for the error where this browser cannot wait in the middle of Python."""
     if is_promise(r):
-        from pyodide.ffi import run_sync  # only a Promise from JS gets here
+        from pyodide.ffi import can_run_sync, run_sync  # only a Promise from JS gets here
 
+        if not can_run_sync():
+            raise SdwebError(f"Python would have to wait for {what} in the middle of a step, which this browser "
+                             "cannot do (it lacks JavaScript Promise Integration)")
         r = run_sync(r)
     return r
 
@@ -52,10 +60,18 @@ class JsDeviceBridge:
             data = source.read(offset, nbytes)
             self.write_buffer(bid, 0, data.to_bytes() if hasattr(data, "to_bytes") else bytes(data))
             return
-        settle(self._js.upload_span(bid, key, int(offset), int(nbytes)))
+        self._js.upload_span(bid, key, int(offset), int(nbytes))
+
+    def flush(self):
+        """A JS Promise: every queued call (the weight uploads) done."""
+        return self._js.flush()
+
+    def read_ahead(self, bid: int, offset: int, nbytes: int):
+        """A JS Promise: the queued work done and these bytes fetched, for the read_buffer that follows."""
+        return self._js.read_ahead(bid, int(offset), int(nbytes))
 
     def read_buffer(self, bid: int, offset: int, nbytes: int) -> bytes:
-        r = settle(self._js.read_buffer(bid, int(offset), int(nbytes)))
+        r = settle(self._js.read_buffer(bid, int(offset), int(nbytes)), "a readback from the GPU")
         return r.to_bytes() if hasattr(r, "to_bytes") else bytes(r)
 
     def destroy_buffer(self, bid: int) -> None:

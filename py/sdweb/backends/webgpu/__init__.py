@@ -20,11 +20,13 @@ import math
 
 import numpy as np
 
+from ...weights import Patched
 from . import upload
 from .device import GPULimitError, GPUTensor, GPUWeight, available, context, use_bridge, using  # noqa: F401
 from .ops import attention as _attention
 from .ops import conv2d as _conv2d
 from .ops import elementwise as _elementwise
+from .ops import lora as _lora
 from .ops import matmul as _matmul
 from .ops import norm as _norm
 
@@ -51,8 +53,18 @@ def numpy(x) -> np.ndarray:
 
 def weight(w) -> GPUWeight:
     """A weight as held by the store (f32, f16, or bf16 as uint16), or a lazy store's WeightRef ->
-    a GPUWeight, uploaded now (upload.py)."""
+    a GPUWeight, uploaded now (upload.py); a Patched one with its LoRA patches fused on the GPU."""
+    if isinstance(w, Patched):
+        out = upload.weight(context(), w.base)
+        for p in w.patches:
+            out = fuse_lora(out, p.up, p.down, p.scale)
+        return out
     return upload.weight(context(), w)
+
+
+def fuse_lora(weight, up, down, scale: float) -> GPUWeight:
+    """weight (O, ...) += scale * up (O, r) @ down (r, K) in its own buffer and held dtype (ops/lora.py)."""
+    return _lora.fuse_lora(context(), weight, up, down, scale)
 
 
 def check_weights(store) -> None:

@@ -9,4 +9,5 @@ dispatch, then calls `ctx.run` (device.py's context API).
     conv2d.py       shaders/conv2d.wgsl: conv2d as implicit GEMM (+bias, residual)
     attention.py    shaders/attention.wgsl: fused flash attention
     convert.py      shaders/convert.wgsl: weight dtype conversion (upload.py)
+    lora.py         shaders/lora.wgsl: a LoRA fused into a weight in place (fuse_lora)
 """

@@ -11,6 +11,21 @@ WG = 256  # invocations per workgroup of the flat (one element per invocation) k
 ACT_CODES = {None: 0, "silu": 1, "gelu": 2, "quick_gelu": 3, "geglu": 4}
 
 
+class Span:
+    """A bridge buffer range to bind as raw words (what ctx.run needs of a tensor): .buffer, .offset,
+    .nbytes. For kernels that read or write a buffer outside the tensor/weight typing: convert.py's
+    scratch buffer, lora.py's weight updated in place."""
+
+    __slots__ = ("buffer", "offset", "nbytes")
+
+    def __init__(self, buffer: int, offset: int, nbytes: int):
+        self.buffer, self.offset, self.nbytes = buffer, offset, nbytes
+
+
+# A held weight dtype -> the constant convert.wgsl (SRC, DST) and lora.wgsl (W_KIND) switch on.
+DTYPE_KINDS = {"f32": "0", "f16": "1", "bf16": "2"}
+
+
 def act_constant(op: str, act, geglu: bool = False) -> str:
     """The ACT constant for `act`, after the contract's check of what `op` fuses."""
     check_act(op, act, geglu)

@@ -8,18 +8,7 @@ store's host conversion). upload.py calls it for weights whose file dtype is not
 
 from __future__ import annotations
 
-from .common import WG
-
-_KIND = {"f32": "0", "f16": "1", "bf16": "2"}  # convert.wgsl's SRC / DST
-
-
-class _Span:
-    """A bridge buffer range to bind (what ctx.run needs of a tensor): .buffer, .offset, .nbytes."""
-
-    __slots__ = ("buffer", "offset", "nbytes")
-
-    def __init__(self, buffer: int, offset: int, nbytes: int):
-        self.buffer, self.offset, self.nbytes = buffer, offset, nbytes
+from .common import DTYPE_KINDS, WG, Span
 
 
 def convert(ctx, src_buffer: int, n: int, src: str, dst, first: int):
@@ -27,6 +16,6 @@ def convert(ctx, src_buffer: int, n: int, src: str, dst, first: int):
     isz = 4 if src == "f32" else 2
     words = n if dst.dtype == "f32" else -(-n // 2)
     out_word = first if dst.dtype == "f32" else first // 2
-    ctx.run("convert", "convert", [_Span(src_buffer, 0, -(-n * isz // 4) * 4), _Span(dst.buffer, 0, dst.nbytes)],
+    ctx.run("convert", "convert", [Span(src_buffer, 0, -(-n * isz // 4) * 4), Span(dst.buffer, 0, dst.nbytes)],
             [("u32", n), ("u32", out_word)], ctx.grid(-(-words // WG)),
-            {"SRC": _KIND[src], "DST": _KIND[dst.dtype]})
+            {"SRC": DTYPE_KINDS[src], "DST": DTYPE_KINDS[dst.dtype]})
