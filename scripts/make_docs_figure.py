@@ -71,7 +71,7 @@ def start_and_schedule(model: Path, seed: int, size: int, steps: int):
     name = pipe.info.default_scheduler
     sched = make_scheduler(name, pipe.scheduler_config)
     sched.set_timesteps(steps)
-    x, _ = pipe.initial_latents(seed, 1, size, size, sched.init_noise_sigma)
+    x = pipe.first_noise(seed, 1, size, size)[0] * sched.init_noise_sigma
     start = Image.fromarray(latents_to_rgb(x[0], upscale=pipe.vae_scale_factor))
     return start, [float(t) for t in sched.timesteps], name
 

@@ -23,6 +23,9 @@ files hold: tests/data/real-configs/TENSOR_NAMES.md):
               quick_gelu CLIP saved with the `text_model.` prefix but without position_ids (what
               transformers 4.31-4.x wrote); VAE with the new names and the full config today's
               diffusers writes.
+  sd1-inpaint-tiny  an inpainting model as stable-diffusion-inpainting ships: sd1-tiny's layout with a
+              9-channel UNet (`in_channels: 9`: latents, mask, masked image latents) and
+              `_class_name: StableDiffusionInpaintPipeline` in model_index.json.
   lcm-tiny    a latent consistency model (LCM Dreamshaper style): `LatentConsistencyModelPipeline`
               in model_index.json, an LCMScheduler config, a UNet with `time_cond_proj_dim` (the
               guidance scale enters as an embedding through time_embedding.cond_proj).
@@ -31,7 +34,8 @@ Random weights give degenerate images, so after init each model is calibrated: t
 is scaled to unit output std and the VAE decoder's `conv_out` to an image std of about 0.35 around 0,
 which keeps the decoded image off the clip limits. Each tiny model is then loaded back from disk
 with diffusers and its image checked (most pixels strictly inside (0, 255), std > 10 grey levels,
-changes with seed and prompt).
+changes with seed and prompt; the inpainting model through StableDiffusionInpaintPipeline, with a
+mask over half of a synthetic image).
 
 Idempotent: a model whose folder holds a stamp file naming this script's version (the sha256 of
 this file) and every file it lists, with the listed sizes, is skipped. A model is written into a
@@ -66,7 +70,7 @@ STAMP = ".sdweb-test-model.json"
 # Rebuild whenever this file changes: its hash is the version the stamp records.
 VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
-TINY = ("sd1-tiny", "sd2-tiny", "nomid-tiny", "lcm-tiny")
+TINY = ("sd1-tiny", "sd2-tiny", "nomid-tiny", "sd1-inpaint-tiny", "lcm-tiny")
 # The image check: two prompts (and seeds 0, 1), a few PNDM steps at the usual guidance.
 CHECK_PROMPTS = ("a photo of a cat", "a red car on a beach")
 CHECK_STEPS = 4
@@ -84,9 +88,9 @@ def _real(path: str) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def _model_index(diffusers_version: str) -> dict:
+def _model_index(diffusers_version: str, class_name: str = "StableDiffusionPipeline") -> dict:
     return {
-        "_class_name": "StableDiffusionPipeline",
+        "_class_name": class_name,
         "_diffusers_version": diffusers_version,
         "feature_extractor": [None, None],
         "requires_safety_checker": False,
@@ -154,6 +158,15 @@ def _tiny_specs() -> dict[str, dict]:
         vae_names="legacy",
         vae_config="as-written",
         scheduler=sd2_sched,
+        fp16_variant=False,
+    )
+
+    specs["sd1-inpaint-tiny"] = dict(
+        specs["sd1-tiny"],
+        seed=4004,
+        model_index=_model_index("0.6.0", "StableDiffusionInpaintPipeline"),
+        text_encoder=dict(specs["sd1-tiny"]["text_encoder"], _name_or_path="sdweb/sd1-inpaint-tiny"),
+        unet=dict(specs["sd1-tiny"]["unet"], in_channels=9),
         fp16_variant=False,
     )
 
@@ -472,14 +485,15 @@ def _build_tiny(name: str, spec: dict, folder: Path) -> dict:
     return {"params": {c: sum(p.numel() for p in m.parameters()) for c, m in modules.items()}}
 
 
-def generate_image(pipe, prompt: str = CHECK_PROMPTS[0], seed: int = 0):
-    """Generate with diffusers (PNDM steps, guidance 7.5); returns the uint8 image (H, W, 3)."""
+def generate_image(pipe, prompt: str = CHECK_PROMPTS[0], seed: int = 0, **inputs):
+    """Generate with diffusers (PNDM steps, guidance 7.5); returns the uint8 image (H, W, 3).
+    `inputs`: an inpainting pipeline's image and mask_image."""
     import numpy as np
     import torch
 
     with torch.no_grad():
         x = pipe(prompt, num_inference_steps=CHECK_STEPS, guidance_scale=CHECK_GUIDANCE,
-                 generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+                 generator=torch.Generator().manual_seed(seed), output_type="np", **inputs).images[0]
     # diffusers' "np" output is clip(x / 2 + 0.5, 0, 1); the product's image contract rounds it.
     return np.round(x * 255).astype(np.uint8)
 
@@ -489,13 +503,24 @@ def check_image(folder: Path, name: str | None = None) -> dict:
     is informative; raises if it is not."""
     import numpy as np
     import torch
-    from diffusers import DiffusionPipeline
+    from diffusers import DiffusionPipeline, StableDiffusionInpaintPipeline
+    from PIL import Image
 
     pipe = DiffusionPipeline.from_pretrained(folder, dtype=torch.float32)
+    inputs = {}
+    if isinstance(pipe, StableDiffusionInpaintPipeline):
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        size = json.loads((folder / "unet" / "config.json").read_text())["sample_size"] * 2 ** (
+            len(vae["block_out_channels"]) - 1)  # the pipeline's default size
+        ramp = np.linspace(0, 255, size, dtype=np.float32)
+        rgb = np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1), 255 - ramp[None, :].repeat(size, 0)], -1)
+        mask = np.zeros((size, size), np.uint8)
+        mask[:, size // 2:] = 255  # repaint the right half
+        inputs = dict(image=Image.fromarray(rgb.astype(np.uint8)), mask_image=Image.fromarray(mask))
     pipe.set_progress_bar_config(disable=True)
-    a = generate_image(pipe, CHECK_PROMPTS[0], 0)
-    b = generate_image(pipe, CHECK_PROMPTS[1], 0)
-    c = generate_image(pipe, CHECK_PROMPTS[0], 1)
+    a = generate_image(pipe, CHECK_PROMPTS[0], 0, **inputs)
+    b = generate_image(pipe, CHECK_PROMPTS[1], 0, **inputs)
+    c = generate_image(pipe, CHECK_PROMPTS[0], 1, **inputs)
     stats = {
         "size": list(a.shape),
         "inside": float(((a > 0) & (a < 255)).mean()),

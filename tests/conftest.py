@@ -57,7 +57,8 @@ def matmul_ladder():
 
 @pytest.fixture(scope="session")
 def test_models_dir(make_test_models) -> Path:
-    """tests/.models/ holding sd1-tiny, sd2-tiny, nomid-tiny and lcm-tiny, built on first use (a few seconds)."""
+    """tests/.models/ holding sd1-tiny, sd2-tiny, nomid-tiny, sd1-inpaint-tiny and lcm-tiny, built on first
+    use (a few seconds)."""
     make_test_models.build(MODELS_DIR, quiet=True)
     return MODELS_DIR
 
@@ -78,6 +79,12 @@ def sd2_tiny(test_models_dir) -> Path:
 def nomid_tiny(test_models_dir) -> Path:
     """BK-SDM layout: UNet without a mid block, new VAE attention names."""
     return test_models_dir / "nomid-tiny"
+
+
+@pytest.fixture(scope="session")
+def sd1_inpaint_tiny(test_models_dir) -> Path:
+    """An inpainting model: sd1-tiny's layout, a 9-channel UNet, StableDiffusionInpaintPipeline."""
+    return test_models_dir / "sd1-inpaint-tiny"
 
 
 @pytest.fixture(scope="session")

@@ -219,6 +219,41 @@ def test_png_settings_json_reads_what_the_page_writes_and_names_a_bad_file(sd1_t
     assert r["error"] == "ConfigError" and "not a PNG" in r["message"]
 
 
+def test_a_run_from_an_image_reads_its_inputs_as_the_cli_does(sd1_tiny):
+    """The page hands Python the input files' bytes; inputs_json gives the records the settings carry
+    (the same as reading the files from disk), and generate makes what Pipeline.generate makes."""
+    from PIL import Image
+
+    from sdweb import picture
+
+    photo = Path(__file__).resolve().parent / "data" / "images" / "chelsea.jpg"
+    mask = np.zeros((96, 144), np.uint8)
+    mask[10:60, 70:140] = 255
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG")
+    inputs = {"image": photo.read_bytes(), "image_name": "chelsea.jpg", "mask": buf.getvalue(), "mask_name": "mask.png"}
+    records = json.loads(browser.inputs_json(inputs))
+    assert records["image"] == picture.read(photo).record()
+    assert records["mask"]["name"] == "mask.png" and records["mask"]["width"] == 144
+    assert json.loads(browser.inputs_json({"image": photo.read_bytes()}))["mask"] is None
+    bad = json.loads(browser.inputs_json({"image": b"GIF89a-not-really", "image_name": "x.gif"}))
+    assert bad["error"] == "ConfigError" and bad["field"] == "image" and "x.gif" in bad["message"]
+
+    texts, sources = _browser_inputs(sd1_tiny)
+    pipe = Pipeline(browser.BrowserModel("test/sd1-tiny", texts, sources))
+    r = json.loads(browser.resolve_json(json.dumps({"request": dict(records, model="test/sd1-tiny", prompt="a cat",
+                                                                    steps=3, seed=2)}),
+                                        texts))
+    image, mask = browser.read_inputs(inputs)
+    out = browser.generate(pipe, r["settings"], image=image, mask=mask)
+    want = Pipeline(ModelFolder(sd1_tiny)).generate("a cat", steps=3, seed=2, image=picture.read(photo),
+                                                     mask=picture.read(buf.getvalue(), "mask.png", "mask"))
+    png = out["images"][0]["png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), want.images[0])
+    assert out["settings"]["image"] == records["image"] and out["settings"]["strength"] == 1.0
+    assert json.loads(Image.open(io.BytesIO(png)).text["sdweb"])["mask"] == records["mask"]
+
+
 def test_needed_and_stored_add_ons(sd1_tiny, tmp_path):
     """needed_json names the LoRAs (the panel's and the prompt's tags) and embeddings a run asks for;
     a StoredLibrary of those files gives worker_generate's pipeline what a FolderLibrary of the same

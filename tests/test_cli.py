@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,3 +196,113 @@ def test_shape_disagrees_with_config(model_copy, tmp_path, capsys):
     code, _, err = run(GEN + ["--model", str(model_copy), "-o", str(out)], capsys)
     one_line_error(code, err, "attn2.to_k.weight", "but the config needs")
     assert not out.exists()
+
+
+# --- runs from an image ---------------------------------------------------------------------------
+
+IMAGES = Path(__file__).resolve().parent / "data" / "images"
+
+
+def test_generate_from_an_image_records_its_inputs(sd1_tiny, tmp_path, capsys):
+    """--image/--mask/--strength run Pipeline.generate on the same files, and the PNG's parameters
+    name each input file with its sha256; a resize is said."""
+    import hashlib
+
+    from sdweb import picture
+
+    mask = np.zeros((96, 144), np.uint8)
+    mask[20:70, 60:130] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "cat.png"
+    code, _, err = run(GEN + ["--model", str(sd1_tiny), "--image", str(IMAGES / "chelsea.jpg"), "--mask",
+                              str(tmp_path / "mask.png"), "--strength", "0.9", "--steps", "3", "--width", "128",
+                              "--height", "80", "-o", str(out)], capsys)
+    assert code == 0, err
+    assert "the image is 144x96 pixels; it is resized to 128x80 with Lanczos" in err
+    want = Pipeline(ModelFolder(sd1_tiny)).generate(
+        "a red fox in snow", steps=3, seed=4, width=128, height=80, strength=0.9,
+        image=picture.read(IMAGES / "chelsea.jpg"), mask=picture.read(tmp_path / "mask.png", what="mask"))
+    assert np.array_equal(np.asarray(Image.open(out)), want.images[0])
+    params = json.loads(Image.open(out).text["sdweb"])
+    sha = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (IMAGES / "chelsea.jpg", tmp_path / "mask.png")}
+    assert params["image"] == {"name": "chelsea.jpg", "sha256": sha["chelsea.jpg"], "width": 144, "height": 96}
+    assert params["mask"] == {"name": "mask.png", "sha256": sha["mask.png"], "width": 144, "height": 96}
+    assert params["strength"] == 0.9 and params["outpaint"] is None
+
+
+def test_settings_from_a_run_from_an_image_asks_for_the_image(sd1_tiny, tmp_path, capsys):
+    """A PNG names the files it was made from but does not hold them: --settings-from wants --image
+    again, and with it (and the mask) remakes the image."""
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.tri(96, 96, dtype=np.uint8) * 255).save(mask)
+    first = tmp_path / "first.png"
+    code, _, err = run(GEN + ["--model", str(sd1_tiny), "--image", ASTRONAUT, "--mask", str(mask), "--strength",
+                              "0.8", "--steps", "4", "-o", str(first)], capsys)
+    assert code == 0, err
+    assert "Denoising strength: 0.8" in Image.open(first).text["parameters"]
+    code, _, err = run(["generate", "--settings-from", str(first), "-q", "-o", str(tmp_path / "x.png")], capsys)
+    one_line_error(code, err, f"--settings-from {first}: it was made from the image astronaut.png (sha256",
+                   "give that file with --image")
+    again = tmp_path / "again.png"
+    code, _, err = run(["generate", "--settings-from", str(first), "--image", ASTRONAUT, "--mask", str(mask), "-q",
+                        "-o", str(again)], capsys)
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(first)))
+    assert not (tmp_path / "x.png").exists()
+
+
+def _make_inputs(folder):
+    """Input files that are wrong in every way a file can be, in `folder`."""
+    (folder / "notes.txt").write_text("not an image")
+    good = (IMAGES / "astronaut.png").read_bytes()
+    (folder / "cut.png").write_bytes(good[: len(good) // 2])
+    Image.new("L", (9000, 8)).save(folder / "huge.png")
+    Image.new("L", (96, 80)).save(folder / "small-mask.png")
+    Image.fromarray(np.zeros((96, 96), np.uint16)).save(folder / "deep-mask.png")  # 16-bit grayscale
+    Image.new("RGBA", (96, 96), (255, 255, 255, 0)).save(folder / "clear-mask.png")
+
+
+ASTRONAUT = str(IMAGES / "astronaut.png")
+BAD_INPUTS = {  # case -> (arguments, with {in} the folder of _make_inputs; what the one line says)
+    "missing": (["--image", "{in}/gone.png"], ["image", "gone.png", "cannot be read"]),
+    "not an image": (["--image", "{in}/notes.txt"], ["image", "notes.txt", "is not an image file"]),
+    "damaged": (["--image", "{in}/cut.png"], ["image", "cut.png", "is damaged"]),
+    "huge": (["--image", "{in}/huge.png"], ["huge.png is 9000x8 pixels, far larger"]),
+    "mask size": (["--image", ASTRONAUT, "--mask", "{in}/small-mask.png"],
+                  ["mask small-mask.png is 96x80", "image astronaut.png is 96x96", "the image's size"]),
+    "mask mode": (["--image", ASTRONAUT, "--mask", "{in}/deep-mask.png"],
+                  ["deep-mask.png has pixel mode I;16", "8-bit grayscale"]),
+    "mask transparency": (["--image", ASTRONAUT, "--mask", "{in}/clear-mask.png"],
+                          ["clear-mask.png has transparent pixels"]),
+    "mask alone": (["--mask", "{in}/small-mask.png"], ["mask applies to a run from an image"]),
+    "strength 0": (["--image", ASTRONAUT, "--strength", "0"], ["strength 0.0 is not allowed", "at most 1"]),
+    "strength 1.5": (["--image", ASTRONAUT, "--strength", "1.5"], ["strength 1.5"]),
+    "strength alone": (["--strength", "0.5"], ["strength applies to a run from an image"]),
+    "no step left": (["--image", ASTRONAUT, "--strength", "0.3"], ["strength 0.3 with 2 steps runs no step"]),
+    "outpaint": (["--image", ASTRONAUT, "--outpaint", "8,0,0,0"], ["outpaint 8,0,0,0", "multiple of 16"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_files_and_settings(sd1_tiny, tmp_path, capsys, monkeypatch, case):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    _make_inputs(inputs)
+    args, needles = BAD_INPUTS[case]
+    monkeypatch.chdir(tmp_path)
+    before = sorted(inputs.iterdir())
+    code, _, err = run(GEN + ["--model", str(sd1_tiny)] + [a.replace("{in}", str(inputs)) for a in args], capsys)
+    one_line_error(code, err, *needles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs"] and sorted(inputs.iterdir()) == before
+
+
+def test_inpainting_model_without_a_mask(sd1_inpaint_tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for args in ([], ["--image", str(IMAGES / "astronaut.png")]):
+        code, _, err = run(GEN + ["--model", str(sd1_inpaint_tiny)] + args, capsys)
+        one_line_error(code, err, "is an inpainting model", "give it an image and a mask")
+    assert list(tmp_path.iterdir()) == []
+    code, _, err = run(GEN + ["--model", str(sd1_inpaint_tiny), "--image", str(IMAGES / "astronaut.png"),
+                              "--outpaint", "0,0,32,0"], capsys)
+    assert code == 0, err
+    assert Image.open(tmp_path / "out.png").size == (128, 96)

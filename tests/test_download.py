@@ -337,7 +337,8 @@ def test_list_of_known_models(capfd):
     code, out, _ = run(["download", "--list"], capfd)
     assert code == 0
     for repo in ("stable-diffusion-v1-5/stable-diffusion-v1-5", "stabilityai/stable-diffusion-2-1-base",
-                 "stabilityai/sd-turbo", "nota-ai/bk-sdm-small", "nota-ai/bk-sdm-tiny"):
+                 "stabilityai/sd-turbo", "nota-ai/bk-sdm-small", "nota-ai/bk-sdm-tiny",
+                 "stable-diffusion-v1-5/stable-diffusion-inpainting", "stabilityai/stable-diffusion-2-inpainting"):
         assert repo in out
     assert "unknown" in out
     # the catalogue's sizes (checked against the repo's LFS pointers in test_layout.py) as the table shows them
@@ -362,6 +363,29 @@ def test_generate_runs_on_the_downloaded_model(hub, tmp_path, monkeypatch, capfd
     assert code == 0, err
     want = Pipeline(ModelFolder(sd1_tiny), variant="fp16").generate(
         "a red fox in snow", steps=2, seed=4, width=64, height=48, scheduler="ddim")
+    assert np.array_equal(np.asarray(Image.open(out)), want.images[0])
+
+
+def test_an_inpainting_repo_downloads_and_inpaints(hub, tmp_path, monkeypatch, capfd, sd1_inpaint_tiny):
+    """A StableDiffusionInpaintPipeline repo (9-channel UNet) is fetched like any other, and the
+    folder runs with an image and a mask, as the source folder does."""
+    from sdweb import picture
+
+    hub.add_repo("test/sd1-inpaint-tiny", sd1_inpaint_tiny)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("SDWEB_WEIGHTS", str(tmp_path / "weights"))
+    code, _, err = run(["download", "test/sd1-inpaint-tiny", "-q"], capfd)
+    assert code == 0, err
+    assert files_in(tmp_path / "weights" / "test" / "sd1-inpaint-tiny") >= FP32_FILES
+    photo = ROOT / "tests" / "data" / "images" / "astronaut.png"
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.tri(96, 96, dtype=np.uint8) * 255).save(mask)
+    out = tmp_path / "inpainted.png"
+    code, _, err = run(["generate", "--model", "test/sd1-inpaint-tiny", "--prompt", "a red fox", "--steps", "2",
+                        "--seed", "4", "--image", str(photo), "--mask", str(mask), "-q", "--output", str(out)], capfd)
+    assert code == 0, err
+    want = Pipeline(ModelFolder(sd1_inpaint_tiny)).generate(
+        "a red fox", steps=2, seed=4, image=picture.read(photo), mask=picture.read(mask, what="mask"))
     assert np.array_equal(np.asarray(Image.open(out)), want.images[0])
 
 

@@ -73,6 +73,9 @@ def test_writes_create_infotexts_format():
     assert infotext.format_parameters(s) == (
         'a lighthouse, at dusk\nSteps: 25, Sampler: PLMS, Schedule type: Automatic, CFG scale: 7, Seed: 42, '
         'Size: 512x768, Model: "C:/models/sd"')
+    # a run from an image: A1111's img2img field for the strength
+    s.update(strength=0.75, image={"name": "cat.jpg", "sha256": "ab" * 32, "width": 512, "height": 768})
+    assert infotext.format_parameters(s).endswith(', Model: "C:/models/sd", Denoising strength: 0.75')
     # the settings' LoRAs go into the prompt as A1111 writes them: <lora:the file's stem:scale>
     s.update(loras=[{"name": "loras/film grain.safetensors", "scale": 0.7}, {"name": "lcm-lora-sdv1-5", "scale": 1.0}])
     assert infotext.format_parameters(s).split("\n")[0] == \

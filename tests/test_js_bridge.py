@@ -7,9 +7,9 @@ Claimed and tested: the JS bridge creates exactly the bind groups the counting b
 misses for the same run (one shared cache, bridges/groups.py), none from the second denoising step
 on; a destroyed buffer's groups are dropped in JS and never dispatched again; a full cache sends the
 recorded work before its groups go; and driven by the page's async driver (sdweb.browser.drive), a
-run reads back only what the driver awaited ahead, once per UNet step and once after the decode, so
-model code never needs to wait for the GPU inside a step (what lets the page run WebGPU without
-JavaScript Promise Integration)."""
+run reads back only what the driver awaited ahead, once per UNet step, once per encoding of an input
+image and once after the decode, so model code never needs to wait for the GPU inside a step (what
+lets the page run WebGPU without JavaScript Promise Integration)."""
 
 from __future__ import annotations
 
@@ -166,6 +166,34 @@ def test_the_async_driver_waits_only_at_readbacks(sd1_tiny):
         assert sum(a <= i < b for i in reads) == 1
     # and each component, once built, waits for its weights (three: text encoder, UNet, VAE)
     assert sum(e[0] == "flush" for e in js.log) == 3
+
+
+def test_a_run_from_an_image_reads_back_only_what_the_driver_awaited(sd1_inpaint_tiny):
+    """Inpainting with a 9-channel UNet at strength < 1: the VAE's encoder runs twice (the image, the
+    masked image) and each encoding is read back only after the driver fetched it ahead, as the steps
+    and the decode are."""
+    import io
+    from pathlib import Path
+
+    from PIL import Image
+
+    from sdweb import picture
+
+    photo = picture.read(Path(__file__).resolve().parent / "data" / "images" / "astronaut.png")
+    buf = io.BytesIO()
+    Image.fromarray(np.tri(96, 96, dtype=np.uint8) * 255).save(buf, format="PNG")
+    mask = picture.read(buf.getvalue(), "mask.png", "mask")
+    js = AheadDeviceJs()
+    with webgpu.using(JsDeviceBridge(js)) as ctx:
+        pipe = Pipeline(ModelFolder(sd1_inpaint_tiny), webgpu, precision="fp16")
+        stages = pipe.stages("a lighthouse", image=photo, mask=mask, strength=0.5, steps=4, seed=3,
+                             scheduler="ddim")
+        result = asyncio.run(browser.drive(stages, ctx.bridge))
+    assert result.images.shape == (1, 96, 96, 3) and result.settings["strength"] == 0.5
+    reads = [i for i, e in enumerate(js.log) if e[0] == "read_buffer"]
+    assert len(reads) == 2 + 2 + 1  # two encodings, the two steps strength 0.5 leaves, the decode
+    assert all(js.log[i - 1][0] == "read_ahead" for i in reads)
+    assert sum(e[0] == "flush" for e in js.log) == 4  # text encoder, the VAE's encoder, UNet, decoder
 
 
 def test_the_async_driver_waits_for_prompt_readbacks_too(sd1_tiny, tmp_path):

@@ -93,6 +93,9 @@ def test_real_model_indexes_pass_and_others_are_named():
             "scheduler": ["diffusers", "EulerDiscreteScheduler"], "unet": ["diffusers", "UNet2DConditionModel"],
             "vae": ["diffusers", "AutoencoderKL"]}
     layout.check_model_index(sdxl, "x/sdxl")  # same component kinds: the UNet's config tells SDXL apart later
+    sd15 = json.loads((REAL / "stable-diffusion-v1-5" / "model_index.json").read_text())
+    for cls in ("StableDiffusionInpaintPipeline", "StableDiffusionImg2ImgPipeline"):  # the editing pipelines' repos
+        assert layout.check_model_index(dict(sd15, _class_name=cls), "x/inpainting")["_class_name"] == cls
     # a latent consistency model (LCM Dreamshaper's model_index.json): its class is not what decides, its
     # components are, and those are an SD 1.x pipeline's (the UNet's time_cond_proj_dim says the rest)
     lcm = {"_class_name": "LatentConsistencyModelPipeline", "feature_extractor": ["transformers", "CLIPImageProcessor"],

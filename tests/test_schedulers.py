@@ -313,3 +313,91 @@ def test_ddpm_learned_variance(variance_type, monkeypatch):
         x = ours.step(unet(x, t), t, x, lambda shape: rng2.standard_normal(shape, dtype=np.float32))
     x_ref = x_ref.numpy()
     assert np.abs(x - x_ref).max() <= TOL * np.abs(x_ref).max()
+
+
+# --- runs that start from an image: get_timesteps, add_noise, and inpainting's blend ------------------
+
+IMAGE = np.random.default_rng(99).standard_normal(SHAPE, dtype=np.float32)  # stands in for image latents
+MASK = (np.arange(SHAPE[3]) < 3).astype(np.float32)[None, None, None, :]  # repaint the left half
+
+
+def run_reference_from_image(name, config, steps, strength, blend, monkeypatch, seed=7):
+    """diffusers' img2img loop (blend=False) or its 4-channel inpainting loop (blend=True, the known
+    region put back each step with add_noise at the next timestep), its own get_timesteps choosing
+    the timesteps. Returns (timesteps, final x)."""
+    from types import SimpleNamespace
+
+    cls, module = REFERENCE[name]
+    rng = np.random.default_rng(seed)
+
+    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
+        return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32))
+
+    if hasattr(module, "randn_tensor"):
+        monkeypatch.setattr(module, "randn_tensor", randn_tensor)
+    sched = cls.from_config(config, **forced_options(name))
+    sched.set_timesteps(steps)
+    get_timesteps = diffusers.StableDiffusionImg2ImgPipeline.get_timesteps
+    timesteps, _ = get_timesteps(SimpleNamespace(scheduler=sched), steps, strength, "cpu")
+    image = torch.from_numpy(IMAGE)
+    noise = randn_tensor(SHAPE)
+    x = sched.add_noise(image, noise, timesteps[:1]) if strength < 1 or not blend else noise * sched.init_noise_sigma
+    mask = torch.from_numpy(MASK)
+    for i, t in enumerate(timesteps):
+        x = sched.step(torch.from_numpy(fake_unet(sched.scale_model_input(x, t).numpy(), t)), t, x).prev_sample
+        if blend:
+            known = image if i == len(timesteps) - 1 else sched.add_noise(image, noise, torch.tensor([timesteps[i + 1]]))
+            x = (1 - mask) * known + mask * x
+    return timesteps.numpy(), x.numpy()
+
+
+def run_ours_from_image(name, config, steps, strength, blend, seed=7):
+    rng = np.random.default_rng(seed)
+
+    def draw(shape):
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    sched = make_scheduler(name, config)
+    sched.set_timesteps(steps)
+    timesteps = sched.start_at(steps, strength)
+    noise = draw(SHAPE)
+    x = sched.add_noise(IMAGE, noise, timesteps[0]) if strength < 1 or not blend else \
+        noise * np.float32(sched.init_noise_sigma)
+    assert x.dtype == np.float32
+    for i, t in enumerate(timesteps):
+        x = sched.step(fake_unet(sched.scale_model_input(x, t), t), t, x, draw)
+        if blend:
+            known = IMAGE if i == len(timesteps) - 1 else sched.add_noise(IMAGE, noise, timesteps[i + 1])
+            x = (1 - MASK) * known + MASK * x
+    return timesteps, x
+
+
+@pytest.mark.parametrize("blend", [False, True], ids=["img2img", "inpaint4"])
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_runs_from_an_image_match_diffusers(name, blend, monkeypatch):
+    config = CONFIGS["sd15"] if name != "euler" else dict(SD15, use_karras_sigmas=True)
+    for steps, strength in ((10, 0.5), (4, 0.75), (20, 0.3), (3, 0.7), (4, 1.0), (5, 0.99)):
+        ref_ts, ref_x = run_reference_from_image(name, config, steps, strength, blend, monkeypatch)
+        ts, x = run_ours_from_image(name, config, steps, strength, blend)
+        np.testing.assert_allclose(ts, ref_ts, rtol=1e-6)
+        assert np.all(np.isfinite(ref_x))
+        err = np.abs(x - ref_x).max() / np.abs(ref_x).max()
+        assert err <= TOL, f"{name} steps={steps} strength={strength}: rel err {err:.2e}"
+
+
+def test_start_at_takes_the_schedules_tail():
+    """int(steps x strength) of the steps run, the last ones. PNDM's schedule has one timestep more
+    than its steps (the repeated one), so its tail has one more too, as in diffusers."""
+    from sdweb.schedulers.base import strength_steps
+
+    assert [strength_steps(s, k) for s, k in ((10, 0.8), (3, 0.7), (4, 1.0), (50, 0.01), (5, 0.1))] == [8, 2, 4, 0, 0]
+    sched = make_scheduler("pndm", SD15)
+    sched.set_timesteps(10)
+    assert sched.start_at(10, 0.3).tolist() == [301, 201, 101, 1]
+    assert sched.start_at(10, 1.0).tolist() == sched.timesteps.tolist()
+    euler = make_scheduler("euler", SD15)
+    euler.set_timesteps(10)
+    tail = euler.start_at(10, 0.5)
+    assert len(tail) == 5 and euler.begin_index == 5
+    euler.set_timesteps(10)
+    assert euler.begin_index is None  # a new schedule forgets where the last run began

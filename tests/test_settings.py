@@ -186,3 +186,86 @@ def test_vae_tiling():
     assert resolve({}).vae_tiling == "auto"
     assert [resolve({"vae_tiling": t}).vae_tiling for t in ("auto", "on", "off", "")] == ["auto", "on", "off", "auto"]
     assert resolve({"vae_tiling": "on"}).run_args()["vae_tiling"] == "on"  # Pipeline.generate takes it
+
+
+# --- runs from an image --------------------------------------------------------------------------------
+
+PHOTO = {"name": "cat.jpg", "sha256": "ab" * 32, "width": 451, "height": 300}
+
+
+def test_strength_defaults_and_range_are_diffusers():
+    """diffusers' __call__ defaults: 0.8 in StableDiffusionImg2ImgPipeline, 1.0 in the inpainting one;
+    strength in (0, 1], and its get_timesteps must leave a step to run."""
+    import inspect
+
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+
+    info = real_info("stable-diffusion-v1-5")
+    default = {c: inspect.signature(c.__call__).parameters["strength"].default
+               for c in (StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline)}
+    assert resolve({"image": PHOTO}, info).strength == default[StableDiffusionImg2ImgPipeline] == 0.8
+    mask = dict(PHOTO, name="mask.png")
+    assert resolve({"image": PHOTO, "mask": mask}, info).strength == default[StableDiffusionInpaintPipeline] == 1.0
+    assert resolve({"image": PHOTO, "outpaint": [64, 0, 0, 0]}, info).strength == 1.0
+    assert resolve({"image": PHOTO, "strength": 0.3, "steps": 4}, info).strength == 0.3
+    assert resolve({}, info).strength is None
+    bad({"image": PHOTO, "strength": 0}, "strength", "strength 0 is not allowed: use a number above 0 and at most 1")
+    bad({"image": PHOTO, "strength": 1.5}, "strength", "strength 1.5")
+    bad({"image": PHOTO, "strength": "high"}, "strength", "strength high")
+    bad({"image": PHOTO, "strength": 0.1, "steps": 5}, "strength", "strength 0.1 with 5 steps runs no step")
+    bad({"strength": 0.5}, "strength", "strength applies to a run from an image")
+
+
+def test_size_comes_from_the_image():
+    sd15 = real_info("stable-diffusion-v1-5")
+    s = resolve({"image": PHOTO}, sd15)
+    assert (s.width, s.height) == (448, 256)  # rounded down to the model's multiple of 64
+    assert s.notes == ("the image is 451x300 pixels; it is resized to 448x256 with Lanczos, as diffusers does",)
+    s = resolve({"image": PHOTO, "width": 512, "height": 512}, sd15)
+    assert (s.width, s.height) == (512, 512) and "resized to 512x512 with Lanczos" in s.notes[0]
+    exact = dict(PHOTO, width=640, height=384)
+    assert resolve({"image": exact}, sd15).notes == ()
+    s = resolve({"image": exact, "outpaint": "64, 0, 128, 64"}, sd15)
+    assert (s.width, s.height, s.outpaint) == (832, 448, (64, 0, 128, 64)) and s.notes == ()
+    assert resolve({"image": PHOTO}).width is None  # not known before the model is
+    bad({"image": dict(PHOTO, width=3000, height=2000)}, "image",
+        "image cat.jpg is 3000x2000 pixels, over the 2048-pixel limit a side: give a width and height", model=sd15)
+    assert resolve({"image": dict(PHOTO, width=3000, height=2000), "width": 768, "height": 512}, sd15).width == 768
+    bad({"image": dict(PHOTO, width=40, height=300)}, "image", "40x300 pixels: too small", model=sd15)
+
+
+def test_mask_outpaint_and_inpainting_models():
+    sd15 = real_info("stable-diffusion-v1-5")
+    inpainting = dataclasses.replace(sd15, name="stable-diffusion-v1-5/stable-diffusion-inpainting", in_channels=9)
+    assert inpainting.inpainting and not sd15.inpainting
+    mask = dict(PHOTO, name="mask.png", sha256="cd" * 32)
+    bad({"mask": mask}, "mask", "mask applies to a run from an image: give the image too")
+    bad({"outpaint": "0,64,0,0"}, "outpaint", "outpaint applies to a run from an image")
+    bad({"image": PHOTO, "mask": dict(mask, width=450)}, "mask",
+        "mask mask.png is 450x300 pixels but image cat.jpg is 451x300: a mask must be the image's size")
+    bad({"image": PHOTO}, "mask", "stable-diffusion-v1-5/stable-diffusion-inpainting is an inpainting model",
+        "give it an image and a mask", model=inpainting)
+    bad({}, "mask", "is an inpainting model", model=inpainting)
+    assert resolve({"image": PHOTO, "mask": mask}, inpainting).strength == 1.0
+    assert resolve({"image": PHOTO, "outpaint": [0, 0, 64, 0]}, inpainting).outpaint == (0, 0, 64, 0)
+    bad({"image": PHOTO, "outpaint": "0,0,32,0"}, "outpaint", "multiple of 64", model=sd15)
+    bad({"image": PHOTO, "outpaint": "0,0,0,0"}, "outpaint", "adds nothing")
+    bad({"image": PHOTO, "outpaint": "a,b"}, "outpaint", "not four whole numbers")
+    bad({"image": PHOTO, "outpaint": [1, 2, 3]}, "outpaint", "not four numbers")
+    bad({"image": PHOTO, "outpaint": [-64, 0, 0, 0]}, "outpaint", "out of range")
+    bad({"image": {"name": "x"}}, "image", "should be an input file's record")
+    configs = {c: json.loads((REAL / "stable-diffusion-v1-5" / c / n).read_text()) for c, n in (
+        ("unet", "config.json"), ("vae", "config.json"), ("scheduler", "scheduler_config.json"),
+        ("text_encoder", "config.json"))}
+    assert ModelInfo.from_configs("x", **dict(configs, unet=dict(configs["unet"], in_channels=9))).inpainting
+    with pytest.raises(settings.ModelError, match="x/pix2pix: its UNet takes 8 input channels, which is neither"):
+        ModelInfo.from_configs("x/pix2pix", **dict(configs, unet=dict(configs["unet"], in_channels=8)))
+
+
+def test_a_run_from_an_image_resolves_twice_alike():
+    sd15 = real_info("stable-diffusion-v1-5")
+    mask = dict(PHOTO, name="mask.png")
+    first = resolve({"image": PHOTO, "mask": mask, "outpaint": "0,0,64,0", "steps": 10})
+    full = resolve(json.loads(json.dumps(first.as_request())), sd15)  # through JSON, as the page sends it
+    assert resolve(json.loads(json.dumps(full.as_request())), sd15) == full
+    assert full.image == PHOTO and full.mask == mask and full.outpaint == (0, 0, 64, 0)

@@ -69,6 +69,25 @@ def test_layout(models, name):
     assert not list(folder.parent.glob(".*.tmp-*")), "temporary build folder left behind"
 
 
+def test_inpainting_model_layout(sd1_inpaint_tiny, sd1_tiny):
+    """As stable-diffusion-inpainting ships: StableDiffusionInpaintPipeline, a UNet taking 9 channels
+    (latents, mask, masked image latents) and giving 4, and diffusers loads it as that pipeline."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    index = read_json(sd1_inpaint_tiny / "model_index.json")
+    assert index["_class_name"] == "StableDiffusionInpaintPipeline"
+    assert {k: v for k, v in index.items() if not k.startswith("_")} == \
+        {k: v for k, v in read_json(sd1_tiny / "model_index.json").items() if not k.startswith("_")}
+    unet = read_json(sd1_inpaint_tiny / "unet/config.json")
+    assert (unet["in_channels"], unet["out_channels"]) == (9, 4)
+    assert header(sd1_inpaint_tiny / "unet/diffusion_pytorch_model.safetensors")["conv_in.weight"][1][1] == 9
+    _, info = UNet2DConditionModel.from_pretrained(sd1_inpaint_tiny, subfolder="unet", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(sd1_inpaint_tiny, dtype=torch.float32)
+    assert pipe.unet.config.in_channels == 9
+
+
 def test_total_size(models):
     total = sum(p.stat().st_size for f in models.values() for p in f.rglob("*") if p.is_file())
     assert total < 40e6, f"test models take {total / 1e6:.1f} MB"

@@ -123,16 +123,22 @@ def test_scale_factors_and_config_defaults(tmp_path):
     assert load(config_of(three), save(three, tmp_path / "b.safetensors"))[0].scale_factor == 4
 
 
-def test_decode_only_skips_encoder(tmp_path):
+@pytest.mark.parametrize("without", ["encoder", "decoder"])
+def test_one_half_leaves_the_other_unread(tmp_path, without):
+    """encoder=False (text-to-image) or decoder=False (encoding an input image): the other half's
+    tensors are skipped on purpose, and what is built computes what the whole model does."""
     ref = make_ref("two")
     path = save(ref, tmp_path / "vae.safetensors")
     full, full_store = load(config_of(ref), path)
-    dec, dec_store = load(config_of(ref), path, encoder=False)  # finish() passes: skipped on purpose
-    assert dec_store.nbytes_held < full_store.nbytes_held
+    half, half_store = load(config_of(ref), path, **{without: False})  # finish() passes: skipped on purpose
+    assert half_store.nbytes_held < full_store.nbytes_held
     z, x = inputs(ref)
-    np.testing.assert_array_equal(B.numpy(dec.decode(B.tensor(z))), B.numpy(full.decode(B.tensor(z))))
-    with pytest.raises(ModelError, match="encoder=False"):
-        dec.encode(B.tensor(x))
+    run, missing = ("decode", "encode") if without == "encoder" else ("encode", "decode")
+    arg = {"decode": z, "encode": x}
+    np.testing.assert_array_equal(B.numpy(getattr(half, run)(B.tensor(arg[run]))),
+                                  B.numpy(getattr(full, run)(B.tensor(arg[run]))))
+    with pytest.raises(ModelError, match=f"{without}=False"):
+        getattr(half, missing)(B.tensor(arg[missing]))
 
 
 def test_wrong_shape_is_named(tmp_path):

@@ -93,3 +93,30 @@ def test_cli_falls_back_without_an_adapter(sd1_tiny, tmp_path, capsys, monkeypat
     assert code == 0, err
     assert "falling back to the NumPy backend" in err
     assert out.is_file()
+
+
+# --- runs from an image (their parity with diffusers on this backend: tests/test_editing.py) ------------
+
+def _mask(width, height):
+    from sdweb import picture
+
+    m = np.zeros((height, width), np.uint8)
+    m[height // 4: 3 * height // 4, width // 3:] = 255
+    buf = __import__("io").BytesIO()
+    Image.fromarray(m).save(buf, format="PNG")
+    return picture.read(buf.getvalue(), "mask.png", "mask")
+
+
+def test_a_run_from_an_image_frees_its_gpu_memory(sd1_inpaint_tiny):
+    from pathlib import Path
+
+    from sdweb import picture
+
+    ctx = webgpu.context()
+    pipe = Pipeline(ModelFolder(sd1_inpaint_tiny), webgpu)
+    image = picture.read(Path(__file__).resolve().parent / "data" / "images" / "astronaut.png")
+    gc.collect()
+    base = ctx.bytes_in_use
+    pipe.generate(PROMPT, steps=1, seed=1, image=image, mask=_mask(96, 96))
+    gc.collect()
+    assert ctx.bytes_in_use == base  # the encoder half, the UNet and the decoder each given back

@@ -7,6 +7,7 @@
 import { ChunkStore, HUB, authFor, fmtBytes } from "./store.js";
 import { Workspace } from "./workspace.js";
 import { registerOffline } from "./offline.js";
+import { Editor } from "./editor.js";
 import { AddonPanels } from "./addon_panels.js";
 import { TokenCount } from "./token_count.js";
 
@@ -31,6 +32,7 @@ function request() {
     guidance: num("guidance"), seed: num("seed"), scheduler: $("scheduler").value, width: num("width"),
     height: num("height"), num_images: num("num-images"), variant: $("variant").value, backend: $("backend").value,
     vae_tiling: $("vae-tiling").value,
+    ...state.editor.request(),
     ...(state.panels ? state.panels.request() : {}),
   };
 }
@@ -225,6 +227,8 @@ function onProgress(m) {
     stage("text_encoder", m.step / m.total, m.step ? "done" : "encoding the prompt");
     if (m.step === m.total) markLoaded();
     $("status").textContent = "Encoding the prompt…";
+  } else if (m.stage === "vae_encoder") {
+    $("status").textContent = "Encoding the input image…";
   } else if (m.stage === "unet") {
     markLoaded();
     if (m.step === 0) state.stageStart.unet = now;
@@ -261,7 +265,7 @@ function showPreview(png) {
 
 // --- generate / cancel -----------------------------------------------------------------------------
 
-function generate() {
+async function generate() {
   if (state.busy) return;
   clearError();
   const req = request();
@@ -280,9 +284,10 @@ function generate() {
   setEnv(state.ready ? "Working…" : "Loading Python…", "busy");
   $("status").textContent = local ? `Using the copy of ${req.model} in ./weights/…` : `Starting ${req.model || "the default model"}…`;
   Atomics.store(state.cancelFlag, 0, 0);
+  const inputs = await state.editor.inputs();  // the input image's bytes and the painted mask's PNG
   // The token goes to https://huggingface.co, or to the endpoint the box under it was ticked for (by
   // the user: no URL parameter ticks it); store.js authFor/authHeaders hold it to that.
-  const msg = { type: "generate", id: state.runId, request: req, endpoint, token: $("token").value.trim(),
+  const msg = { type: "generate", id: state.runId, request: req, inputs, endpoint, token: $("token").value.trim(),
     tokenEndpoint: local ? null : confirmedEndpoint(endpoint) };
   if (state.fatal) { state.fatal = false; startWorker(); }
   if (state.ready) send(msg);
@@ -358,6 +363,8 @@ function showInfo(e) {
   $("result-info").innerHTML =
     `<b>seed ${e.seed}</b> · ${escapeHtml(s.model)} · ${s.width}×${s.height} · ${steps} steps · ${escapeHtml(s.scheduler)} · ` +
     `guidance ${s.guidance} · ${escapeHtml(s.backend)} ${escapeHtml(s.precision)}` +
+    (s.image ? ` · from ${escapeHtml(s.image.name)} (${inputSize(s)})${s.mask ? " with a mask" : ""}` +
+      `${s.outpaint ? `, outpainted ${s.outpaint.join(",")}` : ""}, strength ${s.strength}` : "") +
     (e.gpu ? ` · ${escapeHtml(e.gpu.adapter)}` : "") +
     (s.loras && s.loras.length ? ` · LoRA ${s.loras.map((l) => `${escapeHtml(l.name)} ${l.scale}`).join(", ")}` : "") +
     (s.embeddings && s.embeddings.length ? ` · embeddings ${s.embeddings.map(escapeHtml).join(", ")}` : "") + "<br>" +
@@ -369,6 +376,23 @@ function showInfo(e) {
   a.download = `sdweb-${e.seed}.png`;
   a.hidden = false;
   workspace.shown(e);
+  $("use-as-input").hidden = false;
+  $("use-as-input").onclick = () => useAsInput(e);
+}
+
+// The input image's size as the run took it: grown by outpainting, and resized (Lanczos) to the
+// run's size where that differs (sdweb.settings says so in a note too).
+function inputSize(s) {
+  const [l, t, r, b] = s.outpaint || [0, 0, 0, 0];
+  const w = s.image.width + l + r, h = s.image.height + t + b;
+  return w === s.width && h === s.height ? `${w}×${h}` : `${w}×${h} resized to ${s.width}×${s.height}`;
+}
+
+// A gallery entry (the result shown, or any image in the gallery) becomes the input image: its PNG
+// bytes, exactly as downloaded.
+function useAsInput(e) {
+  state.editor.setFile(e.png, `sdweb-${e.seed}.png`);
+  $("editor").scrollIntoView({ block: "nearest" });
 }
 
 // --- errors ----------------------------------------------------------------------------------------
@@ -390,9 +414,10 @@ function fail(m) {
   box.dataset.kind = m.kind;
   $("status").textContent = "";
   // a setting's name (sdweb.settings.FIELDS) is its input's id with - for _
-  const field = (m.field && m.field.replace(/_/g, "-")) || (m.kind === "auth" ? "token" : null) ||
+  let field = (m.field && m.field.replace(/_/g, "-")) || (m.kind === "auth" ? "token" : null) ||
     (m.kind === "notfound" || m.kind === "model" ? "model" : null);
   if (field === "endpoint-token") $("form").querySelector("details").open = true;
+  if (field && $(field) && $(field).closest("[hidden]")) field = "image";  // the editor's tools show once there is an image
   if (field && $(field)) {
     const el = $(field);
     el.classList.remove("attention"); void el.offsetWidth; el.classList.add("attention");
@@ -500,6 +525,10 @@ function updateModelNote() {
   if (state.localModels.includes(repo) && !$("endpoint").value.trim()) note.textContent = "Prefetched: read from ./weights/ on this server.";
   else if (known) note.textContent = known.label;
   else note.textContent = "Any Hub repo id in the diffusers layout (owner/name).";
+  // an inpainting model redraws only what a mask marks: say what it needs before Generate does
+  const needs = known && known.inpainting && !(state.editor.hasImage && (state.editor.painted || state.editor.request().outpaint));
+  state.editor.note(needs ? `${known.label}: an inpainting model. Start from an image (drop one above) and paint ` +
+    "over what it should redraw, or outpaint a side." : "", "model");
 }
 
 async function loadLocalModels() {
@@ -523,6 +552,9 @@ function init() {
   if (params.has("backend")) $("backend").value = ["webgpu", "numpy"].includes(params.get("backend")) ? params.get("backend") : "auto";
   if (params.has("endpoint") || params.has("backend")) $("form").querySelector("details").open = true;
 
+  state.editor = new Editor({ onChange: updateModelNote });
+  Workspace.useAsInput = useAsInput;  // each gallery image offers "input"
+  Workspace.restoreEditing = (name, value) => state.editor.restore(name, value);
   $("generate").onclick = generate;
   $("cancel").onclick = cancel;
   // a new model brings its own defaults: the fields it sets go back to empty (= the model's)

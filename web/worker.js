@@ -9,8 +9,10 @@
 //                 request (the form's settings, resolved once Python is up for `ready`)}
 //                {type: "resolve", rid, request}   the form's defaults and backend, for the page to show
 //                {type: "count", rid, request, endpoint, token, tokenEndpoint}   the live token count of the prompts
-//                {type: "generate", id, request (settings.FIELDS as typed), endpoint, revision, token,
-//                 tokenEndpoint (the endpoint the user confirmed for the token in the page, or null)}
+//                {type: "generate", id, request (settings.FIELDS as typed), inputs (null, or a run from an
+//                 image's files: {image, image_name, mask?, mask_name?}, bytes as Uint8Array), endpoint,
+//                 revision, token, tokenEndpoint (the endpoint the user confirmed for the token in the
+//                 page, or null)}
 //                {type: "cancel"}   (the shared flag is what a busy Python loop sees; this message
 //                                    covers the download phase where the page is not isolated)
 //                {type: "png-settings", rid, bytes}   the settings a PNG dropped on the page carries
@@ -181,13 +183,16 @@ async function ensureGpu() {
 }
 
 async function generate(msg) {
-  const { id, endpoint, revision = "main", request } = msg;
+  const { id, endpoint, revision = "main", request, inputs = null } = msg;
   const auth = authFor(msg.token, msg.tokenEndpoint);
   localCancel = false;
   busy = true;
   try {
+    // A run from an image: Python reads its files as the CLI does, and the settings carry their records.
+    const records = inputs ? JSON.parse(browser.inputs_json(inputs)) : {};
+    if (records.error) return pyError(id, records);
     // Python checks the form before anything is fetched ...
-    const first = resolveSettings({ request });
+    const first = resolveSettings({ request: { ...request, ...records } });
     if (first.error) return pyError(id, first);
     for (const text of first.notes) post("status", { id, text });
     const repo = first.settings.model;
@@ -202,6 +207,8 @@ async function generate(msg) {
     const planned = plan.files.reduce((a, f) => a + (f.kind === "weights" ? f.size || 0 : 0), 0);
     const checked = resolveSettings({ request: first.settings, weight_bytes: planned }, texts);
     if (checked.error) return pyError(id, checked);
+    // notes only the model could give, e.g. that the input image is resized to the model's sizes
+    for (const text of checked.notes) if (!first.notes.includes(text)) post("status", { id, text });
     const settings = checked.settings;
     // the stored LoRAs and embeddings the run names (the panels' and the prompt's <lora:...> tags)
     const needed = JSON.parse(browser.needed_json(JSON.stringify(settings)));
@@ -272,7 +279,7 @@ async function generate(msg) {
     const pyTexts = py.toPy(texts);
     let r;
     try {
-      r = await fn(JSON.stringify(job), pyTexts, sources, onProgress, () => cancelled(), bridge, files);
+      r = await fn(JSON.stringify(job), pyTexts, sources, onProgress, () => cancelled(), bridge, files, inputs);
     } finally {
       fn.destroy();
       pyTexts.destroy();

@@ -7,8 +7,9 @@
 // input has the setting's name with - for _ (sdweb.settings.FIELDS), and so does its URL parameter:
 // a share link is the page's URL with the image's settings as those parameters (never the token).
 //
-// Hook for image editing: `Workspace.useAsInput` (null until an editor module sets it to a function
+// Hooks for image editing: `Workspace.useAsInput` (null until an editor module sets it to a function
 // taking a gallery entry {png: Blob, settings, ...}); each gallery image offers "input" while it is set.
+// `Workspace.restoreEditing(name, value)` takes the restored settings of a run from an image (EDITING).
 
 import { Gallery } from "./gallery.js";
 import { fmtBytes } from "./store.js";
@@ -18,9 +19,12 @@ const THUMB = 160;  // px, the longer side of a gallery thumbnail
 const DEFAULT_ENDPOINT = "https://huggingface.co";
 // What a share link and a restore carry, by setting name (the input ids use - for _).
 const SHARED = ["model", "prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width", "height", "variant"];
+// The settings of a run from an image: the editor's (its input files cannot travel in settings).
+const EDITING = ["image", "mask", "strength", "outpaint"];
 
 export class Workspace {
   static useAsInput = null;
+  static restoreEditing = null;
 
   // app: {generate(), cancel(), showImage(entry), refreshStorage(), askDefaults(), updateModelNote(),
   //       busy() -> bool, readPng(ArrayBuffer, rid), restoreAddons(setting, value): the LoRA and
@@ -175,6 +179,7 @@ export class Workspace {
       else if (k === "endpoint") {
         if (endpoint) $("endpoint").value = v === DEFAULT_ENDPOINT || v === `${location.origin}/hub` ? "" : v;
       } else if (k === "num_images") $("num-images").value = v > 1 ? v : "";
+      else if (EDITING.includes(k) && Workspace.restoreEditing) Workspace.restoreEditing(k, v);
       else if (k === "loras" || k === "embeddings") this.app.restoreAddons(k, v);
       else if ($(k.replace(/_/g, "-")) && !["backend", "token"].includes(k)) $(k.replace(/_/g, "-")).value = v;
       else if (!["backend", "precision", "preview_every"].includes(k) && !(k === "clip_skip" && !v)) skipped.push(`${k} ${v}`);

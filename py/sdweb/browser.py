@@ -18,23 +18,25 @@ bytes from the source it names by `key` straight into its GPU buffer, so no weig
 wasm heap.
 
 The worker decides nothing itself; it calls, in order: `catalogue_json` (the model picker, on
-start), `resolve_json` (settings.resolve on the form: before anything is fetched, and again with
-the model's configs before its weights are), `plan_json` (layout.plan over what web/hub.js has
-found of the repo, round by round), `needed_json` (which stored LoRAs and embeddings the run names:
-the settings' and the prompt's `<lora:...>` tags) and `worker_generate` (one run: 1 to
-MAX_PAGE_IMAGES images, with those files as a `StoredLibrary`); as the prompt is typed,
-`count_json` (the chunker's token count); `png_settings_json` reads the settings of a PNG dropped
-on the page. Nothing here imports `js` at module level: the module runs (and is tested) in CPython
-as well.
+start), `inputs_json` (a run from an image: the page's input files read as the CLI reads them, for
+their records in the settings), `resolve_json` (settings.resolve on the form: before anything is
+fetched, and again with the model's configs before its weights are), `plan_json` (layout.plan over
+what web/hub.js has found of the repo, round by round), `needed_json` (which stored LoRAs and
+embeddings the run names: the settings' and the prompt's `<lora:...>` tags) and `worker_generate`
+(one run: 1 to MAX_PAGE_IMAGES images, with those files as a `StoredLibrary`); as the prompt is
+typed, `count_json` (the chunker's token count); `png_settings_json` reads the settings of a PNG
+dropped on the page. Nothing here imports `js` at module level: the module runs (and is tested) in
+CPython as well.
 
 Waiting for the GPU: `worker_generate` is an async function that drives `Pipeline.stages` (`drive`):
 once a component is built it awaits the JS bridge's `flush` (the weight uploads device.js queued),
-and at each readback (after a UNet step, after the decode, and where a prompt chunk's embedding
-vectors or weights are applied on the host) its `read_ahead`, which lets the work finish and copies
-the tensor to the host; the pipeline's own synchronous readback then finds the bytes there. Model
-code never reads back within a step, so Python waits only at those points and needs no JavaScript
-Promise Integration (JSPI): the WebGPU backend runs wherever WebGPU does. With JSPI, a byte source
-may also return a Promise (the NumPy backend's tensor reads from IndexedDB).
+and at each readback (after a UNet step, after an input image's encoding, after the decode, and
+where a prompt chunk's embedding vectors or weights are applied on the host) its `read_ahead`, which
+lets the work finish and copies the tensor to the host; the pipeline's own synchronous readback then
+finds the bytes there. Model code never reads back within a step, so Python waits only at those
+points and needs no JavaScript Promise Integration (JSPI): the WebGPU backend runs wherever WebGPU
+does. With JSPI, a byte source may also return a Promise (the NumPy backend's tensor reads from
+IndexedDB).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import addons, catalogue, layout
+from . import addons, catalogue, layout, picture
 from .backends.bridges.js import JsDeviceBridge, settle
 from .backends.webgpu.device import GPUTensor
 from .clip import DEFAULTS as CLIP_DEFAULTS
@@ -190,9 +192,10 @@ class Session:
         return self.pipe
 
 
-def generate(pipe, request: dict, *, progress=None, cancel=None) -> dict:
+def generate(pipe, request: dict, *, image=None, mask=None, progress=None, cancel=None) -> dict:
     """The images of `request` (settings.FIELDS; absent -> the default; precision, variant and
-    backend are the pipeline's; add-on files come from pipe.library) -> {images: [{png: bytes, seed,
+    backend are the pipeline's; add-on files come from pipe.library) and the input Pictures `image`
+    and `mask` of a run from an image (whose records they replace) -> {images: [{png: bytes, seed,
     settings}], seed, timings, settings}: image k has seed + k, and its PNG carries its own settings
     (infotext.png_text).
 
@@ -200,17 +203,17 @@ def generate(pipe, request: dict, *, progress=None, cancel=None) -> dict:
     `preview_every` UNet steps, `preview` (PNG bytes of the first image's latents through
     preview.latents_to_rgb); `cancel()` returning true stops the run between steps with errors.Cancelled.
     """
-    return run_stages(generation(pipe, request, progress=progress, cancel=cancel))
+    return run_stages(generation(pipe, request, image=image, mask=mask, progress=progress, cancel=cancel))
 
 
-def generation(pipe, request: dict, *, progress=None, cancel=None):
+def generation(pipe, request: dict, *, image=None, mask=None, progress=None, cancel=None):
     """`generate` as a generator, as Pipeline.stages is the pipeline's run: it yields what stages
     yields (each tensor about to be read back, None once a component is built) and returns
     generate's dict."""
     from .preview import latents_to_rgb
 
     s = resolve(dict(request, model=pipe.folder.name, precision=pipe.precision, variant=pipe.variant,
-                     backend=pipe.backend.name), pipe.info)
+                     backend=pipe.backend.name, image=image, mask=mask), pipe.info)
 
     def on_progress(p):
         if progress is None:
@@ -226,7 +229,7 @@ def generation(pipe, request: dict, *, progress=None, cancel=None):
         progress(ev)
 
     t0 = time.perf_counter()
-    result = yield from pipe.stages(**s.run_args(), progress=on_progress, cancel=cancel)
+    result = yield from pipe.stages(**s.run_args(), image=image, mask=mask, progress=on_progress, cancel=cancel)
     run = dict(s.as_request(), **result.settings, model=pipe.folder.name)
     images = []
     for k, image in enumerate(result.images):
@@ -257,6 +260,35 @@ def png_settings_json(data) -> str:
     try:
         r = read_png(data.to_bytes() if hasattr(data, "to_bytes") else data)
         return json.dumps({"request": r.request, "notes": list(r.notes), "source": r.source})
+    except SdwebError as e:
+        return json.dumps(_error(e))
+
+
+def read_inputs(inputs) -> tuple:
+    """The page's input files -> (image, mask) Pictures (None where absent), read by picture.read as
+    the CLI reads files. inputs: {image, image_name, mask, mask_name} with the files' bytes (a
+    Uint8Array from JS: a dropped or picked file as it is, a result's PNG, the painted mask's PNG), or
+    None for text-to-image."""
+    if inputs is None:
+        return None, None
+    inputs = inputs.to_py(depth=1) if hasattr(inputs, "to_py") else dict(inputs)
+
+    def read(what):
+        data = inputs.get(what)
+        if data is None:
+            return None
+        data = data.to_bytes() if hasattr(data, "to_bytes") else bytes(data)
+        return picture.read(data, str(inputs.get(f"{what}_name") or f"{what}.png"), what)
+
+    return read("image"), read("mask")
+
+
+def inputs_json(inputs) -> str:
+    """read_inputs for the settings: -> {"image": record | null, "mask": record | null} (what the
+    form's request carries into resolve_json), or {"error", "message", "field"}."""
+    try:
+        image, mask = read_inputs(inputs)
+        return json.dumps({"image": image and image.record(), "mask": mask and mask.record()})
     except SdwebError as e:
         return json.dumps(_error(e))
 
@@ -388,15 +420,16 @@ async def drive(stages, bridge=None):
             await bridge.read_ahead(t.buffer, t.offset, t.nbytes)
 
 
-async def worker_generate(job_json: str, texts, sources, post, cancel, bridge=None, files=None):
+async def worker_generate(job_json: str, texts, sources, post, cancel, bridge=None, files=None, inputs=None):
     """Called by web/worker.js, which awaits it (a Promise in JS): `drive` waits for the GPU at each
     readback, and only there.
 
     job_json: {key, device, settings} with settings as resolve_json returned them; texts: JS object
     path -> text; sources: JS Map path -> {size, name, key, head, read(offset, length)}; post(event):
     progress sink; cancel() -> bool; files: the stored LoRAs and embeddings needed_json named, as
-    StoredLibrary takes them. Returns a JS object: generate's {images, seed, timings, settings} or {error,
-    message, field} or {cancelled: true}. Never raises: the page must stay usable whatever happens here.
+    StoredLibrary takes them; inputs: a run from an image's files (read_inputs). Returns a JS object:
+    generate's {images, seed, timings, settings} or {error, message, field} or {cancelled: true}.
+    Never raises: the page must stay usable whatever happens here.
     """
     from .errors import Cancelled
 
@@ -410,7 +443,9 @@ async def worker_generate(job_json: str, texts, sources, post, cancel, bridge=No
         pipe = _SESSION.pipeline((job["key"], s.variant, s.precision, backend.name, job.get("device")),
                                  s.model, texts_py, sources_py, backend, s.precision, s.variant,
                                  keep_loaded=size < KEEP_LOADED_BYTES, library=StoredLibrary(files))
-        stages = generation(pipe, s.as_request(), progress=lambda ev: post(_to_js(ev)), cancel=lambda: bool(cancel()))
+        image, mask = read_inputs(inputs)
+        stages = generation(pipe, s.as_request(), image=image, mask=mask, progress=lambda ev: post(_to_js(ev)),
+                            cancel=lambda: bool(cancel()))
         out = await drive(stages, backend.context().bridge if backend.name == "webgpu" else None)
         return _to_js(out)
     except Cancelled:

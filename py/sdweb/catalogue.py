@@ -1,8 +1,8 @@
 """The known-good models: models.json, shipped inside the package (and so inside the page's wheel).
 
     {"kinds": {"sd": {"steps": 50, "guidance": 7.5}, "turbo": {...}, "lcm": {...}},
-     "models": [{"repo", "label", "kind", "default"?, "sizes": {"fp16"|"fp32": {component: bytes} | null},
-                 "licence", "access", "note"}, ...],
+     "models": [{"repo", "label", "kind", "default"?, "inpainting"?, "sizes": {"fp16"|"fp32": {component: bytes}
+                 | null}, "licence", "access", "note"}, ...],
      "presets": [{"label", "model", "settings": {settings.FIELDS name: value}, "loras": [{"name", "repo",
                   "file", "scale"}], "note"}, ...]}
 

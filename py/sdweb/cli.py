@@ -47,11 +47,11 @@ def _by_kind(key: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sdweb", description="Stable Diffusion text-to-image in NumPy (or WebGPU).")
+    p = _Parser(prog="sdweb", description="Stable Diffusion text-to-image, img2img and inpainting in NumPy (or WebGPU).")
     p.add_argument("--version", action="version", version=f"sdweb {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    g = sub.add_parser("generate", help="make an image from a prompt")
+    g = sub.add_parser("generate", help="make an image from a prompt (and an image to start from)")
     g.add_argument("--model", help="model folder, or Hub repo id found under ./weights/ (required unless "
                                     "--settings-from names one)")
     g.add_argument("--prompt", help="the prompt (required unless --settings-from)")
@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vae-tiling", default=None,
                    help="auto (default: tiles only where one pass would not fit, e.g. a GPU's buffer limit), on "
                         "(diffusers' enable_tiling()), or off")
+    g.add_argument("--image", default=None, metavar="FILE",
+                   help="start from this image (img2img; PNG, JPEG, WebP ...); its size unless --width/--height")
+    g.add_argument("--mask", default=None, metavar="FILE",
+                   help="with --image: inpaint where this mask is white (grayscale, the image's size)")
+    g.add_argument("--strength", type=float, default=None,
+                   help="with --image: how much is redrawn, above 0 to 1 (default 0.8; 1.0 when inpainting)")
+    g.add_argument("--outpaint", default=None, metavar="L,T,R,B",
+                   help="with --image: grow the canvas by these pixels per side (multiples of 64 for SD) and paint them")
     _add_addon_arguments(g)
     g.add_argument("--output", "-o", default="out.png", help="image file (.png); several images get -0, -1, ...")
     g.add_argument("--save-intermediates", metavar="DIR", default=None,
@@ -241,14 +249,17 @@ def _webgpu_available() -> tuple[bool, str]:
     return (True, "") if webgpu.available() else (False, "no adapter was found")
 
 
-def _request(args, loras, embeddings) -> dict:
+def _request(args, loras, embeddings, image=None, mask=None) -> dict:
     """The generate flags as a settings request (settings.FIELDS), over the settings of
-    --settings-from's PNG where a flag is left out (loras, embeddings: the add-on flags', _addons)."""
+    --settings-from's PNG where a flag is left out (loras, embeddings: the add-on flags', _addons);
+    `image` and `mask` are the Pictures read from --image and --mask (a PNG names the files it was
+    made from, but only these flags give them)."""
     flags = dict(model=args.model, prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
                  guidance=args.guidance, seed=args.seed, scheduler=args.scheduler, width=args.width,
                  height=args.height, num_images=args.num_images, clip_skip=args.clip_skip, precision=args.precision,
                  variant=args.variant, backend=args.backend, preview_every=args.preview_every,
-                 vae_tiling=args.vae_tiling, loras=loras or None, embeddings=embeddings or None)
+                 vae_tiling=args.vae_tiling, loras=loras or None, embeddings=embeddings or None,
+                 strength=args.strength, outpaint=args.outpaint)
     request = {}
     if args.settings_from is not None:
         from .infotext import read_png
@@ -265,7 +276,14 @@ def _request(args, loras, embeddings) -> dict:
         for note in restored.notes:
             print(f"sdweb: {path}: {note}", file=sys.stderr)
         request = dict(restored.request)
+        made_from = request.pop("image", None)
+        request.pop("mask", None)
+        if made_from and image is None:
+            raise ConfigError(f"--settings-from {path}: it was made from the image {made_from.get('name')} (sha256 "
+                              f"{str(made_from.get('sha256'))[:16]}...): give that file with --image (and its mask "
+                              "with --mask)", "image")
     request.update({k: v for k, v in flags.items() if v is not None})
+    request.update(image=image, mask=mask)
     if not request.get("model"):
         raise ConfigError("--model is required (or --settings-from a PNG that names a model)", "model")
     if request.get("prompt") is None:
@@ -274,6 +292,7 @@ def _request(args, loras, embeddings) -> dict:
 
 
 def cmd_generate(args) -> int:
+    from . import picture
     from .infotext import image_settings, png_text
     from .model import resolve_model
     from .pipeline import Pipeline
@@ -281,8 +300,10 @@ def cmd_generate(args) -> int:
     from .settings import ModelInfo, resolve
 
     # Everything that can be checked is, before a model file is read or anything allocated.
+    image = picture.read(args.image, what="image") if args.image else None
+    mask = picture.read(args.mask, what="mask") if args.mask else None
     loras, embeddings, library = _addons(args)
-    s = resolve(_request(args, loras, embeddings))
+    s = resolve(_request(args, loras, embeddings, image, mask))
     outputs = _output_paths(args.output, s.num_images)
     inter = Path(args.save_intermediates) if args.save_intermediates else None
     if inter is not None:
@@ -305,9 +326,12 @@ def cmd_generate(args) -> int:
 
     bar = _Bar(args.quiet)
     f = pipe.vae_scale_factor
+    ran = {"steps": s.steps}  # UNet steps taken: fewer from an image, at strength < 1
 
     def progress(p):
         bar(p)
+        if p.stage == "unet":
+            ran["steps"] = p.total
         if inter is not None and p.stage == "unet" and p.step and (
                 p.step % s.preview_every == 0 or p.step == p.total):
             lat = p.latents
@@ -315,7 +339,7 @@ def cmd_generate(args) -> int:
                 name = f"step-{p.step:04d}.png" if lat.shape[0] == 1 else f"step-{p.step:04d}-{k}.png"
                 _save_image(latents_to_rgb(lat[k], upscale=f), inter / name)
 
-    result = pipe.generate(**s.run_args(), progress=progress)
+    result = pipe.generate(**s.run_args(), image=image, mask=mask, progress=progress)
     bar.close()
     for k, path in enumerate(outputs):
         # the model as it was named (a repo id stays a repo id, which other machines can resolve)
@@ -324,7 +348,7 @@ def cmd_generate(args) -> int:
     t = result.timings
     parts = [f"{k} {v:.2f}s" for k, v in t.items() if k != "total"]
     print(f"timings: {', '.join(parts)}; total {t['total']:.2f}s "
-          f"({t['unet'] / s.steps:.2f}s per step)", file=sys.stderr)
+          f"({t['unet'] / ran['steps']:.2f}s per step)", file=sys.stderr)
     return 0
 
 

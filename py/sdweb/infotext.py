@@ -116,6 +116,8 @@ def format_parameters(settings: dict) -> str:
         "Size": f"{int(settings['width'])}x{int(settings['height'])}",
         "Model": settings["model"],
         "Clip skip": clip_skip if clip_skip > 1 else None,
+        # A1111's img2img and inpainting write their strength so; the input files are named in the sdweb chunk
+        "Denoising strength": _number(settings["strength"]) if settings.get("strength") is not None else None,
     }
     line = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
     negative = settings.get("negative_prompt") or ""

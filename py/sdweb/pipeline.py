@@ -1,7 +1,9 @@
-"""Text-to-image, as diffusers' StableDiffusionPipeline.__call__ does it, stage by stage.
+"""Text-to-image, as diffusers' StableDiffusionPipeline.__call__ does it, stage by stage; from an
+image (img2img, inpainting, outpainting) as its Img2Img and Inpaint pipelines do (editing.py).
 
     prompt ──A1111 chunks──► ids (N, 77) per chunk ──text encoder──► context (2N, 77 k, D)   [uncond; cond]
-    seed ──PCG64──► latents (N, C, h, w) * init_noise_sigma
+    [image ──vae.encode──► mean * scaling_factor: the image latents (editing.Edit)]
+    seed ──PCG64──► latents (N, C, h, w) * init_noise_sigma   [from an image: noised image latents]
     for t in timesteps: eps = unet([x, x], t, context); eps = u + g (c - u); x = scheduler.step(eps, t, x)
     latents / scaling_factor ──vae.decode──► image (N, 3, H, W) ──► uint8 (N, H, W, 3)
 
@@ -14,16 +16,17 @@ unconditional pass, as LatentConsistencyModelPipeline (and StableDiffusionPipeli
 
 Stages load one component, use it and let it go (unless `keep_loaded`), so peak memory holds one
 big component at a time. The noise contract: image k of a run with seed S starts from
-`default_rng(S + k).standard_normal((1, C, h, w), float32) * init_noise_sigma`, and stochastic
+`default_rng(S + k).standard_normal((1, C, h, w), float32) * init_noise_sigma` (C the latent
+channels; from an image, that draw is the noise added to the image latents), and stochastic
 samplers draw their later noise from the same generators, in step order.
 
 `Pipeline.stages` is the run as a generator that stops at each readback (after every UNet step,
-after each of the VAE's tiles or slices where it splits its work, and after the decode) and yields
-the backend tensor about to be read, so a driver can wait for the GPU there with `await` (the
-page's worker, with or without JavaScript Promise Integration: sdweb.browser.drive); the model code
-in between never reads back. It also yields None once each component is built, where the driver may
-wait for its weights to reach the GPU. `Pipeline.generate` runs it to the end, each readback
-blocking (stages.run).
+after each encoding of an input image, after each of the VAE's tiles or slices where it splits its
+work, and after the decode) and yields the backend tensor about to be read, so a driver can wait for
+the GPU there with `await` (the page's worker, with or without JavaScript Promise Integration:
+sdweb.browser.drive); the model code in between never reads back. It also yields None once each
+component is built, where the driver may wait for its weights to reach the GPU. `Pipeline.generate`
+runs it to the end, each readback blocking (stages.run).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from .addons import FolderLibrary, prepare
 from .backends import numpy as numpy_backend
 from .clip import DEFAULTS as CLIP_DEFAULTS
 from .clip import CLIPTextModel
+from .editing import Edit
 from .emphasis import apply_emphasis, match_chunk_counts
 from .errors import Cancelled
 from .schedulers import make_scheduler
@@ -49,7 +53,8 @@ from .vae import AutoencoderKL
 
 @dataclasses.dataclass
 class Progress:
-    """What the progress callback receives. `stage` is one of load, text_encoder, unet, vae;
+    """What the progress callback receives. `stage` is one of load, text_encoder, vae_encoder (a run
+    from an image encoding it), unet, vae;
     `step`/`total` count within the stage; `component` the one a load stage loads. After each UNet
     step, `timestep` and `latents`: the latents after that step, a host float32 ndarray
     (N, C, h, w) (the scheduler runs on the host, so on any backend this costs no readback; the
@@ -69,7 +74,7 @@ class Result:
     images: np.ndarray  # (N, H, W, 3) uint8
     latents: np.ndarray  # (N, C, h, w) final latents, before the VAE's scaling
     seeds: list[int]
-    timings: dict[str, float]  # seconds per stage: load_*, text_encoder, unet, vae
+    timings: dict[str, float]  # seconds per stage: load_*, text_encoder, vae_encoder, unet, vae
     settings: dict
 
 
@@ -105,18 +110,21 @@ class Pipeline:
             return self._loaded[component]
         self._loaded.pop(component, None)
         # A GPU backend takes WeightRefs and uploads each tensor's bytes straight from the file.
-        store = self.folder.weights(component, self.precision, self.variant, lazy=self.backend.takes_weight_refs)
+        files = "vae" if component == "vae_encoder" else component  # the VAE's two halves, loaded apart
+        store = self.folder.weights(files, self.precision, self.variant, lazy=self.backend.takes_weight_refs)
         try:
             if key:
                 store.add_lora(addons.patches(component, self._tensor_shapes))
             self.backend.check_weights(store)  # a GPU names a tensor too big to bind, before uploading
-            config = self.folder.config(component)
+            config = self.folder.config(files)
             if component == "text_encoder":
                 model = CLIPTextModel(config, store.prefix(CLIPTextModel.weights_root(store)), self.backend)
             elif component == "unet":
                 model = UNet2DConditionModel(config, store.prefix(""), self.backend)
             elif component == "vae":
                 model = AutoencoderKL(config, store.prefix(""), self.backend, encoder=False)
+            elif component == "vae_encoder":
+                model = AutoencoderKL(config, store.prefix(""), self.backend, decoder=False)
             else:
                 raise ValueError(component)
             store.finish()
@@ -205,14 +213,14 @@ class Pipeline:
         cond, uncond = match_chunk_counts(cond, uncond, lambda side: empty[side])
         return backend.concat([join(uncond), join(cond)], axis=0)
 
-    def initial_latents(self, seed: int, num_images: int, height: int, width: int, init_noise_sigma: float):
-        """The noise contract: one PCG64 generator per image, seeded seed + k."""
-        C = int(self.unet_config.get("in_channels", 4))
+    def first_noise(self, seed: int, num_images: int, height: int, width: int):
+        """The noise contract: one PCG64 generator per image, seeded seed + k, and their first draws
+        (N, C, h, w), C the latent channels (an inpainting UNet takes more, its noise has these)."""
+        C = self.info.latent_channels
         f = self.vae_scale_factor
         gens = [np.random.default_rng(seed + k) for k in range(num_images)]
         shape = (1, C, height // f, width // f)
-        x = np.concatenate([g.standard_normal(shape, dtype=np.float32) for g in gens])
-        return x * np.float32(init_noise_sigma), gens
+        return np.concatenate([g.standard_normal(shape, dtype=np.float32) for g in gens]), gens
 
     def generate(self, *args, **kwargs) -> Result:
         """One run with `stages`' arguments, to the end: each readback waits where it stands."""
@@ -221,24 +229,30 @@ class Pipeline:
     def stages(self, prompt: str, negative_prompt: str = "", *, steps: int | None = None,
                guidance: float | None = None, seed: int | None = None, scheduler: str | None = None,
                width: int | None = None, height: int | None = None, num_images: int = 1, clip_skip: int = 0,
-               vae_tiling: str | None = None, loras=(), embeddings=(),
-               progress: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None) -> Generator[object, None, Result]:
+               vae_tiling: str | None = None, loras=(), embeddings=(), image=None, mask=None,
+               strength: float | None = None, outpaint=None, progress: Callable[[Progress], None] | None = None,
+               cancel: Callable[[], bool] | None = None) -> Generator[object, None, Result]:
         """The run, yielding each backend tensor just before it is read back (and None after each
         component is built); returns the Result.
         None -> the default (settings.resolve: by model kind, random seed, the model's own
         scheduler and size); ConfigError naming the first bad setting, before anything is loaded.
         loras: [(name or path, scale)] or settings' {name, scale}; embeddings: [name or path]
-        (found by self.library)."""
+        (found by self.library). `image` and `mask` are picture.Pictures (picture.read): with an
+        image the run is img2img, with a mask too (or `outpaint`) inpainting."""
         s = resolve(dict(model=self.folder.name, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                          guidance=guidance, seed=seed, scheduler=scheduler, width=width, height=height,
                          num_images=num_images, clip_skip=clip_skip, precision=self.precision,
                          variant=self.variant, backend=self.backend.name, vae_tiling=vae_tiling,
-                         loras=list(loras), embeddings=list(embeddings)), self.info)
+                         loras=list(loras), embeddings=list(embeddings), image=image, mask=mask,
+                         strength=strength, outpaint=outpaint), self.info)
         steps, guidance, seed, scheduler = s.steps, s.guidance, s.seed, s.scheduler
         width, height, num_images, clip_skip = s.width, s.height, s.num_images, s.clip_skip
         prompt, negative_prompt, vae_tiling = s.prompt, s.negative_prompt, s.vae_tiling
         addons = self.prepare_addons(prompt, negative_prompt, s.loras, s.embeddings)
         loras, embeddings = s.as_request()["loras"], list(s.embeddings)
+        # a run from an image records its input files (names, sha256), strength and outpaint
+        from_image = {} if s.image is None else {k: getattr(s, k) for k in ("image", "mask", "strength", "outpaint")}
+        edit = None if s.image is None else Edit(s, image, mask, self.info.inpainting)
         backend = self.backend
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
@@ -273,24 +287,39 @@ class Pipeline:
         self.release("text_encoder")
         report("text_encoder", 1, 1)
 
-        # 2. scheduler and noise
+        # 2. the input image's latents, for a run from an image
+        if edit is not None:
+            vae = yield from timed_load("vae_encoder")
+            report("vae_encoder", 0, 1)
+            s = time.perf_counter()
+            yield from edit.encode(vae, backend)
+            timings["vae_encoder"] = time.perf_counter() - s
+            self.release("vae_encoder")
+            del vae
+            report("vae_encoder", 1, 1)
+
+        # 3. scheduler and noise
         sched = make_scheduler(scheduler, self.scheduler_config)
         sched.set_timesteps(steps)
-        x0, gens = self.initial_latents(seed, num_images, height, width, sched.init_noise_sigma)
+        first, gens = self.first_noise(seed, num_images, height, width)
+        if edit is None:
+            timesteps, x = sched.timesteps, first * np.float32(sched.init_noise_sigma)
+        else:  # the schedule's tail at the strength, from the noised image latents
+            timesteps, x = edit.start(sched, steps, first)
 
         def noise(shape):
             per = (1,) + tuple(shape[1:])
             return np.concatenate([g.standard_normal(per, dtype=np.float32) for g in gens])
 
-        # 3. denoising loop
+        # 4. denoising loop
         unet = yield from timed_load("unet")
         s = time.perf_counter()
-        x = x0
-        timesteps = sched.timesteps
         report("unet", 0, len(timesteps))
         for i, t in enumerate(timesteps):
             xin = sched.scale_model_input(x, t)
             xin = np.concatenate([xin, xin]) if cfg else xin
+            if edit is not None:
+                xin = edit.unet_input(xin)
             out = unet(backend.tensor(xin), t, context, timestep_cond)
             yield out  # the step's end: its only readback
             eps = backend.numpy(out)
@@ -299,12 +328,14 @@ class Pipeline:
                 uncond, cond = np.split(eps, 2)
                 eps = uncond + np.float32(guidance) * (cond - uncond)
             x = sched.step(eps, t, x, noise)
+            if edit is not None:
+                x = edit.after_step(x, i, timesteps, sched, first)
             report("unet", i + 1, len(timesteps), timestep=float(t), latents=x)
         timings["unet"] = time.perf_counter() - s
         self.release("unet")
         del unet, context  # the last references: on a GPU the UNet's weights must go before the VAE's activations come
 
-        # 4. VAE decode
+        # 5. VAE decode
         vae = yield from timed_load("vae")
         report("vae", 0, 1)
         s = time.perf_counter()
@@ -327,7 +358,7 @@ class Pipeline:
                                     guidance=guidance, seed=seed, scheduler=scheduler, width=width,
                                     height=height, num_images=num_images, clip_skip=clip_skip,
                                     precision=self.precision, variant=self.variant, backend=backend.name,
-                                    vae_tiling=vae_tiling, loras=loras, embeddings=embeddings))
+                                    vae_tiling=vae_tiling, loras=loras, embeddings=embeddings, **from_image))
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

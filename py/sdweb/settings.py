@@ -31,8 +31,9 @@ Defaults and limits:
                       those weights exceed 256 MB (NumPy upcasts per layer: slower, half the memory);
                       else fp32
     preview_every     about ten previews a run: round(steps / 10) steps, at least 1; 1 to 1000
-    vae_tiling        auto: the VAE decodes in one pass unless an activation would not fit the
-                      backend (a GPU's buffer-binding limit), then image by image, then in tiles;
+    vae_tiling        auto: the VAE decodes (and encodes an input image) in one pass unless an
+                      activation would not fit the backend (a GPU's buffer-binding limit), then
+                      image by image, then in tiles;
                       on: in diffusers' enable_tiling() tiles whenever the image is larger than
                       one; off: one pass (vae.py)
     loras             none. A list of LoRAs, each {"name", "scale"} (or the CLI's "NAME[:SCALE]"):
@@ -40,6 +41,15 @@ Defaults and limits:
                       default 1, for the UNet and the text encoder alike (A1111's <lora:...> tags in
                       the prompt add more, with their own scales)
     embeddings        none. A list of textual-inversion files by path or stored name
+    image, mask       none (text-to-image); else an input file's record (picture.Picture.record():
+                      name, sha256, width, height). A mask needs an image and the image's size; an
+                      inpainting model (a 9-channel UNet: latents, mask, masked image) needs a mask
+    strength          with an image: 0.8, or 1.0 when inpainting (diffusers' defaults); above 0 and at
+                      most 1, with at least one step to run (steps x strength >= 1)
+    outpaint          none; else left, top, right, bottom pixels to grow the canvas by (a list or
+                      "L,T,R,B"), each a multiple of the model's size multiple: inpainting of the new area
+    width, height     with an image and not given: the image's (grown by outpaint), rounded down to the
+                      size multiple; an image of another size is resized with Lanczos (a note says so)
 
 The model kind: a model the catalogue (models.json) lists has its kind there; any other is "turbo"
 when its own name (a repo id's or a folder's last part) contains "turbo", "lcm" when it contains
@@ -55,15 +65,16 @@ from typing import Callable, Mapping
 import numpy as np
 
 from . import catalogue
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 from .layout import variant_of
 from .schedulers import SCHEDULERS, scheduler_for
+from .schedulers.base import strength_steps
 from .vae import TILINGS
 from .weights import PRECISIONS
 
 FIELDS = ("model", "prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width", "height",
           "num_images", "clip_skip", "precision", "variant", "backend", "preview_every", "vae_tiling", "loras",
-          "embeddings")
+          "embeddings", "image", "mask", "strength", "outpaint")
 BACKENDS = ("numpy", "webgpu")
 MAX_STEPS = 1000
 MAX_SIDE = 2048  # pixels; beyond this a 64x64-trained UNet makes tiled nonsense and memory explodes
@@ -71,6 +82,7 @@ MAX_IMAGES = 16
 MAX_PAGE_IMAGES = 8  # the page's batch: every image is held (and drawn) at once, in a 4 GiB wasm heap
 MAX_SEED = 2**32 - 1
 RANDOM_SEEDS = 2**31  # a random seed is drawn below this: short to read and to type back
+STRENGTH = {"img2img": 0.8, "inpaint": 1.0}  # diffusers' defaults per mode
 FP16_ABOVE = 256 << 20  # bytes of fp16 weights above which NumPy holds them as fp16
 
 
@@ -85,15 +97,27 @@ class ModelInfo:
     default_scheduler: str
     text_layers: int
     weight_bytes: int | None = None  # of the weight files to be read (the precision default)
+    in_channels: int = 4  # the UNet's: latent_channels, or 2 * latent_channels + 1 for inpainting models
+    latent_channels: int = 4
+
+    @property
+    def inpainting(self) -> bool:
+        """A UNet that takes the mask and the masked image's latents beside its latents (9 channels)."""
+        return self.in_channels == 2 * self.latent_channels + 1
 
     @classmethod
     def from_configs(cls, name: str, *, unet: dict, vae: dict, scheduler: dict, text_encoder: dict,
                      weight_bytes: int | None = None) -> "ModelInfo":
         f = 2 ** (len(vae.get("block_out_channels", [64])) - 1)
         unet_levels = len(unet.get("block_out_channels", [320, 640, 1280, 1280]))
+        latent, taken = int(vae.get("latent_channels", 4)), int(unet.get("in_channels", 4))
+        if taken not in (latent, 2 * latent + 1):
+            raise ModelError(f"{name}: its UNet takes {taken} input channels, which is neither the latents' {latent} "
+                             f"(text-to-image, img2img) nor {2 * latent + 1} (inpainting: latents, mask, masked image)")
         return cls(name=name, default_size=int(unet.get("sample_size") or 64) * f, size_multiple=f * 2 ** (unet_levels - 1),
                    vae_scale_factor=f, default_scheduler=scheduler_for(scheduler),
-                   text_layers=int(text_encoder.get("num_hidden_layers", 12)), weight_bytes=weight_bytes)
+                   text_layers=int(text_encoder.get("num_hidden_layers", 12)), weight_bytes=weight_bytes,
+                   in_channels=taken, latent_channels=latent)
 
     @classmethod
     def of(cls, folder, weight_bytes: int | None = None) -> "ModelInfo":
@@ -126,6 +150,10 @@ class Settings:
     vae_tiling: str
     loras: tuple[tuple[str, float], ...]  # (name, scale)
     embeddings: tuple[str, ...]
+    image: dict | None = None
+    mask: dict | None = None
+    strength: float | None = None
+    outpaint: tuple[int, int, int, int] | None = None
     notes: tuple[str, ...] = ()
 
     def as_request(self) -> dict:
@@ -139,7 +167,8 @@ class Settings:
         """Pipeline.generate's keyword arguments."""
         out = self.as_request()
         return {k: out[k] for k in ("prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width",
-                                    "height", "num_images", "clip_skip", "vae_tiling", "loras", "embeddings")}
+                                    "height", "num_images", "clip_skip", "vae_tiling", "loras", "embeddings", "strength",
+                                    "outpaint")}
 
 
 def model_kind(name: str) -> str:
@@ -251,11 +280,19 @@ def resolve(request: Mapping, model: ModelInfo | None = None,
     if scheduler is not None and scheduler not in SCHEDULERS:
         raise ConfigError(f"unknown scheduler {scheduler!r}; use one of {', '.join(SCHEDULERS)}", "scheduler")
 
+    image, mask, strength, outpaint = _editing(get, model, name, steps)
+    canvas = None  # the input image's size, grown by outpaint
+    if image is not None:
+        left, top, right, bottom = outpaint or (0, 0, 0, 0)
+        canvas = (image["width"] + left + right, image["height"] + top + bottom)
     sizes = {}
     for side in ("width", "height"):
         v = get(side)
         if v is None:
-            sizes[side] = model.default_size if model else None
+            if model is None:
+                sizes[side] = None
+            else:
+                sizes[side] = model.default_size if canvas is None else _from_image(side, canvas, image, model)
             continue
         if model is None:
             sizes[side] = _whole(side, v, 1, MAX_SIDE, f"use at most {MAX_SIDE} pixels")
@@ -279,6 +316,10 @@ def resolve(request: Mapping, model: ModelInfo | None = None,
 
     variant = variant_of(get("variant"))
     backend, notes = _backend(get("backend") or "numpy", webgpu)
+    if canvas is not None and None not in sizes.values() and canvas != (sizes["width"], sizes["height"]):
+        grown = " grown by outpaint" if outpaint else ""
+        notes.append(f"the image{grown} is {canvas[0]}x{canvas[1]} pixels; it is resized to {sizes['width']}x"
+                     f"{sizes['height']} with Lanczos, as diffusers does")
     precision = get("precision")
     if precision is not None and precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}", "precision")
@@ -302,4 +343,83 @@ def resolve(request: Mapping, model: ModelInfo | None = None,
                     height=sizes["height"], num_images=num_images, clip_skip=clip_skip, precision=precision,
                     variant=variant, backend=backend, preview_every=preview, vae_tiling=vae_tiling,
                     loras=_loras(get("loras") or ()), embeddings=_names("embeddings", get("embeddings") or ()),
-                    notes=tuple(notes))
+                    image=image, mask=mask, strength=strength, outpaint=outpaint, notes=tuple(notes))
+
+
+# --- runs from an image ------------------------------------------------------------------------------
+
+RECORD = ("name", "sha256", "width", "height")
+
+
+def _record(field: str, value) -> dict | None:
+    """An input file's record (picture.Picture.record(), or the dict it gave) -> a checked dict."""
+    if value is None:
+        return None
+    if hasattr(value, "record"):
+        value = value.record()
+    ok = isinstance(value, Mapping) and set(value) == set(RECORD) and all(isinstance(value[k], str) for k in RECORD[:2])
+    if not ok or any(isinstance(value[k], bool) or not isinstance(value[k], int) or value[k] < 1 for k in RECORD[2:]):
+        raise ConfigError(f"{field} should be an input file's record ({', '.join(RECORD)}), not {value!r}", field)
+    return {k: value[k] for k in RECORD}
+
+
+def _outpaint(value, model: ModelInfo | None) -> tuple[int, int, int, int] | None:
+    if value is None:
+        return None
+    rule = "give left,top,right,bottom pixels to add, e.g. 0,0,128,0"
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",")]
+        try:
+            value = [int(v) for v in value]
+        except ValueError:
+            raise ConfigError(f"outpaint {','.join(value)!r} is not four whole numbers: {rule}", "outpaint") from None
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise ConfigError(f"outpaint {value!r} is not four numbers: {rule}", "outpaint")
+    sides = tuple(_whole("outpaint", v, 0, MAX_SIDE, f"{rule}, each 0 to {MAX_SIDE}") for v in value)
+    if not any(sides):
+        raise ConfigError(f"outpaint {','.join(map(str, sides))} adds nothing: {rule}", "outpaint")
+    if model is not None and any(v % model.size_multiple for v in sides):
+        raise ConfigError(f"outpaint {','.join(map(str, sides))} is not allowed: each side must be a multiple of "
+                          f"{model.size_multiple} pixels for this model", "outpaint")
+    return sides
+
+
+def _editing(get, model: ModelInfo | None, name: str, steps: int):
+    """(image, mask, strength, outpaint) of a request, checked against each other and the model."""
+    image, mask = _record("image", get("image")), _record("mask", get("mask"))
+    outpaint = _outpaint(get("outpaint"), model)
+    for field, value in (("mask", mask), ("outpaint", outpaint), ("strength", get("strength"))):
+        if value is not None and image is None:
+            raise ConfigError(f"{field} applies to a run from an image: give the image too", field)
+    if mask is not None and (mask["width"], mask["height"]) != (image["width"], image["height"]):
+        raise ConfigError(f"mask {mask['name']} is {mask['width']}x{mask['height']} pixels but image {image['name']} "
+                          f"is {image['width']}x{image['height']}: a mask must be the image's size", "mask")
+    inpaint = mask is not None or outpaint is not None
+    if model is not None and model.inpainting and not inpaint:
+        raise ConfigError(f"{name} is an inpainting model (its UNet takes {model.in_channels} channels: latents, mask "
+                          "and masked image): give it an image and a mask, white where it should paint (or outpaint "
+                          "the image)", "mask")
+    if image is None:
+        return None, None, None, None
+    strength = get("strength")
+    strength = STRENGTH["inpaint" if inpaint else "img2img"] if strength is None else strength
+    if isinstance(strength, bool) or not isinstance(strength, (int, float, np.number)) or not 0 < strength <= 1:
+        raise ConfigError(f"strength {strength} is not allowed: use a number above 0 and at most 1 (the share of the "
+                          "steps that run; 1 starts from noise)", "strength")
+    if strength_steps(steps, strength) < 1:
+        raise ConfigError(f"strength {strength} with {steps} steps runs no step (int(steps x strength) must be at "
+                          "least 1): raise the steps or the strength", "strength")
+    return image, mask, float(strength), outpaint
+
+
+def _from_image(side: str, canvas: tuple[int, int], image: dict, model: ModelInfo) -> int:
+    """width or height from the image's canvas, rounded down to the model's size multiple."""
+    m = model.size_multiple
+    v = canvas[0 if side == "width" else 1] // m * m
+    if v < m:
+        raise ConfigError(f"image {image['name']} is {canvas[0]}x{canvas[1]} pixels: too small for this model, "
+                          f"which works in multiples of {m}", "image")
+    if v > MAX_SIDE:
+        raise ConfigError(f"image {image['name']} is {canvas[0]}x{canvas[1]} pixels, over the {MAX_SIDE}-pixel limit "
+                          f"a side: give a width and height (multiples of {m}) to scale it down", "image")
+    return v

@@ -191,16 +191,18 @@ class Decoder:
 
 
 class AutoencoderKL:
-    """`AutoencoderKL(config, w, backend, encoder=True)`: config is vae/config.json, w the view at the
-    file's root. With encoder=False the encoder and quant_conv tensors are marked unused on purpose
-    and never read (decode-only, as text-to-image needs).
+    """`AutoencoderKL(config, w, backend, encoder=True, decoder=True)`: config is vae/config.json, w
+    the view at the file's root. With encoder=False the encoder and quant_conv tensors are marked
+    unused on purpose and never read (decode-only, as text-to-image needs); with decoder=False the
+    decoder and post_quant_conv ones (encode-only: a run from an image encodes it before the UNet
+    loads and decodes after it is gone, so the two halves need not be held together).
 
     `decode(z)` takes latents already divided by `scaling_factor` (what the pipeline does before
     calling diffusers' `vae.decode`); `encode(x)` returns the moments [mean, logvar] along channels
     (diffusers' `latent_dist.parameters`; `latent_dist.mean` is the first latent_channels).
     """
 
-    def __init__(self, config: dict, w, backend, encoder: bool = True):
+    def __init__(self, config: dict, w, backend, encoder: bool = True, decoder: bool = True):
         cfg = {k: config.get(k, v) for k, v in DEFAULTS.items()}
         nblocks = len(cfg["block_out_channels"])
         for key, kind in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
@@ -218,19 +220,20 @@ class AutoencoderKL:
         self.scale_factor = 2 ** (nblocks - 1)
         self.scaling_factor = float(cfg["scaling_factor"])
         self.latent_channels = lc = cfg["latent_channels"]
-        self.encoder = self.quant_conv = None
+        self.encoder = self.quant_conv = self.decoder = self.post_quant_conv = None
         if encoder:
             self.encoder = Encoder(cfg, w.prefix("encoder"), backend)
             if cfg["use_quant_conv"]:
                 self.quant_conv = Conv2d(2 * lc, 2 * lc, 1, w.prefix("quant_conv"), backend)
         else:
             # text-to-image never encodes: leave the encoder's ~34M SD parameters on disk
-            for part in (w.prefix("encoder"), w.prefix("quant_conv")):
-                for name in part.keys():
-                    part.skip(name)
-        self.decoder = Decoder(cfg, w.prefix("decoder"), backend)
-        self.post_quant_conv = (Conv2d(lc, lc, 1, w.prefix("post_quant_conv"), backend)
-                                if cfg["use_post_quant_conv"] else None)
+            _skip(w, "encoder", "quant_conv")
+        if decoder:
+            self.decoder = Decoder(cfg, w.prefix("decoder"), backend)
+            if cfg["use_post_quant_conv"]:
+                self.post_quant_conv = Conv2d(lc, lc, 1, w.prefix("post_quant_conv"), backend)
+        else:
+            _skip(w, "decoder", "post_quant_conv")
         self.backend = backend
         # diffusers' tile sizes (set them smaller, as on diffusers' model, for smaller tiles)
         sample = cfg["sample_size"]
@@ -246,6 +249,8 @@ class AutoencoderKL:
     def decode_stages(self, z, tiling: str = "auto"):
         """`decode` as a generator (stages.py): where the work is split, it yields each backend tensor
         it is about to read back (the latents, each slice's or tile's output)."""
+        if self.decoder is None:
+            raise ModelError("this AutoencoderKL was built with decoder=False and cannot decode")
         n, _, h, w = self.backend.shape(z)
         per_pass, tile = self._plan(tiling, self.decoder.activation_shapes, n, h, w, decoding=True)
         tile = tile and tile[::-1]  # latent tiles in, sample tiles out
@@ -375,3 +380,9 @@ class AutoencoderKL:
             t = np.arange(e) / e
             b[..., :e] = a[..., -e:] * (1 - t).astype(np.float32) + b[..., :e] * t.astype(np.float32)
         return b
+
+def _skip(w, *parts):
+    """Mark every tensor under these prefixes as unused on purpose: they stay on disk."""
+    for part in (w.prefix(p) for p in parts):
+        for name in part.keys():
+            part.skip(name)

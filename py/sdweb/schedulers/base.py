@@ -18,7 +18,8 @@ f32 = np.float32
 
 class Scheduler:
     """Base of the samplers: `set_timesteps(n)`, `.timesteps`, `.init_noise_sigma`,
-    `scale_model_input(x, t)`, `step(model_output, t, x, noise) -> x_prev`, `.order`.
+    `scale_model_input(x, t)`, `step(model_output, t, x, noise) -> x_prev`, `.order`; for runs that
+    start from an image, `start_at(steps, strength)` and `add_noise(x0, noise, t)`.
 
     Subclasses set `DEFAULTS` (the keyword defaults of the matching diffusers class's `__init__`,
     which is what `from_config` falls back to) and `DIFFUSERS_CLASS` (for messages).
@@ -32,10 +33,50 @@ class Scheduler:
         self.config, self.extra_config = resolve_config(self.DEFAULTS, config, forced)
         self.num_inference_steps = None
         self.timesteps = None
+        self.begin_index = None
+        self._step_index = None
 
     @property
     def init_noise_sigma(self) -> float:
         return 1.0
+
+    def start_at(self, steps, strength):
+        """diffusers' get_timesteps: the tail of the schedule that a run from an image at `strength`
+        takes (the last strength_steps(steps, strength) steps), with the scheduler told where it
+        begins. Call after set_timesteps(steps)."""
+        t_start = max(steps - strength_steps(steps, strength), 0)
+        self.set_begin_index(t_start * self.order)
+        return self.timesteps[t_start * self.order :]
+
+    def set_begin_index(self, begin_index):
+        """The step index of a run's first timestep (diffusers' set_begin_index). Only the samplers
+        that count their steps (sigma-based, LCM) read it: they start counting there instead of
+        looking the first timestep up, and add_noise takes its noise level from it."""
+        self.begin_index = int(begin_index)
+
+    def add_noise(self, original_samples, noise, t):
+        """The forward process: x0 (N, C, H, W) noised to the level of timestep t with `noise` (same
+        shape), float32. img2img starts from it; 4-channel inpainting puts the known region back with it."""
+        raise NotImplementedError(f"{self.DIFFUSERS_CLASS} has no add_noise")
+
+    def _index_for_timestep(self, t):
+        """The index of timestep t in the schedule: the second one where t repeats (so a run starting
+        mid-schedule does not skip a sigma), as diffusers' index_for_timestep."""
+        (indices,) = np.nonzero(self.timesteps == t)
+        if len(indices) == 0:
+            raise ValueError(f"timestep {t!r} is not in this scheduler's timesteps")
+        return int(indices[1] if len(indices) > 1 else indices[0])
+
+    def _init_step_index(self, t):
+        self._step_index = self.begin_index if self.begin_index is not None else self._index_for_timestep(t)
+
+    def _noise_index(self, t):
+        """The step index whose noise level add_noise uses (diffusers' rule): looked up without a
+        begin index; the current step once stepping has started (inpainting's blend after a step);
+        else the begin index (img2img's start)."""
+        if self.begin_index is None:
+            return self._index_for_timestep(t)
+        return self._step_index if self._step_index is not None else self.begin_index
 
     def scale_model_input(self, sample, t):
         """sample: (N, C, H, W) -> the UNet's input at timestep t (unchanged unless sigma-based)."""
@@ -57,6 +98,19 @@ class Scheduler:
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 1 <= n <= t:
             raise ConfigError(f"steps={n!r} is out of range; use an integer from 1 to num_train_timesteps={t}")
         return int(n)
+
+
+def strength_steps(steps, strength) -> int:
+    """How many of `steps` a run from an image at `strength` in (0, 1] takes: diffusers' init_timestep,
+    min(int(steps * strength), steps) in Python floats (so 3 x 0.7 gives 2)."""
+    return min(int(steps * strength), steps)
+
+
+def add_noise_alpha(alphas_cumprod, original_samples, noise, t):
+    """sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise, float32: the add_noise of the alpha-based
+    schedulers (DDIM, DDPM, PNDM, LCM), at an integer timestep."""
+    alpha_prod = alphas_cumprod[int(t)]
+    return as_f32(alpha_prod**0.5 * as_f32(original_samples) + (1 - alpha_prod) ** 0.5 * as_f32(noise))
 
 
 def resolve_config(defaults, config, forced=None):

@@ -4,6 +4,7 @@ import numpy as np
 
 from .base import (
     Scheduler,
+    add_noise_alpha,
     as_f32,
     f32,
     make_alphas_cumprod,
@@ -72,6 +73,9 @@ class DDIMScheduler(Scheduler):
         c = self.config
         self.num_inference_steps = n
         self.timesteps = spaced_timesteps(c["timestep_spacing"], c["num_train_timesteps"], n, c["steps_offset"])
+
+    def add_noise(self, original_samples, noise, t):
+        return add_noise_alpha(self.alphas_cumprod, original_samples, noise, t)
 
     def step(self, model_output, t, sample, noise=None):
         """model_output, sample: (N, C, H, W) float32 at timestep t -> sample at the next timestep."""

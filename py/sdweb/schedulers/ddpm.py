@@ -4,7 +4,7 @@ scheduled timestep through the posterior q(x_prev | x_t, x0), adding noise excep
 import numpy as np
 
 from ..errors import ConfigError
-from .base import BETA_SCHEDULES, Scheduler, as_f32, draw, f32, make_alphas_cumprod, spaced_timesteps
+from .base import BETA_SCHEDULES, Scheduler, add_noise_alpha, as_f32, draw, f32, make_alphas_cumprod, spaced_timesteps
 from .ddim import clip_x0, predict_x0_eps
 
 
@@ -43,6 +43,9 @@ class DDPMScheduler(Scheduler):
         c = self.config
         self.num_inference_steps = n
         self.timesteps = spaced_timesteps(c["timestep_spacing"], c["num_train_timesteps"], n, c["steps_offset"])
+
+    def add_noise(self, original_samples, noise, t):
+        return add_noise_alpha(self.alphas_cumprod, original_samples, noise, t)
 
     def _previous_timestep(self, t):
         index = int(np.nonzero(self.timesteps == t)[0][0])

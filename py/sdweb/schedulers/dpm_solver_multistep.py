@@ -77,7 +77,6 @@ class DPMSolverMultistepScheduler(Scheduler):
         self.alphas_cumprod = alphas_cumprod
         with np.errstate(divide="ignore"):
             self.lambda_t = np.log(np.sqrt(alphas_cumprod)) - np.log(np.sqrt(1 - alphas_cumprod))
-        self._step_index = None
 
     def set_timesteps(self, num_inference_steps):
         n = self._check_steps(num_inference_steps)
@@ -128,6 +127,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         self.model_outputs = [None] * 2
         self.lower_order_nums = 0
         self._step_index = None
+        self.begin_index = None
 
     @staticmethod
     def _alpha_sigma(sigma):
@@ -157,12 +157,16 @@ class DPMSolverMultistepScheduler(Scheduler):
             x0 = threshold_sample(x0, c["dynamic_thresholding_ratio"], c["sample_max_value"])
         return x0
 
-    def _init_step_index(self, t):
+    def _index_for_timestep(self, t):
         (indices,) = np.nonzero(self.timesteps == t)
-        if len(indices) == 0:
-            self._step_index = len(self.timesteps) - 1
-        else:
-            self._step_index = int(indices[1] if len(indices) > 1 else indices[0])
+        if len(indices) == 0:  # diffusers takes the last step for a timestep it does not have
+            return len(self.timesteps) - 1
+        return int(indices[1] if len(indices) > 1 else indices[0])
+
+    def add_noise(self, original_samples, noise, t):
+        """alpha_t x0 + sigma_t noise at the sigma of the step add_noise's index rule picks."""
+        alpha_t, sigma_t = self._alpha_sigma(self.sigmas[self._noise_index(t)])
+        return as_f32(alpha_t * as_f32(original_samples) + sigma_t * as_f32(noise))
 
     def step(self, model_output, t, sample, noise=None):
         """model_output, sample: (N, C, H, W) float32 at timestep t -> sample at the next timestep."""

@@ -49,20 +49,17 @@ class SigmaScheduler(Scheduler):
             return float(max_sigma)
         return float((max_sigma**2 + 1) ** 0.5)
 
-    def _init_step_index(self, t):
-        # diffusers starts at the first match, or the second when the schedule repeats t (so that an
-        # img2img start in the middle does not skip a sigma); afterwards it just counts.
-        (indices,) = np.nonzero(self.timesteps == t)
-        if len(indices) == 0:
-            raise ValueError(f"timestep {t!r} is not in this scheduler's timesteps")
-        self._step_index = int(indices[1] if len(indices) > 1 else indices[0])
-
     def scale_model_input(self, sample, t):
         """sample: (N, C, H, W) -> sample / sqrt(sigma^2 + 1), the UNet's input."""
         if self._step_index is None:
             self._init_step_index(t)
         sigma = self.sigmas[self._step_index]
         return as_f32(as_f32(sample) / ((sigma**2 + 1) ** 0.5))
+
+    def add_noise(self, original_samples, noise, t):
+        """x0 + noise * sigma, at the sigma of the step add_noise's index rule picks."""
+        sigma = self.sigmas[self._noise_index(t)]
+        return as_f32(as_f32(original_samples) + as_f32(noise) * sigma)
 
 
 class EulerDiscreteScheduler(SigmaScheduler):
@@ -103,7 +100,6 @@ class EulerDiscreteScheduler(SigmaScheduler):
             raise ConfigError("use_karras_sigmas and use_exponential_sigmas are both set; set at most one")
         self._sigmas_train = self._train_sigmas()
         self.sigmas = np.concatenate([self._sigmas_train[::-1], np.zeros(1, f32)])
-        self._step_index = None
 
     def set_timesteps(self, num_inference_steps):
         n = self._check_steps(num_inference_steps)
@@ -133,6 +129,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
         else:
             self.timesteps = np.asarray(timesteps).astype(f32)
         self._step_index = None
+        self.begin_index = None
 
     def step(self, model_output, t, sample, noise=None):
         """model_output, sample: (N, C, H, W) float32 at timestep t -> sample at the next sigma."""

@@ -28,7 +28,6 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         self._option("timestep_spacing", ("leading", "trailing", "linspace"))
         self._sigmas_train = self._train_sigmas()
         self.sigmas = np.concatenate([self._sigmas_train[::-1], [0.0]]).astype(f32)
-        self._step_index = None
 
     def set_timesteps(self, num_inference_steps):
         n = self._check_steps(num_inference_steps)
@@ -39,6 +38,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         self.sigmas = np.concatenate([sigmas, [0.0]]).astype(f32)
         self.timesteps = timesteps
         self._step_index = None
+        self.begin_index = None
 
     def step(self, model_output, t, sample, noise=None):
         """model_output, sample: (N, C, H, W) float32 at timestep t -> sample at the next sigma;

@@ -5,7 +5,7 @@ with fresh noise (every step but the last)."""
 import numpy as np
 
 from ..errors import ConfigError
-from .base import Scheduler, as_f32, draw, f32, make_alphas_cumprod
+from .base import Scheduler, add_noise_alpha, as_f32, draw, f32, make_alphas_cumprod
 from .ddim import clip_x0, predict_x0_eps
 
 
@@ -38,7 +38,6 @@ class LCMScheduler(Scheduler):
         self._option("prediction_type", ("epsilon", "sample", "v_prediction"))
         self.alphas_cumprod = make_alphas_cumprod(c, self.DIFFUSERS_CLASS)
         self.final_alpha_cumprod = f32(1.0) if c["set_alpha_to_one"] else self.alphas_cumprod[0]
-        self._step_index = None
 
     def set_timesteps(self, num_inference_steps):
         n = self._check_steps(num_inference_steps)
@@ -58,12 +57,10 @@ class LCMScheduler(Scheduler):
         self.num_inference_steps = n
         self.timesteps = origin[indices].astype(np.int64)
         self._step_index = None
+        self.begin_index = None
 
-    def _init_step_index(self, t):
-        (indices,) = np.nonzero(self.timesteps == t)
-        if len(indices) == 0:
-            raise ValueError(f"timestep {t!r} is not in this scheduler's timesteps")
-        self._step_index = int(indices[1] if len(indices) > 1 else indices[0])
+    def add_noise(self, original_samples, noise, t):
+        return add_noise_alpha(self.alphas_cumprod, original_samples, noise, t)
 
     def step(self, model_output, t, sample, noise=None):
         """model_output, sample: (N, C, H, W) float32 at timestep t -> sample at the next timestep

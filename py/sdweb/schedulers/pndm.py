@@ -9,7 +9,7 @@ UNet sees e.g. 901, 801, 801, 701, ... for 10 leading steps.
 import numpy as np
 
 from ..errors import ConfigError
-from .base import Scheduler, as_f32, f32, make_alphas_cumprod, spaced_timesteps
+from .base import Scheduler, add_noise_alpha, as_f32, f32, make_alphas_cumprod, spaced_timesteps
 
 
 class PNDMScheduler(Scheduler):
@@ -60,6 +60,9 @@ class PNDMScheduler(Scheduler):
         self.counter = 0
         self.cur_model_output = 0
         self.cur_sample = None
+
+    def add_noise(self, original_samples, noise, t):
+        return add_noise_alpha(self.alphas_cumprod, original_samples, noise, t)
 
     def step(self, model_output, t, sample, noise=None):
         """model_output, sample: (N, C, H, W) float32 at timestep t -> sample at the next timestep."""
