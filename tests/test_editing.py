@@ -73,9 +73,12 @@ def soft_mask(width: int, height: int, mode: str = "L") -> picture.Picture:
     return picture.read(data, f"mask-{mode}.png", "mask")
 
 
-def diffusers_run(kind, folder, diffusers_pipe, monkeypatch, name, *, seed, num_images, **call):
-    """A diffusers img2img or inpaint run fed the noise contract; -> (latents after each step, images)."""
+def diffusers_run(kind, folder, diffusers_pipe, monkeypatch, name, *, seed, num_images, tiling=False, **call):
+    """A diffusers img2img or inpaint run fed the noise contract (its VAE in tiles with `tiling`);
+    -> (latents after each step, images)."""
     base = diffusers_pipe(folder)
+    if tiling:  # vae.enable_tiling() on the shared pipeline's VAE, for this test only
+        monkeypatch.setattr(base.vae, "use_tiling", True)
     sched = getattr(diffusers, DIFFUSERS_CLASS[name]).from_config(base.scheduler.config, **forced_options(name))
     cls = diffusers.StableDiffusionImg2ImgPipeline if kind == "img2img" else diffusers.StableDiffusionInpaintPipeline
     pipe = cls(**dict(base.components, scheduler=sched, requires_safety_checker=False))
@@ -99,12 +102,13 @@ def diffusers_run(kind, folder, diffusers_pipe, monkeypatch, name, *, seed, num_
 
 
 def check(kind, folder, diffusers_pipe, monkeypatch, name, *, img, mask=None, strength, guidance=7.5, steps=5,
-          seed=21, num_images=1, width=None, height=None, outpaint=None, backend=None):
+          seed=21, num_images=1, width=None, height=None, outpaint=None, backend=None, vae_tiling=None):
     ours = Pipeline(ModelFolder(folder), **({"backend": backend} if backend else {}), keep_loaded=True)
     progress = []
     res = ours.generate(PROMPT, NEGATIVE, steps=steps, guidance=guidance, seed=seed, scheduler=name,
                         num_images=num_images, width=width, height=height, image=img, mask=mask, strength=strength,
-                        outpaint=outpaint, progress=lambda p: p.stage == "unet" and p.step and progress.append(p))
+                        outpaint=outpaint, vae_tiling=vae_tiling,
+                        progress=lambda p: p.stage == "unet" and p.step and progress.append(p))
     call = dict(num_inference_steps=steps, guidance_scale=guidance, strength=strength)
     ref_image, ref_mask = img.pil, None if mask is None else mask.pil
     if outpaint is not None:  # outpainting is inpainting of the grown canvas
@@ -112,7 +116,7 @@ def check(kind, folder, diffusers_pipe, monkeypatch, name, *, img, mask=None, st
     if kind == "inpaint":
         call.update(mask_image=ref_mask, width=res.settings["width"], height=res.settings["height"])
     ref_steps, ref_images = diffusers_run(kind, folder, diffusers_pipe, monkeypatch, name, seed=seed,
-                                          num_images=num_images, image=ref_image, **call)
+                                          num_images=num_images, image=ref_image, tiling=vae_tiling == "on", **call)
     assert [p.step for p in progress] == list(range(1, len(ref_steps) + 1))  # the steps diffusers takes
     assert progress[-1].total == len(ref_steps)
     ref = ref_steps[-1]
@@ -147,6 +151,15 @@ def test_img2img_matches_diffusers(request, diffusers_pipe, monkeypatch, fixture
     res, _ = check("img2img", request.getfixturevalue(fixture), diffusers_pipe, monkeypatch, name,
                    img=image(file), strength=strength, guidance=guidance, num_images=n)
     assert res.settings["image"] == image(file).record() and res.settings["strength"] == strength
+
+
+def test_img2img_in_vae_tiles_matches_diffusers_enable_tiling(sd1_tiny, diffusers_pipe, monkeypatch):
+    """vae_tiling on: the input image is encoded and the result decoded in diffusers' tiles (the tiny
+    VAE's sample_size, 64 pixels, on a larger image), as enable_tiling() does in diffusers' img2img."""
+    img = image("chelsea.jpg")
+    res, _ = check("img2img", sd1_tiny, diffusers_pipe, monkeypatch, "ddim", img=img, strength=0.6,
+                   vae_tiling="on")
+    assert res.settings["vae_tiling"] == "on" and max(res.images.shape[1:3]) > 64
 
 
 INPAINT = [  # model fixture, scheduler, strength, mask mode, image, keyword arguments
