@@ -4,7 +4,7 @@
     python scripts/make_test_models.py OUT_DIR [--only NAME ...]      -> OUT_DIR/<name>/ for each tiny model
     python scripts/make_test_models.py --full-size sd15 OUT [--fp16]  -> OUT/: SD 1.5 shapes, random weights
 
-Every folder is what `StableDiffusionPipeline.from_pretrained(folder)` loads: `model_index.json`,
+Every pipeline folder is what `StableDiffusionPipeline.from_pretrained(folder)` loads: `model_index.json`,
 `text_encoder/`, `tokenizer/`, `unet/`, `vae/`, `scheduler/`. The three tiny models differ on purpose
 in the ways real checkpoints differ (real configs: tests/data/real-configs/; what the real weight
 files hold: tests/data/real-configs/TENSOR_NAMES.md):
@@ -30,12 +30,19 @@ files hold: tests/data/real-configs/TENSOR_NAMES.md):
               in model_index.json, an LCMScheduler config, a UNet with `time_cond_proj_dim` (the
               guidance scale enters as an embedding through time_embedding.cond_proj).
 
+and one tiny autoencoder in the layout of madebyollin/taesd (what `AutoencoderTiny.from_pretrained(folder)`
+loads: `config.json` and `diffusion_pytorch_model.safetensors` at the root, no model_index.json):
+
+  taesd-tiny  TAESD's real config (tests/data/real-configs/taesd/config.json) with 8 channels and fewer
+              blocks per stage; four stages, so its latents are 1/8 of the image as the SD models' are.
+
 Random weights give degenerate images, so after init each model is calibrated: the UNet's `conv_out`
 is scaled to unit output std and the VAE decoder's `conv_out` to an image std of about 0.35 around 0,
-which keeps the decoded image off the clip limits. Each tiny model is then loaded back from disk
-with diffusers and its image checked (most pixels strictly inside (0, 255), std > 10 grey levels,
-changes with seed and prompt; the inpainting model through StableDiffusionInpaintPipeline, with a
-mask over half of a synthetic image).
+which keeps the decoded image off the clip limits (the tiny autoencoder's last decoder conv likewise,
+and its encoder's to unit-std latents). Each tiny model is then loaded back from disk with diffusers
+and its image checked (most pixels strictly inside (0, 255), std > 10 grey levels, changes with seed
+and prompt; the inpainting model through StableDiffusionInpaintPipeline, with a mask over half of a
+synthetic image; for the autoencoder, with the latents).
 
 Idempotent: a model whose folder holds a stamp file naming this script's version (the sha256 of
 this file) and every file it lists, with the listed sizes, is skipped. A model is written into a
@@ -71,11 +78,13 @@ STAMP = ".sdweb-test-model.json"
 VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 TINY = ("sd1-tiny", "sd2-tiny", "nomid-tiny", "sd1-inpaint-tiny", "lcm-tiny")
+TINY_AUTOENCODERS = ("taesd-tiny",)
 # The image check: two prompts (and seeds 0, 1), a few PNDM steps at the usual guidance.
 CHECK_PROMPTS = ("a photo of a cat", "a red car on a beach")
 CHECK_STEPS = 4
 CHECK_GUIDANCE = 7.5
 VAE_IMAGE_STD = 0.35  # decoder output std before clipping to [-1, 1]: ~45 grey levels, few clipped
+TINY_LATENT_STD = 4.0  # about the spread of the tiny UNets' final latents
 
 
 def _real(path: str) -> dict:
@@ -209,6 +218,15 @@ def _tiny_specs() -> dict[str, dict]:
         scheduler=lcm_sched,
     )
     return specs
+
+
+def _tiny_autoencoder_specs() -> dict[str, dict]:
+    real = _real("taesd/config.json")
+    return {"taesd-tiny": dict(
+        seed=4004,
+        config=dict(real, encoder_block_out_channels=[8] * 4, decoder_block_out_channels=[8] * 4,
+                    num_encoder_blocks=[1, 2, 1, 1], num_decoder_blocks=[1, 1, 2, 1]),
+    )}
 
 
 def _full_spec(arch: str) -> dict:
@@ -474,6 +492,58 @@ def make_tiny_modules(name: str) -> dict:
     return {"text_encoder": text_encoder, "unet": unet, "vae": vae}
 
 
+def make_tiny_autoencoder(name: str):
+    """The calibrated diffusers AutoencoderTiny of tiny autoencoder `name`, in memory (seeded)."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    spec = _tiny_autoencoder_specs()[name]
+    torch.manual_seed(spec["seed"])
+    ae = AutoencoderTiny.from_config(copy.deepcopy(spec["config"])).eval()
+    with torch.no_grad():
+        # decoder: image std VAE_IMAGE_STD around 0 per channel for latents of the spread the tiny
+        # UNets end with (std 2 to 6: nothing trained them to the VAE's scaling). The image is
+        # 2 conv_out - 1, so the conv's bias moves it by twice as much.
+        z = torch.randn(2, ae.config.latent_channels, 8, 8) * TINY_LATENT_STD
+        conv_out = ae.decoder.layers[-1]
+        image = ae.decode(z).sample
+        conv_out.weight.mul_(VAE_IMAGE_STD / (image - image.mean(dim=(0, 2, 3), keepdim=True)).std())
+        conv_out.bias.sub_(ae.decode(z).sample.mean(dim=(0, 2, 3)) / 2)
+        # encoder: unit-std latents for images in [-1, 1]
+        f = 2 ** (len(ae.config.encoder_block_out_channels) - 1)
+        last = ae.encoder.layers[-1]
+        std = ae.encode(torch.rand(1, ae.config.in_channels, 8 * f, 8 * f) * 2 - 1).latents.std()
+        last.weight.div_(std)
+        last.bias.div_(std)
+    return ae
+
+
+def check_autoencoder(folder: Path, name: str | None = None) -> dict:
+    """Load `folder` with diffusers and check its decodes are informative; raises if they are not."""
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderTiny
+
+    ae = AutoencoderTiny.from_pretrained(folder, dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, ae.config.latent_channels, 8, 8, generator=g) * TINY_LATENT_STD
+    with torch.no_grad():
+        images = ae.decode(z).sample.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).numpy()
+    a, b = images.astype(np.int16)
+    stats = {"size": list(a.shape[1:]), "inside": float(((a > 0) & (a < 255)).mean()), "std": float(a.std()),
+             "mean": float(a.mean()), "latent_diff": float(np.abs(a - b).mean())}
+    if stats["inside"] < 0.9 or stats["std"] <= 10 or stats["latent_diff"] <= 1:
+        raise RuntimeError(f"{name or folder.name}: degenerate decodes: {stats}")
+    return stats
+
+
+def _build_tiny_autoencoder(name: str, folder: Path) -> dict:
+    ae = make_tiny_autoencoder(name)
+    _write_json(folder / "config.json", _tiny_autoencoder_specs()[name]["config"])
+    _save(ae.state_dict(), folder / "diffusion_pytorch_model.safetensors")
+    return {"params": {"autoencoder": sum(p.numel() for p in ae.parameters())}}
+
+
 def _build_tiny(name: str, spec: dict, folder: Path) -> dict:
     """Instantiate, calibrate and write one tiny model into `folder`; returns summary numbers."""
     modules = make_tiny_modules(name)
@@ -542,19 +612,25 @@ def check_image(folder: Path, name: str | None = None) -> dict:
 
 
 def _sizes(folder: Path) -> dict:
-    return {c: sum(p.stat().st_size for p in (folder / c).glob("*.safetensors"))
-            for c in ("text_encoder", "unet", "vae")}
+    if (folder / "model_index.json").is_file():
+        return {c: sum(p.stat().st_size for p in (folder / c).glob("*.safetensors"))
+                for c in ("text_encoder", "unet", "vae")}
+    return {"autoencoder": sum(p.stat().st_size for p in folder.glob("*.safetensors"))}
+
+
+_SHORT = {"text_encoder": "te", "unet": "unet", "vae": "vae", "autoencoder": "autoencoder"}
 
 
 def _fmt_summary(name: str, summary: dict) -> str:
     p = summary["params"]
     sz = summary["bytes"]
-    line = (f"{name}: params te {p['text_encoder']:,} unet {p['unet']:,} vae {p['vae']:,}; "
-            f"files te {sz['text_encoder'] / 1e6:.1f} MB unet {sz['unet'] / 1e6:.1f} MB vae {sz['vae'] / 1e6:.1f} MB")
+    line = (f"{name}: params {' '.join(f'{_SHORT[c]} {n:,}' for c, n in p.items())}; "
+            f"files {' '.join(f'{_SHORT[c]} {n / 1e6:.1f} MB' for c, n in sz.items())}")
     im = summary.get("image")
     if im:
+        diffs = " ".join(f"d({k[:-5]}) {v:.1f}" for k, v in im.items() if k.endswith("_diff"))
         line += (f"; image {im['size'][0]}x{im['size'][1]} inside {im['inside']:.1%} std {im['std']:.1f} "
-                 f"mean {im['mean']:.1f} d(prompt) {im['prompt_diff']:.1f} d(seed) {im['seed_diff']:.1f}")
+                 f"mean {im['mean']:.1f} {diffs}")
     return line + f"; {summary['seconds']:.1f} s"
 
 
@@ -564,10 +640,10 @@ def build(out_dir: str | os.PathLike, names=None, *, quiet: bool = False) -> dic
     Returns {name: folder}. Safe to call from several processes at once.
     """
     out_dir = Path(out_dir)
-    names = list(TINY if names is None else names)
+    names = list(TINY + TINY_AUTOENCODERS if names is None else names)
     for n in names:
-        if n not in TINY:
-            raise ValueError(f"unknown test model {n!r}; expected one of {', '.join(TINY)}")
+        if n not in TINY + TINY_AUTOENCODERS:
+            raise ValueError(f"unknown test model {n!r}; expected one of {', '.join(TINY + TINY_AUTOENCODERS)}")
     result = {n: out_dir / n for n in names}
     if all(is_complete(result[n]) for n in names):
         if not quiet:
@@ -575,7 +651,7 @@ def build(out_dir: str | os.PathLike, names=None, *, quiet: bool = False) -> dic
         return result
     import torch
 
-    specs = _tiny_specs()
+    specs = dict(_tiny_specs(), **_tiny_autoencoder_specs())
     threads = torch.get_num_threads()
     # Ops this small gain nothing from threads, and lose a lot when other processes share the cores.
     torch.set_num_threads(1)
@@ -596,8 +672,12 @@ def build(out_dir: str | os.PathLike, names=None, *, quiet: bool = False) -> dic
             tmp.mkdir()
             try:
                 with _quiet():
-                    summary = _build_tiny(n, spec, tmp)
-                    summary["image"] = check_image(tmp, n)
+                    if n in TINY_AUTOENCODERS:
+                        summary = _build_tiny_autoencoder(n, tmp)
+                        summary["image"] = check_autoencoder(tmp, n)
+                    else:
+                        summary = _build_tiny(n, spec, tmp)
+                        summary["image"] = check_image(tmp, n)
                 summary["bytes"] = _sizes(tmp)
                 summary["seconds"] = time.time() - t0
                 _write_stamp(tmp, spec, summary)
@@ -697,8 +777,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out_dir", nargs="?", help="folder for the tiny models (one subfolder each)")
-    ap.add_argument("--only", action="append", choices=TINY, metavar="NAME",
-                    help=f"build only this tiny model (repeatable): {', '.join(TINY)}")
+    ap.add_argument("--only", action="append", choices=TINY + TINY_AUTOENCODERS, metavar="NAME",
+                    help=f"build only this tiny model (repeatable): {', '.join(TINY + TINY_AUTOENCODERS)}")
     ap.add_argument("--full-size", nargs=2, metavar=("ARCH", "OUT"),
                     help="write the full-size architecture ARCH (sd15) with random weights to OUT")
     ap.add_argument("--fp16", action="store_true", help="with --full-size: also write the .fp16 variant files")

@@ -12,8 +12,9 @@ Routes (a starlette app, served by uvicorn):
                                                 `sdweb download` in the Hub's URL layout, so the page
                                                 reads it with `?endpoint=<this server>/hub` and downloads
                                                 nothing twice (revision is ignored: a folder has one)
-    /hub/api/local-models                       JSON list of the repo ids under weights/ (the picker's
-                                                "prefetched" entries)
+    /hub/api/local-models                       JSON {models: the pipelines' repo ids under weights/ (the
+                                                picker's "prefetched" entries), tiny_autoencoders: the tiny
+                                                autoencoders' (madebyollin/taesd: previews, Fast decode)}
 
 A model folder under weights/ (or its owner folder) may be a link, e.g. to a model kept on another
 disk; a link inside a model that leads out of that model's folder is not followed (404).
@@ -49,6 +50,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sdweb import layout
+from sdweb.errors import ModelError
 from sdweb.layout import REPO_ID
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,14 +210,25 @@ def make_app(weights_dir: Path | str | None = None, web_dir: Path | str = WEB, h
             response.headers["etag"] = f'"{digest}"'
         return response
 
+    def tiny_autoencoder(config: Path) -> bool:
+        try:
+            layout.check_autoencoder_config(config.read_text(encoding="utf-8"), "")
+        except (OSError, ModelError):
+            return False
+        return not (config.parent / layout.INDEX).exists()
+
     async def local_models(request: Request):
-        found = []
+        found, tiny = [], []
         if weights.is_dir():
             for index in sorted(weights.glob("*/*/model_index.json")):
                 repo = f"{index.parent.parent.name}/{index.parent.name}"
                 if REPO_ID.match(repo):  # what hub_resolve serves, and nothing it would refuse
                     found.append(repo)
-        return JSONResponse({"models": found})
+            for config in sorted(weights.glob(f"*/*/{layout.AUTOENCODER_CONFIG}")):
+                repo = f"{config.parent.parent.name}/{config.parent.name}"
+                if REPO_ID.match(repo) and tiny_autoencoder(config):
+                    tiny.append(repo)
+        return JSONResponse({"models": found, "tiny_autoencoders": tiny})
 
     routes = [
         Route("/hub/api/local-models", local_models),

@@ -1,10 +1,10 @@
-// conv2d.wgsl: 2-D convolution as an implicit GEMM (no im2col buffer), with bias and an optional
-// fused residual add; the convs of the UNet and the VAE. Host side:
+// conv2d.wgsl: 2-D convolution as an implicit GEMM (no im2col buffer), with bias, an optional fused
+// residual add and a fused activation; the convs of the UNet and the VAEs. Host side:
 // py/sdweb/backends/webgpu/ops/conv2d.py; reference: backends/numpy.py `conv2d`.
 //
 // Shapes: X (N, C, H, W) f32 NCHW; Wt (Co, C, KH, KW) of dtype W_TYPE (f32 | f16 | bf16, accumulated
 // in f32); Y (N, Co, Ho, Wo) f32 with Ho = (H + 2 pad - KH) / stride + 1 (Wo alike); optional bias
-// (Co,) W_TYPE and residual R of Y's shape: Y = conv(X, Wt) + bias + R.
+// (Co,) W_TYPE and residual R of Y's shape: Y = act(conv(X, Wt) + bias + R).
 //
 // As a GEMM: Y[co, q] = sum_k Wt[co, k] * B[k, q] with k = (ci, ky, kx) over C*KH*KW (Wt's own
 // row-major layout) and q = (n, oy, ox) over every output pixel of the batch; B[k, q] =
@@ -14,10 +14,13 @@
 // Bindings (entry conv2d):
 //   0 p: Params (uniform)  1 x: X (read)  2 w: Wt (read)  3 bias (read; a dummy when HAS_BIAS is false)
 //   4 res: R (read; a dummy when HAS_RES is false)  5 y: Y (read_write)
-// Host constants: KH, KW (kernel size), HAS_BIAS, HAS_RES (true | false), W_TYPE / W_LOAD.
+// Host constants: KH, KW (kernel size), HAS_BIAS, HAS_RES (true | false), ACT (include/activations.wgsl's
+// codes, geglu excepted), W_TYPE / W_LOAD.
 // Workgroup (16, 16); dispatch (ceil(N*Ho*Wo / 64), ceil(Co / 64), 1): a 64 (channels) x 64
 // (pixels) tile of Y per workgroup, 4x4 per invocation, vec4 tiles (as matmul.wgsl v3). Every edge is
 // bounds-checked (any Co, C, image size).
+
+#include "include/activations.wgsl"
 
 struct Params {
   C: u32,
@@ -121,7 +124,7 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
         if (has_bias) { v += bias_at(co); }
         let o = o_img + co * P;
         if (has_res) { v += res[o]; }
-        y[o] = v;
+        y[o] = activate(v);
       }
     }
   }

@@ -1,4 +1,4 @@
-// elementwise.wgsl: add/mul, layout ops (upsample, pad, concat, transposes) and gathers (embedding
+// elementwise.wgsl: add/mul, the tanh clamp, layout ops (upsample, pad, concat, transposes) and gathers (embedding
 // rows, one token per row). Host: py/sdweb/backends/webgpu/ops/elementwise.py.
 // Reference: py/sdweb/backends/numpy.py (same op names).
 //
@@ -8,7 +8,8 @@
 //
 //   entry        uniform (in order)                              bindings 1.. (last one written)
 //   add          n                                               a, b, y             y = a + b
-//   mul          n, s: f32                                       x, y                y = x * s
+//   mul          n, s: f32, shift: f32                           x, y                y = x * s + shift
+//   tanh_clamp   n, bound: f32                                   x, y        y = bound * tanh(x / bound)
 //   add_channel  n, hw                                           x (NC, hw), v (NC), y
 //   upsample2x   n, h, w                                         x (NC, h, w), y (NC, 2h, 2w)
 //   pad2d        n, h, w, ho, wo, top, left                      x (NC, h, w), y (NC, ho, wo)
@@ -40,9 +41,9 @@ fn add(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     ay[i] = aa[i] + ab[i];
 }
 
-// --- mul: y = x * s ---
+// --- mul: y = x * s + shift ---
 
-struct MulParams { n: u32, s: f32 }
+struct MulParams { n: u32, s: f32, shift: f32 }
 @group(0) @binding(0) var<uniform> pm: MulParams;
 @group(0) @binding(1) var<storage, read> mx: array<f32>;
 @group(0) @binding(2) var<storage, read_write> my: array<f32>;
@@ -52,7 +53,24 @@ fn mul(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
        @builtin(local_invocation_id) lid: vec3u) {
     let i = flat_index(wid, nwg, lid);
     if (i >= pm.n) { return; }
-    my[i] = mx[i] * pm.s;
+    my[i] = mx[i] * pm.s + pm.shift;
+}
+
+// --- tanh_clamp: y = bound * tanh(x / bound), TAESD's soft clamp of the latents ---
+
+struct TanhParams { n: u32, bound: f32 }
+@group(0) @binding(0) var<uniform> pth: TanhParams;
+@group(0) @binding(1) var<storage, read> thx: array<f32>;
+@group(0) @binding(2) var<storage, read_write> thy: array<f32>;
+
+@compute @workgroup_size(256)
+fn tanh_clamp(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+              @builtin(local_invocation_id) lid: vec3u) {
+    let i = flat_index(wid, nwg, lid);
+    if (i >= pth.n) { return; }
+    // tanh is 1 in f32 beyond |10|; the clamp keeps implementations that build tanh from exp away
+    // from inf / inf
+    thy[i] = pth.bound * tanh(clamp(thx[i] / pth.bound, -10.0, 10.0));
 }
 
 // --- add_channel: x (N*C, hw) + v (N*C) broadcast over hw ---

@@ -57,8 +57,8 @@ def matmul_ladder():
 
 @pytest.fixture(scope="session")
 def test_models_dir(make_test_models) -> Path:
-    """tests/.models/ holding sd1-tiny, sd2-tiny, nomid-tiny, sd1-inpaint-tiny and lcm-tiny, built on first
-    use (a few seconds)."""
+    """tests/.models/ holding sd1-tiny, sd2-tiny, nomid-tiny, sd1-inpaint-tiny, lcm-tiny and taesd-tiny,
+    built on first use (a few seconds)."""
     make_test_models.build(MODELS_DIR, quiet=True)
     return MODELS_DIR
 
@@ -91,6 +91,13 @@ def sd1_inpaint_tiny(test_models_dir) -> Path:
 def lcm_tiny(test_models_dir) -> Path:
     """A latent consistency model: LatentConsistencyModelPipeline, LCMScheduler, UNet with time_cond_proj_dim."""
     return test_models_dir / "lcm-tiny"
+
+
+@pytest.fixture(scope="session")
+def taesd_tiny(test_models_dir) -> Path:
+    """A tiny random AutoencoderTiny in madebyollin/taesd's layout (config.json and
+    diffusion_pytorch_model.safetensors at the root), for the SD test models' latents."""
+    return test_models_dir / "taesd-tiny"
 
 
 @pytest.fixture(scope="session")

@@ -13,13 +13,14 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pytest
 
+from sdweb.autoencoder_tiny import AutoencoderTiny
 from sdweb.backends import contract
 from sdweb.backends import numpy as nb
 from sdweb.backends import webgpu
 from sdweb.clip import CLIPTextModel
 from sdweb.errors import SdwebError
 from sdweb.lora import LoraPatch
-from sdweb.model import ModelFolder
+from sdweb.model import AutoencoderFolder, ModelFolder
 from sdweb.pipeline import Pipeline
 from sdweb.unet import UNet2DConditionModel
 from sdweb.vae import AutoencoderKL
@@ -49,7 +50,7 @@ def test_backend_defines_exactly_the_contract(backend):
 def test_model_code_calls_only_contract_ops():
     """No model module calls a backend function the contract does not list."""
     called = set()
-    for name in ("nn", "resnet", "clip", "unet", "vae", "pipeline"):
+    for name in ("nn", "resnet", "clip", "unet", "vae", "autoencoder_tiny", "pipeline", "preview"):
         src = (ROOT / "py" / "sdweb" / f"{name}.py").read_text()
         called |= set(re.findall(r"\bbackend\.([a-z_0-9]+)\(", src))
     assert {"linear", "conv2d", "attention", "numpy"} <= called <= set(contract.OPS), called - set(contract.OPS)
@@ -57,9 +58,9 @@ def test_model_code_calls_only_contract_ops():
 
 def test_a_bad_activation_is_one_clear_error():
     x, w = np.ones((2, 4), np.float32), np.ones((3, 4), np.float32)
-    with pytest.raises(SdwebError, match=r"^linear: activation 'relu' is not one of None, silu, gelu, "
-                                         r"quick_gelu, geglu$"):
-        nb.linear(x, w, None, "relu")
+    with pytest.raises(SdwebError, match=r"^linear: activation 'tanh' is not one of None, silu, gelu, "
+                                         r"quick_gelu, relu, geglu$"):
+        nb.linear(x, w, None, "tanh")
     with pytest.raises(SdwebError, match=r"^group_norm: activation 'geglu' is not one of None, silu"):
         nb.group_norm(np.ones((1, 4, 2, 2), np.float32), 2, w[0], w[0], 1e-6, "geglu")
 
@@ -75,7 +76,7 @@ class Recorder:
         return getattr(self._backend, name)
 
 
-def test_models_use_every_op(sd1_tiny, monkeypatch):
+def test_models_use_every_op(sd1_tiny, taesd_tiny, monkeypatch):
     folder = ModelFolder(sd1_tiny)
     rec = Recorder(nb)
     Pipeline(folder, rec).generate("a lighthouse", steps=1, width=64, height=64, seed=0)
@@ -100,6 +101,10 @@ def test_models_use_every_op(sd1_tiny, monkeypatch):
     unet(rng.standard_normal((1, 4, 8, 8), dtype=np.float32), 10.0,
          rng.standard_normal((1, 77, config["cross_attention_dim"]), dtype=np.float32))
     paths["mul"] = rec.used
+    rec = Recorder(nb)
+    tiny = AutoencoderFolder(taesd_tiny)
+    AutoencoderTiny(tiny.config(), tiny.weights().prefix(""), rec).decode(rng.standard_normal((1, 4, 2, 2), np.float32))
+    paths["tanh_clamp"] = rec.used
     # a weight a LoRA patches: weight() of a weights.Patched fuses it with the backend's fuse_lora
     store = folder.weights("unet")
     w = store.get("conv_in.weight", store.shape("conv_in.weight"))

@@ -64,8 +64,61 @@ def test_browser_model_generates_what_model_folder_does(sd1_tiny, variant):
     assert all(s.reads > 1 for s in used) and not any(s.reads for p, s in sources.items() if s not in used)
     stages = [e["stage"] for e in events]
     assert stages.index("text_encoder") < stages.index("unet") < stages.index("vae")
-    previews = [e["step"] for e in events if "preview" in e]
-    assert previews == [2] and all(e["preview"].startswith(b"\x89PNG") for e in events if "preview" in e)
+    previews = [e for e in events if "preview" in e]
+    assert [e["step"] for e in previews] == [2, 4]  # and the last step's, shown while the VAE decodes
+    assert all(e["preview"].startswith(b"\x89PNG") and e["preview_kind"] == "approx" for e in previews)
+
+
+def test_a_tiny_autoencoder_from_the_store(sd1_tiny, taesd_tiny):
+    """The worker's way with TAESD: its files beside the model's, under "<its repo>/", taken apart by
+    worker_generate into a BrowserAutoencoder; previews every step are its decodes, and the Fast
+    decode's image is the CLI's draft (the pipeline over the folders)."""
+    from PIL import Image
+
+    from sdweb.model import AutoencoderFolder
+
+    texts, sources = _browser_inputs(sd1_tiny)
+    tiny_sources = {"diffusion_pytorch_model.safetensors": _Source(taesd_tiny / "diffusion_pytorch_model.safetensors")}
+    tiny_texts = {"config.json": (taesd_tiny / "config.json").read_text()}
+    session = browser.Session()
+    pipe = session.pipeline("k", "test/sd1-tiny", texts, sources, browser._backend("numpy"), "fp32", None,
+                            tiny=("t1", "madebyollin/taesd", tiny_texts, tiny_sources))
+    assert isinstance(pipe.tiny_autoencoder, browser.BrowserAutoencoder)
+    assert pipe.tiny_autoencoder.weight_files() == ["diffusion_pytorch_model.safetensors"]
+    events = []
+    request = dict(prompt="a red cube", steps=3, seed=5, width=TINY, height=TINY, scheduler="ddim", decoder="taesd")
+    out = browser.generate(pipe, request, progress=events.append)
+    ref = Pipeline(ModelFolder(sd1_tiny), tiny_autoencoder=AutoencoderFolder(taesd_tiny)).generate(
+        "a red cube", steps=3, seed=5, width=TINY, height=TINY, scheduler="ddim", decoder="taesd")
+    png = out["images"][0]["png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), ref.images[0])
+    previews = [e for e in events if "preview" in e]
+    assert [e["step"] for e in previews] == [1, 2, 3] and {e["preview_kind"] for e in previews} == {"taesd"}
+    assert Image.open(io.BytesIO(previews[0]["preview"])).size == (TINY, TINY)
+    assert out["settings"]["decoder"] == "taesd" and tiny_sources["diffusion_pytorch_model.safetensors"].reads > 1
+    # the same tiny autoencoder again: kept; another: swapped in, the model kept
+    assert session.pipeline("k", "test/sd1-tiny", texts, sources, browser._backend("numpy"), "fp32", None,
+                            tiny=("t1", "x", {}, {})) is pipe
+    with pytest.raises(ModelError, match="x/y has no config.json: not a tiny autoencoder"):
+        session.pipeline("k", "test/sd1-tiny", texts, sources, browser._backend("numpy"), "fp32", None,
+                         tiny=("t2", "x/y", {}, {}))
+
+
+def test_resolve_json_names_the_tiny_autoencoder_to_fetch():
+    def resolve(request, **job):
+        return json.loads(browser.resolve_json(json.dumps(dict(job, request=request)), None))
+
+    form = {"model": "test/sd1-tiny", "steps": 10}
+    r = resolve(form, taesd=False)
+    assert (r["settings"]["preview"], r["settings"]["preview_every"], r["tiny"]) == ("approx", 1, None)
+    r = resolve(form, taesd=True)  # stored: previews by it, every step
+    assert (r["settings"]["preview"], r["settings"]["preview_every"], r["tiny"]) == ("taesd", 1, "madebyollin/taesd")
+    r = resolve(dict(form, decoder="taesd"), taesd=False)  # the Fast decode: fetched on first use
+    assert (r["settings"]["preview"], r["tiny"]) == ("taesd", "madebyollin/taesd")
+    r = resolve(dict(form, preview="approx", decoder="me/tiny"), taesd=True)
+    assert r["tiny"] == "me/tiny"
+    r = resolve(dict(form, decoder="/home/me/taesd"), taesd=True)
+    assert r["error"] == "ConfigError" and r["field"] == "decoder" and "Hub repo id" in r["message"]
 
 
 def test_a_lazy_model_reads_only_the_heads_the_worker_handed_over(sd1_tiny):
@@ -135,9 +188,11 @@ def test_plan_json_plans_what_the_folder_reads(sd1_tiny, sd2_tiny, listed):
 
 
 def test_plan_json_explains_a_repo_that_cannot_run(tmp_path, sd1_tiny):
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["CLIPTextModel"]}))
     step = plan_like_the_page(tmp_path, "test/clip-only", "fp16", listed=False)
-    assert step["error"] == "ModelError" and "test/clip-only has no model_index.json" in step["message"]
+    assert step["error"] == "ModelError" and step["message"].startswith(
+        "test/clip-only has no model_index.json, so it is not a diffusers pipeline, and its config.json describes a "
+        "CLIPTextModel, not a tiny autoencoder")
     step = json.loads(browser.plan_json(json.dumps({"repo": "x/y", "variant": "../", "listed": []})))
     assert step["error"] == "ConfigError" and step["field"] == "variant"
 
@@ -214,7 +269,7 @@ def test_png_settings_json_reads_what_the_page_writes_and_names_a_bad_file(sd1_t
     r = json.loads(browser.png_settings_json(image["png"]))
     assert r["source"] == "sdweb" and r["notes"] == []
     assert r["request"] == {k: v for k, v in image["settings"].items()
-                            if k not in ("backend", "preview_every") and v is not None}
+                            if k not in ("backend", "preview_every", "preview") and v is not None}
     r = json.loads(browser.png_settings_json(b"GIF89a not a png"))
     assert r["error"] == "ConfigError" and "not a PNG" in r["message"]
 

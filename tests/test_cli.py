@@ -61,6 +61,52 @@ def test_generate_writes_the_pipeline_image(sd1_tiny, tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
 
 
+def test_taesd_previews_and_draft_decode(sd1_tiny, taesd_tiny, tmp_path, capsys, monkeypatch):
+    """With madebyollin/taesd downloaded (./weights/), --save-intermediates writes its decode of every
+    step's x0 at the image's size, the pipeline's previews; --decoder taesd writes the pipeline's
+    draft; --preview approx the linear map, scaled to the image's size, about ten a run."""
+    from sdweb.model import AutoencoderFolder
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(taesd_tiny, tmp_path / "weights" / "madebyollin" / "taesd")
+    args = GEN + ["--model", str(sd1_tiny), "--width", "64", "--height", "48", "--scheduler", "euler", "--steps", "3"]
+    events = []
+    want = Pipeline(ModelFolder(sd1_tiny), tiny_autoencoder=AutoencoderFolder(taesd_tiny)).generate(
+        "a red fox in snow", steps=3, seed=4, width=64, height=48, scheduler="euler", decoder="taesd",
+        progress=events.append)
+    previews = [p.preview[0] for p in events if p.preview is not None]
+    assert len(previews) == 3
+
+    code, _, err = run(args + ["--save-intermediates", "inter", "--decoder", "taesd", "-o", "draft.png"], capsys)
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open("draft.png")), want.images[0])
+    assert json.loads(Image.open("draft.png").text["sdweb"])["decoder"] == "taesd"
+    assert sorted(p.name for p in (tmp_path / "inter").iterdir()) == ["step-0001.png", "step-0002.png", "step-0003.png"]
+    for k, want_preview in enumerate(previews):
+        assert np.array_equal(np.asarray(Image.open(f"inter/step-{k + 1:04d}.png")), want_preview)
+
+    shutil.rmtree("inter")
+    code, _, err = run(args + ["--save-intermediates", "inter", "--preview", "approx", "--steps", "20"], capsys)
+    assert code == 0, err
+    names = sorted(p.name for p in (tmp_path / "inter").iterdir())
+    assert names == [f"step-{k:04d}.png" for k in range(2, 21, 2)]
+    assert Image.open("inter/step-0002.png").size == (64, 48)  # the latents' 8x6, each pixel 8x8
+    assert json.loads(Image.open("out.png").text["sdweb"])["decoder"] == "vae"
+
+    # a draft from an image: TAESD encodes it too (the pipeline's run, whose parity with diffusers
+    # test_editing holds)
+    from sdweb import picture
+
+    code, _, err = run(args + ["--image", str(IMAGES / "chelsea.jpg"), "--strength", "0.7", "--decoder", "taesd",
+                               "-o", "edit.png"], capsys)
+    assert code == 0, err
+    want = Pipeline(ModelFolder(sd1_tiny), tiny_autoencoder=AutoencoderFolder(taesd_tiny)).generate(
+        "a red fox in snow", steps=3, seed=4, width=64, height=48, scheduler="euler", decoder="taesd", strength=0.7,
+        image=picture.read(IMAGES / "chelsea.jpg"))
+    assert set(want.timings) >= {"load_tiny_autoencoder_encoder", "vae_encoder"} and "load_vae_encoder" not in want.timings
+    assert np.array_equal(np.asarray(Image.open("edit.png")), want.images[0])
+
+
 def test_console_script_runs(sd1_tiny, tmp_path):
     out = tmp_path / "x.png"
     r = subprocess.run([sys.executable, "-m", "sdweb.cli", *GEN, "--model", str(sd1_tiny), "-o", str(out)],
@@ -108,6 +154,9 @@ def test_info(sd1_tiny, capsys):
     (["--clip-skip", "50"], ["clip_skip 50", "text encoder has"]),
     (["--backend", "cuda"], ["'cuda'", "numpy"]),
     (["--variant", "../x"], ["variant '../x'"]),
+    (["--preview", "taesd"], ["--preview taesd", "--save-intermediates DIR"]),
+    (["--decoder", "taesd"], ["tiny autoencoder madebyollin/taesd not found", "sdweb download madebyollin/taesd"]),
+    (["--decoder", "me/tiny", "--save-intermediates", "inter"], ["tiny autoencoder me/tiny not found"]),
 ])
 def test_bad_settings(sd1_tiny, tmp_path, capsys, monkeypatch, args, needles):
     monkeypatch.chdir(tmp_path)

@@ -137,6 +137,35 @@ def test_downloads_only_the_needed_files_byte_identical(hub, tmp_path, monkeypat
     assert not [r for r in hub.requests(method="GET") if "resolve" in r.path or "_lfs" in r.path]
 
 
+def test_a_tiny_autoencoder(hub, tmp_path, monkeypatch, capfd, taesd_tiny):
+    """madebyollin/taesd's layout: its config.json and diffusers weight file, nothing else (not its
+    pickles, not the original halves); a root config.json of another class stops before any weights."""
+    repo = hub.add_repo("madebyollin/taesd", taesd_tiny, license="mit")
+    for name in ("diffusion_pytorch_model.bin", "taesd_decoder.pth", "taesd_encoder.safetensors", "README.md"):
+        (repo / name).write_bytes(b"other")
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(["download", "madebyollin/taesd"], capfd)
+    assert code == 0, err
+    dest = tmp_path / "weights" / "madebyollin" / "taesd"
+    want = {"config.json", "diffusion_pytorch_model.safetensors"}
+    assert files_in(dest) == want | {dl.RECORD}
+    for name in want:
+        assert filecmp.cmp(dest / name, taesd_tiny / name, shallow=False), name
+    assert "note: no fp16 weights in the repo; taking diffusion_pytorch_model.safetensors" in err
+    assert "--preview taesd" in err and "--decoder taesd" in err
+
+    other = hub.add_repo("o/unet-only")
+    (other / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
+    (other / "diffusion_pytorch_model.safetensors").write_bytes(b"x" * 100)
+    hub.clear_log()
+    code, _, err = run(["download", "o/unet-only", "--dir", str(tmp_path / "u")], capfd)
+    assert code == 2
+    assert "o/unet-only has no model_index.json, so it is not a diffusers pipeline, and its config.json describes " \
+        "a UNet2DConditionModel, not a tiny autoencoder" in error_line(err)
+    assert fetched_names(hub) == {"config.json"}
+
+
 def test_fp32_variant_and_fallback_to_plain_files(hub, tmp_path, monkeypatch, capfd, sd1_tiny, sd2_tiny):
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     code, _, err = run(["download", "test/sd1-tiny", "--variant", "fp32", "--dir", str(tmp_path / "a"), "-q"], capfd)
@@ -393,7 +422,7 @@ def test_select_files_sharded_and_variants():
     def listing(*names):
         return [dl.RemoteFile(n, 10) for n in layout.REQUIRED_FILES + names]
 
-    files, notes = dl.select_files("o/n", listing(
+    files, notes, root = dl.select_files("o/n", listing(
         "unet/diffusion_pytorch_model.safetensors.index.fp16.json",
         "unet/diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
         "unet/diffusion_pytorch_model.fp16-00002-of-00002.safetensors",
@@ -409,6 +438,7 @@ def test_select_files_sharded_and_variants():
         "unet/diffusion_pytorch_model.fp16-00002-of-00002.safetensors",
         "vae/diffusion_pytorch_model.safetensors"]
     assert notes == ["vae: no fp16 weights in the repo; taking diffusion_pytorch_model.safetensors"]
+    assert root == "model_index.json"
     with pytest.raises(ModelError, match="o/n lacks scheduler/scheduler_config.json, .*: sdweb runs Stable Diffusion"):
         dl.select_files("o/n", [dl.RemoteFile("model_index.json", 1)])
 

@@ -28,7 +28,7 @@ diffusers = pytest.importorskip("diffusers")
 from PIL import Image  # noqa: E402
 
 from sdweb import picture  # noqa: E402
-from sdweb.model import ModelFolder  # noqa: E402
+from sdweb.model import AutoencoderFolder, ModelFolder  # noqa: E402
 from sdweb.pipeline import Pipeline  # noqa: E402
 from sdweb.schedulers import forced_options  # noqa: E402
 
@@ -73,15 +73,17 @@ def soft_mask(width: int, height: int, mode: str = "L") -> picture.Picture:
     return picture.read(data, f"mask-{mode}.png", "mask")
 
 
-def diffusers_run(kind, folder, diffusers_pipe, monkeypatch, name, *, seed, num_images, tiling=False, **call):
-    """A diffusers img2img or inpaint run fed the noise contract (its VAE in tiles with `tiling`);
-    -> (latents after each step, images)."""
+def diffusers_run(kind, folder, diffusers_pipe, monkeypatch, name, *, seed, num_images, tiny=None, tiling=False,
+                  **call):
+    """A diffusers img2img or inpaint run fed the noise contract, with vae=AutoencoderTiny from folder
+    `tiny` where given, the VAE in tiles with `tiling`; -> (latents after each step, images)."""
     base = diffusers_pipe(folder)
     if tiling:  # vae.enable_tiling() on the shared pipeline's VAE, for this test only
         monkeypatch.setattr(base.vae, "use_tiling", True)
     sched = getattr(diffusers, DIFFUSERS_CLASS[name]).from_config(base.scheduler.config, **forced_options(name))
     cls = diffusers.StableDiffusionImg2ImgPipeline if kind == "img2img" else diffusers.StableDiffusionInpaintPipeline
-    pipe = cls(**dict(base.components, scheduler=sched, requires_safety_checker=False))
+    vae = base.vae if tiny is None else diffusers.AutoencoderTiny.from_pretrained(tiny)
+    pipe = cls(**dict(base.components, scheduler=sched, vae=vae, requires_safety_checker=False))
     pipe.set_progress_bar_config(disable=True)
     gens = [np.random.default_rng(seed + k) for k in range(num_images)]
 
@@ -102,12 +104,15 @@ def diffusers_run(kind, folder, diffusers_pipe, monkeypatch, name, *, seed, num_
 
 
 def check(kind, folder, diffusers_pipe, monkeypatch, name, *, img, mask=None, strength, guidance=7.5, steps=5,
-          seed=21, num_images=1, width=None, height=None, outpaint=None, backend=None, vae_tiling=None):
-    ours = Pipeline(ModelFolder(folder), **({"backend": backend} if backend else {}), keep_loaded=True)
+          seed=21, num_images=1, width=None, height=None, outpaint=None, backend=None, tiny=None, vae_tiling=None):
+    """Our run against diffusers'; with `tiny` (a tiny autoencoder's folder) a draft, decoder=tiny,
+    against diffusers' pipeline with vae=AutoencoderTiny; vae_tiling "on" against vae.enable_tiling()."""
+    ours = Pipeline(ModelFolder(folder), **({"backend": backend} if backend else {}), keep_loaded=True,
+                    tiny_autoencoder=None if tiny is None else AutoencoderFolder(tiny))
     progress = []
     res = ours.generate(PROMPT, NEGATIVE, steps=steps, guidance=guidance, seed=seed, scheduler=name,
                         num_images=num_images, width=width, height=height, image=img, mask=mask, strength=strength,
-                        outpaint=outpaint, vae_tiling=vae_tiling,
+                        outpaint=outpaint, decoder=None if tiny is None else str(tiny), vae_tiling=vae_tiling,
                         progress=lambda p: p.stage == "unet" and p.step and progress.append(p))
     call = dict(num_inference_steps=steps, guidance_scale=guidance, strength=strength)
     ref_image, ref_mask = img.pil, None if mask is None else mask.pil
@@ -116,7 +121,8 @@ def check(kind, folder, diffusers_pipe, monkeypatch, name, *, img, mask=None, st
     if kind == "inpaint":
         call.update(mask_image=ref_mask, width=res.settings["width"], height=res.settings["height"])
     ref_steps, ref_images = diffusers_run(kind, folder, diffusers_pipe, monkeypatch, name, seed=seed,
-                                          num_images=num_images, image=ref_image, tiling=vae_tiling == "on", **call)
+                                          num_images=num_images, tiny=tiny, image=ref_image,
+                                          tiling=vae_tiling == "on", **call)
     assert [p.step for p in progress] == list(range(1, len(ref_steps) + 1))  # the steps diffusers takes
     assert progress[-1].total == len(ref_steps)
     ref = ref_steps[-1]
@@ -197,6 +203,28 @@ def test_outpainting_is_inpainting_of_the_grown_canvas(request, diffusers_pipe, 
     assert res.settings["outpaint"] == outpaint
 
 
+DRAFTS = [  # kind, model fixture, scheduler, strength, image, with a mask, keyword arguments
+    ("img2img", "sd1_tiny", "euler-a", 0.7, "chelsea.jpg", False, dict(num_images=2)),
+    ("inpaint", "sd1_tiny", "ddim", 0.8, "coffee.webp", True, {}),  # the known region from TAESD's latents
+    ("inpaint", "sd1_inpaint_tiny", "dpm++2m", 1.0, "astronaut.png", True, {}),  # the masked image's too
+]
+
+
+@pytest.mark.parametrize("kind,fixture,name,strength,file,masked,kw", DRAFTS, ids=[f"{c[1]}-{c[2]}" for c in DRAFTS])
+def test_a_draft_from_an_image_is_encoded_by_the_tiny_autoencoder(request, taesd_tiny, diffusers_pipe, monkeypatch,
+                                                                  kind, fixture, name, strength, file, masked, kw):
+    """decoder=<a tiny autoencoder>: the image (and a 9-channel UNet's masked image) is encoded by its
+    encoder and the result decoded by its decoder, equal to diffusers' Img2Img / Inpaint pipeline with
+    vae=AutoencoderTiny; the model's VAE is never loaded."""
+    img = image(file)
+    mask = soft_mask(img.width, img.height) if masked else None
+    res, _ = check(kind, request.getfixturevalue(fixture), diffusers_pipe, monkeypatch, name, img=img, mask=mask,
+                   strength=strength, steps=4, tiny=taesd_tiny, **kw)
+    loads = {k for k in res.timings if k.startswith("load_")}
+    assert loads == {"load_text_encoder", "load_tiny_autoencoder_encoder", "load_tiny_autoencoder", "load_unet"}
+    assert res.settings["decoder"] == str(taesd_tiny)
+
+
 WEBGPU = [  # kind, model fixture, scheduler, strength, image, with a mask, keyword arguments
     ("img2img", "sd2_tiny", "euler-a", 0.7, "astronaut.png", False, {}),
     ("inpaint", "sd1_tiny", "ddim", 0.8, "chelsea.jpg", True, dict(num_images=2)),
@@ -216,6 +244,18 @@ def test_webgpu_matches_diffusers(request, diffusers_pipe, monkeypatch, kind, fi
     res, _ = check(kind, request.getfixturevalue(fixture), diffusers_pipe, monkeypatch, name, img=img, mask=mask,
                    strength=strength, steps=4, backend=webgpu, **kw)
     assert res.settings["backend"] == "webgpu" and res.timings["vae_encoder"] > 0
+
+
+@pytest.mark.gpu
+def test_webgpu_draft_from_an_image(sd1_inpaint_tiny, taesd_tiny, diffusers_pipe, monkeypatch):
+    """The tiny autoencoder's encoder and decoder on the GPU, a 9-channel inpainting draft."""
+    webgpu = pytest.importorskip("sdweb.backends.webgpu", reason="the WebGPU backend needs the wgpu package")
+    if not webgpu.available():
+        pytest.skip("no WebGPU adapter (install mesa-vulkan-drivers for lavapipe)")
+    img = image("chelsea.jpg")
+    res, _ = check("inpaint", sd1_inpaint_tiny, diffusers_pipe, monkeypatch, "euler", img=img,
+                   mask=soft_mask(img.width, img.height), strength=0.9, steps=4, backend=webgpu, tiny=taesd_tiny)
+    assert res.settings["backend"] == "webgpu" and "load_vae_encoder" not in res.timings
 
 
 def test_outpaint_canvas():

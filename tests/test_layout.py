@@ -116,7 +116,13 @@ def test_real_model_indexes_pass_and_others_are_named():
 
 
 def test_what_is_missing_is_named():
-    with pytest.raises(ModelError, match="o/n has no model_index.json, so it is not a diffusers pipeline"):
+    with pytest.raises(ModelError, match="^o/n has no model_index.json, so it is not a diffusers pipeline, and no "
+                                         "config.json either: sdweb runs Stable Diffusion"):
+        layout.plan(layout.Listed(["README.md", "unet/diffusion_pytorch_model.safetensors"]), "fp16", "o/n")
+    # a transformers model's repo read as a tiny autoencoder: its weights have another name
+    with pytest.raises(ModelError, match=r"^o/n has no model_index.json, so it is not a diffusers pipeline; as a tiny "
+                                         r"autoencoder, the repo root has no .safetensors weights \(looked for "
+                                         r"diffusion_pytorch_model.fp16.safetensors, .*\); it holds model.safetensors$"):
         layout.plan(layout.Listed(["config.json", "model.safetensors"]), "fp16", "o/n")
     with pytest.raises(ModelError, match=r"o/n lacks tokenizer/merges.txt: sdweb runs Stable Diffusion"):
         layout.plan(layout.Listed([p for p in layout.TEXT_FILES if p != "tokenizer/merges.txt"]), None, "o/n")
@@ -229,3 +235,40 @@ def test_shards_must_be_plain_names_that_exist():
     del files["text_encoder/model-00001-of-00002.safetensors"]
     with pytest.raises(ModelError, match="no shard files named model-NNNNN-of-NNNNN.safetensors beside it"):
         layout.plan(layout.Listed(files), None, "o/n")
+
+
+# The files of the Hub's madebyollin/taesd as its model card describes them: the diffusers model
+# (config.json, the weights as .safetensors and as a pickle) and the original two halves for
+# ComfyUI / A1111 (.pth and .safetensors).
+TAESD_FILES = [".gitattributes", "README.md", "config.json", "diffusion_pytorch_model.bin",
+               "diffusion_pytorch_model.safetensors", "taesd_decoder.pth", "taesd_decoder.safetensors",
+               "taesd_encoder.pth", "taesd_encoder.safetensors"]
+
+
+def test_a_tiny_autoencoder_repo():
+    """No model_index.json, a root config.json naming AutoencoderTiny: its config and the diffusers
+    weight file, whichever caller asks (a listing, the folder, the page round by round)."""
+    config = (REAL / "taesd" / "config.json").read_text()
+    on_disk = {p: (config if p == "config.json" else "") for p in TAESD_FILES}
+    listed = layout.plan(layout.Listed(TAESD_FILES), "fp16", "madebyollin/taesd")
+    assert listed.kind == "autoencoder" and listed.root == "config.json"
+    assert listed.files == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert listed.weights == (layout.Weights(layout.ROOT, ("diffusion_pytorch_model.safetensors",), None),)
+    assert listed.notes == ("no fp16 weights in the repo; taking diffusion_pytorch_model.safetensors",)
+    for listing in (False, True):
+        probed, _, asked = drive(on_disk, "fp16", listed=listing, repo="madebyollin/taesd")
+        assert probed == listed
+        assert ("model_index.json", True) in asked or listing
+    assert layout.plan(layout.Listed(TAESD_FILES), None, "madebyollin/taesd").notes == ()
+    # what the root config names decides the kind; a pipeline's root file is its model_index.json
+    assert layout.check_root("config.json", config, "x")["_class_name"] == "AutoencoderTiny"
+    unet = (REAL / "stable-diffusion-v1-5" / "unet" / "config.json").read_text()
+    with pytest.raises(ModelError, match=r"^o/n has no model_index.json, so it is not a diffusers pipeline, and its "
+                                         r"config.json describes a UNet2DConditionModel, not a tiny autoencoder: "
+                                         r"sdweb runs"):
+        drive(dict(on_disk, **{"config.json": unet}), None, listed=False)
+    with pytest.raises(ModelError, match="o/n: config.json is not valid JSON"):
+        layout.check_root("config.json", "{", "o/n")
+    with pytest.raises(ModelError, match="its UNet is a UNet2DModel"):
+        layout.check_root("model_index.json", {"unet": ["diffusers", "UNet2DModel"], **{
+            c: ["x", "y"] for c in layout.PIPELINE_COMPONENTS if c != "unet"}}, "o/n")

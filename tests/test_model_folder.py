@@ -224,3 +224,27 @@ def test_resolve_model(folder, tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="model_index.json not found"):
         resolve_model("empty")
+
+
+def test_resolve_autoencoder(taesd_tiny, tmp_path, monkeypatch):
+    """"taesd" is the catalogue's tiny autoencoder, looked up where `sdweb download` puts it; a folder
+    or another repo id works too; a tiny autoencoder given as --model is named for what it is."""
+    from sdweb.model import AutoencoderFolder, resolve_autoencoder
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SDWEB_WEIGHTS", raising=False)
+    with pytest.raises(ModelError, match=r"tiny autoencoder madebyollin/taesd not found \(looked in "
+                                         r"weights/madebyollin/taesd\): run `sdweb download madebyollin/taesd` first"):
+        resolve_autoencoder("taesd")
+    local = tmp_path / "weights" / "madebyollin" / "taesd"
+    shutil.copytree(taesd_tiny, local)
+    found = resolve_autoencoder("taesd")
+    assert isinstance(found, AutoencoderFolder) and found.path.resolve() == local.resolve()
+    assert found.weight_files() == [found.path / "diffusion_pytorch_model.safetensors"]
+    assert found.config()["_class_name"] == "AutoencoderTiny"
+    assert resolve_autoencoder(str(taesd_tiny)).path == taesd_tiny
+    assert resolve_autoencoder("madebyollin/taesd").path.resolve() == local.resolve()
+    with pytest.raises(ModelError, match="is a tiny autoencoder, not a Stable Diffusion model: use it with --decoder"):
+        resolve_model(str(taesd_tiny))
+    with pytest.raises(ModelError, match="is not a tiny autoencoder folder: config.json not found"):
+        resolve_autoencoder(str(tmp_path))

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_page import Page, chromium, page_server, psnr  # noqa: E402,F401 - fixtures used by name
+from test_page import Page, chromium, fresh_context, page_server, psnr  # noqa: E402,F401 - fixtures used by name
 from hub_server import HubServer  # noqa: E402
 
 PHOTO = Path(__file__).resolve().parent / "data" / "images" / "astronaut.png"  # 96x96
@@ -33,6 +33,7 @@ def editor_hub(tmp_path_factory, test_models_dir):
     with HubServer(tmp_path_factory.mktemp("hub")) as hub:
         hub.add_repo("test/sd1-tiny", test_models_dir / "sd1-tiny")
         hub.add_repo("test/sd1-inpaint-tiny", test_models_dir / "sd1-inpaint-tiny")
+        hub.add_repo("madebyollin/taesd", test_models_dir / "taesd-tiny")  # the catalogue's tiny autoencoder
         yield hub
 
 
@@ -82,8 +83,9 @@ def mask_of(p: Page, tmp_path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("L")) >= 128
 
 
-def cli(folder: Path, s: dict, out: Path, image: Path, mask: Path | None = None) -> np.ndarray:
-    """`sdweb generate` from `image` (and `mask`) with the settings the page reports for its image."""
+def cli(folder: Path, s: dict, out: Path, image: Path, mask: Path | None = None, tiny: Path | None = None) -> np.ndarray:
+    """`sdweb generate` from `image` (and `mask`) with the settings the page reports for its image (a
+    Fast decode's by the tiny autoencoder in folder `tiny`)."""
     from PIL import Image
 
     args = [sys.executable, "-m", "sdweb.cli", "generate", "--model", str(folder), "--prompt", s["prompt"],
@@ -95,6 +97,8 @@ def cli(folder: Path, s: dict, out: Path, image: Path, mask: Path | None = None)
         args += ["--mask", str(mask)]
     if s.get("outpaint"):
         args += ["--outpaint", ",".join(map(str, s["outpaint"]))]
+    if s.get("decoder", "vae") != "vae":
+        args += ["--decoder", str(tiny)]
     r = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return np.asarray(Image.open(out).convert("RGB"))
@@ -214,4 +218,23 @@ def test_paste_and_inpainting_models_are_explained(editor_context, page_server, 
         "'notes.txt', {type: 'text/plain'})); return d; })()}))"
     p.page.evaluate(give_bad, [base64.b64encode(b"not an image").decode()])
     p.page.wait_for_function("document.getElementById('editor-note').textContent.includes('notes.txt')")
+    p.close()
+
+
+def test_a_fast_decode_draft_from_an_image(fresh_context, page_server, editor_hub, tmp_path):  # noqa: F811
+    """Fast decode from an image: TAESD (fetched on first use) encodes the image and decodes the
+    result, as `sdweb generate --image --decoder` does."""
+    p = Page(fresh_context, page_server, editor_hub, model="test/sd1-tiny")
+    give_file(p, PHOTO.read_bytes(), "astronaut.png")
+    p.page.select_option("#scheduler", "euler")
+    p.page.select_option("#decoder", "taesd")
+    r = p.generate(width="", height="", steps=4, seed=5)
+    assert r["ok"], r
+    s = r["settings"]
+    assert s["decoder"] == "taesd" and s.get("mask") is None and s["strength"] == 0.8
+    timings = p.page.workers[0].evaluate("self.sdweb.last.timings")
+    assert "load_tiny_autoencoder_encoder" in timings and "load_vae_encoder" not in timings
+    ref = cli(editor_hub.repo_dir("test/sd1-tiny"), s, tmp_path / "cli.png", PHOTO,
+              tiny=editor_hub.repo_dir("madebyollin/taesd"))
+    assert psnr(r["png"], ref) >= 40, f"PSNR {psnr(r['png'], ref):.1f} dB"
     p.close()

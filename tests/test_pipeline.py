@@ -2,7 +2,9 @@
 
 Every scheduler at guidance 1 and 7.5, with a negative prompt, at a non-square size. diffusers is
 handed the noise contract's latents, and its stochastic schedulers the same generator's later draws
-(their module's `randn_tensor` is patched), so both sides see identical noise.
+(their module's `randn_tensor` is patched), so both sides see identical noise. With a tiny
+autoencoder (the draft decoder, previews) the reference is the same pipeline with
+vae=AutoencoderTiny, as diffusers documents it for TAESD.
 """
 
 import importlib
@@ -38,8 +40,10 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def run_diffusers(pipe, monkeypatch, name, *, steps, guidance, seed, width, height, negative):
+def run_diffusers(pipe, monkeypatch, name, *, steps, guidance, seed, width, height, negative, vae=None):
     cls = getattr(diffusers, DIFFUSERS_CLASS[name])
+    if vae is not None:
+        pipe.vae = vae
     pipe.scheduler = cls.from_config(pipe.scheduler.config, **forced_options(name))
     C = pipe.unet.config.in_channels
     f = pipe.vae_scale_factor
@@ -65,20 +69,26 @@ def run_diffusers(pipe, monkeypatch, name, *, steps, guidance, seed, width, heig
 
 
 def check(folder, diffusers_pipe, monkeypatch, name, guidance, *, steps=4, seed=11, width=None, height=None,
-          negative=NEGATIVE):
+          negative=NEGATIVE, tiny=None, **kw):
     """Our final latents and image against diffusers', and the latents each Progress after a UNet step
-    carries (a host float32 array, Progress's contract) against diffusers' after the same step."""
-    ours = Pipeline(ModelFolder(folder), keep_loaded=True)
+    carries (a host float32 array, Progress's contract) against diffusers' after the same step. With
+    `tiny` (a tiny autoencoder's folder) and kw (decoder=, preview=), ours has it and diffusers' has
+    it as its vae."""
+    from sdweb.model import AutoencoderFolder
+
+    ours = Pipeline(ModelFolder(folder), keep_loaded=True, tiny_autoencoder=tiny and AutoencoderFolder(tiny))
     m = ours.info.size_multiple
     width = width or 4 * m
     height = height or 3 * m  # non-square
     progress = []
+    events = []
     res = ours.generate(PROMPT, negative, steps=steps, guidance=guidance, seed=seed, scheduler=name,
-                        width=width, height=height,
-                        progress=lambda p: p.stage == "unet" and p.step and progress.append(p.latents.copy()))
+                        width=width, height=height, progress=events.append, **kw)
+    progress = [p.latents.copy() for p in events if p.stage == "unet" and p.step]
+    vae = tiny and diffusers.AutoencoderTiny.from_pretrained(tiny)
     ref_steps, ref_image = run_diffusers(diffusers_pipe(folder), monkeypatch, name, steps=steps,
                                          guidance=guidance, seed=seed, width=width, height=height,
-                                         negative=negative)
+                                         negative=negative, vae=vae)
     assert len(progress) == len(ref_steps)
     for got, ref in zip(progress + [res.latents], ref_steps + ref_steps[-1:]):
         assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == ref.shape
@@ -87,7 +97,7 @@ def check(folder, diffusers_pipe, monkeypatch, name, guidance, *, steps=4, seed=
     assert res.images.shape == ref_image.shape
     p = psnr(res.images[0], ref_image[0])
     assert p >= 40, f"{name} g={guidance}: PSNR {p:.1f} dB"
-    return res
+    return res, events
 
 
 @pytest.mark.parametrize("guidance", [1.0, 7.5])
@@ -108,6 +118,91 @@ def test_nomid(nomid_tiny, diffusers_pipe, monkeypatch, name):
 
 def test_no_negative_prompt_and_many_steps(sd1_tiny, diffusers_pipe, monkeypatch):
     check(sd1_tiny, diffusers_pipe, monkeypatch, "pndm", 7.5, steps=20, negative=None)
+
+
+@pytest.mark.parametrize("name", ["euler-a", "dpm++2m"])
+def test_draft_decode_by_a_tiny_autoencoder(sd1_tiny, taesd_tiny, diffusers_pipe, monkeypatch, name):
+    """decoder="taesd": the image of diffusers' pipeline with vae=AutoencoderTiny (>= 40 dB, and an
+    image that is not flat or clipped); the previews, every step, are diffusers' AutoencoderTiny
+    decode of each step's x0."""
+    res, events = check(sd1_tiny, diffusers_pipe, monkeypatch, name, 7.5, tiny=taesd_tiny, decoder="taesd")
+    img = res.images[0].astype(np.float64)
+    assert img.std() > 10 and np.mean((img > 0) & (img < 255)) > 0.9
+    assert res.settings["decoder"] == "taesd"
+    steps = [p for p in events if p.stage == "unet" and p.step]
+    assert all(p.preview is not None for p in steps)  # TAESD previews come every step
+    assert [p.component for p in events if p.stage == "load"] == ["text_encoder", "tiny_autoencoder", "unet"]
+    ref = diffusers.AutoencoderTiny.from_pretrained(taesd_tiny)
+    for p in steps:
+        with torch.no_grad():
+            want = ref.decode(torch.from_numpy(p.pred_original_sample)).sample.numpy()
+        want = np.round(np.clip(want / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1) * 255).astype(np.uint8)
+        assert p.preview.shape == want.shape == res.images.shape
+        assert psnr(p.preview, want) >= 40
+
+
+def test_previews_of_x0(sd1_tiny, taesd_tiny):
+    """Without a tiny autoencoder the previews are the linear map of each step's x0 (at the latents'
+    size) about ten a run and after the last step; with one they are its decodes, every step; "none"
+    makes none."""
+    from sdweb.model import AutoencoderFolder
+    from sdweb.preview import latents_to_rgb
+
+    def run(steps, **kw):
+        events = []
+        pipe = Pipeline(ModelFolder(sd1_tiny), **kw)
+        pipe.generate(PROMPT, steps=steps, seed=3, width=64, height=64, scheduler="ddim", progress=events.append)
+        return [p for p in events if p.stage == "unet" and p.step]
+
+    steps = run(15)  # every 2 steps
+    shown = [p.step for p in steps if p.preview is not None]
+    assert shown == [2, 4, 6, 8, 10, 12, 14, 15]
+    for p in steps:
+        if p.preview is not None:
+            np.testing.assert_array_equal(p.preview[0], latents_to_rgb(p.pred_original_sample[0]))
+    # the last step's x0 is nearly where it ends (DDIM keeps sqrt(1 - alphas_cumprod[0]) = 0.03 of eps)
+    assert np.abs(steps[-1].pred_original_sample - steps[-1].latents).max() < 1e-2 * np.abs(steps[-1].latents).max()
+    steps = run(3, tiny_autoencoder=AutoencoderFolder(taesd_tiny))
+    assert all(p.preview is not None and p.preview.shape == (1, 64, 64, 3) for p in steps)
+    events = []
+    Pipeline(ModelFolder(sd1_tiny)).generate(PROMPT, steps=2, seed=3, width=64, height=64, preview="none",
+                                             progress=events.append)
+    assert not any(p.preview is not None for p in events)
+
+
+def test_a_tiny_autoencoder_must_be_given(sd1_tiny):
+    from sdweb.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="decoder 'taesd' needs a tiny autoencoder, and this pipeline has none"):
+        Pipeline(ModelFolder(sd1_tiny)).generate(PROMPT, steps=1, decoder="taesd")
+    with pytest.raises(ConfigError, match="preview 'taesd' needs a tiny autoencoder"):
+        Pipeline(ModelFolder(sd1_tiny)).generate(PROMPT, steps=1, preview="taesd")
+
+
+def test_a_tiny_autoencoder_of_other_latents_is_refused(sd1_tiny, taesd_tiny, tmp_path):
+    """A TAE made for 16-channel latents (or another scale factor) is named before anything loads,
+    instead of failing inside a conv."""
+    import json
+    import shutil
+
+    from sdweb.errors import ConfigError
+    from sdweb.model import AutoencoderFolder
+
+    for change, said in (({"latent_channels": 16}, "16-channel latents at 1/8 of the image"),
+                         ({"decoder_block_out_channels": [64] * 3, "num_decoder_blocks": [1] * 3}, "4-channel latents at 1/4 of the image")):
+        other = tmp_path / f"tae-{len(said)}"
+        shutil.copytree(taesd_tiny, other)
+        config = json.loads((other / "config.json").read_text())
+        (other / "config.json").write_text(json.dumps({**config, **change}))
+        pipe = Pipeline(ModelFolder(sd1_tiny), tiny_autoencoder=AutoencoderFolder(other))
+        for kw, field in (({"decoder": "taesd"}, "decoder"), ({"preview": "taesd"}, "preview")):
+            with pytest.raises(ConfigError, match=f"^{field}: the tiny autoencoder .* works on {said}, and .* makes "
+                                                  "4-channel latents at 1/8") as e:
+                pipe.generate(PROMPT, steps=1, width=64, height=64, **kw)
+            assert e.value.field == field
+    # the test models' own TAE passes the check
+    Pipeline(ModelFolder(sd1_tiny), tiny_autoencoder=AutoencoderFolder(taesd_tiny)).generate(
+        PROMPT, steps=1, width=64, height=64, decoder="taesd")
 
 
 def test_image_is_informative(sd1_tiny):

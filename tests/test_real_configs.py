@@ -112,3 +112,18 @@ def test_sd21_base_text_encoder_and_legacy_vae():
         tensors[k] = v
     assert any(".query." in k for k in tensors)
     build(AutoencoderKL, vae_cfg, tensors, "vae")
+
+
+def test_taesd_config():
+    """madebyollin/taesd's config.json (its repo root) and the tensors diffusers' AutoencoderTiny makes
+    of it: both halves, every tensor once (35 convs' worth: 1.2 M parameters per half)."""
+    from sdweb.autoencoder_tiny import AutoencoderTiny
+
+    diffusers = pytest.importorskip("diffusers")
+    cfg = json.loads((REAL / "taesd" / "config.json").read_text())
+    tensors = meta_state_dict(lambda: diffusers.AutoencoderTiny.from_config(cfg))
+    ae, store = build(AutoencoderTiny, cfg, tensors, "taesd")
+    assert store.summary()["tensors"] == len(tensors)
+    assert ae.scale_factor == 8 and ae.scaling_factor == 1.0 and ae.latent_channels == 4
+    halves = {h: sum(int(np.prod(s)) for k, (_, s) in tensors.items() if k.startswith(h)) for h in ("encoder", "decoder")}
+    assert all(1.1e6 < n < 1.3e6 for n in halves.values()), halves

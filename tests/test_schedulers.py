@@ -4,6 +4,10 @@ Each case builds our scheduler with make_scheduler(name, config) and diffusers' 
 Class.from_config(config, **forced_options(name)), compares timesteps and init_noise_sigma, then
 runs a whole sampling loop on both with the same fake "UNet" (a fixed function of sample and t)
 and the same noise draws (diffusers' randn_tensor is patched to read our generator's stream).
+Every step's prediction of the clean latents (what previews show) is compared too: diffusers'
+`pred_original_sample` of the step output, LCM's `denoised`, DPM-Solver's data prediction (its
+`model_outputs[-1]`), and for PNDM, whose step returns none, what diffusers' DDIMScheduler of the
+same config predicts from the same model output, timestep and sample.
 """
 
 from __future__ import annotations
@@ -80,6 +84,9 @@ SHAPE = (1, 4, 8, 6)
 # diffusers' own np.array(tensor) calls warn under NumPy 2; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 TOL = 1e-5  # of max|reference|
+# x0 = (x - sqrt(1 - a) eps) / sqrt(a): at the first steps sqrt(a) is about 0.006 (t = 999 of a linear
+# schedule), which magnifies float32 rounding ~150x, in diffusers as here; previews need far less.
+X0_TOL = 1e-4
 FIXED = np.random.default_rng(1234).standard_normal(SHAPE, dtype=np.float32)
 
 
@@ -88,8 +95,22 @@ def fake_unet(x: np.ndarray, t) -> np.ndarray:
     return (0.7 * x + np.float32(0.1 * np.sin(float(t) / 100)) + 0.3 * FIXED).astype(np.float32)
 
 
+def reference_x0(name, sched, out, config, steps):
+    """diffusers' x0 for the step that returned `out` -> a function of (model output, t, sample)."""
+    if name == "lcm":
+        return lambda *_: out.denoised
+    if name.startswith("dpm++2m"):
+        return lambda *_: sched.model_outputs[-1]
+    if name == "pndm":
+        ddim = diffusers.DDIMScheduler.from_config(config, clip_sample=False, thresholding=False)
+        ddim.set_timesteps(steps)
+        return lambda eps, t, x: ddim.step(eps, t, x).pred_original_sample
+    return lambda *_: out.pred_original_sample
+
+
 def run_reference(name, config, steps, monkeypatch, seed=7):
-    """diffusers' loop, as StableDiffusionPipeline runs it. Returns (timesteps, init sigma, final x)."""
+    """diffusers' loop, as StableDiffusionPipeline runs it. Returns (timesteps, init sigma, final x,
+    [x0 of each step])."""
     cls, module = REFERENCE[name]
     rng = np.random.default_rng(seed)
 
@@ -102,11 +123,14 @@ def run_reference(name, config, steps, monkeypatch, seed=7):
     sched.set_timesteps(steps)
     sigma0 = sched.init_noise_sigma
     x = torch.from_numpy(rng.standard_normal(SHAPE, dtype=np.float32)) * sigma0
+    x0s = []
     for t in sched.timesteps:
         x_in = sched.scale_model_input(x, t)
         eps = torch.from_numpy(fake_unet(x_in.numpy(), t))
-        x = sched.step(eps, t, x).prev_sample
-    return sched.timesteps.numpy(), float(sigma0), x.numpy()
+        out = sched.step(eps, t, x)
+        x0s.append(reference_x0(name, sched, out, config, steps)(eps, t, x).numpy())
+        x = out.prev_sample
+    return sched.timesteps.numpy(), float(sigma0), x.numpy(), x0s
 
 
 def run_ours(name, config, steps, seed=7):
@@ -120,17 +144,21 @@ def run_ours(name, config, steps, seed=7):
     sched.set_timesteps(steps)
     sigma0 = sched.init_noise_sigma
     x = rng.standard_normal(SHAPE, dtype=np.float32) * np.float32(sigma0)
+    x0s = []
     for t in sched.timesteps:
         x_in = sched.scale_model_input(x, t)
         assert x_in.dtype == np.float32
         x = sched.step(fake_unet(x_in, t), t, x, noise)
         assert x.dtype == np.float32 and x.shape == SHAPE
-    return sched.timesteps, sigma0, x
+        x0 = sched.pred_original_sample
+        assert x0.dtype == np.float32 and x0.shape == SHAPE
+        x0s.append(x0)
+    return sched.timesteps, sigma0, x, x0s
 
 
 def compare(name, config, steps, monkeypatch, timesteps_rtol=0.0, tol=TOL):
-    ref_ts, ref_sigma, ref_x = run_reference(name, config, steps, monkeypatch)
-    ts, sigma, x = run_ours(name, config, steps)
+    ref_ts, ref_sigma, ref_x, ref_x0s = run_reference(name, config, steps, monkeypatch)
+    ts, sigma, x, x0s = run_ours(name, config, steps)
     assert isinstance(ts, np.ndarray)
     if name in ("euler", "euler-a"):
         assert ts.dtype == np.float32
@@ -145,6 +173,10 @@ def compare(name, config, steps, monkeypatch, timesteps_rtol=0.0, tol=TOL):
     assert np.all(np.isfinite(ref_x)), "the reference run diverged; the case tests nothing"
     err = np.abs(x - ref_x).max() / np.abs(ref_x).max()
     assert err <= tol, f"{name} steps={steps}: max|ours - diffusers| = {err:.2e} x max|diffusers|"
+    assert len(x0s) == len(ref_x0s) == len(ts)
+    for i, (x0, ref_x0) in enumerate(zip(x0s, ref_x0s)):
+        e = np.abs(x0 - ref_x0).max() / np.abs(ref_x0).max()
+        assert e <= max(tol, X0_TOL), f"{name} steps={steps}: x0 of step {i}: max|ours - diffusers| = {e:.2e} x max|diffusers|"
     return err
 
 

@@ -52,7 +52,7 @@ def test_only_requests_addressed_to_it_are_answered(serve, weights):
     client = TestClient(serve.make_app(weights, port=8000), base_url="http://127.0.0.1:8000")
     for host in ALLOWED:
         r = client.get("/hub/api/local-models", headers={"Host": host})
-        assert r.status_code == 200 and r.json() == {"models": ["test/real"]}, host
+        assert r.status_code == 200 and r.json()["models"] == ["test/real"], host
     for host in REFUSED:
         for url in ("/hub/api/local-models", f"/hub/test/real/resolve/main/{WEIGHT}", "/"):
             r = client.get(url, headers={"Host": host})
@@ -111,7 +111,8 @@ def test_a_linked_model_folder_is_served_but_no_link_out_of_a_model(serve, weigh
     make_model(weights / "test" / "not an id")  # no Hub repo id: neither listed nor served
 
     client = TestClient(serve.make_app(weights, port=8000), base_url="http://127.0.0.1:8000")
-    assert client.get("/hub/api/local-models").json() == {"models": ["far/far-model", "test/linked", "test/real"]}
+    assert client.get("/hub/api/local-models").json() == {"models": ["far/far-model", "test/linked", "test/real"],
+                                                          "tiny_autoencoders": []}
     data = (linked / WEIGHT).read_bytes()
     r = client.get(f"/hub/test/linked/resolve/main/{WEIGHT}", headers={"Range": "bytes=8-99"})
     assert r.status_code == 206 and r.content == data[8:100]
@@ -134,6 +135,20 @@ def test_a_linked_model_folder_is_served_but_no_link_out_of_a_model(serve, weigh
         assert r.status_code == 404 and r.headers["x-error-code"] == "RepoNotFound", (repo, r.status_code)
 
 
+def test_prefetched_tiny_autoencoders_are_listed_apart(serve, tmp_path, sd1_tiny, taesd_tiny):
+    """madebyollin/taesd in weights/ (`sdweb download` leaves it there) is served like a model and
+    listed as a tiny autoencoder, not in the model picker; another root config.json is neither."""
+    shutil.copytree(sd1_tiny, tmp_path / "test" / "sd1-tiny")
+    shutil.copytree(taesd_tiny, tmp_path / "madebyollin" / "taesd")
+    (tmp_path / "o" / "unet").mkdir(parents=True)
+    (tmp_path / "o" / "unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    client = TestClient(serve.make_app(tmp_path), base_url="http://127.0.0.1:8000")
+    assert client.get("/hub/api/local-models").json() == {"models": ["test/sd1-tiny"],
+                                                          "tiny_autoencoders": ["madebyollin/taesd"]}
+    r = client.get("/hub/madebyollin/taesd/resolve/main/diffusion_pytorch_model.safetensors")
+    assert r.status_code == 200 and r.content == (taesd_tiny / "diffusion_pytorch_model.safetensors").read_bytes()
+
+
 def test_serve_app_headers_range_and_hub_layout(serve, tmp_path, sd1_tiny):
     shutil.copytree(sd1_tiny, tmp_path / "test" / "sd1-tiny")
     client = TestClient(serve.make_app(tmp_path), base_url="http://127.0.0.1:8000")
@@ -153,4 +168,4 @@ def test_serve_app_headers_range_and_hub_layout(serve, tmp_path, sd1_tiny):
     r = client.get("/hub/test/sd1-tiny/resolve/main/missing.json")
     assert r.status_code == 404 and r.headers["x-error-code"] == "EntryNotFound"
     assert client.get("/hub/test/sd1-tiny/resolve/main/../../../etc/passwd").status_code == 404
-    assert client.get("/hub/api/local-models").json() == {"models": ["test/sd1-tiny"]}
+    assert client.get("/hub/api/local-models").json() == {"models": ["test/sd1-tiny"], "tiny_autoencoders": []}

@@ -177,9 +177,34 @@ def test_backend_choice():
 
 
 def test_preview_cadence():
-    assert [resolve({"steps": n}).preview_every for n in (1, 4, 5, 14, 15, 25, 50, 1000)] == \
+    assert [resolve({"steps": n, "preview": "approx"}).preview_every for n in (1, 4, 5, 14, 15, 25, 50, 1000)] == \
         [1, 1, 1, 1, 2, 3, 5, 100]
     assert resolve({"steps": 50, "preview_every": 7}).preview_every == 7
+    assert resolve({"steps": 50, "preview": "taesd"}).preview_every == 1  # every step: cheap enough
+    assert resolve({"steps": 50, "preview": "taesd", "preview_every": 4}).preview_every == 4
+
+
+def test_preview_and_decoder():
+    """The preview is TAESD's where a tiny autoencoder is at hand, else the linear map; left open
+    while the caller does not know (and the cadence with it, so a second resolve can still choose)."""
+    s = resolve({"steps": 20})
+    assert (s.preview, s.preview_every, s.decoder, s.tiny_autoencoder) == (None, None, "vae", None)
+    assert resolve(s.as_request(), taesd=True).preview == "taesd"
+    s = resolve({"steps": 20}, taesd=False)
+    assert (s.preview, s.preview_every, s.tiny_autoencoder) == ("approx", 2, None)
+    s = resolve({"steps": 20}, taesd=True)
+    assert (s.preview, s.preview_every, s.tiny_autoencoder) == ("taesd", 1, "taesd")
+    # a tiny autoencoder as the decoder is at hand for previews too, whatever the caller knows of TAESD
+    s = resolve({"decoder": "me/my-tiny-ae"})
+    assert (s.preview, s.decoder, s.tiny_autoencoder) == ("taesd", "me/my-tiny-ae", "me/my-tiny-ae")
+    s = resolve({"decoder": "taesd", "preview": "approx", "steps": 20}, taesd=True)
+    assert (s.preview, s.preview_every, s.tiny_autoencoder) == ("approx", 2, "taesd")
+    assert resolve({"preview": "none"}, taesd=True).tiny_autoencoder is None
+    assert resolve({"decoder": " "}).decoder == "vae"
+    bad({"preview": "vae"}, "preview", "unknown preview 'vae'", "taesd", "approx", "none")
+    bad({"decoder": 3}, "decoder", "decoder should be text")
+    for s in (resolve({"decoder": "taesd"}), resolve({"preview": "approx", "steps": 9}, taesd=True)):
+        assert resolve(s.as_request()) == s
 
 
 def test_vae_tiling():

@@ -386,3 +386,31 @@ def test_cli_rejects_bad_arguments(make_test_models, capsys):
         with pytest.raises(SystemExit) as e:
             make_test_models.main(argv)
         assert e.value.code == 2, argv
+
+
+def test_tiny_autoencoder(test_models_dir, make_test_models, diffusers_pipe):
+    """taesd-tiny: madebyollin/taesd's layout and config keys; diffusers loads every tensor and
+    computes what the in-memory model computes; as the VAE of sd1-tiny's pipeline its images are
+    informative."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    folder = test_models_dir / "taesd-tiny"
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == \
+        ["config.json", "diffusion_pytorch_model.safetensors"]
+    config = read_json(folder / "config.json")
+    assert set(config) == set(read_json(CONFIGS / "taesd/config.json"))
+    assert config["_class_name"] == "AutoencoderTiny" and config["scaling_factor"] == 1.0
+    ae, info = AutoencoderTiny.from_pretrained(folder, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    ref = make_test_models.make_tiny_autoencoder("taesd-tiny")
+    g = torch.Generator().manual_seed(3)
+    z, img = torch.randn(1, 4, 8, 8, generator=g), torch.rand(1, 3, 64, 64, generator=g) * 2 - 1
+    with torch.no_grad():
+        assert_close(ae.decode(z).sample, ref.decode(z).sample)
+        assert_close(ae.encode(img).latents, ref.encode(img).latents)
+    pipe = diffusers_pipe(test_models_dir / "sd1-tiny")
+    pipe.vae = ae
+    a = generate(pipe)
+    assert ((a > 0) & (a < 255)).mean() > 0.9 and a.std() > 10
+    assert np.abs(a.astype(int) - generate(pipe, seed=1)).mean() > 2

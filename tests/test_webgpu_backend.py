@@ -47,6 +47,8 @@ def rng(seed=0):
 def exact(op: str, x: np.ndarray) -> np.ndarray:
     """The activation in float64 from its definition (math.erf for GELU)."""
     x = x.astype(np.float64)
+    if op == "relu":
+        return np.maximum(x, 0)
     if op == "gelu":
         return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
     return x / (1 + np.exp(-(1.702 if op == "quick_gelu" else 1.0) * x))
@@ -64,7 +66,7 @@ def picked(columns: list[np.ndarray], K: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("K", [1, 4])
-@pytest.mark.parametrize("op", ["silu", "gelu", "quick_gelu"])
+@pytest.mark.parametrize("op", ["silu", "gelu", "quick_gelu", "relu"])
 def test_activations(op, K):
     """Every activation kernels fuse, through linear (both kernels), against numpy.py and the float64
     definition: |error| <= 1e-6 (1 + |x|) (measured 1e-7 on lavapipe; numpy.py's own error is the
@@ -99,8 +101,24 @@ def test_add_mul(shape):
     ta, tb = webgpu.tensor(a), webgpu.tensor(b)
     check(webgpu.add(ta, tb), nb.add(a, b))
     check(webgpu.mul(ta, 0.18215), nb.mul(a, 0.18215))
+    check(webgpu.mul(ta, 2.0, -1.0), nb.mul(a, 2.0, -1.0))  # [0, 1] -> [-1, 1]
+    np.testing.assert_array_equal(nb.mul(a, 2.0, -1.0), a * np.float32(2) - np.float32(1))
     with pytest.raises(SdwebError, match="shapes"):
         webgpu.add(ta, webgpu.tensor(np.zeros((7,) + shape, np.float32)))
+
+
+@pytest.mark.parametrize("bound", [3.0, 0.5])
+def test_tanh_clamp(bound):
+    """bound * tanh(x / bound) (TAESD's latent clamp) against numpy.py and the float64 definition,
+    tails included (tanh saturates to exactly 1 in f32 beyond |x / bound| = 9.1)."""
+    x = (rng(6).standard_normal((2, 4, 33, 9)) * 4).astype(np.float32)
+    x.flat[:7] = [0.0, -1e-4, 1e-4, 30.0, -30.0, 1e30, -1e30]
+    ref = nb.tanh_clamp(x, bound)
+    want = bound * np.tanh(x.astype(np.float64) / bound)
+    assert np.abs(ref - want).max() <= 1e-6 * bound
+    got = webgpu.numpy(webgpu.tanh_clamp(webgpu.tensor(x), bound))
+    check(got, ref)
+    assert np.abs(got - want).max() <= 1e-6 * bound
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 5, 3, 7), (2, 33, 19, 17)])

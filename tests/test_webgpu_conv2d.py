@@ -1,6 +1,6 @@
 """shaders/conv2d.wgsl (through webgpu/ops/conv2d.py) against backends/numpy.py `conv2d`, on lavapipe or
 whatever adapter wgpu finds: 3x3 and 1x1 kernels, stride 1 and 2, padding 0 and 1, bias or none, the
-fused residual add, every weight dtype, odd sizes (5x7 images, 3 input channels, 33 or 70 output
+fused residual add and activation, every weight dtype, odd sizes (5x7 images, 3 input channels, 33 or 70 output
 channels, so tiles of 64 channels x 64 pixels are partly empty and span two images of a batch).
 
 Bound: max |gpu - ref| <= 1e-4 x max |ref| for every dtype: f16 / bf16 weights are compared with the
@@ -36,9 +36,9 @@ def case(N, C, H, W, Co, k, dtype="f32", bias=True, seed=0):
     return x, w, b
 
 
-def run(ctx, x, w, b, stride, padding, residual=None):
+def run(ctx, x, w, b, stride, padding, residual=None, act=None):
     return cv.conv2d(ctx, webgpu.tensor(x), webgpu.weight(w), None if b is None else webgpu.weight(b),
-                     stride, padding, residual=None if residual is None else webgpu.tensor(residual))
+                     stride, padding, residual=None if residual is None else webgpu.tensor(residual), act=act)
 
 
 # (N, Cin, H, W, Cout, k, stride, padding)
@@ -78,6 +78,23 @@ def test_residual(ctx, bias, dtype):
     check(run(ctx, x, w, b, 1, 1, residual=r), ref + r)
 
 
+@pytest.mark.parametrize("shape", [(2, 6, 5, 7, 70), (1, 5, 36, 40, 9)], ids=["tiles", "wide"])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("act", ["relu", "silu"])
+def test_fused_activation(ctx, act, residual, shape):
+    """act(conv(x) + b [+ residual]) in the epilogue: the tiny autoencoder's conv + ReLU and
+    ReLU(conv + skip). The reference against the activation's definition applied after an unfused
+    conv (both of its conv paths: small images and wide rows), the kernel against the reference."""
+    x, w, b = case(*shape, 3, seed=3)
+    r = np.random.default_rng(4).standard_normal(nb.conv2d(x, w, b, 1, 1).shape).astype(np.float32) \
+        if residual else None
+    plain = nb.conv2d(x, w, b, 1, 1, r).astype(np.float64)
+    want = np.maximum(plain, 0) if act == "relu" else plain / (1 + np.exp(-plain))
+    ref = nb.conv2d(x, w, b, 1, 1, r, act)
+    assert np.abs(ref - want).max() <= 1e-6 * np.abs(want).max()
+    check(run(ctx, x, w, b, 1, 1, residual=r, act=act), ref)
+
+
 def test_no_bias(ctx):
     x, w, _ = case(1, 4, 6, 6, 8, 3, bias=False)
     check(run(ctx, x, w, None, 1, 1), nb.conv2d(x, w, None, 1, 1))
@@ -96,6 +113,8 @@ def test_errors(ctx):
         cv.conv2d(ctx, tx, tw, webgpu.weight(b.astype(np.float16)))
     with pytest.raises(SdwebError, match="GPU tensor"):
         cv.conv2d(ctx, x, tw, tb)
+    with pytest.raises(SdwebError, match="^conv2d: activation 'geglu' is not one of None, silu"):
+        cv.conv2d(ctx, tx, tw, tb, act="geglu")
 
 
 def test_backend_conv2d(ctx):

@@ -130,7 +130,7 @@ def test_errors(ctx, matmul_ladder):
     with pytest.raises(SdwebError, match="bias"):
         mm.linear(ctx, tx, tw, webgpu.weight(np.zeros(5, np.float32)))
     with pytest.raises(SdwebError, match="activation"):
-        mm.linear(ctx, tx, tw, tb, "relu")
+        mm.linear(ctx, tx, tw, tb, "tanh")
     with pytest.raises(SdwebError, match="mixed dtypes"):
         mm.linear(ctx, tx, tw, webgpu.weight(b.astype(np.float16)))
     with pytest.raises(SdwebError, match="version 7"):

@@ -16,7 +16,7 @@ const params = new URLSearchParams(location.search);
 
 const state = {
   worker: null, ready: false, busy: false, runId: 0, cancelTimer: null, cancelFlag: null,
-  env: {}, gpu: null, catalogue: null, backend: null, resolveId: 0, localModels: [], started: 0,
+  env: {}, gpu: null, catalogue: null, backend: null, resolveId: 0, localModels: [], localTiny: [], started: 0,
   stageStart: {}, lastTimings: null, pending: null, results: 0, panels: null, tokens: null,
 };
 let workspace = null;
@@ -31,7 +31,7 @@ function request() {
     prompt: $("prompt").value, negative_prompt: $("negative-prompt").value, steps: num("steps"),
     guidance: num("guidance"), seed: num("seed"), scheduler: $("scheduler").value, width: num("width"),
     height: num("height"), num_images: num("num-images"), variant: $("variant").value, backend: $("backend").value,
-    vae_tiling: $("vae-tiling").value,
+    preview: $("preview-kind").value, decoder: $("decoder").value, vae_tiling: $("vae-tiling").value,
     ...state.editor.request(),
     ...(state.panels ? state.panels.request() : {}),
   };
@@ -237,7 +237,7 @@ function onProgress(m) {
     stage("unet", m.step / m.total, `step ${m.step}/${m.total}` + (per ? ` · ${fmtTime(per)}/step` : "") +
       (eta ? ` · ${fmtTime(eta)} left` : ""));
     $("status").textContent = m.step < m.total ? `Denoising, step ${m.step + 1} of ${m.total}…` : "Denoising done.";
-    if (m.preview) showPreview(m.preview);
+    if (m.preview) showPreview(m.preview, m.preview_kind);
   } else if (m.stage === "vae") {
     markLoaded();
     stage("vae", m.step / m.total, m.step ? "done" : "decoding the image");
@@ -253,11 +253,14 @@ function markLoaded() {
   d.textContent = d.textContent.replace("…", "");
 }
 
-function showPreview(png) {
+// A preview of the image the step predicts: TAESD's decode ("taesd") or the latents' colours ("approx").
+function showPreview(png, kind) {
   const url = URL.createObjectURL(new Blob([png], { type: "image/png" }));
   const img = $("preview");
   if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
   img.src = url;
+  img.dataset.kind = kind;
+  img.alt = kind === "taesd" ? "live preview: the predicted image, decoded by TAESD" : "live preview: the latents' approximate colours";
   img.hidden = false;
   $("result").hidden = true;
   $("placeholder").hidden = true;
@@ -269,6 +272,7 @@ async function generate() {
   if (state.busy) return;
   clearError();
   const req = request();
+  const typed = typedEndpoint();
   const { endpoint, local } = endpointFor(req.model);
   try { new URL(endpoint); } catch (_) {
     fail({ kind: "input", message: `"${endpoint}" is not a URL.`, field: "endpoint" });
@@ -288,7 +292,7 @@ async function generate() {
   // The token goes to https://huggingface.co, or to the endpoint the box under it was ticked for (by
   // the user: no URL parameter ticks it); store.js authFor/authHeaders hold it to that.
   const msg = { type: "generate", id: state.runId, request: req, inputs, endpoint, token: $("token").value.trim(),
-    tokenEndpoint: local ? null : confirmedEndpoint(endpoint) };
+    tokenEndpoint: local ? null : confirmedEndpoint(endpoint), tiny: { typed, local: state.localTiny } };
   if (state.fatal) { state.fatal = false; startWorker(); }
   if (state.ready) send(msg);
   else state.pending = msg;
@@ -535,7 +539,9 @@ async function loadLocalModels() {
   try {
     const r = await fetch("hub/api/local-models");
     if (!r.ok) return;
-    state.localModels = (await r.json()).models || [];
+    const local = await r.json();
+    state.localModels = local.models || [];
+    state.localTiny = local.tiny_autoencoders || [];
     if (state.catalogue) for (const repo of state.localModels) addLocalModel(repo);
     updateModelNote();
   } catch (_) { /* served without the dev server's /hub: nothing prefetched */ }
@@ -544,7 +550,7 @@ async function loadLocalModels() {
 function init() {
   // URL parameters preset the form: ?model= ?endpoint= ?backend= (and any other field by its id)
   for (const id of ["prompt", "negative-prompt", "steps", "guidance", "seed", "scheduler", "width", "height", "num-images", "variant",
-    "vae-tiling"]) {
+    "decoder", "preview-kind", "vae-tiling"]) {
     if (params.has(id)) $(id).value = params.get(id);
   }
   if (params.has("model")) $("model").value = params.get("model");

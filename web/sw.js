@@ -24,7 +24,7 @@ const CACHE = `sdweb-${VERSION}`;
 const SCOPE = new URL("./", self.location.href);
 const SHELL = [
   "./", "index.html", "app.js", "editor.js", "workspace.js", "gallery.js", "offline.js", "worker.js", "store.js",
-  "hub.js", "addons.js", "addon_panels.js", "token_count.js", "bridge/device.js", "style.css",
+  "hub.js", "taesd.js", "addons.js", "addon_panels.js", "token_count.js", "bridge/device.js", "style.css",
   "manifest.webmanifest", "icon-192.png", "icon-512.png",
   "vendor/wheels/manifest.json",
 ];

@@ -12,14 +12,17 @@
 //                {type: "generate", id, request (settings.FIELDS as typed), inputs (null, or a run from an
 //                 image's files: {image, image_name, mask?, mask_name?}, bytes as Uint8Array), endpoint,
 //                 revision, token, tokenEndpoint (the endpoint the user confirmed for the token in the
-//                 page, or null)}
+//                 page, or null), tiny {typed (the endpoint field), local (the dev server's prefetched
+//                 tiny autoencoders)}: where a tiny autoencoder the run needs comes from (taesd.js
+//                 tinyEndpoint)}
 //                {type: "cancel"}   (the shared flag is what a busy Python loop sees; this message
 //                                    covers the download phase where the page is not isolated)
 //                {type: "png-settings", rid, bytes}   the settings a PNG dropped on the page carries
 // Messages out:  status {text}, ready {...environment, gpu {ok, adapter, why}, catalogue, maxImages, resolved},
 //                resolved {rid, settings, notes | error, message, field}, counted {rid, prompt,
 //                negative_prompt: {chunks, tokens, count} | error, message}, plan {...}, download {...},
-//                progress {stage, step, total, elapsed, component?, timestep?, preview?}, result {...},
+//                progress {stage, step, total, elapsed, component?, timestep?, preview?, preview_kind?},
+//                result {...},
 //                error {kind, message, field?}, cancelled {}, fatal {message},
 //                png-settings {rid, request, notes, source | error, message}
 // A result carries images [{png, seed, settings}] (image k: seed + k; its PNG holds its settings) and
@@ -36,10 +39,11 @@ import { loadPyodide } from "./vendor/pyodide/pyodide.mjs";
 import { ChunkStore, StoreError, authFor } from "./store.js";
 import { planModel, fetchModel, modelKey } from "./hub.js";
 import { DeviceBridge } from "./bridge/device.js";
+import { fetchTiny, isStored, tinyEndpoint as tinyAt } from "./taesd.js";
 import { AddonStore } from "./addons.js";
 
 const base = new URL("./", import.meta.url);
-let py = null, browser = null, store = null, manifest = null, addons = null;
+let py = null, browser = null, store = null, manifest = null, catalogue = null, addons = null;
 let gpu = null, gpuGeneration = 0, gpuCap = {}, gpuFacts = { ok: false, why: "not detected yet" };
 // For the console and tests (Playwright's worker.evaluate): the live objects.
 // `last`: the last finished run's {timings, profile, io, gpu} (scripts/bench_browser.py reads it).
@@ -68,9 +72,10 @@ async function boot(msg) {
   store = await ChunkStore.open({ chunkBytes: msg.chunk || undefined });
   addons = await AddonStore.open();
   gpuFacts = await detectGpu();
+  catalogue = JSON.parse(browser.catalogue_json());
   post("ready", { seconds: (performance.now() - t0) / 1000, jspi, isolated: self.crossOriginIsolated,
     pyodide: py.version, numpy: py.runPython("import numpy; numpy.__version__"), gpu: gpuFacts,
-    catalogue: JSON.parse(browser.catalogue_json()), maxImages: browser.MAX_PAGE_IMAGES,
+    catalogue, maxImages: browser.MAX_PAGE_IMAGES,
     resolved: resolveSettings({ request: msg.request }) });
   pngSettings();
 }
@@ -185,14 +190,16 @@ async function ensureGpu() {
 async function generate(msg) {
   const { id, endpoint, revision = "main", request, inputs = null } = msg;
   const auth = authFor(msg.token, msg.tokenEndpoint);
+  const tinyEndpoint = tinyAt(msg.tiny.typed, catalogue, msg.tiny.local, self.location.origin);
   localCancel = false;
   busy = true;
   try {
     // A run from an image: Python reads its files as the CLI does, and the settings carry their records.
     const records = inputs ? JSON.parse(browser.inputs_json(inputs)) : {};
     if (records.error) return pyError(id, records);
-    // Python checks the form before anything is fetched ...
-    const first = resolveSettings({ request: { ...request, ...records } });
+    // Python checks the form before anything is fetched (previews by TAESD when it is stored) ...
+    const taesd = catalogue.tiny_autoencoders.find((m) => m.default).repo;
+    const first = resolveSettings({ request: { ...request, ...records }, taesd: await isStored(store, tinyEndpoint, taesd) });
     if (first.error) return pyError(id, first);
     for (const text of first.notes) post("status", { id, text });
     const repo = first.settings.model;
@@ -217,6 +224,16 @@ async function generate(msg) {
     await fetchModel({ store, plan, auth, cancelled, onProgress: (p) => post("download", { id, ...p }) });
     store.setAuth(auth);  // a damaged chunk found while reading is fetched again with it
     if (cancelled()) return post("cancelled", { id });
+    // the tiny autoencoder the previews or the Fast decode need, on first use (then from the store)
+    const tiny = checked.tiny && { repo: checked.tiny, plan: await fetchTiny({ store, endpoint: tinyEndpoint,
+      repo: checked.tiny, auth, plan: planFiles, cancelled, onStatus: (text) => post("status", { id, text }),
+      onProgress: (p) => post("download", { id, ...p }) }) };
+    if (cancelled()) return post("cancelled", { id });
+    if (tiny) {
+      for (const f of tiny.plan.files) {
+        if (f.kind === "text") texts[`${tiny.repo}/${f.path}`] = await store.readText(f.url);
+      }
+    }
     const downloadSeconds = (performance.now() - tDownload) / 1000;
 
     // The Python side: small files as text, weights as byte sources over the store. Every byte a
@@ -228,24 +245,30 @@ async function generate(msg) {
     const direct = new Map();
     const io = { pythonReads: 0, pythonBytes: 0 };
     let weightBytes = 0;
-    for (const f of plan.files) {
-      if (f.kind !== "weights") continue;
-      const rec = await store.file(f.url);
-      weightBytes += rec.size;
-      const fromStore = (o, n) => store.read(f.url, o, n);
-      let forPython = fromStore;
-      if (!jspi && backend === "numpy") {
-        // Without JSPI Python cannot wait for IndexedDB, and on NumPy it reads every tensor: the
-        // file goes into JS memory first (not the wasm heap; Python copies one tensor at a time).
-        const all = await store.read(f.url, 0, rec.size);
-        forPython = (o, n) => all.subarray(o, o + n);
+    // the model's weight files by their paths, the tiny autoencoder's by "<its repo>/<path>"
+    const addSources = async (files, from, prefix = "") => {
+      for (const f of files) {
+        if (f.kind !== "weights") continue;
+        const rec = await store.file(f.url);
+        weightBytes += rec.size;
+        const fromStore = (o, n) => store.read(f.url, o, n);
+        let forPython = fromStore;
+        if (!jspi && backend === "numpy") {
+          // Without JSPI Python cannot wait for IndexedDB, and on NumPy it reads every tensor: the
+          // file goes into JS memory first (not the wasm heap; Python copies one tensor at a time).
+          const all = await store.read(f.url, 0, rec.size);
+          forPython = (o, n) => all.subarray(o, o + n);
+        }
+        const read = (o, n) => { io.pythonReads++; io.pythonBytes += n; return forPython(o, n); };
+        const head = await safetensorsHead(store, f.url, rec.size);
+        io.pythonBytes += head.length;
+        const key = prefix + f.path;
+        sources.set(key, { size: rec.size, name: `${from}/${f.path}`, key, read, head });
+        direct.set(key, fromStore);
       }
-      const read = (o, n) => { io.pythonReads++; io.pythonBytes += n; return forPython(o, n); };
-      const head = await safetensorsHead(store, f.url, rec.size);
-      io.pythonBytes += head.length;
-      sources.set(f.path, { size: rec.size, name: `${repo}/${f.path}`, key: f.path, read, head });
-      direct.set(f.path, fromStore);
-    }
+    };
+    await addSources(plan.files, repo);
+    if (tiny) await addSources(tiny.plan.files, tiny.repo, `${tiny.repo}/`);
     let bridge = null;
     if (backend === "webgpu") {
       post("status", { id, text: "Starting the GPU…" });
@@ -254,7 +277,8 @@ async function generate(msg) {
     }
     const span0 = bridge ? { n: bridge.spanUploads, bytes: bridge.spanBytes, wait: bridge.spanWait, read: bridge.readWait } : null;
     const heap0 = py._module.HEAP8.length;
-    const job = { key: modelKey(endpoint, repo, revision, variant), settings, device: backend === "webgpu" ? gpuGeneration : 0 };
+    const job = { key: modelKey(endpoint, repo, revision, variant), settings, device: backend === "webgpu" ? gpuGeneration : 0,
+      tiny: tiny ? { key: tiny.plan.key, repo: tiny.repo } : null };
     post("status", { id, text: backend === "numpy" ? `Running ${repo} on NumPy (wasm)…`
       : `Running ${repo} on WebGPU (${gpu.description})…` });
     // Per UNet step: wall time between progress reports and the part of it spent awaiting the GPU

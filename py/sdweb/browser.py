@@ -17,16 +17,19 @@ lazy=True)`): Python reads only each file's header, and the device bridge copies
 bytes from the source it names by `key` straight into its GPU buffer, so no weight byte enters the
 wasm heap.
 
+A tiny autoencoder (madebyollin/taesd: previews every step, the Fast decode) comes the same way,
+as its own repo in the same store: `BrowserAutoencoder` over its config.json and weight source.
+
 The worker decides nothing itself; it calls, in order: `catalogue_json` (the model picker, on
 start), `inputs_json` (a run from an image: the page's input files read as the CLI reads them, for
 their records in the settings), `resolve_json` (settings.resolve on the form: before anything is
-fetched, and again with the model's configs before its weights are), `plan_json` (layout.plan over
-what web/hub.js has found of the repo, round by round), `needed_json` (which stored LoRAs and
-embeddings the run names: the settings' and the prompt's `<lora:...>` tags) and `worker_generate`
-(one run: 1 to MAX_PAGE_IMAGES images, with those files as a `StoredLibrary`); as the prompt is
-typed, `count_json` (the chunker's token count); `png_settings_json` reads the settings of a PNG
-dropped on the page. Nothing here imports `js` at module level: the module runs (and is tested) in
-CPython as well.
+fetched, and again with the model's configs before its weights are; it also says which tiny
+autoencoder the run needs), `plan_json` (layout.plan over what web/hub.js has found of a repo, round
+by round), `needed_json` (which stored LoRAs and embeddings the run names: the settings' and the
+prompt's `<lora:...>` tags) and `worker_generate` (one run: 1 to MAX_PAGE_IMAGES images, with those
+files as a `StoredLibrary`); as the prompt is typed, `count_json` (the chunker's token count);
+`png_settings_json` reads the settings of a PNG dropped on the page. Nothing here imports `js` at
+module level: the module runs (and is tested) in CPython as well.
 
 Waiting for the GPU: `worker_generate` is an async function that drives `Pipeline.stages` (`drive`):
 once a component is built it awaits the JS bridge's `flush` (the weight uploads device.js queued),
@@ -55,9 +58,9 @@ from .backends.webgpu.device import GPUTensor
 from .clip import DEFAULTS as CLIP_DEFAULTS
 from .errors import ConfigError, ModelError, SdwebError
 from .infotext import image_settings, png_text, read_png
-from .model import FolderFiles, ModelFolder
+from .model import AutoencoderFolder, FolderFiles, ModelFolder
 from .pipeline import run as run_stages
-from .settings import MAX_PAGE_IMAGES, ModelInfo, resolve
+from .settings import MAX_PAGE_IMAGES, TAESD, ModelInfo, resolve
 from .tokenizer import CLIPTokenizer
 from .weights import WeightStore, open_store
 
@@ -108,6 +111,34 @@ class BrowserModel(ModelFolder):
                 lazy: bool = False) -> WeightStore:
         sources = [(ByteSource(self.sources[p]), f"{self.repo}/{p}") for p in self.weight_files(component, variant)]
         return open_store(sources, component, precision, lazy=self.lazy or lazy)
+
+
+class BrowserAutoencoder(AutoencoderFolder):
+    """An AutoencoderFolder whose config.json lives in `folder` (default: a new temp dir) and whose
+    weights come from byte sources, as BrowserModel's: `texts` {"config.json": text}, `sources`
+    {repo path: byte source}."""
+
+    def __init__(self, repo: str, texts: dict, sources: dict, folder=None, lazy: bool = False):
+        self.repo, self.lazy, self.sources = repo, lazy, dict(sources)
+        config = texts.get(layout.AUTOENCODER_CONFIG)
+        if config is None:
+            raise ModelError(f"{repo} has no config.json: not a tiny autoencoder")
+        layout.check_autoencoder_config(config, repo)
+        root = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="sdweb-tiny-"))
+        (root / layout.AUTOENCODER_CONFIG).write_text(config, encoding="utf-8")
+        super().__init__(root)
+        self.files = FolderFiles(self.path, self.sources)
+
+    @property
+    def name(self) -> str:
+        return self.repo
+
+    def weight_files(self, variant: str | None = None) -> list[str]:
+        return list(layout.plan_autoencoder(self.files, variant, self.repo).weights[0].files)
+
+    def weights(self, precision: str = "fp32", variant: str | None = None, lazy: bool = False) -> WeightStore:
+        sources = [(ByteSource(self.sources[p]), f"{self.repo}/{p}") for p in self.weight_files(variant)]
+        return open_store(sources, self.COMPONENT, precision, lazy=self.lazy or lazy)
 
 
 class ByteSource:
@@ -161,15 +192,16 @@ class StoredLibrary:
         return found
 
 
-def png_bytes(image: np.ndarray, text: dict | None = None) -> bytes:
-    """uint8 (H, W, 3) -> PNG file bytes, with `text` as tEXt chunks (the CLI writes `parameters`)."""
+def png_bytes(image: np.ndarray, text: dict | None = None, compress_level: int = 6) -> bytes:
+    """uint8 (H, W, 3) -> PNG file bytes, with `text` as tEXt chunks (the CLI writes `parameters`).
+    Previews, made every step, take compress_level 1: a few times faster, a little larger."""
     from PIL import Image, PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
     for k, v in (text or {}).items():
         info.add_text(k, v)
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", pnginfo=info)
+    Image.fromarray(image).save(buf, format="PNG", pnginfo=info, compress_level=compress_level)
     return buf.getvalue()
 
 
@@ -177,31 +209,39 @@ class Session:
     """What the worker keeps between runs: the open model (tokenizer, configs) and its pipeline."""
 
     def __init__(self):
-        self.key = None
+        self.key = self.tiny_key = None
         self.pipe = None
 
-    def pipeline(self, key, repo, texts, sources, backend, precision, variant, keep_loaded=False, library=None):
+    def pipeline(self, key, repo, texts, sources, backend, precision, variant, keep_loaded=False, library=None,
+                 tiny=None):
+        """The session's pipeline for `key` (made anew when it changes); `tiny`: (key, repo, texts,
+        sources) of the tiny autoencoder the run needs, or None."""
         from .pipeline import Pipeline
 
+        lazy = getattr(backend, "name", "") == "webgpu"
         if self.key != key or self.pipe is None:
             self.pipe = None
-            model = BrowserModel(repo, texts, sources, lazy=getattr(backend, "name", "") == "webgpu")
+            model = BrowserModel(repo, texts, sources, lazy=lazy)
             self.pipe = Pipeline(model, backend, precision=precision, variant=variant, keep_loaded=keep_loaded)
-            self.key = key
+            self.key, self.tiny_key = key, None
+        if tiny is not None and tiny[0] != self.tiny_key:
+            self.pipe.use_tiny_autoencoder(BrowserAutoencoder(*tiny[1:], lazy=lazy))
+            self.tiny_key = tiny[0]
         self.pipe.library = StoredLibrary() if library is None else library
         return self.pipe
 
 
 def generate(pipe, request: dict, *, image=None, mask=None, progress=None, cancel=None) -> dict:
     """The images of `request` (settings.FIELDS; absent -> the default; precision, variant and
-    backend are the pipeline's; add-on files come from pipe.library) and the input Pictures `image`
-    and `mask` of a run from an image (whose records they replace) -> {images: [{png: bytes, seed,
-    settings}], seed, timings, settings}: image k has seed + k, and its PNG carries its own settings
-    (infotext.png_text).
+    backend are the pipeline's; add-on files come from pipe.library; previews by TAESD when the
+    pipeline has a tiny autoencoder) and the input Pictures `image` and `mask` of a run from an image
+    (whose records they replace) -> {images: [{png: bytes, seed, settings}], seed, timings,
+    settings}: image k has seed + k, and its PNG carries its own settings (infotext.png_text).
 
-    `progress(event: dict)` gets {stage, step, total, elapsed, component?, timestep?} and, every
-    `preview_every` UNet steps, `preview` (PNG bytes of the first image's latents through
-    preview.latents_to_rgb); `cancel()` returning true stops the run between steps with errors.Cancelled.
+    `progress(event: dict)` gets {stage, step, total, elapsed, component?, timestep?} and, when the
+    pipeline makes one (every step with TAESD, else every `preview_every` steps), `preview`: PNG
+    bytes of the first image's (pipeline.Progress.preview) and `preview_kind` (taesd | approx);
+    `cancel()` returning true stops the run between steps with errors.Cancelled.
     """
     return run_stages(generation(pipe, request, image=image, mask=mask, progress=progress, cancel=cancel))
 
@@ -210,10 +250,9 @@ def generation(pipe, request: dict, *, image=None, mask=None, progress=None, can
     """`generate` as a generator, as Pipeline.stages is the pipeline's run: it yields what stages
     yields (each tensor about to be read back, None once a component is built) and returns
     generate's dict."""
-    from .preview import latents_to_rgb
-
     s = resolve(dict(request, model=pipe.folder.name, precision=pipe.precision, variant=pipe.variant,
-                     backend=pipe.backend.name, image=image, mask=mask), pipe.info)
+                     backend=pipe.backend.name, image=image, mask=mask), pipe.info,
+                taesd=pipe.tiny_autoencoder is not None)
 
     def on_progress(p):
         if progress is None:
@@ -223,9 +262,9 @@ def generation(pipe, request: dict, *, image=None, mask=None, progress=None, can
             ev["component"] = p.component
         if p.timestep is not None:
             ev["timestep"] = p.timestep
-        if (p.stage == "unet" and p.step and p.latents is not None
-                and (p.step % s.preview_every == 0) and p.step != p.total):
-            ev["preview"] = png_bytes(latents_to_rgb(p.latents[0]))
+        if p.preview is not None:
+            ev["preview"] = png_bytes(p.preview[0], compress_level=1)
+            ev["preview_kind"] = s.preview
         progress(ev)
 
     t0 = time.perf_counter()
@@ -316,9 +355,11 @@ def resolve_json(job_json: str, texts=None) -> str:
     once the model's small files are in the store, before its weights are.
 
     job: {request: {settings.FIELDS}, webgpu: [ok, why] (an adapter answers and Python can wait for
-    it), weight_bytes (of the planned weight files, once known)}; texts: the model's small files by
-    repo path (a JS object or dict), or None before they are fetched. -> {"settings": {...}, "notes":
-    [...]} or {"error", "message", "field"}.
+    it), taesd: whether the catalogue's tiny autoencoder is in the store, weight_bytes (of the
+    planned weight files, once known)}; texts: the model's small files by repo path (a JS object or
+    dict), or None before they are fetched. -> {"settings": {...}, "notes": [...], "tiny": the Hub
+    repo id of the tiny autoencoder the run needs (its previews or decoder; fetched on first use) or
+    null} or {"error", "message", "field"}.
     """
     try:
         job = json.loads(job_json)
@@ -332,11 +373,17 @@ def resolve_json(job_json: str, texts=None) -> str:
             model = ModelInfo.from_configs(repo, weight_bytes=job.get("weight_bytes"), **{
                 c: _config(texts, repo, c) for c in ("unet", "vae", "scheduler", "text_encoder")})
         webgpu = job.get("webgpu")
-        s = resolve(request, model, webgpu=None if webgpu is None else tuple(webgpu))
+        s = resolve(request, model, webgpu=None if webgpu is None else tuple(webgpu), taesd=job.get("taesd"))
         if s.num_images > MAX_PAGE_IMAGES:
             raise ConfigError(f"num_images {s.num_images} is too many for the page: use 1 to {MAX_PAGE_IMAGES} "
                               "(every image of a batch is held in memory at once)", "num_images")
-        return json.dumps({"settings": s.as_request(), "notes": list(s.notes)})
+        tiny = s.tiny_autoencoder
+        if tiny == TAESD:
+            tiny = catalogue.tiny_autoencoder()["repo"]
+        elif tiny is not None and not layout.REPO_ID.match(tiny):  # the page reads the Hub, never a folder
+            raise ConfigError(f"decoder {tiny!r}: the page reads tiny autoencoders from the Hub: use taesd or a "
+                              "Hub repo id (owner/name)", "decoder")
+        return json.dumps({"settings": s.as_request(), "notes": list(s.notes), "tiny": tiny})
     except SdwebError as e:
         return json.dumps(_error(e))
 
@@ -424,12 +471,13 @@ async def worker_generate(job_json: str, texts, sources, post, cancel, bridge=No
     """Called by web/worker.js, which awaits it (a Promise in JS): `drive` waits for the GPU at each
     readback, and only there.
 
-    job_json: {key, device, settings} with settings as resolve_json returned them; texts: JS object
-    path -> text; sources: JS Map path -> {size, name, key, head, read(offset, length)}; post(event):
-    progress sink; cancel() -> bool; files: the stored LoRAs and embeddings needed_json named, as
-    StoredLibrary takes them; inputs: a run from an image's files (read_inputs). Returns a JS object:
-    generate's {images, seed, timings, settings} or {error, message, field} or {cancelled: true}.
-    Never raises: the page must stay usable whatever happens here.
+    job_json: {key, device, settings, tiny: {key, repo} or absent} with settings as resolve_json
+    returned them; texts: JS object path -> text; sources: JS Map path -> {size, name, key, head,
+    read(offset, length)}, the tiny autoencoder's files among them under "<tiny repo>/<path>";
+    post(event): progress sink; cancel() -> bool; files: the stored LoRAs and embeddings needed_json
+    named, as StoredLibrary takes them; inputs: a run from an image's files (read_inputs). Returns a
+    JS object: generate's {images, seed, timings, settings} or {error, message, field} or
+    {cancelled: true}. Never raises: the page must stay usable whatever happens here.
     """
     from .errors import Cancelled
 
@@ -439,10 +487,18 @@ async def worker_generate(job_json: str, texts, sources, post, cancel, bridge=No
         texts_py = texts.to_py() if hasattr(texts, "to_py") else dict(texts)
         sources_py = sources.to_py(depth=1) if hasattr(sources, "to_py") else dict(sources)
         backend = _backend(s.backend, bridge, int(job.get("device") or 0))
+        tiny = job.get("tiny")
+        if tiny:
+            head = tiny["repo"] + "/"
+            tiny = (tiny["key"], tiny["repo"], {p[len(head):]: t for p, t in texts_py.items() if p.startswith(head)},
+                    {p[len(head):]: src for p, src in sources_py.items() if p.startswith(head)})
+            texts_py = {p: t for p, t in texts_py.items() if not p.startswith(head)}
+            sources_py = {p: src for p, src in sources_py.items() if not p.startswith(head)}
         size = sum(int(src.size) for src in sources_py.values())
         pipe = _SESSION.pipeline((job["key"], s.variant, s.precision, backend.name, job.get("device")),
                                  s.model, texts_py, sources_py, backend, s.precision, s.variant,
-                                 keep_loaded=size < KEEP_LOADED_BYTES, library=StoredLibrary(files))
+                                 keep_loaded=size < KEEP_LOADED_BYTES, library=StoredLibrary(files),
+                                 tiny=tiny or None)
         image, mask = read_inputs(inputs)
         stages = generation(pipe, s.as_request(), image=image, mask=mask, progress=lambda ev: post(_to_js(ev)),
                             cancel=lambda: bool(cancel()))

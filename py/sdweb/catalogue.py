@@ -3,11 +3,13 @@
     {"kinds": {"sd": {"steps": 50, "guidance": 7.5}, "turbo": {...}, "lcm": {...}},
      "models": [{"repo", "label", "kind", "default"?, "inpainting"?, "sizes": {"fp16"|"fp32": {component: bytes}
                  | null}, "licence", "access", "note"}, ...],
+     "tiny_autoencoders": [{"repo", "label", "default"?, "sizes", "licence", "access", "note"}, ...],
      "presets": [{"label", "model", "settings": {settings.FIELDS name: value}, "loras": [{"name", "repo",
                   "file", "scale"}], "note"}, ...]}
 
-One file that `sdweb download --list`, the settings' defaults (settings.model_kind) and the page's
-model picker (sent by the worker when Python is ready) all read. A preset is a model with settings
+One file that `sdweb download --list`, the settings' defaults (settings.model_kind), the page's
+model picker (sent by the worker when Python is ready) and the tiny autoencoder "taesd" names
+(previews, the draft decoder) all read. A preset is a model with settings
 and LoRAs from the Hub (repo + file, stored under `name`, the NAME of `<lora:NAME>`): the page's
 preset picker fills the form with it and fetches its LoRAs into the LoRA panel.
 """
@@ -30,6 +32,15 @@ def models() -> list[dict]:
 
 def kinds() -> dict:
     return load()["kinds"]
+
+
+def tiny_autoencoders() -> list[dict]:
+    return load()["tiny_autoencoders"]
+
+
+def tiny_autoencoder() -> dict:
+    """The tiny autoencoder "taesd" names: the default entry (madebyollin/taesd)."""
+    return next(m for m in tiny_autoencoders() if m.get("default"))
 
 
 def presets() -> list[dict]:

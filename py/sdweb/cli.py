@@ -88,8 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_addon_arguments(g)
     g.add_argument("--output", "-o", default="out.png", help="image file (.png); several images get -0, -1, ...")
     g.add_argument("--save-intermediates", metavar="DIR", default=None,
-                   help="write a preview PNG of the latents every --preview-every steps into DIR")
-    g.add_argument("--preview-every", type=_int, default=None, help="steps between previews (default: about ten a run)")
+                   help="write a preview PNG of each step's predicted image every --preview-every steps into DIR")
+    g.add_argument("--preview", default=None, choices=settings.PREVIEWS[:2],
+                   help="what draws the previews: taesd (the tiny autoencoder: the picture itself; default when "
+                        "madebyollin/taesd is downloaded) or approx (a linear map of the latents)")
+    g.add_argument("--preview-every", type=_int, default=None,
+                   help="steps between previews (default: every step with taesd, else about ten a run)")
+    g.add_argument("--decoder", default=None,
+                   help="vae (default: the model's own), or taesd / a tiny autoencoder's folder or Hub repo id: a fast "
+                        "draft decode")
     g.add_argument("--settings-from", metavar="FILE.png", default=None,
                    help="start from the settings a PNG carries (sdweb's, or AUTOMATIC1111's `parameters`); "
                         "flags given as well override them")
@@ -258,6 +265,8 @@ def _request(args, loras, embeddings, image=None, mask=None) -> dict:
                  guidance=args.guidance, seed=args.seed, scheduler=args.scheduler, width=args.width,
                  height=args.height, num_images=args.num_images, clip_skip=args.clip_skip, precision=args.precision,
                  variant=args.variant, backend=args.backend, preview_every=args.preview_every,
+                 # previews are made only to be written: none without --save-intermediates
+                 preview=args.preview or (None if args.save_intermediates else "none"), decoder=args.decoder,
                  vae_tiling=args.vae_tiling, loras=loras or None, embeddings=embeddings or None,
                  strength=args.strength, outpaint=args.outpaint)
     request = {}
@@ -294,12 +303,13 @@ def _request(args, loras, embeddings, image=None, mask=None) -> dict:
 def cmd_generate(args) -> int:
     from . import picture
     from .infotext import image_settings, png_text
-    from .model import resolve_model
+    from .model import find_repo, resolve_autoencoder, resolve_model
     from .pipeline import Pipeline
-    from .preview import latents_to_rgb
     from .settings import ModelInfo, resolve
 
     # Everything that can be checked is, before a model file is read or anything allocated.
+    if args.preview and not args.save_intermediates:
+        raise ConfigError(f"--preview {args.preview}: previews are written by --save-intermediates DIR; give one")
     image = picture.read(args.image, what="image") if args.image else None
     mask = picture.read(args.mask, what="mask") if args.mask else None
     loras, embeddings, library = _addons(args)
@@ -313,31 +323,33 @@ def cmd_generate(args) -> int:
                             f"--save-intermediates {inter}")
     folder = resolve_model(s.model)
     info = ModelInfo.of(folder, weight_bytes=folder.weight_bytes(s.variant))
-    s = resolve(s.as_request(), info, webgpu=_webgpu_available)
+    s = resolve(s.as_request(), info, webgpu=_webgpu_available,
+                taesd=find_repo(catalogue.tiny_autoencoder()["repo"]) is not None)
+    tiny = resolve_autoencoder(s.tiny_autoencoder) if s.tiny_autoencoder else None
     for note in s.notes:
         print(f"sdweb: {note}", file=sys.stderr)
     if s.backend == "webgpu":
         from .backends import webgpu as backend
     else:
         from .backends import numpy as backend
-    pipe = Pipeline(folder, backend, precision=s.precision, variant=s.variant, library=library)
+    pipe = Pipeline(folder, backend, precision=s.precision, variant=s.variant, library=library,
+                    tiny_autoencoder=tiny)
     if inter is not None:
         inter.mkdir(exist_ok=True)
 
     bar = _Bar(args.quiet)
-    f = pipe.vae_scale_factor
     ran = {"steps": s.steps}  # UNet steps taken: fewer from an image, at strength < 1
 
     def progress(p):
         bar(p)
         if p.stage == "unet":
             ran["steps"] = p.total
-        if inter is not None and p.stage == "unet" and p.step and (
-                p.step % s.preview_every == 0 or p.step == p.total):
-            lat = p.latents
-            for k in range(lat.shape[0]):
-                name = f"step-{p.step:04d}.png" if lat.shape[0] == 1 else f"step-{p.step:04d}-{k}.png"
-                _save_image(latents_to_rgb(lat[k], upscale=f), inter / name)
+        if inter is not None and p.preview is not None:
+            n, h = p.preview.shape[:2]
+            up = s.height // h  # the linear map's previews are at the latents' size
+            for k in range(n):
+                name = f"step-{p.step:04d}.png" if n == 1 else f"step-{p.step:04d}-{k}.png"
+                _save_image(p.preview[k].repeat(up, axis=0).repeat(up, axis=1), inter / name)
 
     result = pipe.generate(**s.run_args(), image=image, mask=mask, progress=progress)
     bar.close()

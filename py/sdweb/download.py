@@ -1,6 +1,8 @@
-"""`sdweb download REPO`: fetch the files a Stable Diffusion repo needs from the Hugging Face Hub.
+"""`sdweb download REPO`: fetch the files a Stable Diffusion repo (or a tiny autoencoder's, such as
+madebyollin/taesd) needs from the Hugging Face Hub.
 
     sdweb download stable-diffusion-v1-5/stable-diffusion-v1-5      -> ./weights/<owner>/<name>/
+    sdweb download madebyollin/taesd                                 -> ./weights/madebyollin/taesd/
     sdweb download REPO --variant fp32 --dir DIR --revision REV --token TOKEN --quiet
     sdweb download --list                                            known-good models
     python scripts/fetch_weights.py REPO ...                         the same command
@@ -11,7 +13,9 @@ for LFS files, sha256): model_index.json, the configs, the tokenizer tables, and
 unet and vae one set of .safetensors weights: the `.fp16` variant when the repo has it (default), the
 plain files with `--variant fp32`; either falls back to the other when a component lacks it. Never
 .bin / .ckpt (pickles), safety_checker, feature_extractor, onnx or flax files. model_index.json
-comes first and is checked (an SD 1.x/2.x pipeline?) before any weight file is fetched.
+comes first and is checked (an SD 1.x/2.x pipeline?) before any weight file is fetched; a repo
+without one is a tiny autoencoder if its root config.json names AutoencoderTiny (checked alike),
+and then only that config.json and its diffusers weight file are fetched.
 
 Each file comes from the commit the listing resolved, so all files match. `huggingface_hub` does
 the Hub's side: the listing, the per-file HEAD (auth headers, the Hub's redirect to its CDN, its
@@ -103,14 +107,15 @@ class RemoteFile:
         return None
 
 
-def select_files(repo_id: str, files: list[RemoteFile], variant: str = "fp16") -> tuple[list[RemoteFile], list[str]]:
-    """(the files to fetch, notes for the user) from a repo listing (layout.plan over its names);
-    a ModelError when the repo cannot run here."""
+def select_files(repo_id: str, files: list[RemoteFile], variant: str = "fp16") \
+        -> tuple[list[RemoteFile], list[str], str]:
+    """(the files to fetch, notes for the user, the plan's root file: checked before any weights) from
+    a repo listing (layout.plan over its names); a ModelError when the repo cannot run here."""
     if variant not in VARIANTS:
         raise DownloadError(f"--variant {variant}: use one of {', '.join(VARIANTS)}")
     by_name = {f.path: f for f in files}
     plan = layout.plan(layout.Listed(by_name), layout.variant_of(variant), repo_id)
-    return [by_name[p] for p in plan.files], list(plan.notes)
+    return [by_name[p] for p in plan.files], list(plan.notes), plan.root
 
 
 # --- small helpers --------------------------------------------------------------------------------
@@ -616,7 +621,7 @@ class _Downloader:
 
     def run(self) -> Path:
         commit, files, info = self.listing()
-        plan, notes = select_files(self.repo_id, files, self.variant)
+        plan, notes, plan_root = select_files(self.repo_id, files, self.variant)
         total = sum(f.size or 0 for f in plan)
         self.say(f"{self.repo_id} @ {commit[:12]}: {len(plan)} files, {_human(total)} "
                  f"({self.variant} weights) -> {self.dest}")
@@ -654,8 +659,9 @@ class _Downloader:
             checked = False
             for k, f in enumerate(todo, 1):
                 if not checked and layout.kind_of(f.path) == "weights":
-                    # The plan puts model_index.json first: refuse another model family before its weights.
-                    layout.check_model_index((self.dest / layout.INDEX).read_text(encoding="utf-8"), self.repo_id)
+                    # The plan puts its root file (model_index.json, or a tiny autoencoder's config.json)
+                    # first: refuse another model family before its weights.
+                    layout.check_root(plan_root, (self.dest / plan_root).read_text(encoding="utf-8"), self.repo_id)
                     checked = True
                 self.fetch(commit, f, k, len(todo))
                 self.note_done(f, record)
@@ -665,7 +671,7 @@ class _Downloader:
         # Only the chosen files are listed: a file left from another variant is not "verified".
         record["files"] = {f.path: record["files"][f.path] for f in plan}
         self.write_record(record)
-        self.check_folder()
+        self.check_folder(plan_root)
         fetched = sum(f.size or 0 for f in todo)
         dt = time.perf_counter() - t0
         rate = f" in {dt:.1f}s ({_human(int(fetched / dt))}/s)" if todo and dt > 0 else ""
@@ -683,11 +689,15 @@ class _Downloader:
         if not any(root.iterdir()):
             root.rmdir()
 
-    def check_folder(self):
-        """The folder as `sdweb generate` will see it: ModelFolder finds configs, tokenizer, weights."""
-        from .model import ModelFolder
+    def check_folder(self, root: str):
+        """The folder as `sdweb generate` will see it: ModelFolder finds configs, tokenizer, weights
+        (a tiny autoencoder's: AutoencoderFolder its config and weights)."""
+        from .model import AutoencoderFolder, ModelFolder
 
         try:
+            if root != layout.INDEX:
+                AutoencoderFolder(self.dest).weight_files()
+                return
             folder = ModelFolder(self.dest)
             folder.tokenizer_dir
             for c in layout.WEIGHT_COMPONENTS:
@@ -754,6 +764,8 @@ def list_models(out=None) -> str:
     lines += ["", "Sizes: the weight files sdweb fetches (text encoder + UNet + VAE) per variant, from the repos' "
                   "Git LFS pointers; 'unknown' where not known here. Configs and tokenizer add ~1.5 MB."]
     lines += [f"  {m['repo']}: {m['note']}" for m in models if m["note"]]
+    lines += ["", "Tiny autoencoders (previews, --decoder taesd, the page's Fast decode):"]
+    lines += [f"  {m['repo']}  {m['label']}; {m['licence']}; {m['note']}" for m in catalogue.tiny_autoencoders()]
     lines += ["Any other SD 1.x/2.x repo in the diffusers layout with .safetensors weights works too. Gated repos: "
               "accept the licence on the repo's Hub page, then pass a token (HF_TOKEN or --token)."]
     text = "\n".join(lines)
@@ -767,7 +779,16 @@ def cmd_download(args) -> int:
         return 0
     if not args.repo:
         raise DownloadError("download needs a repo id (owner/name), or --list for known-good models")
-    download(args.repo, args.dir, variant=args.variant, revision=args.revision, token=args.token, quiet=args.quiet)
+    dest = download(args.repo, args.dir, variant=args.variant, revision=args.revision, token=args.token,
+                    quiet=args.quiet)
     hint = args.repo if not args.dir else args.dir
-    print(f"use it with: sdweb generate --model {hint} --prompt \"...\"", file=sys.stderr)
+    from .model import AutoencoderFolder, FolderFiles
+
+    if AutoencoderFolder.holds_one(FolderFiles(dest)):
+        if hint == catalogue.tiny_autoencoder()["repo"]:
+            hint = "taesd"
+        print(f"use it with: sdweb generate --model MODEL --prompt \"...\" --preview {hint} --save-intermediates DIR, "
+              f"or --decoder {hint} for a fast draft image", file=sys.stderr)
+    else:
+        print(f"use it with: sdweb generate --model {hint} --prompt \"...\"", file=sys.stderr)
     return 0

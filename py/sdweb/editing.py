@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import picture
+from .vae import AutoencoderKL
 
 
 class Edit:
@@ -84,8 +85,11 @@ class Edit:
 
 def _encode(vae, backend, pixels: np.ndarray, tiling: str):
     """(1, 3, H, W) in [-1, 1] -> the posterior mean x scaling_factor, (1, latent_channels, H/f, W/f),
-    in tiles as `tiling` says (vae.py), yielding the moments (and any tile) before their readback."""
-    moments = yield from vae.encode_stages(backend.tensor(pixels), tiling)
+    in tiles as `tiling` says (vae.py), yielding the moments (and any tile) before their readback. A
+    tiny autoencoder (a draft's) encodes in one pass: it has no tiling, and its latents stand for the
+    moments (they have latent_channels channels)."""
+    x = backend.tensor(pixels)
+    moments = (yield from vae.encode_stages(x, tiling)) if isinstance(vae, AutoencoderKL) else vae.encode(x)
     yield moments
     mean = backend.numpy(moments)[:, : vae.latent_channels]
     return mean * np.float32(vae.scaling_factor)

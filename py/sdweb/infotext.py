@@ -54,8 +54,8 @@ SAMPLERS = {
     "lcm": ("LCM", "Automatic"),
     "ddpm": ("DDPM", "Automatic"),
 }
-# What the sdweb chunk restores; backend and preview_every are the restoring machine's to choose.
-RESTORED = tuple(f for f in FIELDS if f not in ("backend", "preview_every"))
+# What the sdweb chunk restores; backend and previews are the restoring machine's to choose.
+RESTORED = tuple(f for f in FIELDS if f not in ("backend", "preview_every", "preview"))
 
 # A1111's infotext_utils.re_param: `key: value` with the value JSON-quoted or up to the next comma.
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')

@@ -1,5 +1,10 @@
 """Which files of a diffusers repository sdweb needs, and which weight files it reads: decided here.
 
+Two kinds of repo: a Stable Diffusion pipeline (the layout below), and a tiny autoencoder saved as
+one diffusers model at the repo root (madebyollin/taesd: `config.json` naming AutoencoderTiny and
+`diffusion_pytorch_model[.<variant>].safetensors`, no model_index.json; Plan.kind "autoencoder"),
+which draws previews and draft images from a pipeline's latents.
+
 File names in, plan out; nothing here reads a disk or a network. Each caller answers the plan's two
 questions about its own copy of a repo through a `Files` (does this path exist? what does this small
 file say?): `model.ModelFolder` from a folder on disk, `browser.BrowserModel` from the page's store,
@@ -58,6 +63,13 @@ PLAIN_NAMES = ("plain", "fp32")
 
 _NOT_SD = "sdweb runs Stable Diffusion 1.x/2.x text-to-image models in the diffusers layout"
 
+# A tiny autoencoder's repo: one diffusers model at the root. ROOT is its weights' component name.
+AUTOENCODER_CONFIG = "config.json"
+AUTOENCODER_CLASSES = ("AutoencoderTiny",)
+ROOT = ""
+_NOT_EITHER = (f"{_NOT_SD} (with model_index.json), and their tiny autoencoders (a diffusers AutoencoderTiny "
+               "such as madebyollin/taesd: config.json and diffusion_pytorch_model.safetensors)")
+
 
 def check_repo_id(repo) -> str:
     """`repo` if it is a Hub repo id (owner/name), else a ConfigError for the `model` setting."""
@@ -103,17 +115,44 @@ def kind_of(path: str) -> str:
     return "weights" if path.endswith(".safetensors") else "text"
 
 
+def in_component(component: str, name: str) -> str:
+    """The repo path of file `name` of `component` (ROOT: the repo's root)."""
+    return f"{component}/{name}" if component else name
+
+
+def _json_object(text, where: str, path: str) -> dict:
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise ModelError(f"{where}: {path} is not valid JSON ({e}), so this is not a diffusers model") from None
+
+
+def check_autoencoder_config(text, where: str) -> dict:
+    """A root config.json's text (or parsed dict) -> dict, or a ModelError saying why `where` is not a
+    tiny autoencoder sdweb runs."""
+    config = _json_object(text, where, AUTOENCODER_CONFIG)
+    if not isinstance(config, dict):
+        raise ModelError(f"{where}: config.json is not a JSON object, so this is not a diffusers model")
+    if config.get("_class_name") not in AUTOENCODER_CLASSES:
+        # a diffusers model names its class; a transformers model its architectures
+        cls = config.get("_class_name") or (config.get("architectures") or [None])[0]
+        raise ModelError(f"{where} has no model_index.json, so it is not a diffusers pipeline, and its config.json "
+                         f"describes {'a ' + str(cls) if cls else 'no model class'}, not a tiny autoencoder: {_NOT_EITHER}")
+    return config
+
+
+def check_root(path: str, text, where: str) -> dict:
+    """The file that says what a repo is (Plan.root: model_index.json or a tiny autoencoder's
+    config.json), checked: its dict, or a ModelError."""
+    return check_model_index(text, where) if path == INDEX else check_autoencoder_config(text, where)
+
+
 def check_model_index(text, where: str) -> dict:
     """model_index.json's text (or parsed dict) -> dict, or a ModelError saying why `where` is not a
     model sdweb runs."""
-    if isinstance(text, str):
-        try:
-            index = json.loads(text)
-        except ValueError as e:
-            raise ModelError(f"{where}: model_index.json is not valid JSON ({e}), so this is not a diffusers model") \
-                from None
-    else:
-        index = text
+    index = _json_object(text, where, INDEX)
     if not isinstance(index, dict):
         raise ModelError(f"{where}: model_index.json is not a JSON object, so this is not a diffusers model")
     missing = [c for c in PIPELINE_COMPONENTS if not isinstance(index.get(c), list)]
@@ -180,7 +219,8 @@ class Listed(Files):
         return path in self.paths
 
     def names(self, folder):
-        return sorted(p[len(folder) + 1:] for p in self.paths if p.startswith(folder + "/") and "/" not in p[len(folder) + 1:])
+        head = in_component(folder, "")
+        return sorted(p[len(head):] for p in self.paths if p.startswith(head) and "/" not in p[len(head):])
 
 
 class Known(Files):
@@ -244,11 +284,18 @@ class Weights:
 
 @dataclass(frozen=True)
 class Plan:
-    """What to fetch from a repo, in order: `texts` (small files), then each component's weights."""
+    """What to fetch from a repo, in order: `texts` (small files), then each component's weights.
+    `kind`: "pipeline" or "autoencoder" (a tiny autoencoder's repo, its weights' component ROOT)."""
 
     texts: tuple[str, ...]
     weights: tuple[Weights, ...]
     notes: tuple[str, ...]
+    kind: str = "pipeline"
+
+    @property
+    def root(self) -> str:
+        """The file that says what the repo is, fetched first and checked (check_root) before any weights."""
+        return INDEX if self.kind == "pipeline" else AUTOENCODER_CONFIG
 
     @property
     def files(self) -> list[str]:
@@ -264,24 +311,27 @@ def variant_order(variant: str | None) -> list[str | None]:
     return out
 
 
-def choose_weights(files: Files, component: str, variant: str | None, where: str) -> Weights:
+def choose_weights(files: Files, component: str, variant: str | None, where: str,
+                   stems: tuple[str, ...] = WEIGHT_STEMS) -> Weights:
     """The weight files of `component` (see the module docstring for the order), or a ModelError."""
     looked = []
     for v in variant_order(variant):
-        for stem in WEIGHT_STEMS:
-            single = f"{component}/{variant_name(stem + '.safetensors', v)}"
+        for stem in stems:
+            single = in_component(component, variant_name(stem + ".safetensors", v))
             looked.append(single)
             if files.has(single):
                 return Weights(component, (single,), v)
-            index = f"{component}/{variant_name(stem + '.safetensors.index.json', v)}"
+            index = in_component(component, variant_name(stem + ".safetensors.index.json", v))
             looked.append(index)
             if files.has(index):
                 return Weights(component, tuple(shards(files, index, stem, v, where)), v, index)
-    msg = (f"{where}: {component}/ has no .safetensors weights (looked for "
+    msg = (f"{where}: {component + '/' if component else 'the repo root'} has no .safetensors weights (looked for "
            f"{', '.join(os.path.basename(p) for p in looked)})")
     others = [n for n in files.names(component) or () if not n.endswith(".json")]
     if others:
-        msg += f"; it holds {', '.join(others)}, but sdweb reads only .safetensors weights, never pickled .bin/.ckpt files"
+        msg += f"; it holds {', '.join(others)}"
+        if not any(n.endswith(".safetensors") for n in others):
+            msg += ", but sdweb reads only .safetensors weights, never pickled .bin/.ckpt files"
     raise ModelError(msg)
 
 
@@ -295,7 +345,7 @@ def shards(files: Files, index: str, stem: str, variant: str | None, where: str)
     if not files.reads:
         tag = re.escape(stem + (f".{variant}" if variant else ""))
         pattern = re.compile(rf"^{tag}-\d{{5}}-of-\d{{5}}\.safetensors$")
-        found = sorted(f"{folder}/{n}" for n in files.names(folder) or () if pattern.match(n))
+        found = sorted(in_component(folder, n) for n in files.names(folder) or () if pattern.match(n))
         if not found:
             raise ModelError(f"{where}/{index} is there but no shard files named {stem}"
                              f"{'.' + variant if variant else ''}-NNNNN-of-NNNNN.safetensors beside it")
@@ -313,7 +363,7 @@ def shards(files: Files, index: str, stem: str, variant: str | None, where: str)
         # control character, another kind of file) is refused before it is looked up or fetched.
         if not _SHARD_NAME.match(name):
             raise ModelError(f"{where}/{index}: shard {name!r} should be a plain .safetensors file name beside the index")
-        out.append(f"{folder}/{name}")
+        out.append(in_component(folder, name))
 
     def present(p):
         if not files.has(p):
@@ -323,16 +373,23 @@ def shards(files: Files, index: str, stem: str, variant: str | None, where: str)
     return _each([lambda p=p: present(p) for p in out])
 
 
+def _notes(weights, variant: str | None) -> tuple[str, ...]:
+    """What a person should know of the weights chosen: where the asked-for variant was missing."""
+    return tuple(f"{w.component + ': ' if w.component else ''}no {variant or 'plain'} weights in the repo; taking "
+                 f"{os.path.basename(w.index or w.files[0])}" for w in weights if w.variant != variant)
+
+
 def plan(files: Files, variant: str | None, where: str) -> Plan:
     """Every file sdweb needs from a repo, or a ModelError saying why the repo cannot run here.
-    `where` names the repo in messages (a repo id, a folder)."""
+    `where` names the repo in messages (a repo id, a folder). A repo without model_index.json is
+    planned as a tiny autoencoder (plan_autoencoder)."""
     if files.reads:
         index = files.text(INDEX)
         if index is None:
-            raise ModelError(f"{where} has no model_index.json, so it is not a diffusers pipeline ({_NOT_SD})")
+            return plan_autoencoder(files, variant, where)
         check_model_index(index, where)
     elif not files.has(INDEX):
-        raise ModelError(f"{where} has no model_index.json, so it is not a diffusers pipeline ({_NOT_SD})")
+        return plan_autoencoder(files, variant, where)
 
     def texts():
         present = [p for p, found in zip(TEXT_FILES[1:], _each([lambda p=p: files.has(p) for p in TEXT_FILES[1:]]))
@@ -345,7 +402,25 @@ def plan(files: Files, variant: str | None, where: str) -> Plan:
 
     # one round asks about the small files and each component's first candidate together
     found = _each([texts] + [lambda c=c: choose_weights(files, c, variant, where) for c in WEIGHT_COMPONENTS])
-    weights = found[1:]
-    notes = [f"{w.component}: no {variant or 'plain'} weights in the repo; taking "
-             f"{os.path.basename(w.index or w.files[0])}" for w in weights if w.variant != variant]
-    return Plan(found[0], tuple(weights), tuple(notes))
+    weights = tuple(found[1:])
+    return Plan(found[0], weights, _notes(weights, variant))
+
+
+def plan_autoencoder(files: Files, variant: str | None, where: str) -> Plan:
+    """A tiny autoencoder's repo: config.json (an AutoencoderTiny) and diffusers' weight file(s) at
+    the root, or a ModelError. Called by `plan` for a repo without model_index.json."""
+    if files.reads:
+        text = files.text(AUTOENCODER_CONFIG)
+        if text is None:
+            raise ModelError(f"{where} has no model_index.json, so it is not a diffusers pipeline, and no "
+                             f"config.json either: {_NOT_EITHER}")
+        check_autoencoder_config(text, where)
+    elif not files.has(AUTOENCODER_CONFIG):
+        raise ModelError(f"{where} has no model_index.json, so it is not a diffusers pipeline, and no config.json "
+                         f"either: {_NOT_EITHER}")
+    try:
+        weights = (choose_weights(files, ROOT, variant, where, stems=WEIGHT_STEMS[:1]),)
+    except ModelError as e:
+        raise ModelError(f"{where} has no model_index.json, so it is not a diffusers pipeline; as a tiny "
+                         f"autoencoder, {str(e).removeprefix(where + ': ')}") from None
+    return Plan((AUTOENCODER_CONFIG,), weights, _notes(weights, variant), kind="autoencoder")

@@ -1,4 +1,5 @@
-"""ModelFolder: a diffusers Hub repository laid out on disk, as `sdweb download` (or git) leaves it.
+"""ModelFolder: a diffusers Hub repository laid out on disk, as `sdweb download` (or git) leaves it;
+AutoencoderFolder: a tiny autoencoder's (madebyollin/taesd: config.json and its weights at the root).
 
     model_index.json                 {"unet": ["diffusers", "UNet2DConditionModel"], ...}
     unet/config.json                 diffusion_pytorch_model.safetensors  (.fp16.safetensors variant)
@@ -18,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from . import layout
+from . import catalogue, layout
 from .errors import ModelError
 from .weights import WeightStore, open_store
 
@@ -62,7 +63,8 @@ class FolderFiles(layout.Files):
     def names(self, folder):
         d = self.root / folder
         here = {p.name for p in d.iterdir() if p.is_file()} if d.is_dir() else set()
-        return sorted(here | {p[len(folder) + 1:] for p in self.extra if p.startswith(folder + "/")})
+        head = layout.in_component(folder, "")
+        return sorted(here | {p[len(head):] for p in self.extra if p.startswith(head) and "/" not in p[len(head):]})
 
 
 class ModelFolder:
@@ -76,6 +78,9 @@ class ModelFolder:
             raise ModelError(f"{self.path} is a file, not a diffusers model folder ({_DOWNLOAD_HINT})")
         self.files = FolderFiles(self.path)
         text = self.files.text(layout.INDEX)
+        if text is None and AutoencoderFolder.holds_one(self.files):
+            raise ModelError(f"{self.path} is a tiny autoencoder, not a Stable Diffusion model: use it with "
+                             "--decoder (which the TAESD previews then use too)")
         if text is None:
             raise ModelError(f"{self.path} is not a diffusers model folder: model_index.json not found ({_DOWNLOAD_HINT})")
         self.index = layout.check_model_index(text, self.name)
@@ -141,24 +146,89 @@ class ModelFolder:
         return open_store([(p, None) for p in self.weight_files(component, variant)], component, precision, lazy)
 
 
-def resolve_model(arg) -> ModelFolder:
-    """A --model argument -> ModelFolder.
+class AutoencoderFolder:
+    """A tiny autoencoder saved as one diffusers model at a folder's root (madebyollin/taesd's Hub
+    layout, what `sdweb download madebyollin/taesd` leaves): config.json naming AutoencoderTiny, and
+    diffusion_pytorch_model[.<variant>].safetensors (layout.plan_autoencoder's choice)."""
 
-    An existing folder is used as is. Otherwise a Hub repo id `owner/name` is looked up as
-    $SDWEB_WEIGHTS/owner/name (when set), then ./weights/owner/name.
-    """
+    COMPONENT = "autoencoder"  # how weight errors name this model's tensors' store
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise ModelError(f"{self.path}: no such tiny autoencoder folder (download one with "
+                             f"`sdweb download {catalogue.tiny_autoencoder()['repo']}`)")
+        self.files = FolderFiles(self.path)
+        text = self.files.text(layout.AUTOENCODER_CONFIG)
+        if text is None:
+            raise ModelError(f"{self.path} is not a tiny autoencoder folder: config.json not found")
+        self._config = layout.check_autoencoder_config(text, self.name)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r})"
+
+    @staticmethod
+    def holds_one(files: layout.Files) -> bool:
+        """Whether `files` hold a tiny autoencoder's config.json at their root."""
+        try:
+            layout.check_autoencoder_config(files.text(layout.AUTOENCODER_CONFIG) or "{}", "")
+        except ModelError:
+            return False
+        return True
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def config(self) -> dict:
+        return dict(self._config)
+
+    def weight_files(self, variant: str | None = None) -> list:
+        """The weight file(s), as layout.plan_autoencoder picks them."""
+        return [self.path / p for p in layout.plan_autoencoder(self.files, variant, self.name).weights[0].files]
+
+    def weights(self, precision: str = "fp32", variant: str | None = None, lazy: bool = False) -> WeightStore:
+        return open_store([(p, None) for p in self.weight_files(variant)], self.COMPONENT, precision, lazy)
+
+
+def find_repo(arg) -> Path | None:
+    """A folder for a --model / --decoder argument: an existing path as is, else a Hub repo id
+    `owner/name` looked up as $SDWEB_WEIGHTS/owner/name (when set), then ./weights/owner/name, where
+    `sdweb download` puts it. None when the argument is a repo id not downloaded; a ModelError when
+    it is neither a path nor a repo id."""
     p = Path(arg).expanduser()
     if p.exists():
-        return ModelFolder(p)
+        return p
     s = str(arg)
-    if layout.REPO_ID.match(s):
-        roots = []
-        if os.environ.get("SDWEB_WEIGHTS"):
-            roots.append(Path(os.environ["SDWEB_WEIGHTS"]))
-        roots.append(Path("weights"))
-        tried = [r / s for r in roots]
-        for t in tried:
-            if t.is_dir():
-                return ModelFolder(t)
-        raise ModelError(f"model {s} not found (looked in {', '.join(str(t) for t in tried)}): run `sdweb download {s}` first")
-    raise ModelError(f"{s}: no such model folder, and not a Hub repo id like owner/name ({_DOWNLOAD_HINT})")
+    if not layout.REPO_ID.match(s):
+        raise ModelError(f"{s}: no such model folder, and not a Hub repo id like owner/name ({_DOWNLOAD_HINT})")
+    for t in repo_folders(s):
+        if t.is_dir():
+            return t
+    return None
+
+
+def repo_folders(repo: str) -> list[Path]:
+    """Where a downloaded Hub repo is looked for, in order."""
+    roots = [Path(os.environ["SDWEB_WEIGHTS"])] if os.environ.get("SDWEB_WEIGHTS") else []
+    return [r / repo for r in roots + [Path("weights")]]
+
+
+def resolve_model(arg) -> ModelFolder:
+    """A --model argument -> ModelFolder (find_repo: a folder, or a downloaded Hub repo id)."""
+    p = find_repo(arg)
+    if p is None:
+        tried = ", ".join(str(t) for t in repo_folders(str(arg)))
+        raise ModelError(f"model {arg} not found (looked in {tried}): run `sdweb download {arg}` first")
+    return ModelFolder(p)
+
+
+def resolve_autoencoder(arg) -> AutoencoderFolder:
+    """A --decoder / --preview tiny autoencoder -> AutoencoderFolder: "taesd" names the catalogue's
+    (madebyollin/taesd); else a folder or a downloaded Hub repo id, as find_repo looks them up."""
+    repo = catalogue.tiny_autoencoder()["repo"] if arg == "taesd" else str(arg)
+    p = find_repo(repo)
+    if p is None:
+        tried = ", ".join(str(t) for t in repo_folders(repo))
+        raise ModelError(f"tiny autoencoder {repo} not found (looked in {tried}): run `sdweb download {repo}` first")
+    return AutoencoderFolder(p)

@@ -1,4 +1,5 @@
-"""Layer holders shared by clip.py, unet.py and vae.py: torch.nn's leaf modules over the backend.
+"""Layer holders shared by clip.py, unet.py, vae.py and autoencoder_tiny.py: torch.nn's leaf modules
+over the backend.
 
 Each class takes the numbers that fix its weight shapes, then `w` (a WeightView already prefixed to
 the module, e.g. `w.prefix("to_q")`) and the `backend` (a module with backends/contract.py's ops).
@@ -10,7 +11,7 @@ under the tensor's full name. `__call__` is the forward. Attribute names follow 
     Linear(din, dout, w, backend, bias=True)  x: (..., din) -> (..., dout); __call__(x, act=None)
     Conv2d(cin, cout, k, w, backend, stride=1, padding=0, bias=True)
                                               x: (N, cin, H, W) -> (N, cout, Ho, Wo), torch padding;
-                                              __call__(x, residual=None)
+                                              __call__(x, residual=None, act=None)
     GroupNorm(groups, C, w, backend, eps=1e-6)
                                               x: (N, C, ...) -> same; __call__(x, act=None)
     LayerNorm(D, w, backend, eps=1e-5)        x: (..., D) -> same
@@ -36,7 +37,8 @@ class Linear:
 
 class Conv2d:
     """torch.nn.Conv2d with a square kernel and symmetric padding: weight (cout, cin, k, k).
-    `residual` (a tensor of the output's shape) is added to the output in the same op."""
+    `residual` (a tensor of the output's shape) is added to the output in the same op, and `act`
+    applied after it."""
 
     def __init__(self, cin: int, cout: int, k: int, w, backend, stride: int = 1, padding: int = 0,
                  bias: bool = True):
@@ -44,8 +46,8 @@ class Conv2d:
         self.weight = backend.weight(w.get("weight", (cout, cin, k, k)))
         self.bias = backend.weight(w.get("bias", (cout,))) if bias else None
 
-    def __call__(self, x, residual=None):
-        return self.backend.conv2d(x, self.weight, self.bias, self.stride, self.padding, residual)
+    def __call__(self, x, residual=None, act: str | None = None):
+        return self.backend.conv2d(x, self.weight, self.bias, self.stride, self.padding, residual, act)
 
 
 class GroupNorm:

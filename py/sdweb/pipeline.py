@@ -7,6 +7,11 @@ image (img2img, inpainting, outpainting) as its Img2Img and Inpaint pipelines do
     for t in timesteps: eps = unet([x, x], t, context); eps = u + g (c - u); x = scheduler.step(eps, t, x)
     latents / scaling_factor ──vae.decode──► image (N, 3, H, W) ──► uint8 (N, H, W, 3)
 
+With a tiny autoencoder (`tiny_autoencoder`, madebyollin/taesd): previews of each step's predicted
+clean latents x0 (preview.py), and, with decoder != "vae", a draft: the final decode (as diffusers'
+StableDiffusionPipeline with vae=AutoencoderTiny: latents / its scaling_factor, 1.0) and, from an
+image, its encoding (the Img2Img and Inpaint pipelines with vae=AutoencoderTiny: latents times 1.0).
+
 Prompts follow A1111's syntax (prompt_syntax: weights, BREAK, 75-token chunks, embedding slots,
 `<lora:...>` tags); each chunk is encoded on its own and weighted (emphasis). Add-ons (addons.py)
 are found before anything is loaded: textual-inversion vectors go into the text encoder's input,
@@ -37,13 +42,15 @@ from typing import Callable, Generator
 
 import numpy as np
 
+from . import preview as previews
 from .addons import FolderLibrary, prepare
+from .autoencoder_tiny import AutoencoderTiny
 from .backends import numpy as numpy_backend
 from .clip import DEFAULTS as CLIP_DEFAULTS
 from .clip import CLIPTextModel
 from .editing import Edit
 from .emphasis import apply_emphasis, match_chunk_counts
-from .errors import Cancelled
+from .errors import Cancelled, ConfigError
 from .schedulers import make_scheduler
 from .settings import ModelInfo, resolve
 from .stages import run
@@ -54,11 +61,14 @@ from .vae import AutoencoderKL
 @dataclasses.dataclass
 class Progress:
     """What the progress callback receives. `stage` is one of load, text_encoder, vae_encoder (a run
-    from an image encoding it), unet, vae;
-    `step`/`total` count within the stage; `component` the one a load stage loads. After each UNet
-    step, `timestep` and `latents`: the latents after that step, a host float32 ndarray
-    (N, C, h, w) (the scheduler runs on the host, so on any backend this costs no readback; the
-    callback must not modify it)."""
+    from an image encoding it, by the tiny autoencoder's encoder for a draft), unet, vae (the decode,
+    by the tiny autoencoder too); `step`/`total` count within the stage; `component` the one a load
+    stage loads. After each UNet step, `timestep`, `latents`: the latents after that step, and
+    `pred_original_sample`: the step's prediction of the clean latents x0, both host float32
+    ndarrays (N, C, h, w) (the scheduler runs on the host, so on any backend this costs no readback;
+    the callback must not modify them); every `preview_every` steps and after the last, `preview`:
+    uint8 (N, H, W, 3) images of x0 (TAESD's decode at the image's size, preview.approx's at the
+    latents')."""
 
     stage: str
     step: int
@@ -67,6 +77,8 @@ class Progress:
     timestep: float | None = None
     latents: np.ndarray | None = None
     component: str | None = None
+    pred_original_sample: np.ndarray | None = None
+    preview: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -74,17 +86,22 @@ class Result:
     images: np.ndarray  # (N, H, W, 3) uint8
     latents: np.ndarray  # (N, C, h, w) final latents, before the VAE's scaling
     seeds: list[int]
-    timings: dict[str, float]  # seconds per stage: load_*, text_encoder, vae_encoder, unet, vae
+    timings: dict[str, float]  # seconds per stage: load_*, text_encoder, vae_encoder, unet, preview, vae
     settings: dict
 
 
+TINY = "tiny_autoencoder"  # the component name of the tiny autoencoder (loads, progress, timings)
+TINY_ENCODER = "tiny_autoencoder_encoder"  # its encoder half, for a draft from an image
+
+
 class Pipeline:
-    """A model folder + a backend. Components are loaded when a stage needs them. `library` finds the
-    add-on files the settings and prompts name (addons.py; default: addons.FolderLibrary(), the
-    paths given and ./loras); a host may replace it between runs."""
+    """A model folder + a backend, and optionally a tiny autoencoder (model.AutoencoderFolder or the
+    browser's) for previews and draft decodes. Components are loaded when a stage needs them.
+    `library` finds the add-on files the settings and prompts name (addons.py; default:
+    addons.FolderLibrary(), the paths given and ./loras); a host may replace it between runs."""
 
     def __init__(self, folder, backend=numpy_backend, precision: str = "fp32", variant: str | None = None,
-                 keep_loaded: bool = False, library=None):
+                 keep_loaded: bool = False, library=None, tiny_autoencoder=None):
         checked = resolve({"precision": precision, "variant": variant})
         self.folder, self.backend, self.precision = folder, backend, checked.precision
         self.variant, self.keep_loaded = checked.variant, keep_loaded
@@ -99,6 +116,7 @@ class Pipeline:
         self._lora_keys: dict[str, tuple] = {}  # component -> the LoRAs fused into the loaded one
         self.weight_bytes: dict[str, int] = {}
         self.vae_scale_factor = self.info.vae_scale_factor
+        self.tiny_autoencoder = tiny_autoencoder
 
     # -- components --
 
@@ -110,13 +128,17 @@ class Pipeline:
             return self._loaded[component]
         self._loaded.pop(component, None)
         # A GPU backend takes WeightRefs and uploads each tensor's bytes straight from the file.
+        lazy = self.backend.takes_weight_refs
+        tiny = component in (TINY, TINY_ENCODER)
         files = "vae" if component == "vae_encoder" else component  # the VAE's two halves, loaded apart
-        store = self.folder.weights(files, self.precision, self.variant, lazy=self.backend.takes_weight_refs)
+        # the tiny autoencoder: one weight file (fp32 in madebyollin/taesd, no variants), held in the run's precision
+        store = (self.tiny_autoencoder.weights(self.precision, lazy=lazy) if tiny
+                 else self.folder.weights(files, self.precision, self.variant, lazy=lazy))
         try:
             if key:
                 store.add_lora(addons.patches(component, self._tensor_shapes))
             self.backend.check_weights(store)  # a GPU names a tensor too big to bind, before uploading
-            config = self.folder.config(files)
+            config = self.tiny_autoencoder.config() if tiny else self.folder.config(files)
             if component == "text_encoder":
                 model = CLIPTextModel(config, store.prefix(CLIPTextModel.weights_root(store)), self.backend)
             elif component == "unet":
@@ -125,6 +147,12 @@ class Pipeline:
                 model = AutoencoderKL(config, store.prefix(""), self.backend, encoder=False)
             elif component == "vae_encoder":
                 model = AutoencoderKL(config, store.prefix(""), self.backend, decoder=False)
+            elif component == TINY:
+                # previews and drafts decode with one half, a draft's input image is encoded with the
+                # other (TINY_ENCODER): each stays on disk until a run needs it
+                model = AutoencoderTiny(config, store.prefix(""), self.backend, encoder=False)
+            elif component == TINY_ENCODER:
+                model = AutoencoderTiny(config, store.prefix(""), self.backend, decoder=False)
             else:
                 raise ValueError(component)
             store.finish()
@@ -134,6 +162,24 @@ class Pipeline:
             raise
         self._loaded[component], self._lora_keys[component] = model, key
         return model
+
+    def check_tiny_autoencoder(self, field: str) -> None:
+        """ConfigError naming `field` when the tiny autoencoder's latents are not this model's (channels
+        or scale factor: e.g. a TAE of another model family), before anything is loaded."""
+        cfg = self.tiny_autoencoder.config()
+        channels = int(cfg.get("latent_channels", 4))
+        factor = 2 ** (len(cfg.get("decoder_block_out_channels", [64] * 4)) - 1)
+        if (channels, factor) != (self.info.latent_channels, self.info.vae_scale_factor):
+            raise ConfigError(f"{field}: the tiny autoencoder {self.tiny_autoencoder.name} works on {channels}-channel "
+                              f"latents at 1/{factor} of the image, and {self.folder.name} makes "
+                              f"{self.info.latent_channels}-channel latents at 1/{self.info.vae_scale_factor}: "
+                              "use a tiny autoencoder made for this model (madebyollin/taesd for SD 1.x/2.x)", field)
+
+    def use_tiny_autoencoder(self, tiny):
+        """Previews and drafts from now on by `tiny` (a tiny autoencoder's folder), forgetting one loaded."""
+        self.tiny_autoencoder = tiny
+        self._loaded.pop(TINY, None)
+        self._loaded.pop(TINY_ENCODER, None)
 
     def release(self, component: str):
         if not self.keep_loaded:
@@ -229,25 +275,38 @@ class Pipeline:
     def stages(self, prompt: str, negative_prompt: str = "", *, steps: int | None = None,
                guidance: float | None = None, seed: int | None = None, scheduler: str | None = None,
                width: int | None = None, height: int | None = None, num_images: int = 1, clip_skip: int = 0,
+               decoder: str | None = None, preview: str | None = None, preview_every: int | None = None,
                vae_tiling: str | None = None, loras=(), embeddings=(), image=None, mask=None,
                strength: float | None = None, outpaint=None, progress: Callable[[Progress], None] | None = None,
                cancel: Callable[[], bool] | None = None) -> Generator[object, None, Result]:
         """The run, yielding each backend tensor just before it is read back (and None after each
         component is built); returns the Result.
         None -> the default (settings.resolve: by model kind, random seed, the model's own
-        scheduler and size); ConfigError naming the first bad setting, before anything is loaded.
-        loras: [(name or path, scale)] or settings' {name, scale}; embeddings: [name or path]
-        (found by self.library). `image` and `mask` are picture.Pictures (picture.read): with an
-        image the run is img2img, with a mask too (or `outpaint`) inpainting."""
+        scheduler and size, previews by the tiny autoencoder when the pipeline has one); ConfigError
+        naming the first bad setting, before anything is loaded. A decoder other than "vae", or
+        "taesd" previews, need the pipeline's tiny autoencoder (whichever the caller resolved the
+        decoder's name to). loras: [(name or path, scale)] or settings' {name, scale}; embeddings:
+        [name or path] (found by self.library). `image` and `mask` are picture.Pictures
+        (picture.read): with an image the run is img2img, with a mask too (or `outpaint`)
+        inpainting; a draft (decoder != "vae") encodes them with the tiny autoencoder's encoder."""
         s = resolve(dict(model=self.folder.name, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                          guidance=guidance, seed=seed, scheduler=scheduler, width=width, height=height,
                          num_images=num_images, clip_skip=clip_skip, precision=self.precision,
-                         variant=self.variant, backend=self.backend.name, vae_tiling=vae_tiling,
-                         loras=list(loras), embeddings=list(embeddings), image=image, mask=mask,
-                         strength=strength, outpaint=outpaint), self.info)
+                         variant=self.variant, backend=self.backend.name, decoder=decoder, preview=preview,
+                         preview_every=preview_every, vae_tiling=vae_tiling, loras=list(loras),
+                         embeddings=list(embeddings), image=image,
+                         mask=mask, strength=strength, outpaint=outpaint),
+                    self.info, taesd=self.tiny_autoencoder is not None)
+        if s.tiny_autoencoder and self.tiny_autoencoder is None:
+            field = "decoder" if s.decoder != "vae" else "preview"
+            raise ConfigError(f"{field} {getattr(s, field)!r} needs a tiny autoencoder, and this pipeline has none "
+                              "(Pipeline(..., tiny_autoencoder=model.resolve_autoencoder('taesd')))", field)
+        if s.tiny_autoencoder:
+            self.check_tiny_autoencoder("decoder" if s.decoder != "vae" else "preview")
+        decoder, preview, preview_every, vae_tiling = s.decoder, s.preview, s.preview_every, s.vae_tiling
         steps, guidance, seed, scheduler = s.steps, s.guidance, s.seed, s.scheduler
         width, height, num_images, clip_skip = s.width, s.height, s.num_images, s.clip_skip
-        prompt, negative_prompt, vae_tiling = s.prompt, s.negative_prompt, s.vae_tiling
+        prompt, negative_prompt = s.prompt, s.negative_prompt
         addons = self.prepare_addons(prompt, negative_prompt, s.loras, s.embeddings)
         loras, embeddings = s.as_request()["loras"], list(s.embeddings)
         # a run from an image records its input files (names, sha256), strength and outpaint
@@ -287,14 +346,17 @@ class Pipeline:
         self.release("text_encoder")
         report("text_encoder", 1, 1)
 
-        # 2. the input image's latents, for a run from an image
+        # 2. the input image's latents, for a run from an image: a draft's through the tiny
+        # autoencoder's encoder, as diffusers' Img2Img and Inpaint pipelines with vae=AutoencoderTiny
+        # encode it (its latents times its scaling_factor, 1.0)
         if edit is not None:
-            vae = yield from timed_load("vae_encoder")
+            encoder = "vae_encoder" if decoder == "vae" else TINY_ENCODER
+            vae = yield from timed_load(encoder)
             report("vae_encoder", 0, 1)
             s = time.perf_counter()
             yield from edit.encode(vae, backend)
             timings["vae_encoder"] = time.perf_counter() - s
-            self.release("vae_encoder")
+            self.release(encoder)
             del vae
             report("vae_encoder", 1, 1)
 
@@ -311,7 +373,10 @@ class Pipeline:
             per = (1,) + tuple(shape[1:])
             return np.concatenate([g.standard_normal(per, dtype=np.float32) for g in gens])
 
-        # 4. denoising loop
+        # 4. denoising loop, previews of each step's x0 (the tiny autoencoder is loaded first: it
+        # stays beside the UNet)
+        tiny = (yield from timed_load(TINY)) if preview == "taesd" else None
+        timings["preview"] = 0.0
         unet = yield from timed_load("unet")
         s = time.perf_counter()
         report("unet", 0, len(timesteps))
@@ -328,27 +393,48 @@ class Pipeline:
                 uncond, cond = np.split(eps, 2)
                 eps = uncond + np.float32(guidance) * (cond - uncond)
             x = sched.step(eps, t, x, noise)
+            clean = sched.pred_original_sample
             if edit is not None:
                 x = edit.after_step(x, i, timesteps, sched, first)
-            report("unet", i + 1, len(timesteps), timestep=float(t), latents=x)
-        timings["unet"] = time.perf_counter() - s
+            shown = None
+            if preview != "none" and ((i + 1) % preview_every == 0 or i + 1 == len(timesteps)):
+                p0 = time.perf_counter()
+                if preview == "taesd":
+                    decoded = previews.decode_tiny(tiny, clean, backend)
+                    yield decoded  # a preview's readback
+                    shown = to_uint8(backend.numpy(decoded))
+                    del decoded
+                else:
+                    shown = previews.approx(clean)
+                timings["preview"] += time.perf_counter() - p0
+            report("unet", i + 1, len(timesteps), timestep=float(t), latents=x, pred_original_sample=clean,
+                   preview=shown)
+        timings["unet"] = time.perf_counter() - s - timings["preview"]
         self.release("unet")
         del unet, context  # the last references: on a GPU the UNet's weights must go before the VAE's activations come
 
-        # 5. VAE decode
-        vae = yield from timed_load("vae")
+        # 5. VAE decode, or a draft by the tiny autoencoder (loaded already for TAESD previews)
+        if decoder == "vae":
+            vae = yield from timed_load("vae")
+        else:
+            vae = tiny or (yield from timed_load(TINY))
         report("vae", 0, 1)
         s = time.perf_counter()
-        z = x / np.float32(vae.scaling_factor)
-        shift = vae.config.get("shift_factor")
-        if shift:
-            z = z + np.float32(shift)
-        decoded = yield from vae.decode_stages(backend.tensor(z), tiling=vae_tiling)
+        if decoder == "vae":
+            z = x / np.float32(vae.scaling_factor)
+            shift = vae.config.get("shift_factor")
+            if shift:
+                z = z + np.float32(shift)
+            decoded = yield from vae.decode_stages(backend.tensor(z), tiling=vae_tiling)
+        else:
+            decoded = previews.decode_tiny(vae, x, backend)
         yield decoded
         images = backend.numpy(decoded)
         del decoded
         timings["vae"] = time.perf_counter() - s
         self.release("vae")
+        self.release(TINY)
+        del vae, tiny
         report("vae", 1, 1)
         timings["total"] = time.perf_counter() - t0
 
@@ -358,7 +444,8 @@ class Pipeline:
                                     guidance=guidance, seed=seed, scheduler=scheduler, width=width,
                                     height=height, num_images=num_images, clip_skip=clip_skip,
                                     precision=self.precision, variant=self.variant, backend=backend.name,
-                                    vae_tiling=vae_tiling, loras=loras, embeddings=embeddings, **from_image))
+                                    decoder=decoder, vae_tiling=vae_tiling, loras=loras, embeddings=embeddings,
+                                    **from_image))
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

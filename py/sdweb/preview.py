@@ -1,7 +1,16 @@
-"""Cheap latent previews: a fixed linear map from the 4 latent channels to RGB, no VAE run.
+"""Previews of an image while it forms, drawn from the step's predicted clean latents x0
+(Scheduler.pred_original_sample), in one of two ways (settings' `preview`):
 
-The factors are the least-squares fit of SD 1.x/2.x VAE decodes to their latents that ComfyUI and
-the web UIs use for live previews; good enough to watch an image form, not to judge it.
+    approx   a fixed linear map from the 4 latent channels to RGB, no network run, at the latents' size
+             (1/8 of the image's). The factors are the least-squares fit of SD 1.x/2.x VAE decodes to
+             their latents that ComfyUI and the web UIs use for live previews: enough to watch an
+             image form, not to judge it.
+    taesd    the tiny autoencoder's decode (autoencoder_tiny.AutoencoderTiny, madebyollin/taesd), at the
+             image's size: the picture itself, at under a tenth of a UNet step's cost.
+
+`decode_tiny` (the pipeline reads its tensor back and converts it to uint8 (N, H, W, 3)) is also the
+draft decoder (settings' `decoder`): the same decode of the final latents; `approx` gives uint8
+(N, h, w, 3).
 """
 
 from __future__ import annotations
@@ -29,3 +38,17 @@ def latents_to_rgb(latents: np.ndarray, upscale: int = 1) -> np.ndarray:
     if upscale > 1:
         img = img.repeat(upscale, axis=0).repeat(upscale, axis=1)
     return img
+
+
+def decode_tiny(tiny, latents: np.ndarray, backend):
+    """The UNet's latents (N, C, h, w) -> images (N, 3, H, W) in about [-1, 1], a backend tensor (the
+    caller reads it back), through the tiny autoencoder `tiny` (an AutoencoderTiny). Divided by its
+    scaling_factor first, as diffusers' pipelines do for any VAE: TAESD's is 1.0, since it was
+    distilled on the SD VAE's scaled latents."""
+    z = np.asarray(latents, dtype=np.float32) / np.float32(tiny.scaling_factor)
+    return tiny.decode(backend.tensor(z))
+
+
+def approx(x0: np.ndarray) -> np.ndarray:
+    """The linear map's previews of x0 (N, 4, h, w): uint8 (N, h, w, 3)."""
+    return np.stack([latents_to_rgb(x) for x in x0])

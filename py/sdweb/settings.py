@@ -1,7 +1,7 @@
 """One policy for a generation's settings: every default and every check, for the CLI, the page and
 the library alike.
 
-    resolve(request, model=None, webgpu=None) -> Settings        or a ConfigError naming its `field`
+    resolve(request, model=None, webgpu=None, taesd=None) -> Settings   or a ConfigError naming its `field`
 
 `request` maps FIELDS names to what a person asked for; absent, None or "" means "the default". The
 CLI translates its flags into a request (cli.py), the page its form (web/app.js -> web/worker.js ->
@@ -10,7 +10,9 @@ limit itself. Called without `model`, resolve checks everything it can before a 
 weight is downloaded, and leaves what only the model can say (size, scheduler, sometimes precision)
 None; called again with the model's ModelInfo, it fills those in and checks sizes against the model.
 `webgpu` is whether a WebGPU adapter answers here: (ok, why) or a function returning it; None when
-the caller does not know, and then "auto" stays "auto".
+the caller does not know, and then "auto" stays "auto". `taesd` is whether the tiny autoencoder
+"taesd" names (the catalogue's) is at hand (downloaded, or stored in the page); None when the caller
+does not know, and then an empty preview stays None.
 
 Defaults and limits:
     model             the catalogue's default model (models.json "default": SD 1.5)
@@ -30,7 +32,18 @@ Defaults and limits:
     precision         weights held as fp16 when reading the fp16 variant on WebGPU, or on NumPy when
                       those weights exceed 256 MB (NumPy upcasts per layer: slower, half the memory);
                       else fp32
-    preview_every     about ten previews a run: round(steps / 10) steps, at least 1; 1 to 1000
+    decoder           "vae": the model's own VAE decodes the image; "taesd" (the catalogue's tiny
+                      autoencoder, madebyollin/taesd) or a tiny autoencoder's folder or Hub repo id
+                      decodes a draft instead (141 GFLOP at 512x512 against the SD VAE decoder's
+                      2.5 TFLOP)
+    preview           what a preview of the step's predicted clean latents x0 is drawn with: "taesd"
+                      (the run's tiny autoencoder: the decoder's when it is one, else the catalogue's),
+                      "approx" (a linear map of the latent channels, preview.py), or "none" (no
+                      previews: the CLI without --save-intermediates); by default "taesd" when a
+                      tiny autoencoder is at hand, else "approx"
+    preview_every     every step with "taesd" previews (each costs under a tenth of a UNet step),
+                      else about ten a run: round(steps / 10) steps, at least 1; 1 to 1000; None
+                      while the preview is not yet known (resolved without `taesd`)
     vae_tiling        auto: the VAE decodes (and encodes an input image) in one pass unless an
                       activation would not fit the backend (a GPU's buffer-binding limit), then
                       image by image, then in tiles;
@@ -73,9 +86,11 @@ from .vae import TILINGS
 from .weights import PRECISIONS
 
 FIELDS = ("model", "prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width", "height",
-          "num_images", "clip_skip", "precision", "variant", "backend", "preview_every", "vae_tiling", "loras",
-          "embeddings", "image", "mask", "strength", "outpaint")
+          "num_images", "clip_skip", "precision", "variant", "backend", "preview_every", "preview", "decoder",
+          "vae_tiling", "loras", "embeddings", "image", "mask", "strength", "outpaint")
 BACKENDS = ("numpy", "webgpu")
+PREVIEWS = ("taesd", "approx", "none")
+VAE, TAESD = "vae", "taesd"  # decoder: the model's own VAE; the catalogue's tiny autoencoder
 MAX_STEPS = 1000
 MAX_SIDE = 2048  # pixels; beyond this a 64x64-trained UNet makes tiled nonsense and memory explodes
 MAX_IMAGES = 16
@@ -146,7 +161,9 @@ class Settings:
     precision: str | None
     variant: str | None
     backend: str
-    preview_every: int
+    preview_every: int | None
+    preview: str | None
+    decoder: str
     vae_tiling: str
     loras: tuple[tuple[str, float], ...]  # (name, scale)
     embeddings: tuple[str, ...]
@@ -167,8 +184,16 @@ class Settings:
         """Pipeline.generate's keyword arguments."""
         out = self.as_request()
         return {k: out[k] for k in ("prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width",
-                                    "height", "num_images", "clip_skip", "vae_tiling", "loras", "embeddings", "strength",
-                                    "outpaint")}
+                                    "height", "num_images", "clip_skip", "decoder", "preview", "preview_every",
+                                    "vae_tiling", "loras", "embeddings", "strength", "outpaint")}
+
+    @property
+    def tiny_autoencoder(self) -> str | None:
+        """The tiny autoencoder this run reads ("taesd", or the folder / repo id the decoder names), or
+        None when it needs none."""
+        if self.decoder != VAE:
+            return self.decoder
+        return TAESD if self.preview == TAESD else None
 
 
 def model_kind(name: str) -> str:
@@ -248,7 +273,8 @@ def _backend(asked: str, webgpu) -> tuple[str, list[str]]:
 
 
 def resolve(request: Mapping, model: ModelInfo | None = None,
-            webgpu: tuple[bool, str] | Callable[[], tuple[bool, str]] | None = None) -> Settings:
+            webgpu: tuple[bool, str] | Callable[[], tuple[bool, str]] | None = None,
+            taesd: bool | None = None) -> Settings:
     """The checked settings of `request` (see the module docstring), or a ConfigError naming the field."""
     extra = sorted(set(request) - set(FIELDS))
     if extra:
@@ -329,9 +355,18 @@ def resolve(request: Mapping, model: ModelInfo | None = None,
         elif backend == "numpy" and model is not None and model.weight_bytes is not None:
             precision = "fp16" if model.weight_bytes > FP16_ABOVE else "fp32"
 
-    preview = get("preview_every")
-    preview = max(1, (steps + 5) // 10) if preview is None else \
-        _whole("preview_every", preview, 1, MAX_STEPS, f"use 1 to {MAX_STEPS} (steps between previews)")
+    decoder = _text("decoder", get("decoder") or VAE).strip() or VAE
+    preview = get("preview")
+    if preview is not None and preview not in PREVIEWS:
+        raise ConfigError(f"unknown preview {preview!r}; use taesd (the tiny autoencoder), approx (a linear map "
+                          "of the latents) or none", "preview")
+    if preview is None and (decoder != VAE or taesd is not None):
+        preview = TAESD if decoder != VAE or taesd else "approx"
+    every = get("preview_every")
+    if every is not None:
+        every = _whole("preview_every", every, 1, MAX_STEPS, f"use 1 to {MAX_STEPS} (steps between previews)")
+    elif preview is not None:
+        every = 1 if preview == TAESD else max(1, (steps + 5) // 10)
 
     vae_tiling = get("vae_tiling") or "auto"
     if vae_tiling not in TILINGS:
@@ -341,7 +376,8 @@ def resolve(request: Mapping, model: ModelInfo | None = None,
                     negative_prompt=_text("negative_prompt", get("negative_prompt") or ""), steps=steps,
                     guidance=float(guidance), seed=seed, scheduler=scheduler, width=sizes["width"],
                     height=sizes["height"], num_images=num_images, clip_skip=clip_skip, precision=precision,
-                    variant=variant, backend=backend, preview_every=preview, vae_tiling=vae_tiling,
+                    variant=variant, backend=backend, preview_every=every, preview=preview, decoder=decoder,
+                    vae_tiling=vae_tiling,
                     loras=_loras(get("loras") or ()), embeddings=_names("embeddings", get("embeddings") or ()),
                     image=image, mask=mask, strength=strength, outpaint=outpaint, notes=tuple(notes))
 

@@ -1,10 +1,11 @@
 // include/activations.wgsl: the activations kernels fuse into their epilogues, one definition each,
-// and the one spelling of the choice. Included by matmul.wgsl and norm.wgsl (shaders.py `#include`).
-// Reference: backends/numpy.py `_silu`, `_gelu`, `_quick_gelu`, `_geglu`; host side: the ACT codes
+// and the one spelling of the choice. Included by matmul.wgsl, conv2d.wgsl and norm.wgsl (shaders.py
+// `#include`). Reference: backends/numpy.py `_silu`, `_gelu`, `_quick_gelu`, `_relu`, `_geglu`; host
+// side: the ACT codes
 // of py/sdweb/backends/webgpu/ops/common.py.
 //
 // Host constant ACT (the pipeline cache key): 0u none, 1u silu, 2u gelu (exact, erf), 3u quick_gelu,
-// 4u geglu. geglu (value * gelu(gate)) needs two inputs, so only a GEMM epilogue offers it;
+// 4u geglu, 5u relu. geglu (value * gelu(gate)) needs two inputs, so only a GEMM epilogue offers it;
 // `activate` applies the one-input ones.
 // @defaults ACT=0u
 
@@ -13,6 +14,7 @@ const ACT_SILU: u32 = 1u;
 const ACT_GELU: u32 = 2u;
 const ACT_QUICK_GELU: u32 = 3u;
 const ACT_GEGLU: u32 = 4u;
+const ACT_RELU: u32 = 5u;
 
 // x * sigmoid(x). exp's argument is capped, so a very negative v gives v / huge (about -0): an
 // uncapped exp would overflow, and WGSL lets an implementation assume values are finite, so v / inf
@@ -49,6 +51,7 @@ fn activate(v: f32) -> f32 {
         case ACT_SILU: { return silu(v); }
         case ACT_GELU: { return gelu(v); }
         case ACT_QUICK_GELU: { return quick_gelu(v); }
+        case ACT_RELU: { return max(v, 0.0); }
         default: { return v; }
     }
 }

@@ -1,5 +1,5 @@
-"""The backend contract: every op model code (nn.py, resnet.py, clip.py, unet.py, vae.py) and the
-pipeline call, written once.
+"""The backend contract: every op model code (nn.py, resnet.py, clip.py, unet.py, vae.py,
+autoencoder_tiny.py) and the pipeline call, written once.
 
 A backend is a module: `backends/numpy.py`, the readable reference (plain float32 ndarrays), and
 `backends/webgpu/`, the same ops as WGSL kernels (tensors are GPU buffer handles). Each defines
@@ -14,7 +14,7 @@ Shape legend: N batch, C channels, H/W height/width, L tokens, D features, h hea
 
 The fused activation is spelled `act` everywhere: None, or a name in ACTIVATIONS; linear also takes
 "geglu", which halves the width. Which function each name is: backends/numpy.py `_silu`, `_gelu`
-(exact, erf), `_quick_gelu`, `_geglu`; in WGSL shaders/include/activations.wgsl.
+(exact, erf), `_quick_gelu`, `_relu`, `_geglu`; in WGSL shaders/include/activations.wgsl.
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ from typing import Protocol
 
 from ..errors import SdwebError
 
-ACTIVATIONS = ("silu", "gelu", "quick_gelu")
+ACTIVATIONS = ("silu", "gelu", "quick_gelu", "relu")
 GEGLU = "geglu"
 
 # Ops the text-to-image pipeline does not call, and the model code that does.
 NOT_IN_TEXT_TO_IMAGE = {
     "pad2d": "resnet.Downsample2D with padding 0, the VAE encoder's (AutoencoderKL.encode: an image in)",
     "slice_tokens": "clip.CLIPTextModel.pooled (transformers' pooler_output)",
-    "mul": "resnet.ResnetBlock2D with output_scale_factor != 1 (a UNet's mid_block_scale_factor)",
+    "mul": "resnet.ResnetBlock2D with output_scale_factor != 1 (a UNet's mid_block_scale_factor), and a tiny "
+           "autoencoder's image scaling (autoencoder_tiny: previews, the draft decoder)",
+    "tanh_clamp": "autoencoder_tiny.DecoderTiny, the tiny autoencoder's decoder (previews, the draft decoder)",
     "fuse_lora": "weight() of a weights.Patched: a weight a LoRA changes (Pipeline.generate with loras)",
 }
 
@@ -85,10 +87,11 @@ class Backend(Protocol):
         """x: (..., Din), weight: (Dout, Din), bias: (Dout,) -> (..., Dout), then act. With act="geglu"
         weight has 2F rows and the result is (..., F): first half * gelu(second half)."""
 
-    def conv2d(self, x, weight, bias=None, stride=1, padding=0, residual=None):
+    def conv2d(self, x, weight, bias=None, stride=1, padding=0, residual=None, act=None):
         """x: (N, Cin, H, W), weight: (Cout, Cin, k, k), bias: (Cout,) -> (N, Cout, Ho, Wo), zero padding
         on every side, Ho = (H + 2 padding - k) // stride + 1; plus `residual` (a tensor of the
-        output's shape: a resnet's skip) when given."""
+        output's shape: a resnet's skip) when given; then act (one of ACTIVATIONS), so a
+        conv + ReLU, or ReLU(conv + skip), is one op."""
 
     def upsample_conv2d(self, x, weight, bias=None):
         """x: (N, Cin, H, W), weight: (Cout, Cin, 3, 3), bias: (Cout,) -> (N, Cout, 2H, 2W): x upsampled
@@ -112,8 +115,11 @@ class Backend(Protocol):
     def add(self, x, y):
         """x + y, same shapes (a residual)."""
 
-    def mul(self, x, s):
-        """x * s, s a Python float."""
+    def mul(self, x, s, shift=0.0):
+        """x * s + shift, s and shift Python floats (an image mapped between [0, 1] and [-1, 1])."""
+
+    def tanh_clamp(self, x, bound):
+        """bound * tanh(x / bound): a smooth clamp into (-bound, bound), bound a Python float."""
 
     def add_channel(self, x, v):
         """x: (N, C, H, W) + v: (N, C) broadcast over H, W (a resnet's time embedding)."""

@@ -215,9 +215,10 @@ def _epilogue(y, bias, act, out):
         _KERNELS[act](y, out=out)
 
 
-def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None):
+def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None, act: str | None = None):
     """x: (N, Cin, H, W), weight: (Cout, Cin, kh, kw), bias: (Cout,) -> (N, Cout, Ho, Wo), plus
-    `residual` (a tensor of the output's shape: a resnet's skip) when given. Implicit GEMM on the GPU
+    `residual` (a tensor of the output's shape: a resnet's skip) when given, then the optional fused
+    activation (the tiny autoencoder's ReLUs). Implicit GEMM on the GPU
     (shaders/conv2d.wgsl). Here, by shape:
       1x1: one (Cout, Cin) @ (Cin, H*W) matmul per image;
       stride 1 with a few outputs (conv_out): every tap's product in one GEMM, then shifted sums
@@ -227,9 +228,13 @@ def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=Non
         (_conv3x3_winograd);
       otherwise (small images, strides): im2col in (Cin*kh*kw, pixels) order, so one matmul per
         image writes NCHW directly, in row chunks that bound the column matrix (~64 MB)."""
+    check_act("conv2d", act)
     y = _conv2d(x, _f32(weight), None if bias is None else _f32(bias)[:, None], stride, padding)
     if residual is not None:
         y += residual
+    if act:
+        rows = y.reshape(-1, y.shape[2] * y.shape[3])
+        _each(lambda rc: _KERNELS[act](rows[rc], out=rows[rc]), list(_blocks(*rows.shape)))
     return y
 
 
@@ -714,7 +719,7 @@ def _exp_rows(scores, shift: bool):
 # --- fused activations  (shaders/include/activations.wgsl) ----------------------------------------
 
 
-# The activations linear and group_norm fuse: kernels `_name(x, out)` (x and out may be the same
+# The activations linear, conv2d and group_norm fuse: kernels `_name(x, out)` (x and out may be the same
 # array) applied block by block while the rows are in cache. exp overflows to inf on the saturating
 # side (x / inf = -0), which NumPy, unlike WGSL, defines.
 
@@ -760,6 +765,10 @@ def _gelu(x, out):
     return out
 
 
+def _relu(x, out):
+    return np.maximum(x, 0, out=out)
+
+
 def _geglu(x, out):
     """x: (rows, 2F) -> out (rows, F) = x[:, :F] * gelu(x[:, F:])."""
     F = out.shape[-1]
@@ -768,7 +777,7 @@ def _geglu(x, out):
     return out
 
 
-_KERNELS = {"silu": _silu, "gelu": _gelu, "quick_gelu": _quick_gelu}
+_KERNELS = {"silu": _silu, "gelu": _gelu, "quick_gelu": _quick_gelu, "relu": _relu}
 
 
 # --- elementwise and layout  (shaders/elementwise.wgsl) -------------------------------------------
@@ -779,9 +788,20 @@ def add(x, y):
     return x + y
 
 
-def mul(x, s: float):
-    """Scale by a Python float."""
-    return x * np.float32(s)
+def mul(x, s: float, shift: float = 0.0):
+    """x * s + shift, s and shift Python floats."""
+    y = x * np.float32(s)
+    if shift:
+        y += np.float32(shift)
+    return y
+
+
+def tanh_clamp(x, bound: float):
+    """bound * tanh(x / bound): a smooth clamp into (-bound, bound) (TAESD's decoder input)."""
+    y = x / np.float32(bound)
+    np.tanh(y, out=y)
+    y *= np.float32(bound)
+    return y
 
 
 def add_channel(x, v):

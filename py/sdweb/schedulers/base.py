@@ -18,8 +18,11 @@ f32 = np.float32
 
 class Scheduler:
     """Base of the samplers: `set_timesteps(n)`, `.timesteps`, `.init_noise_sigma`,
-    `scale_model_input(x, t)`, `step(model_output, t, x, noise) -> x_prev`, `.order`; for runs that
-    start from an image, `start_at(steps, strength)` and `add_noise(x0, noise, t)`.
+    `scale_model_input(x, t)`, `step(model_output, t, x, noise) -> x_prev`, `.order`, and after each
+    step `.pred_original_sample`: the step's prediction of the clean latents x0, (N, C, H, W) float32
+    (diffusers' `pred_original_sample` of the step's output, where the class returns one; previews
+    decode it); for runs that start from an image, `start_at(steps, strength)` and
+    `add_noise(x0, noise, t)`.
 
     Subclasses set `DEFAULTS` (the keyword defaults of the matching diffusers class's `__init__`,
     which is what `from_config` falls back to) and `DIFFUSERS_CLASS` (for messages).
@@ -33,6 +36,7 @@ class Scheduler:
         self.config, self.extra_config = resolve_config(self.DEFAULTS, config, forced)
         self.num_inference_steps = None
         self.timesteps = None
+        self.pred_original_sample = None
         self.begin_index = None
         self._step_index = None
 

@@ -85,7 +85,7 @@ class DDIMScheduler(Scheduler):
         alpha_prod_t = self.alphas_cumprod[t]
         alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
         x0, eps = predict_x0_eps(self.config["prediction_type"], model_output, sample, alpha_prod_t)
-        x0 = clip_x0(x0, self.config)
+        x0 = self.pred_original_sample = clip_x0(x0, self.config)
         # eta = 0: no noise term, and the direction keeps the whole 1 - alpha_prev.
         direction = (1 - alpha_prod_t_prev) ** (0.5) * eps
         return as_f32(alpha_prod_t_prev ** (0.5) * x0 + direction)

@@ -91,7 +91,7 @@ class DDPMScheduler(Scheduler):
         current_alpha_t = alpha_prod_t / alpha_prod_t_prev
         current_beta_t = 1 - current_alpha_t
         x0, _ = predict_x0_eps(self.config["prediction_type"], model_output, sample, alpha_prod_t)
-        x0 = clip_x0(x0, self.config)
+        x0 = self.pred_original_sample = clip_x0(x0, self.config)
         # Mean of q(x_prev | x_t, x0): formula (7) of the DDPM paper.
         x0_coeff = (alpha_prod_t_prev ** (0.5) * current_beta_t) / beta_prod_t
         sample_coeff = current_alpha_t ** (0.5) * beta_prod_t_prev / beta_prod_t

@@ -178,7 +178,8 @@ class DPMSolverMultistepScheduler(Scheduler):
         lower_order_final = i == count - 1 and (
             c["euler_at_final"] or (c["lower_order_final"] and count < 15) or c["final_sigmas_type"] == "zero"
         )
-        x0 = self._convert_model_output(model_output, sample)
+        # diffusers' step output has no x0; its data prediction is what it keeps as model_outputs[-1]
+        x0 = self.pred_original_sample = self._convert_model_output(model_output, sample)
         self.model_outputs = [self.model_outputs[1], x0]
         if self.lower_order_nums < 1 or lower_order_final:
             prev_sample = self._first_order(x0, sample)

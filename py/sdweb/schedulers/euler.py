@@ -146,6 +146,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
             x0 = sample - sigma_hat * model_output
         else:  # v_prediction
             x0 = model_output * (-sigma / (sigma**2 + 1) ** 0.5) + (sample / (sigma**2 + 1))
+        self.pred_original_sample = x0
         derivative = (sample - x0) / sigma_hat
         dt = self.sigmas[self._step_index + 1] - sigma_hat
         self._step_index += 1

@@ -51,6 +51,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
             x0 = sample - sigma * model_output
         else:  # v_prediction
             x0 = model_output * (-sigma / (sigma**2 + 1) ** 0.5) + (sample / (sigma**2 + 1))
+        self.pred_original_sample = x0
         sigma_from = sigma
         sigma_to = self.sigmas[self._step_index + 1]
         sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5

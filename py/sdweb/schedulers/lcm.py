@@ -80,7 +80,8 @@ class LCMScheduler(Scheduler):
         c_out = scaled_t / (scaled_t**2 + f32(self.sigma_data**2)) ** 0.5
         x0, _ = predict_x0_eps(self.config["prediction_type"], model_output, sample, alpha_prod_t)
         x0 = clip_x0(x0, self.config)
-        denoised = c_out * x0 + c_skip * sample
+        # diffusers returns this as the step output's `denoised` (LCM's x0; it has no pred_original_sample)
+        denoised = self.pred_original_sample = c_out * x0 + c_skip * sample
         if self._step_index != self.num_inference_steps - 1:
             z = draw(noise, model_output.shape, self.DIFFUSERS_CLASS)
             prev_sample = np.sqrt(alpha_prod_t_prev) * denoised + np.sqrt(beta_prod_t_prev) * z

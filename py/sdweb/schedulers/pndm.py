@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .base import Scheduler, add_noise_alpha, as_f32, f32, make_alphas_cumprod, spaced_timesteps
+from .ddim import predict_x0_eps
 
 
 class PNDMScheduler(Scheduler):
@@ -67,6 +68,10 @@ class PNDMScheduler(Scheduler):
     def step(self, model_output, t, sample, noise=None):
         """model_output, sample: (N, C, H, W) float32 at timestep t -> sample at the next timestep."""
         model_output, sample = as_f32(model_output), as_f32(sample)
+        # diffusers' PNDM step returns no x0: this is the one the model's output at t implies for the
+        # sample it was given (DDIM's pred_original_sample at t), before the multistep combination
+        self.pred_original_sample, _ = predict_x0_eps(self.config["prediction_type"], model_output, sample,
+                                                      self.alphas_cumprod[int(t)])
         if self.counter < len(self.prk_timesteps) and not self.config["skip_prk_steps"]:
             return self._step_prk(model_output, int(t), sample)
         return self._step_plms(model_output, int(t), sample)

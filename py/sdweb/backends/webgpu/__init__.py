@@ -97,9 +97,10 @@ def linear(x, weight, bias=None, act: str | None = None):
     return _matmul.linear(context(), x, weight, bias, act)
 
 
-def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None):
-    """x: (N, Cin, H, W), weight: (Cout, Cin, k, k) -> (N, Cout, Ho, Wo), plus `residual` when given."""
-    return _conv2d.conv2d(context(), x, weight, bias, stride, padding, residual)
+def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None, act: str | None = None):
+    """x: (N, Cin, H, W), weight: (Cout, Cin, k, k) -> (N, Cout, Ho, Wo), plus `residual` when given,
+    optional fused activation."""
+    return _conv2d.conv2d(context(), x, weight, bias, stride, padding, residual, act)
 
 
 def upsample_conv2d(x, weight, bias=None):
@@ -134,9 +135,14 @@ def add(x, y):
     return _elementwise.add(context(), x, y)
 
 
-def mul(x, s: float):
-    """Scale by a Python float."""
-    return _elementwise.mul(context(), x, s)
+def mul(x, s: float, shift: float = 0.0):
+    """x * s + shift, s and shift Python floats."""
+    return _elementwise.mul(context(), x, s, shift)
+
+
+def tanh_clamp(x, bound: float):
+    """bound * tanh(x / bound)."""
+    return _elementwise.tanh_clamp(context(), x, bound)
 
 
 def add_channel(x, v):

@@ -8,7 +8,7 @@ from ..device import GPUTensor
 
 WG = 256  # invocations per workgroup of the flat (one element per invocation) kernels (include/grid.wgsl)
 # The fused activation -> shaders/include/activations.wgsl's ACT code.
-ACT_CODES = {None: 0, "silu": 1, "gelu": 2, "quick_gelu": 3, "geglu": 4}
+ACT_CODES = {None: 0, "silu": 1, "gelu": 2, "quick_gelu": 3, "geglu": 4, "relu": 5}
 
 
 class Span:

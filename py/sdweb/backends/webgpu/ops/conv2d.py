@@ -3,8 +3,8 @@
 
 Rows of the GEMM are output channels (the weight (Co, Cin*kh*kw) as it is stored), columns are every
 output pixel of the batch, and the image patch each column needs is read from X while a tile is
-loaded, so no im2col buffer exists and Y comes out NCHW. Bias and a residual (the resnet's skip) are
-added in the epilogue.
+loaded, so no im2col buffer exists and Y comes out NCHW. Bias, a residual (the resnet's skip) and the
+activation (the tiny autoencoder's ReLUs) are applied in the epilogue.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 
 from ....errors import SdwebError
-from .common import check_tensor, w_dtype
+from .common import act_constant, check_tensor, w_dtype
 
 
-def conv2d(ctx, x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None):
+def conv2d(ctx, x, weight, bias=None, stride: int = 1, padding: int = 0, residual=None, act=None):
     """x: (N, Cin, H, W) f32, weight: (Cout, Cin, kh, kw) (f32 | f16 | bf16), bias: (Cout,)
     -> (N, Cout, Ho, Wo) with Ho = (H + 2 padding - kh) // stride + 1 (Wo alike), zero padding;
-    plus `residual` (a tensor of the output's shape) when given."""
+    plus `residual` (a tensor of the output's shape) when given, then act."""
+    act_code = act_constant("conv2d", act)
     check_tensor(x, "conv2d", ndim=4)
     if residual is not None:
         check_tensor(residual, "conv2d", "residual")
@@ -44,7 +45,7 @@ def conv2d(ctx, x, weight, bias=None, stride: int = 1, padding: int = 0, residua
         [("u32", v) for v in (C, H, W, Co, Ho, Wo, stride, padding, cols)],
         (math.ceil(cols / 64), math.ceil(Co / 64), 1),
         constants={"KH": f"{kh}u", "KW": f"{kw}u", "HAS_BIAS": str(bias is not None).lower(),
-                   "HAS_RES": str(residual is not None).lower()},
+                   "HAS_RES": str(residual is not None).lower(), "ACT": act_code},
         w_dtype=dt,
     )
     return y

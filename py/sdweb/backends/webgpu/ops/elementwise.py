@@ -25,11 +25,22 @@ def add(ctx, x, y):
     return out
 
 
-def mul(ctx, x, s: float):
-    """x * s, s a Python float."""
+def mul(ctx, x, s: float, shift: float = 0.0):
+    """x * s + shift, s and shift Python floats."""
     check_tensor(x, "mul")
     y = ctx.empty(x.shape)
-    ctx.run(_SHADER, "mul", [x, y], [("u32", x.size), ("f32", float(s))], flat_groups(ctx, x.size))
+    ctx.run(_SHADER, "mul", [x, y], [("u32", x.size), ("f32", float(s)), ("f32", float(shift))],
+            flat_groups(ctx, x.size))
+    return y
+
+
+def tanh_clamp(ctx, x, bound: float):
+    """bound * tanh(x / bound), bound a positive Python float."""
+    check_tensor(x, "tanh_clamp")
+    if not bound > 0:
+        raise SdwebError(f"webgpu tanh_clamp: bound must be > 0, got {bound}")
+    y = ctx.empty(x.shape)
+    ctx.run(_SHADER, "tanh_clamp", [x, y], [("u32", x.size), ("f32", float(bound))], flat_groups(ctx, x.size))
     return y
 
 
