@@ -2,7 +2,7 @@
 """CPU benchmark: sdweb's NumPy backend against diffusers / transformers on torch, full-size SD 1.5.
 
     python scripts/bench_cpu.py [--only unet|vae|text ...] [--repeats N] [--json FILE] [--model DIR]
-                                [--speed-only]
+                                [--speed-only] [--whole N]
 
 The model is the real SD 1.5 architecture with random weights (speed does not depend on the values),
 made once by `scripts/make_test_models.py --full-size sd15` into weights/_bench/sd15-random
@@ -12,7 +12,8 @@ made once by `scripts/make_test_models.py --full-size sd15` into weights/_bench/
     vae    decode of (1, 4, 64, 64) latents to a 512x512 image
     text   the text encoder on (2, 77) ids (a prompt and the empty negative prompt)
 
-1. Speed: both implementations in this process, fp32, on every core (torch.set_num_threads(nproc),
+1. Speed: both implementations in this process, fp32, on every core this process may use
+   (torch.set_num_threads(cores); `taskset -c 0` gives a one-core comparison),
    inference_mode; NumPy's BLAS threads by default). One warm-up each, then `--repeats` timed runs,
    diffusers and sdweb alternating so that load from other processes hits both alike; the table
    gives medians and the ratio sdweb / diffusers. Only ratios from one run mean anything: absolute
@@ -24,6 +25,14 @@ made once by `scripts/make_test_models.py --full-size sd15` into weights/_bench/
    file (file-backed, reclaimable pages) as well as anonymous memory. fp16/bf16 outputs are compared
    with sdweb's fp32 output: max rel err = max|out - ref| / max|ref|; PSNR = 10 log10(range^2 / MSE)
    with range = max(ref) - min(ref).
+
+3. Whole process (--whole N, instead of 1 and 2): a 512x512 image, 3 DDIM steps with CFG 7.5, as a
+   person runs it: `sdweb generate` (the CLI, fp32 from the fp32 files) and a script of diffusers'
+   StableDiffusionPipeline (fp32, DDIMScheduler, safety checker off), each a fresh process that
+   imports, loads, encodes the prompt, denoises, decodes and writes a PNG. One untimed pair first
+   (the files into the page cache), then N pairs, the order alternating; wall time and peak RSS of
+   each process, medians and the ratio sdweb / diffusers. This is what a cold start costs, which
+   the in-process timings of 1 leave out.
 
 BLAS matters: NumPy's matmuls go to its bundled OpenBLAS, torch's to MKL / oneDNN. On some machines
 (this project's included) OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are set in the environment, because
@@ -117,10 +126,15 @@ def run_sdweb(stage: str, m, inp: dict) -> np.ndarray:
 # --- diffusers / transformers ---------------------------------------------------------------------
 
 
+def cores() -> int:
+    """The cores this process may run on (its affinity: what NumPy's BLAS and sdweb use too)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def torch_setup():
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(cores())
     import diffusers
     import transformers
 
@@ -215,7 +229,7 @@ def header(model: Path) -> dict:
     import transformers
 
     return {
-        "cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "cpu": _cpu_name(), "cores": cores(), "python": platform.python_version(),
         "numpy": np.__version__, "numpy_blas": numpy_blas(),
         "torch": torch.__version__, "torch_blas": torch_blas, "torch_threads": torch.get_num_threads(),
         "diffusers": diffusers.__version__, "transformers": transformers.__version__,
@@ -239,15 +253,21 @@ def speed(stage: str, model: Path, repeats: int) -> dict:
     sd_model = load_sdweb(stage, model, "fp32")
     want = run_reference(stage, ref_model, inp)
     got = run_sdweb(stage, sd_model, inp)
-    ref_t, sd_t = [], []
+    ref_t, sd_t, ref_c, sd_c = [], [], [], []
     for _ in range(repeats):
+        c = time.process_time()
         ref_t.append(timed(lambda: run_reference(stage, ref_model, inp)))
+        ref_c.append(time.process_time() - c)
+        c = time.process_time()
         sd_t.append(timed(lambda: run_sdweb(stage, sd_model, inp)))
+        sd_c.append(time.process_time() - c)
     del ref_model, sd_model
     gc.collect()
     ref_s, sd_s = statistics.median(ref_t), statistics.median(sd_t)
     return {"stage": stage, "diffusers_s": ref_s, "sdweb_s": sd_s, "ratio": sd_s / ref_s,
-            "diffusers_runs": ref_t, "sdweb_runs": sd_t, "fp32_max_rel_vs_diffusers": max_rel(got, want)}
+            "cpu_ratio": statistics.median(sd_c) / statistics.median(ref_c),
+            "diffusers_runs": ref_t, "sdweb_runs": sd_t, "diffusers_cpu": ref_c, "sdweb_cpu": sd_c,
+            "fp32_max_rel_vs_diffusers": max_rel(got, want)}
 
 
 def child(stage: str, impl: str, model: Path, out: Path) -> None:
@@ -263,6 +283,70 @@ def child(stage: str, impl: str, model: Path, out: Path) -> None:
         load_s = time.perf_counter() - t
         run_s = timed(lambda: np.save(out, run_sdweb(stage, m, inp)))
     print(json.dumps({"load_s": load_s, "run_s": run_s, "peak_rss_mb": peak_rss_kib() / 1024}))
+
+
+WHOLE = dict(prompt=PROMPTS[1], steps=3, guidance=7.5, seed=SEED, size=512)
+
+
+def whole_diffusers(model: Path, out: Path) -> None:
+    """The diffusers side of --whole (run as a child process): the pipeline from the folder, one image."""
+    torch = torch_setup()
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(model), torch_dtype=torch.float32, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    w = WHOLE
+    with torch.inference_mode():
+        image = pipe(w["prompt"], num_inference_steps=w["steps"], guidance_scale=w["guidance"], height=w["size"],
+                     width=w["size"], generator=torch.Generator().manual_seed(w["seed"])).images[0]
+    image.save(out)
+
+
+def whole_run(impl: str, model: Path, tmp: Path) -> dict:
+    """One fresh process of `impl` (sdweb or diffusers): wall time and peak RSS (the child's own)."""
+    out = tmp / f"{impl}.png"
+    w = WHOLE
+    if impl == "sdweb":
+        cmd = [sys.executable, "-m", "sdweb.cli", "generate", "--model", str(model), "--prompt", w["prompt"],
+               "--steps", str(w["steps"]), "--scheduler", "ddim", "--guidance", str(w["guidance"]),
+               "--seed", str(w["seed"]), "--width", str(w["size"]), "--height", str(w["size"]),
+               "--output", str(out), "--quiet"]
+    else:
+        cmd = [sys.executable, __file__, "--child-whole", str(out), "--model", str(model)]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    if status != 0 or not out.is_file():
+        raise SystemExit(f"{impl} whole-process run failed (status {status}):\n{err}")
+    return {"impl": impl, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mb": usage.ru_maxrss / 1024}  # ru_maxrss: KiB on Linux
+
+
+def whole(model: Path, pairs: int) -> dict:
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="sdweb-whole-") as tmp:
+        for impl in ("diffusers", "sdweb"):  # untimed: the weight files into the page cache
+            whole_run(impl, model, Path(tmp))
+        for i in range(pairs):
+            for impl in (("diffusers", "sdweb") if i % 2 == 0 else ("sdweb", "diffusers")):
+                runs.append(whole_run(impl, model, Path(tmp)))
+                print(f"  {impl}: {runs[-1]['wall_s']:.1f} s ({runs[-1]['cpu_s']:.1f} s CPU), "
+                      f"peak RSS {runs[-1]['peak_rss_mb']:.0f} MB", flush=True)
+
+    def median(key, impl):
+        return statistics.median(r[key] for r in runs if r["impl"] == impl)
+
+    med = {impl: median("wall_s", impl) for impl in ("diffusers", "sdweb")}
+    cpu = {impl: median("cpu_s", impl) for impl in ("diffusers", "sdweb")}
+    ratios = [s["wall_s"] / d["wall_s"] for d, s in zip([r for r in runs if r["impl"] == "diffusers"],
+                                                          [r for r in runs if r["impl"] == "sdweb"])]
+    return {"runs": runs, "median_s": med, "ratio": med["sdweb"] / med["diffusers"], "median_cpu_s": cpu,
+            "cpu_ratio": cpu["sdweb"] / cpu["diffusers"], "pair_ratios": ratios}
 
 
 def peak_rss_kib() -> int:
@@ -307,6 +391,21 @@ def psnr(a: np.ndarray, ref: np.ndarray) -> float:
 # --- report ---------------------------------------------------------------------------------------
 
 
+def whole_report(res: dict) -> str:
+    w, med = WHOLE, res["median_s"]
+    rss = {impl: statistics.median(r["peak_rss_mb"] for r in res["runs"] if r["impl"] == impl) for impl in med}
+    n = len(res["pair_ratios"])
+    return "\n".join([
+        f"Whole process, {w['size']}x{w['size']}, {w['steps']} DDIM steps, CFG {w['guidance']}, fp32, median of {n} "
+        "alternating pairs (after one untimed pair):", "",
+        "| | diffusers | sdweb | ratio (sdweb/diffusers) |", "|---|---:|---:|---:|",
+        f"| wall time s | {med['diffusers']:.1f} | {med['sdweb']:.1f} | **{res['ratio']:.2f}** |",
+        f"| CPU time s | {res['median_cpu_s']['diffusers']:.1f} | {res['median_cpu_s']['sdweb']:.1f} | "
+        f"{res['cpu_ratio']:.2f} |",
+        f"| peak RSS MB | {rss['diffusers']:.0f} | {rss['sdweb']:.0f} | {rss['sdweb'] / rss['diffusers']:.2f} |", "",
+        "ratio per pair: " + ", ".join(f"{r:.2f}" for r in res["pair_ratios"])])
+
+
 def report(head: dict, speeds: list[dict], prec: list[dict], repeats: int) -> str:
     lines = [f"# sdweb CPU benchmark: SD 1.5 shapes, random weights ({head['model']})", "",
              f"- CPU: {head['cpu']}, {head['cores']} cores; Python {head['python']}",
@@ -322,13 +421,16 @@ def report(head: dict, speeds: list[dict], prec: list[dict], repeats: int) -> st
         load += f", {head['loadavg_end']:.2f} at end"
     lines.append(load + " (other processes on the machine slow both sides, unevenly)")
     if speeds:
-        lines += ["", f"Speed, fp32, median of {repeats} (after 1 warm-up):", "",
-                  "| stage | diffusers s | sdweb s | ratio (sdweb/diffusers) |", "|---|---:|---:|---:|"]
+        lines += ["", f"Speed, fp32, median of {repeats} (after 1 warm-up); CPU ratio: of the process CPU time "
+                  "(all threads; on one core it is robust to other processes' load, on several it also counts "
+                  "threads spinning while they wait):", "",
+                  "| stage | diffusers s | sdweb s | ratio (sdweb/diffusers) | CPU-time ratio |",
+                  "|---|---:|---:|---:|---:|"]
         names = {"unet": "UNet step, CFG (2x4x64x64)", "vae": "VAE decode to 512x512",
                  "text": "text encoder (2x77)"}
         for s in speeds:
             lines.append(f"| {names[s['stage']]} | {s['diffusers_s']:.3f} | {s['sdweb_s']:.3f} | "
-                         f"{s['ratio']:.2f} |")
+                         f"{s['ratio']:.2f} | {s['cpu_ratio']:.2f} |")
         lines.append("")
         lines.append("fp32 agreement with diffusers (max|sdweb - ref| / max|ref|): " + ", ".join(
             f"{s['stage']} {s['fp32_max_rel_vs_diffusers']:.1e}" for s in speeds))
@@ -354,13 +456,32 @@ def main(argv=None) -> int:
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                     help=f"model folder (default {DEFAULT_MODEL.relative_to(ROOT)}, built when missing)")
     ap.add_argument("--speed-only", action="store_true", help="skip the peak-RSS / precision subprocesses")
+    ap.add_argument("--whole", type=int, metavar="N",
+                    help="instead: N alternating pairs of whole-process runs (sdweb generate vs a diffusers script)")
     ap.add_argument("--child", nargs=3, metavar=("STAGE", "IMPL", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--child-whole", metavar="OUT", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         child(args.child[0], args.child[1], args.model, Path(args.child[2]))
         return 0
+    if args.child_whole:
+        whole_diffusers(args.model, Path(args.child_whole))
+        return 0
     if args.repeats < 1:
         ap.error(f"--repeats {args.repeats}: give 1 or more")
+    if args.whole is not None:
+        if args.whole < 1:
+            ap.error(f"--whole {args.whole}: give 1 or more pairs")
+        model = ensure_model(args.model)
+        torch_setup()
+        head = header(model)
+        print(report(head, [], [], args.repeats), flush=True)
+        res = whole(model, args.whole)
+        head["loadavg_end"] = os.getloadavg()[0]
+        print("\n" + report(head, [], [], args.repeats) + "\n\n" + whole_report(res))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"header": head, "whole": res}, indent=2))
+        return 0
     stages = [s for s in STAGES if not args.only or s in args.only]
     model = ensure_model(args.model)
     torch_setup()

@@ -73,10 +73,13 @@ def soft_mask(width: int, height: int, mode: str = "L") -> picture.Picture:
     return picture.read(data, f"mask-{mode}.png", "mask")
 
 
-def diffusers_run(kind, folder, diffusers_pipe, monkeypatch, name, *, seed, num_images, tiny=None, **call):
+def diffusers_run(kind, folder, diffusers_pipe, monkeypatch, name, *, seed, num_images, tiny=None, tiling=False,
+                  **call):
     """A diffusers img2img or inpaint run fed the noise contract, with vae=AutoencoderTiny from folder
-    `tiny` where given; -> (latents after each step, images)."""
+    `tiny` where given, the VAE in tiles with `tiling`; -> (latents after each step, images)."""
     base = diffusers_pipe(folder)
+    if tiling:  # vae.enable_tiling() on the shared pipeline's VAE, for this test only
+        monkeypatch.setattr(base.vae, "use_tiling", True)
     sched = getattr(diffusers, DIFFUSERS_CLASS[name]).from_config(base.scheduler.config, **forced_options(name))
     cls = diffusers.StableDiffusionImg2ImgPipeline if kind == "img2img" else diffusers.StableDiffusionInpaintPipeline
     vae = base.vae if tiny is None else diffusers.AutoencoderTiny.from_pretrained(tiny)
@@ -101,18 +104,20 @@ def diffusers_run(kind, folder, diffusers_pipe, monkeypatch, name, *, seed, num_
 
 
 def check(kind, folder, diffusers_pipe, monkeypatch, name, *, img, mask=None, strength, guidance=7.5, steps=5,
-          seed=21, num_images=1, width=None, height=None, outpaint=None, backend=None, tiny=None, compute="f32"):
+          seed=21, num_images=1, width=None, height=None, outpaint=None, backend=None, tiny=None, vae_tiling=None,
+          compute="f32"):
     """Our run against diffusers' in fp32; with `tiny` (a tiny autoencoder's folder) a draft,
-    decoder=tiny, against diffusers' pipeline with vae=AutoencoderTiny. Bounds: the final latents
-    within 1e-4 x max and the images at 40 dB in f32 compute (NumPy, or WebGPU's reference path);
-    with compute="f16" on WebGPU, f16's bounds of tests/test_webgpu_f16.py (5e-2 x max, 30 dB)."""
+    decoder=tiny, against diffusers' pipeline with vae=AutoencoderTiny; vae_tiling "on" against
+    vae.enable_tiling(). Bounds: the final latents within 1e-4 x max and the images at 40 dB in f32
+    compute (NumPy, or WebGPU's reference path); with compute="f16" on WebGPU, f16's bounds of
+    tests/test_webgpu_f16.py (5e-2 x max, 30 dB)."""
     tol, db = (1e-4, 40) if compute == "f32" else (5e-2, 30)
     ours = Pipeline(ModelFolder(folder), **({"backend": backend, "compute": compute} if backend else {}),
                     keep_loaded=True, tiny_autoencoder=None if tiny is None else AutoencoderFolder(tiny))
     progress = []
     res = ours.generate(PROMPT, NEGATIVE, steps=steps, guidance=guidance, seed=seed, scheduler=name,
                         num_images=num_images, width=width, height=height, image=img, mask=mask, strength=strength,
-                        outpaint=outpaint, decoder=None if tiny is None else str(tiny),
+                        outpaint=outpaint, decoder=None if tiny is None else str(tiny), vae_tiling=vae_tiling,
                         progress=lambda p: p.stage == "unet" and p.step and progress.append(p))
     call = dict(num_inference_steps=steps, guidance_scale=guidance, strength=strength)
     ref_image, ref_mask = img.pil, None if mask is None else mask.pil
@@ -121,7 +126,8 @@ def check(kind, folder, diffusers_pipe, monkeypatch, name, *, img, mask=None, st
     if kind == "inpaint":
         call.update(mask_image=ref_mask, width=res.settings["width"], height=res.settings["height"])
     ref_steps, ref_images = diffusers_run(kind, folder, diffusers_pipe, monkeypatch, name, seed=seed,
-                                          num_images=num_images, tiny=tiny, image=ref_image, **call)
+                                          num_images=num_images, tiny=tiny, image=ref_image,
+                                          tiling=vae_tiling == "on", **call)
     assert [p.step for p in progress] == list(range(1, len(ref_steps) + 1))  # the steps diffusers takes
     assert progress[-1].total == len(ref_steps)
     ref = ref_steps[-1]
@@ -158,6 +164,15 @@ def test_img2img_matches_diffusers(request, diffusers_pipe, monkeypatch, fixture
     res, _ = check("img2img", request.getfixturevalue(fixture), diffusers_pipe, monkeypatch, name,
                    img=image(file), strength=strength, guidance=guidance, num_images=n)
     assert res.settings["image"] == image(file).record() and res.settings["strength"] == strength
+
+
+def test_img2img_in_vae_tiles_matches_diffusers_enable_tiling(sd1_tiny, diffusers_pipe, monkeypatch):
+    """vae_tiling on: the input image is encoded and the result decoded in diffusers' tiles (the tiny
+    VAE's sample_size, 64 pixels, on a larger image), as enable_tiling() does in diffusers' img2img."""
+    img = image("chelsea.jpg")
+    res, _ = check("img2img", sd1_tiny, diffusers_pipe, monkeypatch, "ddim", img=img, strength=0.6,
+                   vae_tiling="on")
+    assert res.settings["vae_tiling"] == "on" and max(res.images.shape[1:3]) > 64
 
 
 INPAINT = [  # model fixture, scheduler, strength, mask mode, image, keyword arguments

@@ -215,3 +215,18 @@ def test_the_async_driver_waits_for_prompt_readbacks_too(sd1_tiny, tmp_path):
     # apply), then each UNet step's output and the decoded image; every one fetched ahead
     assert len(reads) == 2 + RUN["steps"] + 1
     assert all(js.log[i - 1][0] == "read_ahead" for i in reads)
+
+
+def test_the_async_driver_waits_for_vae_tiles_too(sd1_tiny):
+    """Decoding in tiles reads back the latents and each tile's output (the blending is on the host):
+    the VAE yields each of those first (vae.decode_stages), so a browser without JSPI awaits them."""
+    js = AheadDeviceJs()
+    with webgpu.using(JsDeviceBridge(js)) as ctx:
+        pipe = Pipeline(ModelFolder(sd1_tiny), webgpu, precision="fp16")
+        # 96 x 96: 12 x 12 latents, in tiles of the VAE's sample_size 64 (8 latents) every 6: 2 x 2 tiles
+        stages = pipe.stages("a lighthouse", vae_tiling="on", **dict(RUN, width=96, height=96))
+        result = asyncio.run(browser.drive(stages, ctx.bridge))
+    assert result.images.shape == (1, 96, 96, 3)
+    reads = [i for i, e in enumerate(js.log) if e[0] == "read_buffer"]
+    assert len(reads) == RUN["steps"] + 1 + 4 + 1  # the steps, the latents, four tiles, the image
+    assert all(js.log[i - 1][0] == "read_ahead" for i in reads)

@@ -119,7 +119,7 @@ def page_hub(tmp_path_factory, test_models_dir):
     """A local Hub holding the tiny models under several repo ids (one per fault scenario, so tests
     do not share cached files), a gated copy and a repo that is not a diffusers pipeline."""
     with HubServer(tmp_path_factory.mktemp("hub")) as hub:
-        for name in ("sd1-tiny", "sd2-tiny"):
+        for name in ("sd1-tiny", "sd2-tiny", "nomid-tiny"):
             hub.add_repo(f"test/{name}", test_models_dir / name)
         hub.add_repo("test/cancel", test_models_dir / "sd1-tiny")
         hub.add_repo("test/resume", test_models_dir / "sd1-tiny")
@@ -250,6 +250,8 @@ def cli_image(folder: Path, settings: dict, tmp_path: Path, extra=(), tiny: Path
             "--precision", settings["precision"], "--backend", "numpy", "--output", str(out), "--quiet"]
     if settings.get("variant"):
         args += ["--variant", settings["variant"]]
+    if settings.get("vae_tiling"):
+        args += ["--vae-tiling", settings["vae_tiling"]]
     if settings.get("decoder", "vae") != "vae":
         args += ["--decoder", str(tiny)]
     r = subprocess.run(args + list(extra), capture_output=True, text=True, timeout=120)
@@ -666,6 +668,27 @@ def test_webgpu_limits_too_small_are_named(gpu_context, page_server, page_hub):
     r = p.generate(steps=1, timeout=180_000)
     assert not r["ok"] and r["kind"] == "limits", r
     assert "token_embedding" in r["text"] and "maxStorageBufferBindingSize" in r["text"], r
+    p.close()
+
+
+def test_webgpu_vae_tiles_within_small_limits(gpu_context, nojspi_server, page_hub, tmp_path):
+    # a 3.5 MB binding limit holds nomid-tiny's weights (the largest, its fp32 token embedding, is
+    # 49408 x 16 x 4 = 3.2 MB) but not its decoder's full-size activation at 256 x 256 (16 channels x
+    # 256^2 x 4 bytes = 4.2 MB): one pass fails; auto decodes in tiles of the VAE's sample_size (64
+    # pixels), as the CLI's --vae-tiling on does on NumPy. Without JSPI (nojspi_server, below), so
+    # each tile's readback is awaited where the VAE yields it (vae.decode_stages)
+    p = Page(gpu_context, nojspi_server, page_hub, model="test/nomid-tiny", backend="webgpu",
+             **{"gpu-max-binding": 3_500_000, "vae-tiling": "off"})
+    r = p.generate(steps=1, guidance=1, width=256, height=256, timeout=180_000)
+    assert not r["ok"] and r["kind"] == "limits", r
+    assert "activation" in r["text"] and "maxStorageBufferBindingSize" in r["text"], r
+    p.page.select_option("#vae-tiling", "auto")
+    r = p.generate(steps=1, guidance=1, width=256, height=256, timeout=300_000)
+    assert r["ok"], r
+    s = r["settings"]
+    assert s["vae_tiling"] == "auto" and s["backend"] == "webgpu"
+    ref = cli_image(page_hub.repo_dir("test/nomid-tiny"), dict(s, vae_tiling="on"), tmp_path)
+    assert psnr(r["png"], ref) >= 40, f"PSNR {psnr(r['png'], ref):.1f} dB"
     p.close()
 
 

@@ -118,6 +118,7 @@ def test_every_field_is_checked_and_named():
     bad({"preview_every": 0}, "preview_every", "preview_every 0 is out of range: use 1 to 1000")
     bad({"preview_every": -2}, "preview_every", "preview_every -2")
     bad({"prompt": 3}, "prompt", "prompt should be text")
+    bad({"vae_tiling": "yes"}, "vae_tiling", "'yes'", "auto, on, off")
     bad({"stpes": 3}, "stpes", "unknown setting 'stpes'")
     # "" and None mean the default, as an empty form field does
     assert resolve({"steps": "", "seed": None, "scheduler": ""}).scheduler is None
@@ -223,6 +224,12 @@ def test_compute_dtype():
     assert settings.stage_compute("f16", "unet") == settings.stage_compute("f16", "text_encoder") == "f16"
     assert settings.stage_compute("f16", "vae", {}) == "f32"  # force_upcast defaults to true
     assert settings.stage_compute("f16", "vae", {"force_upcast": False}) == "f16"
+
+
+def test_vae_tiling():
+    assert resolve({}).vae_tiling == "auto"
+    assert [resolve({"vae_tiling": t}).vae_tiling for t in ("auto", "on", "off", "")] == ["auto", "on", "off", "auto"]
+    assert resolve({"vae_tiling": "on"}).run_args()["vae_tiling"] == "on"  # Pipeline.generate takes it
 
 
 # --- runs from an image --------------------------------------------------------------------------------

@@ -141,7 +141,9 @@ def test_tanh_clamp(bound):
 def test_upsample_pad(shape):
     x = rng(3).standard_normal(shape).astype(np.float32)
     t = webgpu.tensor(x)
-    check(webgpu.upsample_nearest2x(t), nb.upsample_nearest2x(x))
+    w = rng(6).standard_normal((5, shape[1], 3, 3)).astype(np.float32)
+    b = rng(7).standard_normal(5).astype(np.float32)
+    check(webgpu.upsample_conv2d(t, webgpu.weight(w), webgpu.weight(b)), nb.upsample_conv2d(x, w, b))
     check(webgpu.pad2d(t, 0, 1, 0, 1), nb.pad2d(x, 0, 1, 0, 1))
     check(webgpu.pad2d(t, 2, 0, 3, 1), nb.pad2d(x, 2, 0, 3, 1))
 

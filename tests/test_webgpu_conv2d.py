@@ -52,7 +52,7 @@ SHAPES = [
     (1, 20, 11, 13, 9, 3, 2, 0),  # stride 2 without padding (the VAE's, after its own pad)
     (2, 7, 9, 6, 33, 1, 1, 0),    # 1x1 (shortcuts), K = 7
     (1, 9, 6, 5, 4, 1, 2, 0),     # 1x1 stride 2
-    (2, 8, 40, 36, 3, 3, 1, 1),   # a wide image: many pixel tiles, the reference's shift-and-add path
+    (2, 8, 40, 36, 3, 3, 1, 1),   # a wide image: many pixel tiles (3 outputs: the reference's taps-first path)
     (1, 13, 8, 8, 66, 3, 1, 0),   # valid conv (no padding), K = 117 crosses several K tiles
 ]
 

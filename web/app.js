@@ -33,6 +33,7 @@ function request() {
     guidance: num("guidance"), seed: num("seed"), scheduler: $("scheduler").value, width: num("width"),
     height: num("height"), num_images: num("num-images"), variant: $("variant").value, backend: $("backend").value,
     compute: $("compute").value, preview: $("preview-kind").value, decoder: $("decoder").value,
+    vae_tiling: $("vae-tiling").value,
     ...state.editor.request(),
     ...(state.panels ? state.panels.request() : {}),
   };
@@ -558,7 +559,7 @@ async function loadLocalModels() {
 function init() {
   // URL parameters preset the form: ?model= ?endpoint= ?backend= (and any other field by its id)
   for (const id of ["prompt", "negative-prompt", "steps", "guidance", "seed", "scheduler", "width", "height", "num-images", "variant",
-    "compute", "decoder", "preview-kind"]) {
+    "compute", "decoder", "preview-kind", "vae-tiling"]) {
     if (params.has(id)) $(id).value = params.get(id);
   }
   if (params.has("model")) $("model").value = params.get("model");

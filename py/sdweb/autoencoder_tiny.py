@@ -87,13 +87,15 @@ class EncoderTiny:
 
 
 class Upsample:
-    """torch.nn.Upsample(scale_factor=2, mode="nearest"): no weights."""
+    """torch.nn.Upsample(scale_factor=2, mode="nearest") (no weights) and the 3x3 conv after it,
+    `conv` (the next layer), as one op (backend.upsample_conv2d), so a backend can convolve the small
+    image: DecoderTiny skips that conv's own slot."""
 
-    def __init__(self, backend):
-        self.backend = backend
+    def __init__(self, conv, backend):
+        self.conv, self.backend = conv, backend
 
     def __call__(self, x):
-        return self.backend.upsample_nearest2x(x)
+        return self.backend.upsample_conv2d(x, self.conv.weight, self.conv.bias)
 
 
 class DecoderTiny:
@@ -108,16 +110,21 @@ class DecoderTiny:
         for i, (c, n) in enumerate(zip(chans, counts)):
             for _ in range(n):
                 self.layers.append(AutoencoderTinyBlock(c, w.prefix(f"layers.{len(self.layers)}"), backend))
+            at = len(self.layers) + (i < last)  # the conv's slot: after the Upsample's
+            conv = Conv2d(c, cfg["out_channels"] if i == last else c, 3, w.prefix(f"layers.{at}"), backend,
+                          padding=1, bias=i == last)
             if i < last:
-                self.layers.append(Upsample(backend))
-            self.layers.append(Conv2d(c, cfg["out_channels"] if i == last else c, 3,
-                                      w.prefix(f"layers.{len(self.layers)}"), backend, padding=1, bias=i == last))
+                self.layers.append(Upsample(conv, backend))
+            self.layers.append(conv)
 
     def __call__(self, z):
         x = self.backend.tanh_clamp(z, CLAMP)
         x = self.layers[0](x, act="relu")  # layers.1 is its ReLU
+        upsampled = False
         for layer in self.layers[2:]:
-            x = layer(x)
+            if not upsampled:  # the conv after an Upsample ran inside it
+                x = layer(x)
+            upsampled = isinstance(layer, Upsample)
         return self.backend.mul(x, 2.0, -1.0)  # [0, 1] -> [-1, 1], diffusers' image range
 
 

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compute", default=None,
                    help="activations' dtype on WebGPU: f32, f16 (needs shader-f16) or auto (default: f16 where the "
                         "adapter has it; the VAE follows its config's force_upcast)")
+    g.add_argument("--vae-tiling", default=None,
+                   help="auto (default: tiles only where one pass would not fit, e.g. a GPU's buffer limit), on "
+                        "(diffusers' enable_tiling()), or off")
     g.add_argument("--image", default=None, metavar="FILE",
                    help="start from this image (img2img; PNG, JPEG, WebP ...); its size unless --width/--height")
     g.add_argument("--mask", default=None, metavar="FILE",
@@ -275,8 +278,8 @@ def _request(args, loras, embeddings, image=None, mask=None) -> dict:
                  variant=args.variant, backend=args.backend, preview_every=args.preview_every,
                  # previews are made only to be written: none without --save-intermediates
                  preview=args.preview or (None if args.save_intermediates else "none"), decoder=args.decoder,
-                 loras=loras or None, embeddings=embeddings or None, strength=args.strength, outpaint=args.outpaint,
-                 compute=args.compute)
+                 vae_tiling=args.vae_tiling, loras=loras or None, embeddings=embeddings or None,
+                 strength=args.strength, outpaint=args.outpaint, compute=args.compute)
     request = {}
     if args.settings_from is not None:
         from .infotext import read_png

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import picture
+from .vae import AutoencoderKL
 
 
 class Edit:
@@ -34,6 +35,7 @@ class Edit:
         self.pixels = picture.image_array(pil, width, height)  # (1, 3, H, W) in [-1, 1]
         self.mask = None if mask_pil is None else picture.mask_array(mask_pil, width, height)  # (1, 1, H, W)
         self.strength = settings.strength
+        self.vae_tiling = settings.vae_tiling
         self.masked_unet = masked_unet
         self.image_latents = self.masked_image_latents = self.latent_mask = None
 
@@ -45,13 +47,13 @@ class Edit:
         """The latents the run needs, through the VAE's encoder (`vae`, built encoder-only); a
         generator that yields each encoding just before it is read back (Pipeline.stages' protocol)."""
         if not (self.masked_unet and self.strength == 1):  # a 9-channel start at strength 1 is pure noise
-            self.image_latents = yield from _encode(vae, backend, self.pixels)
+            self.image_latents = yield from _encode(vae, backend, self.pixels, self.vae_tiling)
         if self.inpaint:
             f = vae.scale_factor
             self.latent_mask = self.mask[:, :, ::f, ::f]
             if self.masked_unet:
                 masked = self.pixels * (self.mask < np.float32(0.5))
-                self.masked_image_latents = yield from _encode(vae, backend, masked)
+                self.masked_image_latents = yield from _encode(vae, backend, masked, self.vae_tiling)
 
     def start(self, sched, steps: int, noise: np.ndarray):
         """(timesteps to run, start latents (N, C, h, w)) from the first draws `noise`."""
@@ -81,10 +83,13 @@ class Edit:
         return ((np.float32(1) - m) * known + m * x).astype(np.float32)
 
 
-def _encode(vae, backend, pixels: np.ndarray):
+def _encode(vae, backend, pixels: np.ndarray, tiling: str):
     """(1, 3, H, W) in [-1, 1] -> the posterior mean x scaling_factor, (1, latent_channels, H/f, W/f),
-    yielding the moments before their readback."""
-    moments = vae.encode(backend.tensor(pixels))
+    in tiles as `tiling` says (vae.py), yielding the moments (and any tile) before their readback. A
+    tiny autoencoder (a draft's) encodes in one pass: it has no tiling, and its latents stand for the
+    moments (they have latent_channels channels)."""
+    x = backend.tensor(pixels)
+    moments = (yield from vae.encode_stages(x, tiling)) if isinstance(vae, AutoencoderKL) else vae.encode(x)
     yield moments
     mean = backend.numpy(moments)[:, : vae.latent_channels]
     return mean * np.float32(vae.scaling_factor)

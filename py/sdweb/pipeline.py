@@ -25,12 +25,13 @@ big component at a time. The noise contract: image k of a run with seed S starts
 channels; from an image, that draw is the noise added to the image latents), and stochastic
 samplers draw their later noise from the same generators, in step order.
 
-`Pipeline.stages` is the run as a generator that stops at each readback (after every UNet step, after
-each encoding of an input image, and after the decode) and yields the backend tensor about to be read,
-so a driver can wait for the GPU there with `await` (the page's worker, with or without JavaScript Promise Integration:
+`Pipeline.stages` is the run as a generator that stops at each readback (after every UNet step,
+after each encoding of an input image, after each of the VAE's tiles or slices where it splits its
+work, and after the decode) and yields the backend tensor about to be read, so a driver can wait for
+the GPU there with `await` (the page's worker, with or without JavaScript Promise Integration:
 sdweb.browser.drive); the model code in between never reads back. It also yields None once each
 component is built, where the driver may wait for its weights to reach the GPU. `Pipeline.generate`
-runs it to the end, each readback blocking (`run`).
+runs it to the end, each readback blocking (stages.run).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from .emphasis import apply_emphasis, match_chunk_counts
 from .errors import Cancelled, ConfigError
 from .schedulers import make_scheduler
 from .settings import ModelInfo, resolve, stage_compute
+from .stages import run
 from .tokenizer import CLIPTokenizer
 from .unet import UNet2DConditionModel, guidance_embedding
 from .vae import AutoencoderKL
@@ -294,8 +296,8 @@ class Pipeline:
                 guidance: float | None = None, seed: int | None = None, scheduler: str | None = None,
                 width: int | None = None, height: int | None = None, num_images: int = 1, clip_skip: int = 0,
                 decoder: str | None = None, preview: str | None = None, preview_every: int | None = None,
-                loras=(), embeddings=(), image=None, mask=None, strength: float | None = None, outpaint=None,
-                progress: Callable[[Progress], None] | None = None,
+                vae_tiling: str | None = None, loras=(), embeddings=(), image=None, mask=None,
+                strength: float | None = None, outpaint=None, progress: Callable[[Progress], None] | None = None,
                 cancel: Callable[[], bool] | None = None) -> Generator[object, None, Result]:
         """None -> the default (settings.resolve: by model kind, random seed, the model's own
         scheduler and size, previews by the tiny autoencoder when the pipeline has one); ConfigError
@@ -309,8 +311,9 @@ class Pipeline:
                          guidance=guidance, seed=seed, scheduler=scheduler, width=width, height=height,
                          num_images=num_images, clip_skip=clip_skip, precision=self.precision,
                          variant=self.variant, backend=self.backend.name, decoder=decoder, preview=preview,
-                         preview_every=preview_every, loras=list(loras), embeddings=list(embeddings), image=image,
-                         mask=mask, strength=strength, outpaint=outpaint, compute=self.compute),
+                         preview_every=preview_every, vae_tiling=vae_tiling, loras=list(loras),
+                         embeddings=list(embeddings), image=image, mask=mask, strength=strength, outpaint=outpaint,
+                         compute=self.compute),
                     self.info, taesd=self.tiny_autoencoder is not None)
         if s.tiny_autoencoder and self.tiny_autoencoder is None:
             field = "decoder" if s.decoder != "vae" else "preview"
@@ -318,7 +321,7 @@ class Pipeline:
                               "(Pipeline(..., tiny_autoencoder=model.resolve_autoencoder('taesd')))", field)
         if s.tiny_autoencoder:
             self.check_tiny_autoencoder("decoder" if s.decoder != "vae" else "preview")
-        decoder, preview, preview_every = s.decoder, s.preview, s.preview_every
+        decoder, preview, preview_every, vae_tiling = s.decoder, s.preview, s.preview_every, s.vae_tiling
         steps, guidance, seed, scheduler = s.steps, s.guidance, s.seed, s.scheduler
         width, height, num_images, clip_skip = s.width, s.height, s.num_images, s.clip_skip
         prompt, negative_prompt = s.prompt, s.negative_prompt
@@ -447,7 +450,7 @@ class Pipeline:
             shift = vae.config.get("shift_factor")
             if shift:
                 z = z + np.float32(shift)
-            decoded = vae.decode(backend.tensor(z))
+            decoded = yield from vae.decode_stages(backend.tensor(z), tiling=vae_tiling)
         else:
             decoded = previews.decode_tiny(vae, x, backend)
         yield decoded
@@ -466,18 +469,8 @@ class Pipeline:
                                     guidance=guidance, seed=seed, scheduler=scheduler, width=width,
                                     height=height, num_images=num_images, clip_skip=clip_skip,
                                     precision=self.precision, variant=self.variant, backend=backend.name,
-                                    decoder=decoder, loras=loras, embeddings=embeddings, compute=self.compute,
-                                    **from_image))
-
-
-def run(stages: Generator[object, None, Result]) -> Result:
-    """Drive Pipeline.stages to its Result where a readback can simply block (CPython, or the page's
-    worker with JavaScript Promise Integration)."""
-    while True:
-        try:
-            next(stages)
-        except StopIteration as done:
-            return done.value
+                                    decoder=decoder, vae_tiling=vae_tiling, loras=loras, embeddings=embeddings,
+                                    compute=self.compute, **from_image))
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -61,11 +61,12 @@ class Downsample2D:
 
 
 class Upsample2D:
-    """Nearest 2x then a 3x3 conv: (N, C, H, W) -> (N, C, 2H, 2W)."""
+    """Nearest 2x then a 3x3 conv: (N, C, H, W) -> (N, C, 2H, 2W), one op (backend.upsample_conv2d),
+    so a backend can run the conv on the small image."""
 
     def __init__(self, channels: int, w, backend):
         self.backend = backend
         self.conv = Conv2d(channels, channels, 3, w.prefix("conv"), backend, padding=1)
 
     def __call__(self, x):
-        return self.conv(self.backend.upsample_nearest2x(x))
+        return self.backend.upsample_conv2d(x, self.conv.weight, self.conv.bias)

@@ -50,6 +50,11 @@ Defaults and limits:
     preview_every     every step with "taesd" previews (each costs under a tenth of a UNet step),
                       else about ten a run: round(steps / 10) steps, at least 1; 1 to 1000; None
                       while the preview is not yet known (resolved without `taesd`)
+    vae_tiling        auto: the VAE decodes (and encodes an input image) in one pass unless an
+                      activation would not fit the backend (a GPU's buffer-binding limit), then
+                      image by image, then in tiles;
+                      on: in diffusers' enable_tiling() tiles whenever the image is larger than
+                      one; off: one pass (vae.py)
     loras             none. A list of LoRAs, each {"name", "scale"} (or the CLI's "NAME[:SCALE]"):
                       a file path or a stored name (addons.py finds it); scale a finite number,
                       default 1, for the UNet and the text encoder alike (A1111's <lora:...> tags in
@@ -83,11 +88,12 @@ from .errors import ConfigError, ModelError
 from .layout import variant_of
 from .schedulers import SCHEDULERS, scheduler_for
 from .schedulers.base import strength_steps
+from .vae import TILINGS
 from .weights import PRECISIONS
 
 FIELDS = ("model", "prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width", "height",
           "num_images", "clip_skip", "precision", "variant", "backend", "preview_every", "preview", "decoder",
-          "loras", "embeddings", "image", "mask", "strength", "outpaint", "compute")
+          "vae_tiling", "loras", "embeddings", "image", "mask", "strength", "outpaint", "compute")
 BACKENDS = ("numpy", "webgpu")
 COMPUTE = ("auto", "f32", "f16")
 PREVIEWS = ("taesd", "approx", "none")
@@ -165,6 +171,7 @@ class Settings:
     preview_every: int | None
     preview: str | None
     decoder: str
+    vae_tiling: str
     loras: tuple[tuple[str, float], ...]  # (name, scale)
     embeddings: tuple[str, ...]
     image: dict | None = None
@@ -186,7 +193,7 @@ class Settings:
         out = self.as_request()
         return {k: out[k] for k in ("prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width",
                                     "height", "num_images", "clip_skip", "decoder", "preview", "preview_every",
-                                    "loras", "embeddings", "strength", "outpaint")}
+                                    "vae_tiling", "loras", "embeddings", "strength", "outpaint")}
 
     @property
     def tiny_autoencoder(self) -> str | None:
@@ -396,11 +403,16 @@ def resolve(request: Mapping, model: ModelInfo | None = None,
     elif preview is not None:
         every = 1 if preview == TAESD else max(1, (steps + 5) // 10)
 
+    vae_tiling = get("vae_tiling") or "auto"
+    if vae_tiling not in TILINGS:
+        raise ConfigError(f"unknown vae_tiling {vae_tiling!r}; use one of {', '.join(TILINGS)}", "vae_tiling")
+
     return Settings(model=name, prompt=_text("prompt", get("prompt") or ""),
                     negative_prompt=_text("negative_prompt", get("negative_prompt") or ""), steps=steps,
                     guidance=float(guidance), seed=seed, scheduler=scheduler, width=sizes["width"],
                     height=sizes["height"], num_images=num_images, clip_skip=clip_skip, precision=precision,
                     variant=variant, backend=backend, preview_every=every, preview=preview, decoder=decoder,
+                    vae_tiling=vae_tiling,
                     loras=_loras(get("loras") or ()), embeddings=_names("embeddings", get("embeddings") or ()),
                     image=image, mask=mask, strength=strength, outpaint=outpaint, compute=compute, notes=tuple(notes))
 

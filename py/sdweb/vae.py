@@ -9,13 +9,26 @@
 
 f = vae.scale_factor = 2 ** (len(block_out_channels) - 1). Every group norm in the VAE has eps 1e-6
 (diffusers hard-codes it). Attribute paths are the checkpoint's key paths.
+
+Tiling (`tiling="auto" | "on" | "off"` of decode and encode) is diffusers' `vae.enable_tiling()`:
+the latents (or the image) are cut into overlapping square tiles, each decoded (encoded) alone, and
+the seams blended linearly over a quarter of a tile (`tiled_decode`, `tiled_encode`, `blend_v`,
+`blend_h`, with diffusers' tile_sample_min_size = the config's sample_size, tile_latent_min_size
+= that / f, tile_overlap_factor 0.25). It bounds the largest activation by the tile's size, so a
+GPU whose buffer-binding limit a whole image would exceed still decodes it: "auto" decodes in one
+pass when every activation fits the backend (`backend.fits`), else image by image (diffusers'
+enable_slicing, the same numbers), else in tiles; "on" tiles whatever diffusers' enable_tiling()
+would tile; both halve the tile until its activations fit. "off" is one pass, always.
 """
 
 from __future__ import annotations
 
-from .errors import ModelError
+import numpy as np
+
+from .errors import ConfigError, ModelError
 from .nn import Conv2d, GroupNorm, Linear
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from .stages import run
 
 # diffusers' AutoencoderKL.__init__ defaults, for keys a config.json leaves out.
 DEFAULTS = {
@@ -29,12 +42,14 @@ DEFAULTS = {
     "latent_channels": 4,
     "norm_num_groups": 32,
     "scaling_factor": 0.18215,
+    "sample_size": 32,
     "use_quant_conv": True,
     "use_post_quant_conv": True,
     "mid_block_add_attention": True,
 }
 
 EPS = 1e-6
+TILINGS = ("auto", "on", "off")
 
 
 class Attention:
@@ -124,6 +139,18 @@ class Encoder:
                                         w.prefix("mid_block"), backend)
         self.conv_norm_out = GroupNorm(groups, chans[-1], w.prefix("conv_norm_out"), backend, EPS)
         self.conv_out = Conv2d(chans[-1], 2 * cfg["latent_channels"], 3, w.prefix("conv_out"), backend, padding=1)
+        self.channels = chans
+
+    def activation_shapes(self, n: int, H: int, W: int) -> list[tuple]:
+        """The largest activation of each level when encoding n images of H x W: a level's widest
+        channel count at its size, one row and column more where a Downsample2D pads before its
+        stride-2 conv."""
+        shapes = []
+        for i, c in enumerate(self.channels):
+            s = 2**i
+            pad = int(i < len(self.channels) - 1)
+            shapes.append((n, max(self.channels[max(i - 1, 0)], c), -(-H // s) + pad, -(-W // s) + pad))
+        return shapes
 
     def __call__(self, x):
         x = self.conv_in(x)
@@ -148,6 +175,13 @@ class Decoder:
             for i, c in enumerate(rev)]
         self.conv_norm_out = GroupNorm(groups, chans[0], w.prefix("conv_norm_out"), backend, EPS)
         self.conv_out = Conv2d(chans[0], cfg["out_channels"], 3, w.prefix("conv_out"), backend, padding=1)
+        self.channels = rev
+
+    def activation_shapes(self, n: int, h: int, w: int) -> list[tuple]:
+        """The largest activation of each level when decoding n latents of h x w: a level's widest
+        channel count (its input comes upsampled from the level before, with that level's channels)
+        at its size."""
+        return [(n, max(self.channels[max(i - 1, 0)], c), h * 2**i, w * 2**i) for i, c in enumerate(self.channels)]
 
     def __call__(self, z):
         x = self.mid_block(self.conv_in(z))
@@ -200,23 +234,152 @@ class AutoencoderKL:
                 self.post_quant_conv = Conv2d(lc, lc, 1, w.prefix("post_quant_conv"), backend)
         else:
             _skip(w, "decoder", "post_quant_conv")
+        self.backend = backend
+        # diffusers' tile sizes (set them smaller, as on diffusers' model, for smaller tiles)
+        sample = cfg["sample_size"]
+        self.tile_sample_min_size = int(sample[0] if isinstance(sample, (list, tuple)) else sample)
+        self.tile_latent_min_size = int(self.tile_sample_min_size / self.scale_factor)
+        self.tile_overlap_factor = 0.25
 
-    def decode(self, z):
-        """z (N, latent_channels, h, w) -> image (N, out_channels, h*f, w*f), roughly in [-1, 1]."""
+    def decode(self, z, tiling: str = "auto"):
+        """z (N, latent_channels, h, w) -> image (N, out_channels, h*f, w*f), roughly in [-1, 1]; in
+        tiles as `tiling` says (the module docstring): `decode_stages` run to the end."""
+        return run(self.decode_stages(z, tiling))
+
+    def decode_stages(self, z, tiling: str = "auto"):
+        """`decode` as a generator (stages.py): where the work is split, it yields each backend tensor
+        it is about to read back (the latents, each slice's or tile's output)."""
         if self.decoder is None:
             raise ModelError("this AutoencoderKL was built with decoder=False and cannot decode")
+        n, _, h, w = self.backend.shape(z)
+        per_pass, tile = self._plan(tiling, self.decoder.activation_shapes, n, h, w, decoding=True)
+        tile = tile and tile[::-1]  # latent tiles in, sample tiles out
+        return (yield from self._run(z, per_pass, tile, self._decode))
+
+    def encode(self, x, tiling: str = "auto"):
+        """x (N, in_channels, H, W) in [-1, 1], H and W multiples of f -> moments
+        (N, 2*latent_channels, H/f, W/f): mean then logvar; in tiles as `tiling` says:
+        `encode_stages` run to the end."""
+        return run(self.encode_stages(x, tiling))
+
+    def encode_stages(self, x, tiling: str = "auto"):
+        """`encode` as a generator, as `decode_stages`."""
+        if self.encoder is None:
+            raise ModelError("this AutoencoderKL was built with encoder=False and cannot encode")
+        n, _, H, W = self.backend.shape(x)
+        per_pass, tile = self._plan(tiling, self.encoder.activation_shapes, n, H, W, decoding=False)
+        return (yield from self._run(x, per_pass, tile, self._encode))
+
+    def _decode(self, z):
         if self.post_quant_conv:
             z = self.post_quant_conv(z)
         return self.decoder(z)
 
-    def encode(self, x):
-        """x (N, in_channels, H, W) in [-1, 1], H and W multiples of f -> moments
-        (N, 2*latent_channels, H/f, W/f): mean then logvar."""
-        if self.encoder is None:
-            raise ModelError("this AutoencoderKL was built with encoder=False and cannot encode")
+    def _encode(self, x):
         h = self.encoder(x)
         return self.quant_conv(h) if self.quant_conv else h
 
+    # -- tiling: diffusers' AutoencoderKL.enable_tiling() and enable_slicing() --
+
+    def _plan(self, tiling: str, shapes, n: int, h: int, w: int, decoding: bool):
+        """How to run a pass over n inputs of h x w (latents when decoding, pixels when encoding):
+        -> (inputs per pass: n or 1, None or the tile sizes (tile_sample_min_size,
+        tile_latent_min_size)). `shapes(n, h, w)` lists the pass's largest activations."""
+        if tiling not in TILINGS:
+            raise ConfigError(f"vae tiling {tiling!r} is not one of {', '.join(TILINGS)}", "vae_tiling")
+        if tiling == "off":
+            return n, None
+
+        def fits(k, a, b):
+            return all(self.backend.fits(s) for s in shapes(k, a, b))
+
+        ts, tl = self.tile_sample_min_size, self.tile_latent_min_size
+        if tiling == "auto" or max(h, w) <= (tl if decoding else ts):  # diffusers keeps a one-tile image whole
+            if fits(n, h, w):
+                return n, None
+            if fits(1, h, w):
+                return 1, None
+        # smaller tiles until one fits (at 2 latents a side the backend's own limit error is the answer)
+        while tl > 2 and not fits(1, min(tl if decoding else ts, h), min(tl if decoding else ts, w)):
+            ts, tl = ts // 2, tl // 2
+        return 1, (ts, tl)
+
+    def _run(self, x, per_pass: int, tile, whole):
+        """x through `whole` (a backend pass) in passes of per_pass inputs, or one input at a time in
+        tiles when `tile` (tile_in, tile_out) is given. A generator (stages.py)."""
+        backend = self.backend
+        n = backend.shape(x)[0]
+        if tile is None and per_pass == n:
+            return whole(x)
+        yield x
+        xs = backend.numpy(x)
+        if tile is None:
+            return backend.concat([whole(backend.tensor(xs[k:k + 1])) for k in range(n)], axis=0)
+        out = []
+        for k in range(n):
+            out.append((yield from self._tiled(xs[k:k + 1], *tile, whole)))
+        return backend.tensor(np.concatenate(out))
+
+    def tiled_decode(self, z: np.ndarray, tile_sample_min_size: int, tile_latent_min_size: int) -> np.ndarray:
+        """diffusers' tiled_decode: latent tiles of tile_latent_min_size a side every (1 - overlap)
+        of a tile, decoded alone, blended over a quarter of a decoded tile and cropped. Host arrays."""
+        return run(self._tiled(z, tile_latent_min_size, tile_sample_min_size, self._decode))
+
+    def tiled_encode(self, x: np.ndarray, tile_sample_min_size: int, tile_latent_min_size: int) -> np.ndarray:
+        """diffusers' _tiled_encode: image tiles of tile_sample_min_size a side, encoded alone,
+        blended over a quarter of a latent tile and cropped. Host arrays."""
+        return run(self._tiled(x, tile_sample_min_size, tile_latent_min_size, self._encode))
+
+    def _tiled(self, x: np.ndarray, tile_in: int, tile_out: int, whole):
+        """Tiles of tile_in a side of x (a host array), each through `whole` (a backend pass) to tile_out
+        a side, blended: -> a host array. A generator (stages.py): yields each tile's output before
+        reading it back."""
+        overlap_size = int(tile_in * (1 - self.tile_overlap_factor))
+        blend_extent = int(tile_out * self.tile_overlap_factor)
+        backend = self.backend
+        rows = []
+        for i in range(0, x.shape[2], overlap_size):
+            row = []
+            for j in range(0, x.shape[3], overlap_size):
+                t = whole(backend.tensor(x[:, :, i:i + tile_in, j:j + tile_in]))
+                yield t
+                row.append(backend.numpy(t))
+                del t
+            rows.append(row)
+        return self._blend_tiles(rows, blend_extent, tile_out - blend_extent)
+
+    @classmethod
+    def _blend_tiles(cls, rows: list[list[np.ndarray]], blend_extent: int, row_limit: int) -> np.ndarray:
+        """Each tile blended in place with the one above and the one to its left (as those were
+        blended themselves: diffusers' order), cropped to row_limit, and the rows joined."""
+        out = []
+        for i, row in enumerate(rows):
+            for j, tile in enumerate(row):
+                if i > 0:
+                    cls.blend_v(rows[i - 1][j], tile, blend_extent)
+                if j > 0:
+                    cls.blend_h(row[j - 1], tile, blend_extent)
+            out.append(np.concatenate([tile[:, :, :row_limit, :row_limit] for tile in row], axis=3))
+        return np.concatenate(out, axis=2)
+
+    @staticmethod
+    def blend_v(a: np.ndarray, b: np.ndarray, blend_extent: int) -> np.ndarray:
+        """b's first rows fade in from a's last ones, linearly over blend_extent rows (in place)."""
+        e = min(a.shape[2], b.shape[2], blend_extent)
+        if e:
+            t = np.arange(e) / e
+            b[:, :, :e] = a[:, :, -e:] * (1 - t).astype(np.float32)[:, None] + \
+                b[:, :, :e] * t.astype(np.float32)[:, None]
+        return b
+
+    @staticmethod
+    def blend_h(a: np.ndarray, b: np.ndarray, blend_extent: int) -> np.ndarray:
+        """b's first columns fade in from a's last ones, linearly over blend_extent columns (in place)."""
+        e = min(a.shape[3], b.shape[3], blend_extent)
+        if e:
+            t = np.arange(e) / e
+            b[..., :e] = a[..., -e:] * (1 - t).astype(np.float32) + b[..., :e] * t.astype(np.float32)
+        return b
 
 def _skip(w, *parts):
     """Mark every tensor under these prefixes as unused on purpose: they stay on disk."""

@@ -99,6 +99,10 @@ class Backend(Protocol):
     def shape(self, x) -> tuple:
         """A tensor's shape."""
 
+    def fits(self, shape) -> bool:
+        """Whether an activation of `shape` can be made here: within a GPU's buffer limits, within the
+        host's per-tensor budget. Model code that can split its work (the VAE's tiles) asks first."""
+
     # --- linear algebra ---
 
     def linear(self, x, weight, bias=None, act=None, residual=None, image=None):
@@ -113,6 +117,10 @@ class Backend(Protocol):
         channel (a resnet's projected time embedding), plus `residual` (a tensor of the output's
         shape: a resnet's skip), when given; then act (one of ACTIVATIONS), so a conv + ReLU, or
         ReLU(conv + skip), is one op."""
+
+    def upsample_conv2d(self, x, weight, bias=None):
+        """x: (N, Cin, H, W), weight: (Cout, Cin, 3, 3), bias: (Cout,) -> (N, Cout, 2H, 2W): x upsampled
+        2x (nearest: each pixel repeated 2x2), then a 3x3 conv with padding 1 (an Upsample2D)."""
 
     def attention(self, q, k, v, heads, causal=False):
         """q: (N, Lq, h*d), k/v: (N, Lk, h*d) -> (N, Lq, h*d): softmax(q k^T / sqrt(d)) v per head, key
@@ -140,9 +148,6 @@ class Backend(Protocol):
 
     def tanh_clamp(self, x, bound):
         """bound * tanh(x / bound): a smooth clamp into (-bound, bound), bound a Python float."""
-
-    def upsample_nearest2x(self, x):
-        """x: (N, C, H, W) -> (N, C, 2H, 2W), each pixel repeated 2x2."""
 
     def pad2d(self, x, left, right, top, bottom):
         """x: (N, C, H, W) -> (N, C, top+H+bottom, left+W+right), zeros around (torch F.pad order)."""

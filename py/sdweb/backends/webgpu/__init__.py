@@ -16,11 +16,13 @@ the op's module in ops/ (named as its shader in shaders/) does the work on the p
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ...weights import Patched
 from . import upload
-from .device import GPULimitError, GPUTensor, GPUWeight, available, context, use_bridge, using  # noqa: F401
+from .device import ITEMSIZE, GPULimitError, GPUTensor, GPUWeight, available, context, use_bridge, using  # noqa: F401
 from .ops import attention as _attention
 from .ops import conv2d as _conv2d
 from .ops import elementwise as _elementwise
@@ -90,6 +92,21 @@ def shape(x) -> tuple:
     return tuple(x.shape)
 
 
+# The largest activation a pass may make before the VAE splits its work into tiles, besides the
+# adapter's own limits. A GPU's memory size is not exposed, and a pass's peak (live tensors plus the
+# pool's idle buffers) is about 6.5x its largest activation: SD's 512 x 512 decode, whose largest is
+# 256 MiB, peaks at 1.7 GB, below the UNet step's; 1024 x 1024 in one pass would peak at 6 GB.
+MAX_ACTIVATION_BYTES = 256 << 20
+
+
+def fits(shape) -> bool:
+    """Whether an activation of `shape` in the compute dtype (set_compute) can be bound on this
+    adapter, within MAX_ACTIVATION_BYTES."""
+    ctx = context()
+    nbytes = ITEMSIZE[ctx.compute] * math.prod(shape)
+    return nbytes <= MAX_ACTIVATION_BYTES and ctx.fits(nbytes)
+
+
 # --- linear algebra (ops/matmul.py, ops/conv2d.py, ops/attention.py) -------------------------------
 
 
@@ -104,6 +121,12 @@ def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=Non
     """x: (N, Cin, H, W), weight: (Cout, Cin, k, k) -> (N, Cout, Ho, Wo), plus temb (N, Cout) and
     `residual` when given, optional fused activation."""
     return _conv2d.conv2d(context(), x, weight, bias, stride, padding, residual, temb, act)
+
+
+def upsample_conv2d(x, weight, bias=None):
+    """x: (N, Cin, H, W), weight: (Cout, Cin, 3, 3) -> (N, Cout, 2H, 2W): the nearest-2x kernel
+    (ops/elementwise.py), then conv2d with padding 1."""
+    return _conv2d.conv2d(context(), _elementwise.upsample_nearest2x(context(), x), weight, bias, 1, 1, None)
 
 
 def attention(q, k, v, heads: int, causal: bool = False):
@@ -140,11 +163,6 @@ def mul(x, s: float, shift: float = 0.0):
 def tanh_clamp(x, bound: float):
     """bound * tanh(x / bound)."""
     return _elementwise.tanh_clamp(context(), x, bound)
-
-
-def upsample_nearest2x(x):
-    """x: (N, C, H, W) -> (N, C, 2H, 2W)."""
-    return _elementwise.upsample_nearest2x(context(), x)
 
 
 def pad2d(x, left: int, right: int, top: int, bottom: int):

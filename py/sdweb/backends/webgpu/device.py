@@ -55,6 +55,7 @@ ctx.reset_peak(), ctx.trim()     restart the peak count; free the pool's idle bu
 ctx.part_of_fused(w)             GPUWeight w was copied into a fused weight: its drop leaves the pool
 ctx.submit()                     send recorded work now
 ctx.finish()                     send it and wait until the GPU has run it
+ctx.fits(nbytes)                 whether a buffer of nbytes can be made and bound here
 ctx.check_size(nbytes, what)     raise GPULimitError("<what> needs N MB but this adapter's
                                  maxStorageBufferBindingSize is M MB") when a buffer cannot be bound
 ctx.dispatches                   dispatches recorded so far
@@ -225,6 +226,10 @@ class Context:
 
     def reset_peak(self):
         self.peak_bytes, self.peak_weights = self.bytes_reserved, self.bytes_weights
+
+    def fits(self, nbytes: int) -> bool:
+        """Whether a buffer of nbytes can be made and bound on this adapter."""
+        return nbytes <= self.max_binding and nbytes <= self.max_buffer
 
     def check_size(self, nbytes: int, what: str):
         if nbytes <= self._fits:
