@@ -7,8 +7,8 @@ as a markdown table.
 
 Rows are the cases in CASES (add a row: append a Case; `make` returns the GPU and NumPy closures):
   matmul ladder   linear (2*4096, 320) x (320 -> 1280), the 64x64 level's feed-forward size with CFG,
-                  through each rung of the kernel ladder (matmul_ladder.py beside this script: v0
-                  naive ... v4 8x8 vec4; v2 and v3 are the two kernels production picks from)
+                  through each rung of the kernel ladder (kernel_ladder.py and ladder/ beside this
+                  script: v0 naive ... v4 8x8 vec4, the kernels production ran before ops/gemm.py)
   linear          the default kernel on the UNet's other linear shapes (fused GEGLU, attention
                   projections, cross-attention over 77 tokens) and with f16 weights
   conv2d          3x3 convs of the UNet's three resolutions with CFG (320 @ 64x64, 640 @ 32x32,
