@@ -19,7 +19,7 @@ const THUMB = 160;  // px, the longer side of a gallery thumbnail
 const DEFAULT_ENDPOINT = "https://huggingface.co";
 // What a share link and a restore carry, by setting name (the input ids use - for _).
 const SHARED = ["model", "prompt", "negative_prompt", "steps", "guidance", "seed", "scheduler", "width", "height", "variant",
-  "decoder"];
+  "decoder", "vae_tiling"];
 // The settings of a run from an image: the editor's (its input files cannot travel in settings).
 const EDITING = ["image", "mask", "strength", "outpaint"];
 
