@@ -937,7 +937,8 @@ def test_share_link_reproduces_the_image_elsewhere(chromium, page_server, page_h
         q = {k: v[0] for k, v in parse_qs(urlsplit(link).query).items()}
         assert q == {"model": "test/sd1-tiny", "prompt": "a small boat, at sea", "negative-prompt": "storm",
                      "steps": "3", "guidance": "4.5", "seed": "2024", "scheduler": "dpm++2m", "width": str(TINY),
-                     "height": str(TINY), "variant": "fp16", "decoder": "vae", "endpoint": page_hub.url}
+                     "height": str(TINY), "variant": "fp16", "decoder": "vae", "vae-tiling": "auto",
+                     "endpoint": page_hub.url}
         other = b.new_page()
         other.goto(link)
         other.wait_for_function("document.getElementById('env').classList.contains('ready')", timeout=60_000)
