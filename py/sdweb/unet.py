@@ -83,7 +83,8 @@ _SUPPORTED = {
     "encoder_hid_dim": (None,),
     "attention_type": ("default",),
     "center_input_sample": (False,),
-    # diffusers itself refuses num_attention_heads in this model (diffusers issue 2011).
+    # diffusers' UNet2DConditionModel raises on num_attention_heads (its configs name the head count
+    # attention_head_dim for compatibility), so a real config never sets it.
     "num_attention_heads": (None,),
     "resnet_out_scale_factor": (1.0, 1),
 }
