@@ -48,6 +48,13 @@ DEFAULTS = {
 CLAMP = 3.0  # DecoderTiny.forward: torch.tanh(x / 3) * 3
 
 
+def latent_shape(config: dict) -> tuple[int, int]:
+    """A tiny autoencoder's config -> (latent channels, scale factor): the latents it works on.
+    diffusers registers block_out_channels = decoder_block_out_channels: the pipeline's vae_scale_factor."""
+    cfg = {k: config.get(k, v) for k, v in DEFAULTS.items()}
+    return int(cfg["latent_channels"]), 2 ** (len(cfg["decoder_block_out_channels"]) - 1)
+
+
 class AutoencoderTinyBlock:
     """(N, C, H, W) -> same: three 3x3 convs with ReLUs between (conv.1, conv.3), plus x, then ReLU."""
 
@@ -153,10 +160,8 @@ class AutoencoderTiny:
             if cfg[key] != want:
                 raise ModelError(f"tiny autoencoder config {key} {cfg[key]!r} is not supported (expected {want!r})")
         self.config = cfg
-        # diffusers registers block_out_channels = decoder_block_out_channels: the pipeline's vae_scale_factor
-        self.scale_factor = 2 ** (len(cfg["decoder_block_out_channels"]) - 1)
+        self.latent_channels, self.scale_factor = latent_shape(cfg)
         self.scaling_factor = float(cfg["scaling_factor"])
-        self.latent_channels = cfg["latent_channels"]
         self.encoder = EncoderTiny(cfg, w.prefix("encoder"), backend) if encoder else _skip(w.prefix("encoder"))
         self.decoder = DecoderTiny(cfg, w.prefix("decoder"), backend) if decoder else _skip(w.prefix("decoder"))
 

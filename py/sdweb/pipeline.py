@@ -44,6 +44,7 @@ import numpy as np
 
 from . import preview as previews
 from .addons import FolderLibrary, prepare
+from . import autoencoder_tiny
 from .autoencoder_tiny import AutoencoderTiny
 from .backends import numpy as numpy_backend
 from .clip import DEFAULTS as CLIP_DEFAULTS
@@ -170,9 +171,7 @@ class Pipeline:
     def check_tiny_autoencoder(self, field: str) -> None:
         """ConfigError naming `field` when the tiny autoencoder's latents are not this model's (channels
         or scale factor: e.g. a TAE of another model family), before anything is loaded."""
-        cfg = self.tiny_autoencoder.config()
-        channels = int(cfg.get("latent_channels", 4))
-        factor = 2 ** (len(cfg.get("decoder_block_out_channels", [64] * 4)) - 1)
+        channels, factor = autoencoder_tiny.latent_shape(self.tiny_autoencoder.config())
         if (channels, factor) != (self.info.latent_channels, self.info.vae_scale_factor):
             raise ConfigError(f"{field}: the tiny autoencoder {self.tiny_autoencoder.name} works on {channels}-channel "
                               f"latents at 1/{factor} of the image, and {self.folder.name} makes "
