@@ -1,6 +1,6 @@
 """backends/numpy.py's fast paths against torch (the models' parity tests check them in use; these
 reach every path and edge on purpose): conv2d by 1x1 GEMM, taps first (few outputs), Winograd
-F(2x2, 3x3) (odd sizes, several chunks, batches) and im2col (strides, no padding); upsample_conv2d
+F(4x4, 3x3) and F(2x2, 3x3) (odd sizes, several chunks, batches) and im2col (strides, no padding); upsample_conv2d
 (nearest 2x + 3x3 conv as four 2x2 convs, directly and by Winograd F(2x2, 2x2)); linear's GEGLU in row chunks; attention; group norm; the
 held-precision upcasts; each with the work split over threads as well as inline.
 
@@ -43,8 +43,11 @@ CONVS = [
     (2, 6, 9, 13, 5, 1, 1, 0),     # 1x1
     (2, 6, 9, 13, 3, 3, 1, 1),     # few outputs: taps first
     (1, 4, 11, 7, 2, 5, 1, 2),     # few outputs, 5x5
-    (2, 5, 33, 31, 24, 3, 1, 1),   # Winograd: odd sides, a batch
-    (1, 8, 64, 40, 16, 3, 1, 1),   # Winograd over several chunks (the chunk is made small below)
+    (2, 5, 33, 31, 24, 3, 1, 1),   # Winograd F(4x4): sides not multiples of 4, a batch
+    (1, 8, 64, 40, 16, 3, 1, 1),   # Winograd F(4x4) over several chunks (the chunk is made small below)
+    (1, 8, 46, 43, 16, 3, 1, 1),   # Winograd F(4x4): several chunks, sides 2 and 3 past a multiple of 4
+    (2, 5, 15, 17, 24, 3, 1, 1),   # Winograd F(2x2): odd sides, a batch, too few 4x4 tiles for F(4x4)
+    (1, 8, 30, 34, 16, 3, 1, 1),   # Winograd F(2x2) over several chunks
     (2, 7, 8, 8, 20, 3, 1, 1),     # too few tiles for Winograd: im2col
     (1, 6, 17, 15, 12, 3, 2, 1),   # stride 2: im2col
     (1, 6, 16, 16, 12, 3, 2, 0),   # stride 2, no padding (the VAE's downsampler)
@@ -57,8 +60,10 @@ def test_conv2d(case, monkeypatch):
     monkeypatch.setattr(nb, "_WINOGRAD_CHUNK", 64 * 16 * 8 * 3)  # a few tile rows per chunk
     x, w, b, res = data(N, Ci, H, W), data(Co, Ci, k, k, seed=1) / k, data(Co, seed=2), None
     want = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), stride, padding)
-    res = data(*want.shape, seed=3)
+    res, temb = data(*want.shape, seed=3), data(N, Co, seed=4)
     close(nb.conv2d(x, w, b, stride, padding, res), want + torch.from_numpy(res))
+    close(nb.conv2d(x, w, b, stride, padding, res, temb), want + torch.from_numpy(res + temb[:, :, None, None]))
+    close(nb.conv2d(x, w, b, stride, padding, temb=temb), want + torch.from_numpy(temb[:, :, None, None]))
     close(nb.conv2d(x, w, None, stride, padding), F.conv2d(torch.from_numpy(x), torch.from_numpy(w), None,
                                                             stride, padding))
 
@@ -66,13 +71,30 @@ def test_conv2d(case, monkeypatch):
 def test_conv2d_paths_are_taken(monkeypatch):
     """Each CONVS case reaches the path its comment names."""
     taken = []
-    for name, mark in (("_conv_taps_first", "t"), ("_conv3x3_winograd", "w")):
+    for name, mark in (("_conv_taps_first", "t"), ("_conv3x3_winograd4", "4"), ("_conv3x3_winograd", "2")):
         fn = getattr(nb, name)
         monkeypatch.setattr(nb, name, lambda *a, _f=fn, _m=mark: taken.append(_m) or _f(*a))
     for N, Ci, H, W, Co, k, stride, padding in CONVS:
         taken.append("|")
         nb.conv2d(data(N, Ci, H, W), data(Co, Ci, k, k), None, stride, padding)
-    assert "".join(taken) == "||t|t|w|w|||"  # 1x1, taps first x2, Winograd x2, im2col x3
+    assert "".join(taken) == "||t|t|4|4|4|2|2|||"  # 1x1, taps first x2, F(4x4) x3, F(2x2) x2, im2col x3
+
+
+@pytest.mark.parametrize("N, C, H, W", [(2, 320, 24, 20), (1, 64, 40, 36)])
+def test_conv2d_winograd_rounding_over_many_channels(N, C, H, W):
+    """The Winograd paths' rounding where it is largest, over hundreds of channels, against an f64 conv:
+    F(2x2, 3x3) within 2e-6 x max|y| (measured 6e-7), F(4x4, 3x3) within 4e-5 (measured 1.1e-5 over
+    320 channels; its transforms' 4, 5, 8 and 1/24 cost ~20x F(2x2)'s rounding)."""
+    x = data(N, C, H, W)
+    w, b = data(C, C, 3, 3, seed=1) / np.float32(3 * np.sqrt(C)), data(C, seed=2)
+    want = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(), torch.from_numpy(b).double(),
+                    padding=1).numpy()
+    scale = np.abs(want).max()
+    for fn, bound in ((nb._conv3x3_winograd, 2e-6), (nb._conv3x3_winograd4, 4e-5)):
+        got = fn(x, w, b[:, None])
+        assert got.shape == want.shape and got.dtype == np.float32
+        err = np.abs(got - want).max()
+        assert err <= bound * scale, f"{fn.__name__}: max error {err:.3g} > {bound} x {scale:.3g}"
 
 
 UPSAMPLES = [  # (N, Cin, H, W): the first three directly, the last two by Winograd F(2x2, 2x2) (enough tiles)

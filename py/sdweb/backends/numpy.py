@@ -14,9 +14,11 @@ Shape legend: N batch, C channels, H/W height/width, L tokens, D features, h hea
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -161,6 +163,28 @@ else:
 _pool = None
 
 
+def _keep_freed_memory() -> None:
+    """Have glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+
+    By default an array over 128 KB (a threshold glibc raises as it goes, up to 32 MB) is a fresh
+    mmap and goes back on free, so the next one is fresh pages again, each zeroed by the kernel on
+    first touch: a UNet step made ~17,000 such faults. Arrays up to 32 MB now come from the heap,
+    and up to 512 MB of free heap is kept (a UNet step: 1,100 faults, 7.60 -> 7.25 s on 2 cores).
+    Only where glibc is the C library (mallopt exists); Pyodide's malloc never returns memory."""
+    if sys.platform != "linux":
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(M_TRIM_THRESHOLD, 512 << 20)
+
+
+_keep_freed_memory()
+
+
 def _each(fn, parts) -> None:
     """fn(part) for every part of the list `parts`, shared out over the threads in runs of
     consecutive parts; each fn(part) writes only its own part of any output."""
@@ -189,6 +213,27 @@ def _split(n: int, parts: int = 0) -> list[slice]:
     """range(n) as about `parts` (default: one per thread) consecutive slices."""
     parts = max(1, min(n, parts or _THREADS))
     return [slice(k * n // parts, (k + 1) * n // parts) for k in range(parts)]
+
+
+# --- scratch --------------------------------------------------------------------------------------
+
+# The large temporaries of a conv (Winograd's transformed weights: 105 MB for a 1280-channel 3x3
+# kernel, 210 MB with 2560 inputs; its transformed input and products) live in buffers kept per
+# thread and reused: a fresh array that size is fresh pages from the kernel, each zeroed on first
+# touch, every call (measured: ~5 % of a UNet step's CPU time went to zeroing pages).
+_scratch_buffers = threading.local()
+
+
+def _scratch(role: str, shape) -> np.ndarray:
+    """An uninitialised f32 array of `shape` in the buffer kept for `role` (grown when too small).
+    Valid until the next _scratch(role) in the same thread."""
+    n = math.prod(shape)
+    buffers = _scratch_buffers.__dict__
+    buf = buffers.get(role)
+    if buf is None or buf.size < n:
+        buffers[role] = None  # the old buffer goes before the larger one is made
+        buffers[role] = buf = np.empty(n, np.float32)
+    return buf[:n].reshape(shape)
 
 
 # --- linear algebra  (shaders/matmul.wgsl) --------------------------------------------------------
@@ -252,23 +297,55 @@ def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, residual=Non
       stride 1 with a few outputs (conv_out): every tap's product in one GEMM, then shifted sums
         (_conv_taps_first);
       3x3, stride 1, padding 1 (nearly every conv of a UNet or VAE), unless the image is tiny:
-        Winograd F(2x2, 3x3), 16 GEMMs over 2x2 tiles of the whole batch with 2.25x fewer flops
-        (_conv3x3_winograd);
+        Winograd F(4x4, 3x3) on large images, 36 GEMMs over 4x4 tiles of the whole batch with 4x
+        fewer flops (_conv3x3_winograd4), else F(2x2, 3x3), 16 GEMMs over 2x2 tiles with 2.25x fewer
+        (_conv3x3_winograd); both add temb and the residual as they write the output;
       otherwise (small images, strides): im2col in (Cin*kh*kw, pixels) order, so one matmul per
         image writes NCHW directly, in row chunks that bound the column matrix (~64 MB)."""
     check_act("conv2d", act)
-    y = _conv2d(x, _f32(weight), None if bias is None else _f32(bias)[:, None], stride, padding)
-    if temb is not None:
-        y += temb[:, :, None, None]
-    if residual is not None:
-        y += residual
+    y = _conv2d(x, _f32(weight), None if bias is None else _f32(bias)[:, None], stride, padding, temb, residual)
     if act:
         rows = y.reshape(-1, y.shape[2] * y.shape[3])
         _each(lambda rc: _KERNELS[act](rows[rc], out=rows[rc]), list(_blocks(*rows.shape)))
     return y
 
 
-def _conv2d(x, w, bias, stride, padding):
+def _conv2d(x, w, bias, stride, padding, temb=None, residual=None):
+    """The conv by shape (see conv2d), + temb (N, Cout) + residual: the Winograd paths add both as
+    they write their output, the others in one threaded pass after it."""
+    N, C, H, W = x.shape
+    Co, Ci, kh, kw = w.shape
+    if kh == 3 and kw == 3 and stride == 1 and padding == 1 and Co * 9 > _FEW_OUTPUTS:
+        if N * ((H + 3) // 4) * ((W + 3) // 4) >= _WINOGRAD4_TILES:
+            return _conv3x3_winograd4(x, w, bias, temb, residual)
+        if N * ((H + 1) // 2) * ((W + 1) // 2) >= _WINOGRAD_TILES:
+            return _conv3x3_winograd(x, w, bias, temb, residual)
+    return _add_into(_conv2d_gemm(x, w, bias, stride, padding), temb, residual)
+
+
+def _add_into(y, temb, residual):
+    """y (N, C, H, W) += temb (N, C) per image and channel, += residual (y's shape); in place,
+    block by block over the threads."""
+    if temb is None and residual is None:
+        return y
+    N, C = y.shape[:2]
+    rows = y.reshape(N * C, -1)
+    t = None if temb is None else temb.reshape(N * C, 1)
+    res = None if residual is None else residual.reshape(N * C, -1)
+
+    def add(block):
+        r, c = block
+        if t is not None:
+            rows[r, c] += t[r]
+        if res is not None:
+            rows[r, c] += res[r, c]
+
+    _each(add, list(_blocks(*rows.shape)))
+    return y
+
+
+def _conv2d_gemm(x, w, bias, stride, padding):
+    """The convs that Winograd does not take: 1x1, few outputs, strides, small images."""
     N, C, H, W = x.shape
     Co, Ci, kh, kw = w.shape
     if kh == 1 and kw == 1 and stride == 1 and padding == 0:
@@ -278,8 +355,6 @@ def _conv2d(x, w, bias, stride, padding):
         return y.reshape(N, Co, H, W)
     if stride == 1 and Co * kh * kw <= _FEW_OUTPUTS:
         return _conv_taps_first(x, w, bias, padding)
-    if kh == 3 and kw == 3 and stride == 1 and padding == 1 and N * ((H + 1) // 2) * ((W + 1) // 2) >= _WINOGRAD_TILES:
-        return _conv3x3_winograd(x, w, bias)
     Ho, Wo = (H + 2 * padding - kh) // stride + 1, (W + 2 * padding - kw) // stride + 1
     y = np.empty((N, Co, Ho, Wo), np.float32)
     if padding:
@@ -349,21 +424,20 @@ _WINOGRAD_TILES = 128
 _WINOGRAD_CHUNK = 16 << 20
 
 
-def _conv3x3_winograd(x, w, bias):
-    """3x3 conv, stride 1, padding 1, by Winograd F(2x2, 3x3) in chunks of tile rows.
+def _conv3x3_winograd(x, w, bias, temb=None, residual=None):
+    """3x3 conv, stride 1, padding 1, by Winograd F(2x2, 3x3) in chunks of tile rows, + temb (N, Cout)
+    + residual.
 
     B^T d B goes columns first: the zero-padded input's even and odd columns are split into two
     arrays as they are copied from x (the padded image itself is never made), so every column
     window is a contiguous slice; then rows, tile row t reading rows 2t .. 2t+3. A^T M A leaves the
-    four outputs of a tile in two row buffers, each copied into y as whole rows."""
+    four outputs of a tile in two row buffers, each copied into y as whole rows (adding the residual
+    as they go; temb and the bias are added to the products, where A^T M A takes them to every output)."""
     N, Ci, H, W = x.shape
     Co = w.shape[0]
     Th, Tw = (H + 1) // 2, (W + 1) // 2  # 2x2 output tiles; an odd side computes one row or column more
-    U = np.matmul(_WINOGRAD_GG, w.reshape(Co * Ci, 9).T).reshape(16, Co, Ci)
-    y = np.empty((N, Co, 2 * Th, 2 * Tw), np.float32)
-    rows = max(1, min(Th, _WINOGRAD_CHUNK // (64 * max(Ci, Co) * N * Tw)))
-    v_buf = np.empty(16 * Ci * N * rows * Tw, np.float32)
-    m_buf = np.empty(16 * Co * N * rows * Tw, np.float32)
+    U, y, rows, v_buf, m_buf = _winograd_buffers(x, w, _WINOGRAD_GG, 2)
+    residual, late = (residual, None) if y.shape[2:] == (H, W) else (None, residual)  # late: after the crop
     for r0 in range(0, Th, rows):
         r = min(rows, Th - r0)
         P = N * r * Tw  # tiles in this chunk, in (image, tile row, tile column) order
@@ -397,6 +471,8 @@ def _conv3x3_winograd(x, w, bias):
             m = M[:, :, cs].transpose(0, 1, 3, 2, 4, 5)  # (4, 4, N, c, r, Tw)
             if bias is not None:  # A^T's column 1 is all ones: a bias added there reaches all four outputs
                 m[1, 1] += bias[cs, :, None]
+            if temb is not None:
+                m[1, 1] += temb[:, cs, None, None]
             cols = []
             for k in range(4):
                 c0 = m[k, 0] + m[k, 1]
@@ -412,16 +488,172 @@ def _conv3x3_winograd(x, w, bias):
                 b = cols[1][j] - cols[2][j]
                 b -= cols[3][j]
                 pair[1, ..., j] = b
-            yc = y[:, cs].reshape(N, c, Th, 2, 2 * Tw)[:, :, r0:r0 + r]
-            yc[:, :, :, 0] = pair[0].reshape(N, c, r, 2 * Tw)
-            yc[:, :, :, 1] = pair[1].reshape(N, c, r, 2 * Tw)
+            _store_tile_rows(pair.reshape(2, N, c, r, 2 * Tw), y, residual, cs, r0)
 
         _each(transform_in, _split(Ci))
         np.matmul(U, V.reshape(16, Ci, P), out=M.reshape(16, Co, P))
         _each(transform_out, _split(Co))
-    if (H, W) != y.shape[2:]:
-        y = np.ascontiguousarray(y[:, :, :H, :W])
-    return y
+    return _add_into(_crop(y, H, W), None, late)
+
+
+def _winograd_buffers(x, w, gg, m: int):
+    """For a Winograd F(m x m, 3x3) conv of x with the kernels w: the transformed weights U (a, Cout,
+    Cin) = gg (a, 9) @ each kernel, a = (m + 2)^2 products; the output y (N, Cout, m Th, m Tw) for
+    Th x Tw tiles; how many tile rows a chunk takes (its transformed input and products within
+    _WINOGRAD_CHUNK bytes each); and the scratch those two go in."""
+    N, Ci, H, W = x.shape
+    Co, a = w.shape[0], (m + 2) ** 2
+    Th, Tw = -(-H // m), -(-W // m)
+    U = _scratch("U", (a, Co, Ci))
+    np.matmul(gg, w.reshape(Co * Ci, 9).T, out=U.reshape(a, Co * Ci))
+    y = np.empty((N, Co, m * Th, m * Tw), np.float32)
+    rows = max(1, min(Th, _WINOGRAD_CHUNK // (4 * a * max(Ci, Co) * N * Tw)))
+    return U, y, rows, _scratch("V", (a * Ci * N * rows * Tw,)), _scratch("M", (a * Co * N * rows * Tw,))
+
+
+def _store_tile_rows(rows, y, residual, cs, r0):
+    """rows (t, N, c, r, W): output row i of each of r tile rows (t output rows high) from tile row r0,
+    for the channels cs -> y (N, C, H, W), + residual where given (of y's shape)."""
+    t, N, c, r, W = rows.shape
+    yc = y[:, cs].reshape(N, c, -1, t, W)[:, :, r0:r0 + r]
+    rc = None if residual is None else residual[:, cs].reshape(N, c, -1, t, W)[:, :, r0:r0 + r]
+    for i in range(t):
+        if rc is None:
+            yc[:, :, :, i] = rows[i]
+        else:
+            np.add(rows[i], rc[:, :, :, i], out=yc[:, :, :, i])
+
+
+def _crop(y, H: int, W: int):
+    """y (N, C, >= H, >= W) -> its top-left (H, W), contiguous (tiles past an odd side dropped)."""
+    return y if y.shape[2:] == (H, W) else np.ascontiguousarray(y[:, :, :H, :W])
+
+
+# Winograd F(4x4, 3x3) (the same paper; points 0, 1, -1, 2, -2, inf): a 4x4 block of outputs from its
+# 6x6 input tile, 36 multiplies per channel pair where the direct conv needs 144: 1.78x fewer flops
+# than F(2x2, 3x3), and the transformed input and products are 2.25 floats per pixel instead of 4,
+# which is what the large images are bound by (their transforms run at memory speed). The price is
+# rounding: B^T and A^T hold 4, 5 and 8, G sixths and 24ths, so the error is ~1e-5 x max|y| where
+# F(2x2, 3x3) keeps ~5e-7 (measured over 320 channels). Used where there are enough tiles for the
+# 36 GEMMs to be wide and for the 2.25x larger transformed weights to pay.
+_WINOGRAD4_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                         [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+_WINOGRAD4_GG = np.kron(_WINOGRAD4_G, _WINOGRAD4_G).astype(np.float32)  # (36, 9)
+# 4x4 tiles (all images) from which F(4x4, 3x3) beats F(2x2, 3x3). Measured on 2 cores (ms, F(4x4) vs
+# F(2x2)): 1280 channels at 16x16, batch 2 (32 tiles) 77 vs 51; 640 at 32x32 (128) 35 vs 40;
+# 320 at 64x64 (512) 41 vs 46; 128 at 512x512 (16384) 233 vs 284.
+_WINOGRAD4_TILES = 128
+
+
+def _winograd4_bt(d, out, tmp):
+    """B^T of F(4, 3) along one axis: d[0..5] -> out[0..5], arrays of one shape (tmp: two more).
+    B^T = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+           [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]"""
+    d0, d1, d2, d3, d4, d5 = d
+    u, v = tmp
+    np.subtract(d4, d2, out=u)
+    np.subtract(d0, d2, out=out[0])
+    out[0] *= 4
+    out[0] += u  # 4 d0 - 5 d2 + d4
+    np.subtract(d3, d1, out=v)
+    v *= 2
+    np.add(u, v, out=out[3])  # -2 d1 - d2 + 2 d3 + d4
+    np.subtract(u, v, out=out[4])  # 2 d1 - d2 - 2 d3 + d4
+    np.add(d1, d2, out=u)
+    u *= 4
+    np.add(d3, d4, out=out[1])
+    out[1] -= u  # -4 d1 - 4 d2 + d3 + d4
+    np.subtract(d1, d2, out=u)
+    u *= 4
+    np.subtract(d4, d3, out=out[2])
+    out[2] += u  # 4 d1 - 4 d2 - d3 + d4
+    np.subtract(d1, d3, out=out[5])
+    out[5] *= 4
+    out[5] += d5
+    out[5] -= d3  # 4 d1 - 5 d3 + d5
+
+
+def _winograd4_at(m, out, tmp):
+    """A^T of F(4, 3) along one axis: m[0..5] -> out[0..3] (tmp: two arrays of their shape).
+    A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]"""
+    m0, m1, m2, m3, m4, m5 = m
+    p, q = tmp
+    np.add(m1, m2, out=p)
+    np.add(m3, m4, out=q)
+    np.add(m0, p, out=out[0])
+    out[0] += q  # m0 + m1 + m2 + m3 + m4
+    q *= 4
+    np.add(p, q, out=out[2])  # m1 + m2 + 4 (m3 + m4)
+    np.subtract(m1, m2, out=p)
+    np.subtract(m3, m4, out=q)
+    q *= 2
+    np.add(p, q, out=out[1])  # m1 - m2 + 2 (m3 - m4)
+    q *= 4
+    np.add(p, q, out=out[3])
+    out[3] += m5  # m1 - m2 + 8 (m3 - m4) + m5
+
+
+def _conv3x3_winograd4(x, w, bias, temb=None, residual=None):
+    """3x3 conv, stride 1, padding 1, by Winograd F(4x4, 3x3) in chunks of tile rows, + temb (N, Cout)
+    + residual.
+
+    As _conv3x3_winograd: B^T d B columns first, from the zero-padded input's columns split by
+    residue mod 4 as they are copied from x (tile t reads padded columns 4t .. 4t + 5: parts 0..3 at
+    t and parts 0, 1 at t + 1, all contiguous slices), then rows, tile row s reading rows 4s .. 4s + 5;
+    A^T M A columns then rows into a buffer of whole output rows, copied into y adding the residual
+    (temb and the bias go in with the products, as there)."""
+    N, Ci, H, W = x.shape
+    Co = w.shape[0]
+    Th, Tw = (H + 3) // 4, (W + 3) // 4  # 4x4 output tiles; sides not a multiple of 4 compute a few more
+    U, y, rows, v_buf, m_buf = _winograd_buffers(x, w, _WINOGRAD4_GG, 4)
+    residual, late = (residual, None) if y.shape[2:] == (H, W) else (None, residual)  # late: after the crop
+    for r0 in range(0, Th, rows):
+        r = min(rows, Th - r0)
+        P = N * r * Tw  # tiles in this chunk, in (image, tile row, tile column) order
+        V = v_buf[:36 * Ci * P].reshape(6, 6, Ci, N, r, Tw)
+        M = m_buf[:36 * Co * P].reshape(6, 6, Co, N, r, Tw)
+        R = 4 * r + 2  # padded rows 4 r0 .. 4 r0 + 4r + 1, x's rows one less; those outside x are zeros
+        lo, hi = max(0, 1 - 4 * r0), min(R, H + 1 - 4 * r0)
+        xr = slice(4 * r0 + lo - 1, 4 * r0 + hi - 1)
+
+        def transform_in(cs):
+            """B^T d B for the input channels cs."""
+            c = len(range(Ci)[cs])
+            parts = np.zeros((4, N, c, R, Tw + 1), np.float32)  # part k, column t: padded column 4t + k
+            for k in range(4):  # = x's column 4t + k - 1, for t from t0 to t1
+                t0, t1 = int(k == 0), min(Tw, (W - k) // 4)
+                if t1 >= t0:
+                    c0 = 4 * t0 + k - 1
+                    parts[k, :, :, lo:hi, t0:t1 + 1] = x[:, cs, xr, c0:c0 + 4 * (t1 - t0) + 1:4]
+            cols = np.empty((6, N, c, R, Tw), np.float32)
+            _winograd4_bt([parts[0, ..., :Tw], parts[1, ..., :Tw], parts[2, ..., :Tw], parts[3, ..., :Tw],
+                           parts[0, ..., 1:], parts[1, ..., 1:]], cols, np.empty((2, N, c, R, Tw), np.float32))
+            tmp = np.empty((2, N, c, r, Tw), np.float32)
+            for l in range(6):  # rows: written in the input's order
+                _winograd4_bt([cols[l, :, :, i:i + 4 * r - 3:4] for i in range(6)],
+                              V[:, l, cs].transpose(0, 2, 1, 3, 4), tmp)
+
+        def transform_out(cs):
+            """A^T M A for the output channels cs, into y as whole rows."""
+            c = len(range(Co)[cs])
+            m = M[:, :, cs].transpose(0, 1, 3, 2, 4, 5)  # (6, 6, N, c, r, Tw)
+            if bias is not None:  # A^T's column 1 is all ones: a bias added there reaches all 16 outputs
+                m[1, 1] += bias[cs, :, None]
+            if temb is not None:
+                m[1, 1] += temb[:, cs, None, None]
+            cols = np.empty((6, 4, N, c, r, Tw), np.float32)
+            tmp = np.empty((2, N, c, r, Tw), np.float32)
+            for k in range(6):
+                _winograd4_at(m[k], cols[k], tmp)
+            out = np.empty((4, N, c, r, Tw, 4), np.float32)  # (row in the tile, ..., column in the tile)
+            for j in range(4):
+                _winograd4_at(cols[:, j], out[..., j], tmp)
+            _store_tile_rows(out.reshape(4, N, c, r, 4 * Tw), y, residual, cs, r0)
+
+        _each(transform_in, _split(Ci))
+        np.matmul(U, V.reshape(36, Ci, P), out=M.reshape(36, Co, P))
+        _each(transform_out, _split(Co))
+    return _add_into(_crop(y, H, W), None, late)
 
 
 # Nearest 2x then a 3x3 conv (padding 1) is four 2x2 convs of the small image, one per output
@@ -471,7 +703,8 @@ def _upsample_phases(x, w, bias):
     are interleaved into the output."""
     N, Ci, H, W = x.shape
     Co = w.shape[0]
-    taps = np.matmul(_UPSAMPLE_KK, w.reshape(Co * Ci, 9).T).reshape(16, Co, Ci)
+    taps = _scratch("U", (16, Co, Ci))
+    np.matmul(_UPSAMPLE_KK, w.reshape(Co * Ci, 9).T, out=taps.reshape(16, Co * Ci))
     Hp, Wp = H + 2, W + 2
     xp = np.zeros((N, Ci, Hp * Wp + 2), np.float32)  # + 2: the last row's junk columns
     xp[:, :, :Hp * Wp].reshape(N, Ci, Hp, Wp)[:, :, 1:H + 1, 1:W + 1] = x
@@ -549,12 +782,13 @@ def _upsample_winograd(x, w, bias):
     Co = w.shape[0]
     Ts, Tt = (H + 1) // 2, (W + 1) // 2  # 2x2 tiles of each phase's (H, W) outputs
     G = Tt + 1  # grid columns per tile row; the last is junk (its tile wraps into the next row)
-    U = np.matmul(_F22_UU, w.reshape(Co * Ci, 9).T).reshape(36, Co, Ci)
+    U = _scratch("U", (36, Co, Ci))
+    np.matmul(_F22_UU, w.reshape(Co * Ci, 9).T, out=U.reshape(36, Co * Ci))
     y = np.empty((N, Co, 4 * Ts, 4 * Tt), np.float32)
     y6 = y.reshape(N, Co, Ts, 4, Tt, 4)  # output (4s + 2 di + a, 4t + 2 dj + b): tile, pixel, phase
     rows = max(1, min(Ts, _WINOGRAD_CHUNK // (36 * 4 * max(Ci, Co) * G)))
     parts = np.zeros((2, 2, 2, 2, Ci, (rows + 1) * G + 1), np.float32)  # [row diff, col diff, pr, pc]
-    m_buf = np.empty((36, Co, rows * G), np.float32)
+    m_buf = _scratch("M", (36, Co, rows * G))
     for n in range(N):
         for r0 in range(0, Ts, rows):
             r = min(rows, Ts - r0)
