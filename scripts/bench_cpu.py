@@ -62,6 +62,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import sdweb  # noqa: F401  (before NumPy: it sets OpenBLAS's thread timeout, as `sdweb generate` runs)
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,7 +221,7 @@ def header(model: Path) -> dict:
     import torch
 
     env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
-                                      "OMP_NUM_THREADS") if k in os.environ}
+                                      "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS") if k in os.environ}
     torch_blas = ", ".join(filter(None, [
         "MKL" if torch.backends.mkl.is_available() else "",
         "oneDNN" if torch.backends.mkldnn.is_available() else "",
