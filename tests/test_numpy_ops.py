@@ -145,6 +145,26 @@ def test_group_norm(act):
     close(nb.group_norm(x, 4, w, b, 1e-6, act), F.silu(want) if act else want)
 
 
+@pytest.mark.parametrize("shape", [(2, 40, 30, 50), (1, 36, 4, 5)], ids=["16-channel blocks", "one block"])
+def test_group_norm_to_tokens(shape):
+    """tokens=True: the (N, H*W, C) layout written transposed block by block (C not a multiple of 16)."""
+    N, C, H, W = shape
+    x, w, b = data(*shape) * 3 + 1, data(C, seed=1), data(C, seed=2)
+    want = F.group_norm(torch.from_numpy(x), 4, torch.from_numpy(w), torch.from_numpy(b), 1e-6)
+    close(nb.group_norm(x, 4, w, b, 1e-6, tokens=True), want.reshape(N, C, H * W).transpose(1, 2).contiguous())
+
+
+@pytest.mark.parametrize("shape", [(2, 40, 300), (1, 7, 5), (3, 300, 33)])
+def test_layout_transposes(shape):
+    """nchw_to_nlc / nlc_to_nchw by blocks: edges of partial blocks both ways."""
+    x = data(*shape)
+    N, A, B = shape
+    np.testing.assert_array_equal(nb.nchw_to_nlc(x.reshape(N, A, B, 1)), x.transpose(0, 2, 1))
+    got = nb.nlc_to_nchw(x, A, 1)  # x as (N, L = A tokens, C = B channels)
+    assert got.flags.c_contiguous
+    np.testing.assert_array_equal(got, x.transpose(0, 2, 1).reshape(N, B, A, 1))
+
+
 def test_layer_norm():
     x, w, b = data(3, 500, 96) * 2, data(96, seed=1), data(96, seed=2)
     close(nb.layer_norm(x, w, b, 1e-5), F.layer_norm(torch.from_numpy(x), (96,), torch.from_numpy(w),
