@@ -12,12 +12,14 @@ made once by `scripts/make_test_models.py --full-size sd15` into weights/_bench/
     vae    decode of (1, 4, 64, 64) latents to a 512x512 image
     text   the text encoder on (2, 77) ids (a prompt and the empty negative prompt)
 
-1. Speed: both implementations in this process, fp32, on every core this process may use
-   (torch.set_num_threads(cores); `taskset -c 0` gives a one-core comparison),
-   inference_mode; NumPy's BLAS threads by default). One warm-up each, then `--repeats` timed runs,
-   diffusers and sdweb alternating so that load from other processes hits both alike; the table
-   gives medians and the ratio sdweb / diffusers. Only ratios from one run mean anything: absolute
-   times move with the machine's load.
+1. Speed: each implementation warm in a process of its own, fp32, on every core it may use
+   (torch.set_num_threads(cores); `taskset -c 0` gives a one-core comparison), inference_mode;
+   NumPy's BLAS threads by default). One warm-up each, then `--repeats` timed runs, diffusers and
+   sdweb alternating so that load from other processes hits both alike; the table gives medians and
+   the ratio sdweb / diffusers. Separate processes because each side's process-wide settings would
+   help the other: sdweb's malloc settings (backends/numpy.py) alone made diffusers' UNet step ~7 %
+   faster when both ran in one process. Only ratios from one run mean anything: absolute times
+   move with the machine's load.
 2. Memory and precision (skipped by --speed-only): each stage once per sdweb precision (fp32, fp16,
    bf16) and once for the reference (fp32), each in a fresh subprocess that loads the component
    and runs it once. Peak RSS is the process's VmHWM (/proc/self/status; ru_maxrss would report the
@@ -48,7 +50,6 @@ OpenBLAS runs. To measure what a user's machine would do, unset both for this co
 from __future__ import annotations
 
 import argparse
-import gc
 import glob
 import json
 import math
@@ -248,27 +249,53 @@ def timed(fn) -> float:
 
 
 def speed(stage: str, model: Path, repeats: int) -> dict:
-    """Warm up both, then alternate timed runs; medians, ratio, and the fp32 outputs' agreement."""
-    inp = inputs(stage, model)
-    ref_model = load_reference(stage, model)
-    sd_model = load_sdweb(stage, model, "fp32")
-    want = run_reference(stage, ref_model, inp)
-    got = run_sdweb(stage, sd_model, inp)
-    ref_t, sd_t, ref_c, sd_c = [], [], [], []
-    for _ in range(repeats):
-        c = time.process_time()
-        ref_t.append(timed(lambda: run_reference(stage, ref_model, inp)))
-        ref_c.append(time.process_time() - c)
-        c = time.process_time()
-        sd_t.append(timed(lambda: run_sdweb(stage, sd_model, inp)))
-        sd_c.append(time.process_time() - c)
-    del ref_model, sd_model
-    gc.collect()
+    """A warm worker process per implementation, then alternating timed runs; medians, ratio, and
+    the fp32 outputs' agreement."""
+    with tempfile.TemporaryDirectory(prefix="sdweb-speed-") as tmp:
+        workers = {impl: subprocess.Popen([sys.executable, __file__, "--child-speed", stage, impl,
+                                           str(Path(tmp) / f"{impl}.npy"), "--model", str(model)],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                   for impl in ("diffusers", "sdweb")}
+        try:
+            for w in workers.values():  # loaded and warmed up (its output saved)
+                if w.stdout.readline().strip() != "ready":
+                    raise SystemExit(f"{stage}: a speed worker failed (its error is above)")
+            want, got = (np.load(Path(tmp) / f"{impl}.npy") for impl in ("diffusers", "sdweb"))
+            runs = {impl: [] for impl in workers}
+            for _ in range(repeats):
+                for impl, w in workers.items():
+                    w.stdin.write("run\n")
+                    w.stdin.flush()
+                    runs[impl].append(json.loads(w.stdout.readline()))
+        finally:
+            for w in workers.values():
+                w.stdin.close()
+                w.wait()
+    ref_t, sd_t = ([r["wall_s"] for r in runs[i]] for i in ("diffusers", "sdweb"))
+    ref_c, sd_c = ([r["cpu_s"] for r in runs[i]] for i in ("diffusers", "sdweb"))
     ref_s, sd_s = statistics.median(ref_t), statistics.median(sd_t)
     return {"stage": stage, "diffusers_s": ref_s, "sdweb_s": sd_s, "ratio": sd_s / ref_s,
             "cpu_ratio": statistics.median(sd_c) / statistics.median(ref_c),
             "diffusers_runs": ref_t, "sdweb_runs": sd_t, "diffusers_cpu": ref_c, "sdweb_cpu": sd_c,
             "fp32_max_rel_vs_diffusers": max_rel(got, want)}
+
+
+def speed_worker(stage: str, impl: str, model: Path, out: Path) -> None:
+    """One side of speed() (a child process): load, warm up (the output saved to `out`), print
+    "ready", then one timed run per "run" line on stdin, each answered with its times as JSON."""
+    inp = inputs(stage, model)
+    if impl == "diffusers":
+        m = load_reference(stage, model)
+        run = lambda: run_reference(stage, m, inp)  # noqa: E731
+    else:
+        m = load_sdweb(stage, model, "fp32")
+        run = lambda: run_sdweb(stage, m, inp)  # noqa: E731
+    np.save(out, run())
+    print("ready", flush=True)
+    for line in sys.stdin:
+        c = time.process_time()
+        wall = timed(run)
+        print(json.dumps({"wall_s": wall, "cpu_s": time.process_time() - c}), flush=True)
 
 
 def child(stage: str, impl: str, model: Path, out: Path) -> None:
@@ -461,7 +488,11 @@ def main(argv=None) -> int:
                     help="instead: N alternating pairs of whole-process runs (sdweb generate vs a diffusers script)")
     ap.add_argument("--child", nargs=3, metavar=("STAGE", "IMPL", "OUT"), help=argparse.SUPPRESS)
     ap.add_argument("--child-whole", metavar="OUT", help=argparse.SUPPRESS)
+    ap.add_argument("--child-speed", nargs=3, metavar=("STAGE", "IMPL", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child_speed:
+        speed_worker(args.child_speed[0], args.child_speed[1], args.model, Path(args.child_speed[2]))
+        return 0
     if args.child:
         child(args.child[0], args.child[1], args.model, Path(args.child[2]))
         return 0
