@@ -80,6 +80,18 @@ def test_conv2d_paths_are_taken(monkeypatch):
     assert "".join(taken) == "||t|t|4|4|4|2|2|||"  # 1x1, taps first x2, F(4x4) x3, F(2x2) x2, im2col x3
 
 
+def test_conv2d_without_kept_scratch(monkeypatch):
+    """Under Pyodide no scratch is kept (each temporary is a fresh array): the same results; and in
+    CPython the kept buffers serve calls of different sizes (larger, then smaller)."""
+    x, w, b = data(1, 6, 48, 44), data(10, 6, 3, 3, seed=1) / 3, data(10, seed=2)
+    small = data(1, 6, 24, 26, seed=3)  # F(4x4), then F(2x2) in the same buffers
+    kept = [nb.conv2d(x, w, b, padding=1), nb.conv2d(small, w, b, padding=1)]
+    monkeypatch.setattr(nb, "_KEEP_SCRATCH", False)
+    for got, inp in zip(kept, (x, small)):
+        np.testing.assert_array_equal(nb.conv2d(inp, w, b, padding=1), got)
+        close(got, F.conv2d(torch.from_numpy(inp), torch.from_numpy(w), torch.from_numpy(b), padding=1))
+
+
 @pytest.mark.parametrize("N, C, H, W", [(2, 320, 24, 20), (1, 64, 40, 36)])
 def test_conv2d_winograd_rounding_over_many_channels(N, C, H, W):
     """The Winograd paths' rounding where it is largest, over hundreds of channels, against an f64 conv:

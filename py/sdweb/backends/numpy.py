@@ -223,12 +223,17 @@ def _split(n: int, parts: int = 0) -> list[slice]:
 # kernel, 210 MB with 2560 inputs; its transformed input and products) live in buffers kept per
 # thread and reused: a fresh array that size is fresh pages from the kernel, each zeroed on first
 # touch, every call (measured: ~5 % of a UNet step's CPU time went to zeroing pages).
+# Not under Pyodide: wasm memory has no pages to zero, and a kept buffer there would be heap that
+# activations could not reuse (its 4 GiB hold SD 1.5's fp16 UNet with ~1 GiB to spare).
 _scratch_buffers = threading.local()
+_KEEP_SCRATCH = sys.platform != "emscripten"
 
 
 def _scratch(role: str, shape) -> np.ndarray:
     """An uninitialised f32 array of `shape` in the buffer kept for `role` (grown when too small).
     Valid until the next _scratch(role) in the same thread."""
+    if not _KEEP_SCRATCH:
+        return np.empty(shape, np.float32)
     n = math.prod(shape)
     buffers = _scratch_buffers.__dict__
     buf = buffers.get(role)
