@@ -510,11 +510,19 @@ def _winograd_buffers(x, w, gg, m: int):
     N, Ci, H, W = x.shape
     Co, a = w.shape[0], (m + 2) ** 2
     Th, Tw = -(-H // m), -(-W // m)
-    U = _scratch("U", (a, Co, Ci))
-    np.matmul(gg, w.reshape(Co * Ci, 9).T, out=U.reshape(a, Co * Ci))
+    U = _transformed_weights(gg, w)
     y = np.empty((N, Co, m * Th, m * Tw), np.float32)
     rows = max(1, min(Th, _WINOGRAD_CHUNK // (4 * a * max(Ci, Co) * N * Tw)))
     return U, y, rows, _scratch("V", (a * Ci * N * rows * Tw,)), _scratch("M", (a * Co * N * rows * Tw,))
+
+
+def _transformed_weights(gg, w):
+    """gg (a, 9) applied to every 3x3 kernel of w (Cout, Cin, 3, 3) -> (a, Cout, Cin), in the "U"
+    scratch: the Winograd convs' and the upsampling convs' weights for their a GEMMs."""
+    Co, Ci = w.shape[:2]
+    U = _scratch("U", (len(gg), Co, Ci))
+    np.matmul(gg, w.reshape(Co * Ci, 9).T, out=U.reshape(len(gg), Co * Ci))
+    return U
 
 
 def _store_tile_rows(rows, y, residual, cs, r0):
@@ -709,8 +717,7 @@ def _upsample_phases(x, w, bias):
     are interleaved into the output."""
     N, Ci, H, W = x.shape
     Co = w.shape[0]
-    taps = _scratch("U", (16, Co, Ci))
-    np.matmul(_UPSAMPLE_KK, w.reshape(Co * Ci, 9).T, out=taps.reshape(16, Co * Ci))
+    taps = _transformed_weights(_UPSAMPLE_KK, w)
     Hp, Wp = H + 2, W + 2
     xp = np.zeros((N, Ci, Hp * Wp + 2), np.float32)  # + 2: the last row's junk columns
     xp[:, :, :Hp * Wp].reshape(N, Ci, Hp, Wp)[:, :, 1:H + 1, 1:W + 1] = x
@@ -788,8 +795,7 @@ def _upsample_winograd(x, w, bias):
     Co = w.shape[0]
     Ts, Tt = (H + 1) // 2, (W + 1) // 2  # 2x2 tiles of each phase's (H, W) outputs
     G = Tt + 1  # grid columns per tile row; the last is junk (its tile wraps into the next row)
-    U = _scratch("U", (36, Co, Ci))
-    np.matmul(_F22_UU, w.reshape(Co * Ci, 9).T, out=U.reshape(36, Co * Ci))
+    U = _transformed_weights(_F22_UU, w)
     y = np.empty((N, Co, 4 * Ts, 4 * Tt), np.float32)
     y6 = y.reshape(N, Co, Ts, 4, Tt, 4)  # output (4s + 2 di + a, 4t + 2 dj + b): tile, pixel, phase
     rows = max(1, min(Ts, _WINOGRAD_CHUNK // (36 * 4 * max(Ci, Co) * G)))
