@@ -280,16 +280,20 @@ def speed(stage: str, model: Path, repeats: int) -> dict:
             "fp32_max_rel_vs_diffusers": max_rel(got, want)}
 
 
+def loaded(stage: str, impl: str, model: Path, inp: dict):
+    """Load a stage's component for `impl` (diffusers, or an sdweb precision) -> a function that runs
+    it once on the inputs `inp` and returns the output."""
+    if impl == "diffusers":
+        m = load_reference(stage, model)
+        return lambda: run_reference(stage, m, inp)
+    m = load_sdweb(stage, model, impl)
+    return lambda: run_sdweb(stage, m, inp)
+
+
 def speed_worker(stage: str, impl: str, model: Path, out: Path) -> None:
     """One side of speed() (a child process): load, warm up (the output saved to `out`), print
     "ready", then one timed run per "run" line on stdin, each answered with its times as JSON."""
-    inp = inputs(stage, model)
-    if impl == "diffusers":
-        m = load_reference(stage, model)
-        run = lambda: run_reference(stage, m, inp)  # noqa: E731
-    else:
-        m = load_sdweb(stage, model, "fp32")
-        run = lambda: run_sdweb(stage, m, inp)  # noqa: E731
+    run = loaded(stage, "fp32" if impl == "sdweb" else impl, model, inputs(stage, model))
     np.save(out, run())
     print("ready", flush=True)
     for line in sys.stdin:
@@ -302,14 +306,9 @@ def child(stage: str, impl: str, model: Path, out: Path) -> None:
     """One fresh-process run: load, run once, save the output, print time and peak RSS as JSON."""
     inp = inputs(stage, model)
     t = time.perf_counter()
-    if impl == "diffusers":
-        m = load_reference(stage, model)
-        load_s = time.perf_counter() - t
-        run_s = timed(lambda: np.save(out, run_reference(stage, m, inp)))
-    else:
-        m = load_sdweb(stage, model, impl)
-        load_s = time.perf_counter() - t
-        run_s = timed(lambda: np.save(out, run_sdweb(stage, m, inp)))
+    run = loaded(stage, impl, model, inp)
+    load_s = time.perf_counter() - t
+    run_s = timed(lambda: np.save(out, run()))
     print(json.dumps({"load_s": load_s, "run_s": run_s, "peak_rss_mb": peak_rss_kib() / 1024}))
 
 
